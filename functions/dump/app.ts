@@ -1,0 +1,156 @@
+// dump: pg_dump backups of a project into the catalog, the CLI-compatible backups API (create, list,
+// show, download) and the trust status of every project.
+import { createReadStream } from 'node:fs';
+import { stat } from 'node:fs/promises';
+import { Readable } from 'node:stream';
+import { z } from 'zod';
+import { STREAM_CHUNK_BYTES } from '../../shared/atomic.js';
+import { parseBackupId, parseProjectId } from '../../shared/catalog/ids.js';
+import { AppError } from '../../shared/errors.js';
+import { createKit, readJson } from '../../shared/kit/app.js';
+import { dirWritableCheck, toolCheck } from '../../shared/kit/readiness.js';
+import type { FunctionApp, Runtime } from '../../shared/kit/runtime.js';
+import { requireProjectByHash } from '../../shared/registry.js';
+import { createDumper } from './dumper.js';
+
+const CreateBody = z.object({ kind: z.enum(['project_db', 'tenant_export']).optional() }).loose();
+
+export function createApp(rt: Runtime): FunctionApp {
+  const dumper = createDumper(rt);
+  const { catalog, registry, config } = rt;
+
+  const kit = createKit({
+    name: 'dump',
+    config,
+    log: rt.log,
+    metrics: rt.metrics,
+    inbox: rt.inbox,
+    outbox: rt.outbox,
+    checks: () => [
+      toolCheck('pg_dump', () => rt.env.PATH),
+      dirWritableCheck(config.FLUX_BACKUPS_LOCAL_DIR, 'FLUX_BACKUPS_LOCAL_DIR'),
+      {
+        name: 'registry',
+        async run() {
+          const n = registry.list().length;
+          return {
+            ok: true,
+            detail: `${n} project${n === 1 ? '' : 's'} from ${config.FLUX_PROJECTS_FILE}`,
+            projects: n,
+          };
+        },
+      },
+    ],
+    handlers: {
+      'flux.backup.requested': async (event) => {
+        const data = event.data as { projectId?: string; projectHash?: string };
+        const project = data.projectId
+          ? registry.byId(parseProjectId(data.projectId))
+          : data.projectHash
+            ? registry.byHash(data.projectHash)
+            : undefined;
+        if (!project)
+          throw new AppError(
+            'not_found',
+            'flux.backup.requested names no project in the registry (projectId or projectHash)',
+          );
+        const started = await dumper.start(project, { causedBy: event.id });
+        return { status: 202, body: { backupId: started.backupId } };
+      },
+    },
+  });
+  const { app, requireScope } = kit;
+
+  app.post('/api/cli/v1/projects/:hash/backups', requireScope('backups:write'), async (c) => {
+    const project = requireProjectByHash(registry, c.req.param('hash'));
+    const body = await readJson(c, CreateBody, { emptyIsObject: true });
+    const expected = project.engine === 'v2_shared' ? 'tenant_export' : 'project_db';
+    if (body.kind && body.kind !== expected) {
+      throw new AppError(
+        'bad_request',
+        `project ${project.slug} is ${project.engine}: its backups are ${expected}`,
+      );
+    }
+    const started = await dumper.start(project);
+    const location = `/api/cli/v1/projects/${project.hash}/backups/${started.backupId}`;
+    if (/respond-async/i.test(c.req.header('prefer') ?? '')) {
+      c.header('Location', location);
+      c.header('Preference-Applied', 'respond-async');
+      return c.json({ backup: { id: started.backupId, status: 'running' }, location }, 202);
+    }
+    const { backup } = await started.done;
+    c.header('Location', location);
+    return c.json({ backup }, 201);
+  });
+
+  app.get('/api/cli/v1/projects/:hash/backups', requireScope('backups:read'), async (c) => {
+    const project = requireProjectByHash(registry, c.req.param('hash'));
+    const entries = await catalog.list(project.id);
+    const backups = [];
+    for (const entry of entries) backups.push(catalog.toApi(entry, await catalog.checkArtifact(entry)));
+    return c.json({ backups });
+  });
+
+  app.get('/api/cli/v1/projects/:hash/backups/:backupId', requireScope('backups:read'), async (c) => {
+    const project = requireProjectByHash(registry, c.req.param('hash'));
+    const entry = await catalog.get(project.id, parseBackupId(c.req.param('backupId')));
+    if (!entry)
+      throw new AppError('not_found', `no backup ${c.req.param('backupId')} for project ${project.slug}`);
+    return c.json({ backup: catalog.toApi(entry, await catalog.checkArtifact(entry)) });
+  });
+
+  app.get(
+    '/api/cli/v1/projects/:hash/backups/:backupId/download',
+    requireScope('backups:read'),
+    async (c) => {
+      const project = requireProjectByHash(registry, c.req.param('hash'));
+      const backupId = parseBackupId(c.req.param('backupId'));
+      const entry = await catalog.get(project.id, backupId);
+      if (!entry?.manifest)
+        throw new AppError('not_found', `no complete backup ${backupId} for project ${project.slug}`);
+      let size: number;
+      try {
+        size = (await stat(entry.paths.dump)).size;
+      } catch {
+        throw new AppError('not_found', `the dump file of backup ${backupId} is missing locally`);
+      }
+      const m = entry.manifest;
+      c.header('Content-Type', 'application/octet-stream');
+      c.header('Content-Length', String(size));
+      c.header('Content-Disposition', `attachment; filename="${project.slug}-${backupId}.dump"`);
+      c.header('X-Flux-Checksum-Sha256', m.sha256);
+      c.header('Repr-Digest', `sha-256=:${Buffer.from(m.sha256, 'hex').toString('base64')}:`);
+      const stream = createReadStream(entry.paths.dump, { highWaterMark: STREAM_CHUNK_BYTES });
+      return c.body(Readable.toWeb(stream) as ReadableStream, 200);
+    },
+  );
+
+  app.get('/api/ops/v1/status', requireScope('backups:read'), async (c) => {
+    const projects = [];
+    for (const project of registry.list()) {
+      projects.push({
+        id: project.id,
+        slug: project.slug,
+        hash: project.hash,
+        engine: project.engine,
+        ...(await catalog.trust(project.id, project.slug)),
+      });
+    }
+    return c.json({ projects });
+  });
+
+  return {
+    name: 'dump',
+    app,
+    accepts: ['flux.backup.requested'],
+    async start() {
+      await rt.inbox.start();
+      await dumper.recover();
+      await rt.outbox.start();
+    },
+    async stop() {
+      await dumper.stop();
+      await rt.outbox.stop();
+    },
+  };
+}

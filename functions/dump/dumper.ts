@@ -1,0 +1,329 @@
+// Creating backups: one per project at a time, per-cluster concurrency with a bounded queue, a state
+// file while running, the snapshot-consistent dump streamed into the catalog, the manifest written last,
+// then retention and events. Crash leftovers are cleaned at start-up.
+import { readdir, rm, stat } from 'node:fs/promises';
+import path from 'node:path';
+import { ensureDir, streamToPendingFile, TEMP_PREFIX } from '../../shared/atomic.js';
+import type { ApiBackup } from '../../shared/catalog/catalog.js';
+import { newBackupId } from '../../shared/catalog/ids.js';
+import type { Manifest } from '../../shared/catalog/records.js';
+import { AppError, fsWriteError, isAppError } from '../../shared/errors.js';
+import type { Runtime } from '../../shared/kit/runtime.js';
+import { createLimiter, type Limiter } from '../../shared/limiter.js';
+import { counter, DURATION_BUCKETS_S, gauge, histogram } from '../../shared/metrics.js';
+import { runSnapshotDump } from '../../shared/pg/snapshot.js';
+import { type Project, sourceOf } from '../../shared/registry.js';
+import { selectForDeletion } from './retention.js';
+
+export interface StartedBackup {
+  backupId: string;
+  /** Settles when the backup is complete (manifest written) or failed (state file says why). */
+  done: Promise<{ backup: ApiBackup; manifest: Manifest }>;
+}
+
+export interface Dumper {
+  recover(): Promise<void>;
+  /** Validates, takes the project lease and starts; throws 409/503 before any file is written. */
+  start(project: Project, options?: { causedBy?: string }): Promise<StartedBackup>;
+  stop(): Promise<void>;
+  readonly running: number;
+}
+
+export function createDumper(rt: Runtime): Dumper {
+  const { config, catalog, log, metrics } = rt;
+  const leases = new Set<string>();
+  const limiters = new Map<string, Limiter>();
+  const controllers = new Set<AbortController>();
+  let stopping = false;
+
+  const outcomes = counter(metrics, 'flux_dump_backups_total', 'Backups by outcome', [
+    'project',
+    'kind',
+    'outcome',
+    'reason',
+  ]);
+  const durations = histogram(
+    metrics,
+    'flux_dump_duration_seconds',
+    'Backup wall time',
+    ['kind'],
+    DURATION_BUCKETS_S,
+  );
+  const bytes = counter(metrics, 'flux_dump_bytes_total', 'Bytes written by dumps', ['kind']);
+  const lastSuccess = gauge(
+    metrics,
+    'flux_dump_last_success_timestamp_seconds',
+    'Completion time of the newest good backup',
+    ['project'],
+  );
+  const queueGauge = gauge(metrics, 'flux_dump_queue', 'Dumps running and waiting per cluster', [
+    'cluster',
+    'state',
+  ]);
+
+  function limiterFor(key: string, concurrency: number): Limiter {
+    let limiter = limiters.get(key);
+    if (!limiter) {
+      limiter = createLimiter({
+        concurrency,
+        queueMax: config.FLUX_DUMP_QUEUE_MAX,
+        name: `dumps on ${key}`,
+        retryAfterSeconds: 60,
+      });
+      limiters.set(key, limiter);
+    }
+    return limiter;
+  }
+
+  async function applyRetention(project: Project, causedBy: string | undefined): Promise<void> {
+    const policy = {
+      keepCount: project.retention?.keepCount ?? config.FLUX_RETENTION_KEEP_COUNT,
+      keepDays: project.retention?.keepDays ?? config.FLUX_RETENTION_KEEP_DAYS,
+    };
+    const entries = await catalog.list(project.id);
+    const facts = await Promise.all(
+      entries.map(async (e) => catalog.facts(e, await catalog.checkArtifact(e))),
+    );
+    for (const backupId of selectForDeletion(facts, policy, new Date())) {
+      await catalog.remove(project.id, backupId);
+      log.info({ projectId: project.id, backupId }, 'retention removed a backup');
+      await rt.emit('flux.backup.deleted', {
+        subject: `${project.id}/${backupId}`,
+        data: { projectId: project.id, projectHash: project.hash, backupId, reason: 'retention' },
+        causedBy,
+      });
+    }
+  }
+
+  async function run(
+    project: Project,
+    backupId: string,
+    createdAt: string,
+    causedBy: string | undefined,
+    controller: AbortController,
+  ) {
+    const kind = project.engine === 'v2_shared' ? 'tenant_export' : 'project_db';
+    const paths = catalog.paths(project.id, backupId);
+    const started = performance.now();
+    try {
+      const source = sourceOf(rt.registry, project, rt.env);
+      const clusterKey = source.cluster?.name ?? `dedicated:${project.slug}`;
+      const limiter = limiterFor(clusterKey, source.cluster?.maxConcurrentDumps ?? 1);
+      queueGauge.set({ cluster: clusterKey, state: 'waiting' }, limiter.waiting + 1);
+      const result = await limiter.run(async () => {
+        queueGauge.set({ cluster: clusterKey, state: 'running' }, limiter.active);
+        queueGauge.set({ cluster: clusterKey, state: 'waiting' }, limiter.waiting);
+        return runSnapshotDump({
+          url: source.url,
+          scope: kind === 'tenant_export' ? { kind, schema: source.schema! } : { kind },
+          pathEnv: rt.env.PATH,
+          compression: config.FLUX_DUMP_COMPRESSION,
+          lockWaitTimeoutMs: config.FLUX_DUMP_LOCK_WAIT_TIMEOUT_MS,
+          timeoutMs: config.FLUX_DUMP_TIMEOUT_MS,
+          signal: controller.signal,
+          sink: (stdout) =>
+            streamToPendingFile(paths.dump, stdout, { signal: controller.signal }).catch((error) => {
+              throw fsWriteError(error, paths.dump, 'writing the dump');
+            }),
+        });
+      }, controller.signal);
+      queueGauge.set({ cluster: clusterKey, state: 'running' }, limiter.active);
+      try {
+        await result.file.commit();
+      } catch (error) {
+        await result.file.discard();
+        throw fsWriteError(error, paths.dump, 'committing the dump');
+      }
+      const s = await stat(paths.dump);
+      catalog.rememberArtifact(paths.dump, s.size, s.mtimeMs, result.file.sha256);
+      const f = result.facts;
+      const manifest: Manifest = {
+        manifestVersion: 1,
+        backupId,
+        projectId: project.id,
+        projectHash: project.hash,
+        slug: project.slug,
+        kind,
+        format: 'custom',
+        file: path.basename(paths.dump),
+        sizeBytes: result.file.sizeBytes,
+        sha256: result.file.sha256,
+        createdAt,
+        completedAt: new Date().toISOString(),
+        source: {
+          engine: project.engine,
+          ...(source.cluster ? { cluster: source.cluster.name } : {}),
+          host: f.host,
+          port: f.port,
+          database: f.database,
+          systemIdentifier: f.systemIdentifier,
+          serverVersion: f.serverVersion,
+          serverVersionNum: f.serverVersionNum,
+        },
+        pgDump: result.pgDump,
+        snapshot: { id: f.snapshotId, isolation: 'repeatable read', takenAt: f.takenAt },
+        schemas: f.schemas,
+        tables: f.tables,
+        sequences: f.sequences,
+        extensions: f.extensions,
+        roles: f.roles,
+        ...(causedBy ? { causationId: causedBy } : {}),
+      };
+      // The manifest is the last write: its arrival means "complete" to every reader.
+      await catalog.writeManifest(manifest);
+      await rm(paths.state, { force: true });
+      const seconds = (performance.now() - started) / 1000;
+      durations.observe({ kind }, seconds);
+      bytes.inc({ kind }, manifest.sizeBytes);
+      outcomes.inc({ project: project.slug, kind, outcome: 'created', reason: 'ok' });
+      lastSuccess.set({ project: project.slug }, Date.parse(manifest.completedAt) / 1000);
+      log.info(
+        {
+          projectId: project.id,
+          backupId,
+          sizeBytes: manifest.sizeBytes,
+          seconds,
+          tables: manifest.tables.length,
+        },
+        'backup created',
+      );
+      await rt.emit('flux.backup.created', {
+        subject: `${project.id}/${backupId}`,
+        causedBy,
+        data: {
+          projectId: project.id,
+          projectHash: project.hash,
+          backupId,
+          kind,
+          sizeBytes: manifest.sizeBytes,
+          sha256: manifest.sha256,
+          createdAt: manifest.createdAt,
+          completedAt: manifest.completedAt,
+          tables: manifest.tables.length,
+          rows: manifest.tables.reduce((n, t) => n + t.rows, 0),
+          sequences: manifest.sequences.length,
+          serverVersion: manifest.source.serverVersion,
+          slug: project.slug,
+        },
+      });
+      await applyRetention(project, causedBy).catch((error) =>
+        log.error({ err: error, projectId: project.id }, 'retention failed'),
+      );
+      const entry = await catalog.get(project.id, backupId);
+      return { manifest, backup: catalog.toApi(entry!, { status: 'valid' }) };
+    } catch (error) {
+      const appError = isAppError(error)
+        ? error
+        : new AppError('internal', (error as Error).message, { cause: error });
+      await rm(paths.dump, { force: true }).catch(() => undefined);
+      await catalog
+        .writeState({
+          backupId,
+          projectId: project.id,
+          kind,
+          status: 'failed',
+          createdAt,
+          updatedAt: new Date().toISOString(),
+          reason: appError.code,
+          error: appError.message,
+        })
+        .catch((e) => log.error({ err: e, backupId }, 'could not record the failed state'));
+      outcomes.inc({ project: project.slug, kind, outcome: 'failed', reason: appError.code });
+      log.error(
+        { projectId: project.id, backupId, code: appError.code, err: appError.message },
+        'backup failed',
+      );
+      await rt.emit('flux.backup.failed', {
+        subject: `${project.id}/${backupId}`,
+        causedBy,
+        data: {
+          projectId: project.id,
+          projectHash: project.hash,
+          backupId,
+          reason: appError.code,
+          error: appError.message,
+        },
+      });
+      throw appError;
+    }
+  }
+
+  return {
+    get running() {
+      return controllers.size;
+    },
+
+    async recover() {
+      for (const projectId of await catalog.listProjects()) {
+        const dir = path.join(catalog.root, projectId);
+        for (const name of await readdir(dir).catch(() => [] as string[])) {
+          if (name.startsWith(TEMP_PREFIX)) await rm(path.join(dir, name), { force: true });
+        }
+        for (const entry of await catalog.list(projectId)) {
+          if (entry.state?.status === 'running' && !entry.manifest) {
+            await rm(entry.paths.dump, { force: true });
+            await catalog.writeState({
+              ...entry.state,
+              status: 'failed',
+              updatedAt: new Date().toISOString(),
+              reason: 'interrupted',
+              error:
+                'the dump process stopped before the backup completed (crash or restart); the partial file was removed',
+            });
+            log.warn({ projectId, backupId: entry.backupId }, 'marked an interrupted backup failed');
+          }
+        }
+      }
+    },
+
+    async start(project, options = {}) {
+      if (stopping) throw new AppError('shutting_down', 'dump is stopping; retry against the new process');
+      if (leases.has(project.id)) {
+        throw new AppError(
+          'conflict',
+          `a backup of ${project.slug} is already running; wait for it to finish`,
+          { retryAfterSeconds: 30 },
+        );
+      }
+      leases.add(project.id);
+      const backupId = newBackupId();
+      const createdAt = new Date().toISOString();
+      const kind = project.engine === 'v2_shared' ? 'tenant_export' : 'project_db';
+      try {
+        await ensureDir(path.dirname(catalog.paths(project.id, backupId).dump)).catch((error) => {
+          throw fsWriteError(error, catalog.root, 'creating the project backup directory');
+        });
+        await catalog.writeState({
+          backupId,
+          projectId: project.id,
+          kind,
+          status: 'running',
+          createdAt,
+          updatedAt: createdAt,
+          pid: process.pid,
+        });
+      } catch (error) {
+        leases.delete(project.id);
+        throw error;
+      }
+      const controller = new AbortController();
+      controllers.add(controller);
+      const done = run(project, backupId, createdAt, options.causedBy, controller).finally(() => {
+        leases.delete(project.id);
+        controllers.delete(controller);
+      });
+      done.catch(() => undefined);
+      return { backupId, done };
+    },
+
+    async stop() {
+      stopping = true;
+      // In-flight dumps get the grace period to finish; then they are cancelled (pg_dump killed, partial removed).
+      const graceEnds = Date.now() + config.FLUX_SHUTDOWN_GRACE_MS;
+      while (controllers.size > 0 && Date.now() < graceEnds) await new Promise((r) => setTimeout(r, 50));
+      for (const c of controllers) c.abort(new AppError('shutting_down', 'dump is stopping'));
+      const deadline = Date.now() + 10_000;
+      while (controllers.size > 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 25));
+    },
+  };
+}

@@ -1,0 +1,355 @@
+// The file catalog: reads a project's backups from their files (dump, manifest, state, receipts), keeps
+// artifact validation cached by size+mtime, and writes each record atomically.
+import { readdir, readFile, rm, stat } from 'node:fs/promises';
+import path from 'node:path';
+import type { z } from 'zod';
+import { ensureDir, hashFile, TEMP_PREFIX, writeJsonAtomic } from '../atomic.js';
+import { errnoOf, fsWriteError } from '../errors.js';
+import type { Logger } from '../log.js';
+import {
+  type ArtifactStatus,
+  type BackupFacts,
+  type BackupStatus,
+  classify,
+  type OffsiteStatus,
+  type RestoreStatus,
+  type Trust,
+} from './classifier.js';
+import { isUuid } from './ids.js';
+import { type BackupPaths, backupPaths, parseCatalogName, projectDir } from './layout.js';
+import {
+  type BackupState,
+  BackupStateSchema,
+  type Manifest,
+  ManifestSchema,
+  type OffsiteReceipt,
+  OffsiteReceiptSchema,
+  type VerifyReceipt,
+  VerifyReceiptSchema,
+} from './records.js';
+
+export interface CatalogEntry {
+  projectId: string;
+  backupId: string;
+  paths: BackupPaths;
+  manifest?: Manifest;
+  state?: BackupState;
+  offsite?: OffsiteReceipt;
+  verify?: VerifyReceipt;
+  /** Set when a sidecar exists but cannot be parsed. */
+  unreadable?: string;
+  dump?: { sizeBytes: number; mtimeMs: number };
+}
+
+export interface ArtifactCheck {
+  status: ArtifactStatus;
+  error?: string;
+}
+
+/** The backup as the CLI-compatible API returns it. */
+export interface ApiBackup {
+  id: string;
+  projectId: string;
+  kind: string;
+  format: 'custom';
+  status: BackupStatus;
+  sizeBytes: number | null;
+  checksumSha256: string | null;
+  createdAt: string;
+  completedAt: string | null;
+  localArtifactStatus: 'present' | 'missing';
+  offsiteStatus: OffsiteStatus;
+  offsiteKey: string | null;
+  offsiteContentSha256: string | null;
+  artifactValidationStatus: ArtifactStatus;
+  restoreVerificationStatus: 'pending' | 'restore_verified' | 'restore_failed' | 'skipped';
+  /** Adds `unverifiable` to the upstream statuses: verify could not run (never a pass). */
+  restoreVerificationOutcome: RestoreStatus;
+  restoreVerificationAt: string | null;
+  restoreVerificationError: string | null;
+  restoreVerificationSource: 'local' | 'offsite' | null;
+  error: string | null;
+}
+
+export interface Catalog {
+  readonly root: string;
+  paths(projectId: string, backupId: string): BackupPaths;
+  listProjects(): Promise<string[]>;
+  /** A project's backups, newest first. */
+  list(projectId: string): Promise<CatalogEntry[]>;
+  get(projectId: string, backupId: string): Promise<CatalogEntry | undefined>;
+  checkArtifact(entry: CatalogEntry): Promise<ArtifactCheck>;
+  /** Records a hash we just computed ourselves, so the next list does not re-hash. */
+  rememberArtifact(file: string, sizeBytes: number, mtimeMs: number, sha256: string): void;
+  facts(entry: CatalogEntry, artifact: ArtifactCheck): BackupFacts;
+  toApi(entry: CatalogEntry, artifact: ArtifactCheck): ApiBackup;
+  trust(projectId: string, slug?: string, now?: Date): Promise<Trust & { backup?: ApiBackup }>;
+  writeManifest(manifest: Manifest): Promise<void>;
+  writeState(state: BackupState): Promise<void>;
+  writeOffsiteReceipt(receipt: OffsiteReceipt): Promise<void>;
+  writeVerifyReceipt(receipt: VerifyReceipt): Promise<void>;
+  remove(projectId: string, backupId: string): Promise<void>;
+}
+
+async function readJson<T>(file: string, schema: z.ZodType<T>): Promise<{ value?: T; error?: string }> {
+  let text: string;
+  try {
+    text = await readFile(file, 'utf8');
+  } catch (error) {
+    if (errnoOf(error) === 'ENOENT') return {};
+    return { error: `${path.basename(file)}: ${(error as Error).message}` };
+  }
+  try {
+    const parsed = schema.safeParse(JSON.parse(text));
+    return parsed.success
+      ? { value: parsed.data }
+      : { error: `${path.basename(file)} does not match its schema: ${parsed.error.issues[0]?.message}` };
+  } catch {
+    return { error: `${path.basename(file)} is not valid JSON` };
+  }
+}
+
+function createdAtOf(entry: CatalogEntry): string {
+  return entry.manifest?.createdAt ?? entry.state?.createdAt ?? new Date(0).toISOString();
+}
+
+export function createCatalog(options: { root: string; log?: Logger }): Catalog {
+  const { root } = options;
+  const artifactCache = new Map<string, { sizeBytes: number; mtimeMs: number; sha256: string }>();
+  const inFlightHashes = new Map<string, Promise<{ sizeBytes: number; sha256: string }>>();
+
+  async function load(projectId: string, backupId: string, names: Set<string>): Promise<CatalogEntry> {
+    const paths = backupPaths(root, projectId, backupId);
+    const entry: CatalogEntry = { projectId, backupId, paths };
+    const problems: string[] = [];
+    const read = async <T>(file: string, schema: z.ZodType<T>): Promise<T | undefined> => {
+      if (!names.has(path.basename(file))) return undefined;
+      const { value, error } = await readJson(file, schema);
+      if (error) problems.push(error);
+      return value;
+    };
+    const [manifest, state, offsite, verify] = await Promise.all([
+      read(paths.manifest, ManifestSchema),
+      read(paths.state, BackupStateSchema),
+      read(paths.offsite, OffsiteReceiptSchema),
+      read(paths.verify, VerifyReceiptSchema),
+    ]);
+    if (manifest) entry.manifest = manifest;
+    if (state) entry.state = state;
+    if (offsite) entry.offsite = offsite;
+    if (verify) entry.verify = verify;
+    if (problems.length > 0) {
+      entry.unreadable = problems.join('; ');
+      options.log?.warn({ projectId, backupId, problems }, 'catalog file unreadable');
+    }
+    if (names.has(path.basename(paths.dump))) {
+      try {
+        const s = await stat(paths.dump);
+        entry.dump = { sizeBytes: s.size, mtimeMs: s.mtimeMs };
+      } catch (error) {
+        if (errnoOf(error) !== 'ENOENT') throw error;
+      }
+    }
+    return entry;
+  }
+
+  async function namesIn(dir: string): Promise<string[]> {
+    try {
+      return await readdir(dir);
+    } catch (error) {
+      if (errnoOf(error) === 'ENOENT') return [];
+      throw error;
+    }
+  }
+
+  const catalog: Catalog = {
+    root,
+    paths: (projectId, backupId) => backupPaths(root, projectId, backupId),
+
+    async listProjects() {
+      return (await namesIn(root)).filter(isUuid).sort();
+    },
+
+    async list(projectId) {
+      const names = (await namesIn(projectDir(root, projectId))).filter((n) => !n.startsWith(TEMP_PREFIX));
+      const ids = new Set<string>();
+      for (const name of names) {
+        const parsed = parseCatalogName(name);
+        if (parsed) ids.add(parsed.backupId);
+      }
+      const nameSet = new Set(names);
+      const entries = await Promise.all([...ids].map((id) => load(projectId, id, nameSet)));
+      // Records nobody wrote a manifest or state for (a lone receipt) are not backups.
+      return entries
+        .filter((e) => e.manifest || e.state || e.unreadable)
+        .sort((a, b) => createdAtOf(b).localeCompare(createdAtOf(a)) || b.backupId.localeCompare(a.backupId));
+    },
+
+    async get(projectId, backupId) {
+      const paths = backupPaths(root, projectId, backupId);
+      const names = new Set(await namesIn(paths.dir));
+      const entry = await load(projectId, backupId, names);
+      return entry.manifest || entry.state || entry.unreadable ? entry : undefined;
+    },
+
+    async checkArtifact(entry) {
+      const manifest = entry.manifest;
+      if (!manifest) return { status: 'pending' };
+      if (!entry.dump) return { status: 'missing', error: 'the dump file is missing' };
+      if (entry.dump.sizeBytes !== manifest.sizeBytes) {
+        return {
+          status: 'invalid',
+          error: `size ${entry.dump.sizeBytes} B, manifest says ${manifest.sizeBytes} B`,
+        };
+      }
+      const file = entry.paths.dump;
+      const cached = artifactCache.get(file);
+      let sha256: string;
+      if (cached && cached.sizeBytes === entry.dump.sizeBytes && cached.mtimeMs === entry.dump.mtimeMs) {
+        sha256 = cached.sha256;
+      } else {
+        let pending = inFlightHashes.get(file);
+        if (!pending) {
+          pending = hashFile(file).finally(() => inFlightHashes.delete(file));
+          inFlightHashes.set(file, pending);
+        }
+        try {
+          sha256 = (await pending).sha256;
+        } catch (error) {
+          if (errnoOf(error) === 'ENOENT') return { status: 'missing', error: 'the dump file is missing' };
+          throw error;
+        }
+        artifactCache.set(file, { sizeBytes: entry.dump.sizeBytes, mtimeMs: entry.dump.mtimeMs, sha256 });
+      }
+      return sha256 === manifest.sha256
+        ? { status: 'valid' }
+        : {
+            status: 'invalid',
+            error: `sha256 ${sha256.slice(0, 12)}… differs from the manifest's ${manifest.sha256.slice(0, 12)}…`,
+          };
+    },
+
+    rememberArtifact(file, sizeBytes, mtimeMs, sha256) {
+      artifactCache.set(file, { sizeBytes, mtimeMs, sha256 });
+    },
+
+    facts(entry, artifact) {
+      const status: BackupStatus = entry.manifest
+        ? 'completed'
+        : entry.state?.status === 'running'
+          ? 'running'
+          : 'failed';
+      const verify =
+        entry.verify && entry.manifest && entry.verify.sha256 === entry.manifest.sha256
+          ? entry.verify
+          : undefined;
+      const restore: RestoreStatus = verify ? verify.status : 'pending';
+      const offsite: OffsiteStatus = entry.offsite
+        ? entry.offsite.status === 'replicated' && entry.offsite.contentSha256 !== entry.manifest?.sha256
+          ? 'failed'
+          : entry.offsite.status
+        : 'pending';
+      const error =
+        status === 'failed'
+          ? (entry.state?.error ?? entry.unreadable)
+          : artifact.status !== 'valid'
+            ? artifact.error
+            : verify && verify.status !== 'restore_verified'
+              ? verify.error
+              : undefined;
+      return {
+        backupId: entry.backupId,
+        status,
+        createdAt: createdAtOf(entry),
+        artifact: artifact.status,
+        restore,
+        offsite,
+        error,
+      };
+    },
+
+    toApi(entry, artifact) {
+      const facts = catalog.facts(entry, artifact);
+      const m = entry.manifest;
+      const v = entry.verify && m && entry.verify.sha256 === m.sha256 ? entry.verify : undefined;
+      return {
+        id: entry.backupId,
+        projectId: entry.projectId,
+        kind: m?.kind ?? entry.state?.kind ?? 'project_db',
+        format: 'custom',
+        status: facts.status,
+        sizeBytes: m?.sizeBytes ?? null,
+        checksumSha256: m?.sha256 ?? null,
+        createdAt: createdAtOf(entry),
+        completedAt: m?.completedAt ?? null,
+        localArtifactStatus: entry.dump ? 'present' : 'missing',
+        offsiteStatus: facts.offsite,
+        offsiteKey: entry.offsite?.key ?? null,
+        offsiteContentSha256: entry.offsite?.contentSha256 ?? null,
+        artifactValidationStatus: artifact.status,
+        restoreVerificationStatus: facts.restore === 'unverifiable' ? 'skipped' : facts.restore,
+        restoreVerificationOutcome: facts.restore,
+        restoreVerificationAt: v?.finishedAt ?? null,
+        restoreVerificationError: v && v.status !== 'restore_verified' ? (v.error ?? v.reason ?? null) : null,
+        restoreVerificationSource: v?.source ?? null,
+        error: facts.status === 'failed' ? (facts.error ?? null) : (artifact.error ?? null),
+      };
+    },
+
+    async trust(projectId, slug, now = new Date()) {
+      const [newest] = await catalog.list(projectId);
+      if (!newest) return classify(undefined, now, slug);
+      const artifact = await catalog.checkArtifact(newest);
+      return {
+        ...classify(catalog.facts(newest, artifact), now, slug),
+        backup: catalog.toApi(newest, artifact),
+      };
+    },
+
+    async writeManifest(manifest) {
+      await writeRecord(
+        root,
+        catalog.paths(manifest.projectId, manifest.backupId).manifest,
+        ManifestSchema.parse(manifest),
+      );
+    },
+    async writeState(state) {
+      await writeRecord(
+        root,
+        catalog.paths(state.projectId, state.backupId).state,
+        BackupStateSchema.parse(state),
+      );
+    },
+    async writeOffsiteReceipt(receipt) {
+      await writeRecord(
+        root,
+        catalog.paths(receipt.projectId, receipt.backupId).offsite,
+        OffsiteReceiptSchema.parse(receipt),
+      );
+    },
+    async writeVerifyReceipt(receipt) {
+      await writeRecord(
+        root,
+        catalog.paths(receipt.projectId, receipt.backupId).verify,
+        VerifyReceiptSchema.parse(receipt),
+      );
+    },
+
+    async remove(projectId, backupId) {
+      const p = catalog.paths(projectId, backupId);
+      // The manifest goes first: without it the backup no longer counts as complete anywhere.
+      for (const file of [p.manifest, p.dump, p.verify, p.offsite, p.state]) await rm(file, { force: true });
+      artifactCache.delete(p.dump);
+    },
+  };
+  return catalog;
+}
+
+async function writeRecord(root: string, file: string, value: unknown): Promise<void> {
+  try {
+    await ensureDir(path.dirname(file));
+    await writeJsonAtomic(file, value);
+  } catch (error) {
+    throw fsWriteError(error, file, `writing ${path.basename(file)} under ${root}`);
+  }
+}

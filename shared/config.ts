@@ -1,0 +1,505 @@
+// The one configuration module: every environment variable of every function, its default, bounds, and
+// whether it is secret. loadConfig(env) reports every bad variable at once with the fix.
+import path from 'node:path';
+import { z } from 'zod';
+import { AppError } from './errors.js';
+
+export const SECOND_MS = 1000;
+export const MINUTE_MS = 60 * SECOND_MS;
+export const HOUR_MS = 60 * MINUTE_MS;
+export const MIB = 1024 * 1024;
+
+export const SCOPES = [
+  'backups:read',
+  'backups:write',
+  'verify',
+  'migrate',
+  'probe',
+  'events',
+  'admin',
+] as const;
+export type Scope = (typeof SCOPES)[number];
+
+export const FUNCTION_NAMES = ['dump', 'replicate', 'verify', 'probe', 'migrate'] as const;
+export type FunctionName = (typeof FUNCTION_NAMES)[number];
+
+const port = (fallback: number) => z.coerce.number().int().min(1).max(65535).default(fallback);
+const ms = (fallback: number, min = 0, max = 7 * 24 * HOUR_MS) =>
+  z.coerce.number().int().min(min).max(max).default(fallback);
+const int = (fallback: number, min: number, max: number) =>
+  z.coerce.number().int().min(min).max(max).default(fallback);
+const bool = (fallback: boolean) =>
+  z
+    .enum(['true', 'false', '1', '0', 'yes', 'no'])
+    .default(fallback ? 'true' : 'false')
+    .transform((v) => v === 'true' || v === '1' || v === 'yes');
+const dir = (fallback: string) => z.string().min(1).default(fallback);
+const optionalString = z
+  .string()
+  .optional()
+  .transform((v) => (v === undefined || v.trim() === '' ? undefined : v.trim()));
+
+export interface ApiToken {
+  id: string;
+  sha256: string;
+  scopes: Scope[];
+}
+
+const tokenList = z
+  .string()
+  .default('')
+  .transform((raw, ctx): ApiToken[] => {
+    const tokens: ApiToken[] = [];
+    for (const entry of raw
+      .split(',')
+      .map((s) => s.trim())
+      .filter(Boolean)) {
+      const [id, sha, scopeList, ...rest] = entry.split(':');
+      const scopes = (scopeList ?? '').split('+').filter(Boolean);
+      const badScope = scopes.find((s) => !(SCOPES as readonly string[]).includes(s));
+      // Never echo the entry: a confused operator may have pasted a raw token here.
+      if (
+        !id ||
+        !/^[A-Za-z0-9_.-]{1,64}$/.test(id) ||
+        !sha ||
+        !/^[0-9a-f]{64}$/.test(sha) ||
+        rest.length > 0
+      ) {
+        ctx.addIssue({
+          code: 'custom',
+          message: `entry #${tokens.length + 1} must be id:<sha256 hex of the token>:scope+scope (id [A-Za-z0-9_.-])`,
+        });
+        return z.NEVER;
+      }
+      if (scopes.length === 0 || badScope) {
+        ctx.addIssue({
+          code: 'custom',
+          message: `token "${id}" has ${badScope ? `unknown scope "${badScope}"` : 'no scopes'}; scopes: ${SCOPES.join(', ')}`,
+        });
+        return z.NEVER;
+      }
+      tokens.push({ id, sha256: sha, scopes: scopes as Scope[] });
+    }
+    return tokens;
+  });
+
+const webhookSecretList = z
+  .string()
+  .default('')
+  .transform((raw, ctx): string[] => {
+    const secrets = raw
+      .split(/[,\s]+/)
+      .map((s) => s.trim())
+      .filter(Boolean);
+    secrets.forEach((secret, index) => {
+      const body = secret.startsWith('whsec_') ? secret.slice('whsec_'.length) : '';
+      if (!body || !/^[A-Za-z0-9+/]+={0,2}$/.test(body) || Buffer.from(body, 'base64').length < 24) {
+        ctx.addIssue({
+          code: 'custom',
+          message: `secret #${index + 1} must be whsec_<base64 of at least 24 random bytes> (e.g. \`echo whsec_$(openssl rand -base64 32)\`)`,
+        });
+      }
+    });
+    return secrets;
+  });
+
+export const EventSinkSchema = z.object({
+  url: z.url(),
+  types: z.array(z.string().min(1)).default(['*']),
+  name: z.string().optional(),
+});
+export type EventSink = z.infer<typeof EventSinkSchema>;
+
+const sinkList = z
+  .string()
+  .default('[]')
+  .transform((raw, ctx): EventSink[] => {
+    let parsed: unknown;
+    try {
+      parsed = JSON.parse(raw);
+    } catch {
+      ctx.addIssue({
+        code: 'custom',
+        message:
+          'must be a JSON array like [{"url":"http://replicate:8082/events","types":["flux.backup.*"]}]',
+      });
+      return z.NEVER;
+    }
+    const result = z.array(EventSinkSchema).safeParse(parsed);
+    if (!result.success) {
+      ctx.addIssue({
+        code: 'custom',
+        message: `each sink needs "url" and optional "types" globs: ${result.error.issues[0]?.message}`,
+      });
+      return z.NEVER;
+    }
+    return result.data;
+  });
+
+const statusRanges = z
+  .string()
+  .default('200-399')
+  .transform((raw, ctx): Array<[number, number]> => {
+    const ranges: Array<[number, number]> = [];
+    for (const part of raw
+      .split(',')
+      .map((s) => s.trim())
+      .filter(Boolean)) {
+      const m = /^(\d{3})(?:-(\d{3}))?$/.exec(part);
+      if (!m) {
+        ctx.addIssue({ code: 'custom', message: `"${part}" is not a status or range like 200-399` });
+        return z.NEVER;
+      }
+      const lo = Number(m[1]);
+      ranges.push([lo, m[2] ? Number(m[2]) : lo]);
+    }
+    return ranges;
+  });
+
+interface VarSpec {
+  schema: z.ZodType;
+  description: string;
+  secret?: boolean;
+  /** Default in the embedded (npm start) profile, relative to the working directory. */
+  embedded?: string;
+}
+
+/** Every variable flux-ops reads. The README's configuration table is checked against this. */
+export const VARS = {
+  FLUX_HOST: {
+    schema: z.string().default('0.0.0.0'),
+    description: 'Address every function listens on.',
+    embedded: '127.0.0.1',
+  },
+  FLUX_PORT: {
+    schema: port(8080),
+    description: 'Port of the all-in-one process and of the router (front door).',
+  },
+  FLUX_DUMP_PORT: { schema: port(8081), description: 'Port of the dump function.' },
+  FLUX_REPLICATE_PORT: { schema: port(8082), description: 'Port of the replicate function.' },
+  FLUX_VERIFY_PORT: { schema: port(8083), description: 'Port of the verify function.' },
+  FLUX_PROBE_PORT: { schema: port(8084), description: 'Port of the probe function.' },
+  FLUX_MIGRATE_PORT: { schema: port(8085), description: 'Port of the migrate function.' },
+  FLUX_STATE_DIR: {
+    schema: dir('/srv/flux/state'),
+    description: 'Outboxes, dead letters, inbox dedupe, leases.',
+    embedded: '.flux-data/state',
+  },
+  FLUX_BACKUPS_LOCAL_DIR: {
+    schema: dir('/srv/flux/backups'),
+    description: 'Local backup catalog (dumps, manifests, receipts).',
+    embedded: '.flux-data/backups',
+  },
+  FLUX_BACKUPS_OFFSITE_DIR: {
+    schema: dir('/srv/flux/backups-offsite'),
+    description: 'Offsite store: a directory, or s3://bucket/prefix.',
+    embedded: '.flux-data/backups-offsite',
+  },
+  FLUX_PROJECTS_FILE: {
+    schema: dir('/etc/flux-ops/projects.json'),
+    description: 'Project and cluster registry (JSON; URLs literal or env:NAME).',
+    embedded: '.flux-data/projects.json',
+  },
+  FLUX_API_TOKENS: {
+    schema: tokenList,
+    secret: true,
+    description: 'Bearer tokens: comma-separated id:sha256hex:scope+scope.',
+  },
+  FLUX_WEBHOOK_SECRETS: {
+    schema: webhookSecretList,
+    secret: true,
+    description: 'Standard Webhooks secrets whsec_…, comma-separated; the first signs, any verifies.',
+  },
+  FLUX_WEBHOOK_TOLERANCE_MS: {
+    schema: ms(5 * MINUTE_MS, SECOND_MS, HOUR_MS),
+    description: 'Allowed clock skew/age of a signed event.',
+  },
+  FLUX_EVENT_SINKS: {
+    schema: sinkList,
+    description: 'JSON array of {url, types:[globs]} that receive this process’s events.',
+  },
+  FLUX_OUTBOX_MAX_ATTEMPTS: {
+    schema: int(12, 1, 100),
+    description: 'Delivery attempts before an event becomes a dead letter.',
+  },
+  FLUX_OUTBOX_BASE_DELAY_MS: {
+    schema: ms(SECOND_MS, 10, HOUR_MS),
+    description: 'First retry delay (doubles per attempt, jittered).',
+  },
+  FLUX_OUTBOX_MAX_DELAY_MS: {
+    schema: ms(5 * MINUTE_MS, 100, 24 * HOUR_MS),
+    description: 'Largest retry delay (Retry-After may ask for more).',
+  },
+  FLUX_BODY_LIMIT_BYTES: { schema: int(MIB, 1024, 64 * MIB), description: 'Largest accepted request body.' },
+  FLUX_RATE_LIMIT_PER_MINUTE: {
+    schema: int(600, 1, 1_000_000),
+    description: 'Requests per minute per token (429 beyond).',
+  },
+  FLUX_LOG_LEVEL: {
+    schema: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
+    description: 'pino log level.',
+  },
+  FLUX_SHUTDOWN_GRACE_MS: {
+    schema: ms(30 * SECOND_MS, 0, HOUR_MS),
+    description: 'On SIGTERM, time for in-flight work before it is cancelled.',
+  },
+  FLUX_DUMP_COMPRESSION: { schema: int(1, 0, 9), description: 'pg_dump -Z level (1 is the fast class).' },
+  FLUX_DUMP_TIMEOUT_MS: {
+    schema: ms(6 * HOUR_MS, SECOND_MS),
+    description: 'pg_dump is killed and its partial removed after this.',
+  },
+  FLUX_DUMP_LOCK_WAIT_TIMEOUT_MS: {
+    schema: ms(30 * SECOND_MS, 0, HOUR_MS),
+    description: 'pg_dump --lock-wait-timeout (shared clusters).',
+  },
+  FLUX_DUMP_QUEUE_MAX: {
+    schema: int(8, 0, 10_000),
+    description: 'Waiting dumps per cluster beyond its maxConcurrentDumps (503 beyond).',
+  },
+  FLUX_RETENTION_KEEP_COUNT: {
+    schema: int(0, 0, 100_000),
+    description: 'Backups kept per project (0 = retention off).',
+  },
+  FLUX_RETENTION_KEEP_DAYS: {
+    schema: int(0, 0, 100_000),
+    description: 'Backups younger than this are kept (0 = no age rule).',
+  },
+  FLUX_REPLICATE_RECONCILE_INTERVAL_MS: {
+    schema: ms(5 * MINUTE_MS, 100),
+    description: 'Reconcile scan period (also runs at start-up).',
+  },
+  FLUX_REPLICATE_CONCURRENCY: { schema: int(4, 1, 256), description: 'Concurrent offsite copies.' },
+  FLUX_REPLICATE_MAX_ATTEMPTS: {
+    schema: int(5, 1, 100),
+    description: 'Copy attempts per backup before a failure receipt.',
+  },
+  FLUX_VERIFY_DRIVER: {
+    schema: z.enum(['auto', 'docker', 'local']).default('auto'),
+    description: 'Restore sandbox: docker, local (initdb), or auto.',
+  },
+  FLUX_BACKUP_VERIFY_POSTGRES_IMAGE: {
+    schema: z.string().min(1).default('postgres:17-alpine'),
+    description: 'Image of the docker sandbox (never pulled at verify time).',
+  },
+  FLUX_DOCKER_SOCKET: {
+    schema: z.string().min(1).default('/var/run/docker.sock'),
+    description: 'Docker engine socket used by the docker sandbox.',
+  },
+  FLUX_VERIFY_TIMEOUT_MS: {
+    schema: ms(HOUR_MS, SECOND_MS),
+    description: 'A verification is killed (sandbox removed) after this.',
+  },
+  FLUX_VERIFY_CONCURRENCY: { schema: int(1, 1, 64), description: 'Verifications at once in this process.' },
+  FLUX_VERIFY_QUEUE_MAX: {
+    schema: int(16, 0, 10_000),
+    description: 'Waiting verifications beyond the concurrency (503 beyond).',
+  },
+  FLUX_VERIFY_ON: {
+    schema: z.string().default('flux.backup.created'),
+    description: 'Event types that trigger a verification (comma-separated; empty = on demand only).',
+  },
+  FLUX_VERIFY_MEMORY_MB: { schema: int(1024, 64, 1024 * 1024), description: 'Docker sandbox memory limit.' },
+  FLUX_VERIFY_CPUS: {
+    schema: z.coerce.number().min(0.1).max(256).default(1),
+    description: 'Docker sandbox CPU limit.',
+  },
+  FLUX_VERIFY_PIDS: { schema: int(256, 16, 100_000), description: 'Docker sandbox pids limit.' },
+  FLUX_VERIFY_AMCHECK: {
+    schema: bool(true),
+    description: 'Run amcheck on restored btree indexes (integrity rung).',
+  },
+  FLUX_TENANT_PROBE_GATEWAY_URL: {
+    schema: optionalString.pipe(z.url().optional()),
+    description: 'Gateway the probes go through (Host = tenant apiHost).',
+  },
+  FLUX_PROBE_FALLBACK_PUBLIC: {
+    schema: bool(false),
+    description: 'Probe https://<apiHost> when no gateway URL is set.',
+  },
+  FLUX_PROBE_CA_FILE: {
+    schema: optionalString,
+    description: 'PEM CA file appended to the system roots for probes.',
+  },
+  FLUX_PROBE_INTERVAL_MS: {
+    schema: ms(MINUTE_MS, 0),
+    description: 'Probe cycle period (0 = on demand only), jittered.',
+  },
+  FLUX_PROBE_TIMEOUT_MS: {
+    schema: ms(10 * SECOND_MS, 50, 10 * MINUTE_MS),
+    description: 'Per-probe timeout.',
+  },
+  FLUX_PROBE_CONCURRENCY: { schema: int(16, 1, 1024), description: 'Probes in flight at once.' },
+  FLUX_PROBE_FAILURE_THRESHOLD: {
+    schema: int(3, 1, 100),
+    description: 'Consecutive results before a transition event (flap suppression).',
+  },
+  FLUX_PROBE_EXPECTED_STATUS: {
+    schema: statusRanges,
+    description: 'Healthy HTTP statuses, e.g. 200-399,401.',
+  },
+  FLUX_PROBE_MODE: {
+    schema: z.enum(['shallow', 'deep']).default('shallow'),
+    description: 'shallow: 401 healthy for v2 tenants; deep: sends a minted JWT.',
+  },
+  FLUX_PROBE_PATH: {
+    schema: z.string().startsWith('/').default('/'),
+    description: 'Path requested on each tenant API.',
+  },
+  FLUX_MIGRATE_TIMEOUT_MS: {
+    schema: ms(6 * HOUR_MS, SECOND_MS),
+    description: 'Whole-migration limit; children killed and target rolled back.',
+  },
+  FLUX_S3_ENDPOINT: {
+    schema: optionalString,
+    description: 'S3-compatible endpoint URL (for s3:// offsite).',
+  },
+  FLUX_S3_REGION: { schema: optionalString, description: 'S3 region.' },
+  FLUX_S3_FORCE_PATH_STYLE: {
+    schema: bool(false),
+    description: 'Path-style S3 addressing (most self-hosted servers).',
+  },
+  FLUX_S3_ACCESS_KEY_ID: { schema: optionalString, secret: true, description: 'S3 access key id.' },
+  FLUX_S3_SECRET_ACCESS_KEY: { schema: optionalString, secret: true, description: 'S3 secret access key.' },
+} satisfies Record<string, VarSpec>;
+
+export type VarName = keyof typeof VARS;
+export type Config = { [K in VarName]: z.output<(typeof VARS)[K]['schema']> } & {
+  /** Where relative directory defaults were resolved from. */
+  readonly profile: 'production' | 'embedded';
+};
+
+export interface ConfigProblem {
+  variable: string;
+  message: string;
+}
+
+export interface LoadConfigOptions {
+  /** Embedded profile: data under ./.flux-data, listen on loopback (npm start / demo). */
+  profile?: 'production' | 'embedded';
+  cwd?: string;
+}
+
+/** Parses every variable; collects every problem; throws one AppError listing them all. */
+export function loadConfig(env: NodeJS.ProcessEnv, options: LoadConfigOptions = {}): Config {
+  const profile = options.profile ?? 'production';
+  const cwd = options.cwd ?? process.cwd();
+  const problems: ConfigProblem[] = [];
+  const out: Record<string, unknown> = { profile };
+
+  if (env.NODE_TLS_REJECT_UNAUTHORIZED === '0') {
+    problems.push({
+      variable: 'NODE_TLS_REJECT_UNAUTHORIZED',
+      message:
+        'is 0, which disables TLS verification for the whole process; unset it and trust your CA with ' +
+        'NODE_EXTRA_CA_CERTS=/path/ca.pem (or FLUX_PROBE_CA_FILE for probes) instead',
+    });
+  }
+
+  for (const [name, spec] of Object.entries(VARS) as Array<[VarName, VarSpec]>) {
+    let raw = env[name];
+    if ((raw === undefined || raw === '') && profile === 'embedded' && spec.embedded !== undefined) {
+      raw = spec.embedded.startsWith('.') ? path.resolve(cwd, spec.embedded) : spec.embedded;
+    }
+    const result = spec.schema.safeParse(raw === '' ? undefined : raw);
+    if (result.success) out[name] = result.data;
+    else {
+      for (const issue of result.error.issues) {
+        problems.push({ variable: name, message: describeIssue(issue, spec) });
+      }
+    }
+  }
+
+  const offsite = String(out.FLUX_BACKUPS_OFFSITE_DIR ?? '');
+  if (offsite.startsWith('s3://')) {
+    const missing = (['FLUX_S3_ACCESS_KEY_ID', 'FLUX_S3_SECRET_ACCESS_KEY'] as const).filter((v) => !out[v]);
+    for (const variable of missing) {
+      problems.push({
+        variable,
+        message: `is required when FLUX_BACKUPS_OFFSITE_DIR is s3:// (no silent fallback to a local copy)`,
+      });
+    }
+  }
+
+  if (problems.length > 0) {
+    throw new AppError('config_invalid', formatProblems(problems), { details: { problems } });
+  }
+  return out as Config;
+}
+
+function describeIssue(issue: z.core.$ZodIssue, spec: VarSpec): string {
+  // Values are never echoed: a secret may sit in the wrong variable.
+  const hint = spec.description ? ` (${spec.description})` : '';
+  if (issue.code === 'custom') return issue.message;
+  if (issue.code === 'too_small' || issue.code === 'too_big') {
+    const bound =
+      'minimum' in issue ? `at least ${issue.minimum}` : `at most ${(issue as { maximum: unknown }).maximum}`;
+    return `must be ${bound}${hint}`;
+  }
+  if (issue.code === 'invalid_value' && 'values' in issue) {
+    return `must be one of ${(issue.values as unknown[]).join(', ')}${hint}`;
+  }
+  if (issue.code === 'invalid_type') return `must be a ${issue.expected}${hint}`;
+  return `${issue.message}${hint}`;
+}
+
+export function formatProblems(problems: ConfigProblem[]): string {
+  const lines = problems.map((p) => `  - ${p.variable}: ${p.message}`);
+  return `invalid configuration (${problems.length} problem${problems.length === 1 ? '' : 's'}):\n${lines.join('\n')}`;
+}
+
+/** The config for the startup log line: secrets replaced, token ids kept so rotation is visible. */
+export function redactConfig(config: Config): Record<string, unknown> {
+  const out: Record<string, unknown> = {};
+  for (const [name, value] of Object.entries(config)) {
+    const spec = (VARS as Record<string, VarSpec>)[name];
+    if (name === 'FLUX_API_TOKENS') {
+      out[name] = (value as ApiToken[]).map((t) => `${t.id}:[redacted]:${t.scopes.join('+')}`);
+    } else if (name === 'FLUX_WEBHOOK_SECRETS') {
+      out[name] = `[${(value as string[]).length} redacted]`;
+    } else if (spec?.secret) {
+      out[name] = value === undefined ? undefined : '[redacted]';
+    } else if (name === 'FLUX_EVENT_SINKS') {
+      out[name] = (value as EventSink[]).map((s) => ({ ...s, url: redactUrl(s.url) }));
+    } else {
+      out[name] = value;
+    }
+  }
+  return out;
+}
+
+/** Removes userinfo and query strings from a URL (they may carry credentials). */
+export function redactUrl(url: string): string {
+  try {
+    const u = new URL(url);
+    if (u.password) u.password = 'redacted';
+    if (u.username) u.username = u.username ? 'redacted' : '';
+    if (u.search) u.search = '?redacted';
+    return u.toString();
+  } catch {
+    return '[unparseable url]';
+  }
+}
+
+export function portOf(config: Config, fn: FunctionName | 'all'): number {
+  switch (fn) {
+    case 'all':
+      return config.FLUX_PORT;
+    case 'dump':
+      return config.FLUX_DUMP_PORT;
+    case 'replicate':
+      return config.FLUX_REPLICATE_PORT;
+    case 'verify':
+      return config.FLUX_VERIFY_PORT;
+    case 'probe':
+      return config.FLUX_PROBE_PORT;
+    case 'migrate':
+      return config.FLUX_MIGRATE_PORT;
+  }
+}
+
+/** The event types that trigger verify, parsed from FLUX_VERIFY_ON. */
+export function verifyTriggers(config: Config): string[] {
+  return config.FLUX_VERIFY_ON.split(',')
+    .map((s) => s.trim())
+    .filter(Boolean);
+}

@@ -1,0 +1,216 @@
+// CloudEvents 1.0 structured envelope (https://github.com/cloudevents/spec/blob/v1.0.2/cloudevents/spec.md)
+// and the zod schema of every event type flux-ops sends or accepts.
+import { randomUUID } from 'node:crypto';
+import { z } from 'zod';
+
+export const CLOUDEVENTS_CONTENT_TYPE = 'application/cloudevents+json';
+
+const id = z.string().min(1).max(128);
+const sha256 = z.string().regex(/^[0-9a-f]{64}$/);
+
+const backupRef = {
+  projectId: z.uuid(),
+  projectHash: z
+    .string()
+    .regex(/^[0-9a-f]{7}$/)
+    .optional(),
+  backupId: id,
+};
+
+const findings = z.array(
+  z.object({ rung: z.string(), result: z.string(), code: z.string(), message: z.string().optional() }),
+);
+const failure = { reason: z.string().max(64), error: z.string().max(4000) };
+
+export const EVENT_DATA = {
+  'flux.backup.requested': z.looseObject({
+    projectId: z.uuid().optional(),
+    projectHash: z.string().optional(),
+  }),
+  'flux.backup.created': z.looseObject({
+    ...backupRef,
+    kind: z.enum(['project_db', 'tenant_export']),
+    sizeBytes: z.number().int().nonnegative(),
+    sha256,
+    createdAt: z.string(),
+    completedAt: z.string(),
+    tables: z.number().int().nonnegative(),
+    rows: z.number().int().nonnegative(),
+    sequences: z.number().int().nonnegative(),
+    serverVersion: z.string(),
+  }),
+  'flux.backup.failed': z.looseObject({
+    projectId: z.uuid(),
+    projectHash: z.string().optional(),
+    backupId: id,
+    ...failure,
+  }),
+  'flux.backup.deleted': z.looseObject({ ...backupRef, reason: z.string() }),
+  'flux.backup.replicated': z.looseObject({
+    ...backupRef,
+    sha256,
+    sizeBytes: z.number().int().nonnegative(),
+    store: z.string(),
+    key: z.string(),
+    lagSeconds: z.number().optional(),
+  }),
+  'flux.backup.replication_failed': z.looseObject({ ...backupRef, ...failure }),
+  'flux.backup.verified': z.looseObject({
+    ...backupRef,
+    driver: z.string(),
+    sha256,
+    rungs: findings,
+    seconds: z.number(),
+  }),
+  'flux.backup.verify_failed': z.looseObject({
+    ...backupRef,
+    driver: z.string().optional(),
+    rungs: findings,
+    ...failure,
+  }),
+  'flux.backup.unverifiable': z.looseObject({ ...backupRef, driver: z.string().optional(), ...failure }),
+  'flux.tenant.probe_failed': z.looseObject({
+    projectId: z.uuid(),
+    apiHost: z.string(),
+    reason: z.string(),
+    status: z.number().optional(),
+    consecutive: z.number(),
+  }),
+  'flux.tenant.probe_recovered': z.looseObject({
+    projectId: z.uuid(),
+    apiHost: z.string(),
+    consecutive: z.number(),
+    downSeconds: z.number().optional(),
+  }),
+  'flux.migrate.started': z.looseObject({
+    projectId: z.uuid(),
+    slug: z.string(),
+    lockWrites: z.boolean(),
+    dumpOnly: z.boolean(),
+  }),
+  'flux.migrate.completed': z.looseObject({
+    projectId: z.uuid(),
+    slug: z.string(),
+    tables: z.number(),
+    rows: z.number(),
+    sequences: z.number(),
+  }),
+  'flux.migrate.failed': z.looseObject({
+    projectId: z.uuid(),
+    slug: z.string(),
+    phase: z.string(),
+    ...failure,
+  }),
+} as const;
+
+export type EventType = keyof typeof EVENT_DATA;
+export const EVENT_TYPES = Object.keys(EVENT_DATA) as EventType[];
+export type EventData<T extends EventType> = z.output<(typeof EVENT_DATA)[T]>;
+
+export function isEventType(type: string): type is EventType {
+  return Object.hasOwn(EVENT_DATA, type);
+}
+
+/** CloudEvents extension attribute carrying the id of the event that caused this one. */
+export const CAUSATION_ATTRIBUTE = 'causationid';
+
+export const CloudEventSchema = z.looseObject({
+  specversion: z.literal('1.0'),
+  id,
+  source: z.string().min(1).max(512),
+  type: z.string().min(1).max(256),
+  subject: z.string().max(512).optional(),
+  time: z.iso.datetime({ offset: true }).optional(),
+  datacontenttype: z.string().optional(),
+  [CAUSATION_ATTRIBUTE]: id.optional(),
+  data: z.unknown(),
+});
+
+export interface CloudEvent<T extends EventType = EventType> {
+  specversion: '1.0';
+  id: string;
+  source: string;
+  type: T;
+  subject?: string;
+  time: string;
+  datacontenttype: 'application/json';
+  causationid?: string;
+  data: EventData<T>;
+}
+
+export interface NewEvent<T extends EventType> {
+  type: T;
+  source: string;
+  subject?: string;
+  data: EventData<T>;
+  causedBy?: string;
+  now?: Date;
+}
+
+/** Builds a CloudEvent and validates its data against the type's schema (a bad event is a bug). */
+export function createEvent<T extends EventType>(input: NewEvent<T>): CloudEvent<T> {
+  const data = EVENT_DATA[input.type].parse(input.data) as EventData<T>;
+  return {
+    specversion: '1.0',
+    id: `evt_${randomUUID()}`,
+    source: input.source,
+    type: input.type,
+    ...(input.subject ? { subject: input.subject } : {}),
+    time: (input.now ?? new Date()).toISOString(),
+    datacontenttype: 'application/json',
+    ...(input.causedBy ? { [CAUSATION_ATTRIBUTE]: input.causedBy } : {}),
+    data,
+  };
+}
+
+export type ParsedEvent = { ok: true; event: CloudEvent } | { ok: false; status: 400 | 422; message: string };
+
+/** Parses a received body: envelope first (400 when malformed), then the type's data (422). */
+export function parseEvent(body: string): ParsedEvent {
+  let json: unknown;
+  try {
+    json = JSON.parse(body);
+  } catch {
+    return { ok: false, status: 400, message: 'body is not JSON: send a CloudEvents 1.0 structured event' };
+  }
+  const envelope = CloudEventSchema.safeParse(json);
+  if (!envelope.success) {
+    const issue = envelope.error.issues[0];
+    return {
+      ok: false,
+      status: 400,
+      message: `not a CloudEvents 1.0 event: ${issue?.path.join('.') || 'body'}: ${issue?.message}`,
+    };
+  }
+  const type = envelope.data.type;
+  if (!isEventType(type)) {
+    return {
+      ok: false,
+      status: 422,
+      message: `unknown event type "${type.slice(0, 80)}"; known: ${EVENT_TYPES.join(', ')}`,
+    };
+  }
+  const data = EVENT_DATA[type].safeParse(envelope.data.data);
+  if (!data.success) {
+    const issue = data.error.issues[0];
+    return {
+      ok: false,
+      status: 422,
+      message: `invalid data for ${type}: ${issue?.path.join('.') || 'data'}: ${issue?.message}`,
+    };
+  }
+  return { ok: true, event: { ...(envelope.data as unknown as CloudEvent), data: data.data } };
+}
+
+/** Glob match for sink filters: `*` matches any run of characters (`flux.backup.*`). */
+export function typeMatches(type: string, patterns: readonly string[]): boolean {
+  return patterns.some((pattern) => {
+    if (pattern === '*' || pattern === type) return true;
+    const re = new RegExp(`^${pattern.split('*').map(escapeRegExp).join('.*')}$`);
+    return re.test(type);
+  });
+}
+
+function escapeRegExp(s: string): string {
+  return s.replace(/[.+?^${}()|[\]\\]/g, '\\$&');
+}

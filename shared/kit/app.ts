@@ -1,0 +1,257 @@
+// The function kit: what every function's Hono app shares — request ids, access log, JSON errors from
+// the AppError table, body limits, Bearer scopes with a rate limit, /healthz, /readyz, /metrics and the
+// signed POST /events receiver.
+import { randomUUID } from 'node:crypto';
+import { type Context, Hono, type MiddlewareHandler } from 'hono';
+import { bodyLimit } from 'hono/body-limit';
+import { HTTPException } from 'hono/http-exception';
+import type { ContentfulStatusCode } from 'hono/utils/http-status';
+import type { z } from 'zod';
+import type { ApiToken, Config, FunctionName, Scope } from '../config.js';
+import { AppError, isAppError } from '../errors.js';
+import type { CloudEvent, EventType } from '../events/envelope.js';
+import type { Inbox } from '../events/inbox.js';
+import type { Outbox } from '../events/outbox.js';
+import type { Logger } from '../log.js';
+import { counter, DURATION_BUCKETS_S, histogram, type Registry } from '../metrics.js';
+import { createAuthenticator, createRateLimiter, requireScopeOf } from './auth.js';
+import { type ReadyCheck, runChecks } from './readiness.js';
+
+export type AppEnv = { Variables: { requestId: string; token?: ApiToken } };
+export type App = Hono<AppEnv>;
+
+export interface EventAck {
+  status?: 200 | 202;
+  body?: Record<string, unknown>;
+}
+export type EventHandler = (event: CloudEvent) => Promise<EventAck | undefined>;
+
+export interface KitOptions {
+  name: FunctionName;
+  config: Config;
+  log: Logger;
+  metrics: Registry;
+  inbox: Inbox;
+  outbox: Outbox;
+  checks: () => readonly ReadyCheck[];
+  handlers: Partial<Record<EventType, EventHandler>>;
+}
+
+export interface Kit {
+  app: App;
+  /** Bearer token with `scope` (admin implies all), rate limited per token. */
+  requireScope(scope: Scope): MiddlewareHandler<AppEnv>;
+}
+
+const JSON_TYPES = ['application/json', 'application/cloudevents+json'];
+
+export function errorBody(error: AppError, requestId?: string): Record<string, unknown> {
+  return { ...error.toJSON(), ...(requestId ? { requestId } : {}) };
+}
+
+export function respondError(c: Context<AppEnv>, error: AppError): Response {
+  if (error.retryAfterSeconds !== undefined)
+    c.header('Retry-After', String(Math.ceil(error.retryAfterSeconds)));
+  return c.json(errorBody(error, c.get('requestId')), error.status as ContentfulStatusCode);
+}
+
+/** Parses a JSON body against `schema`: 415 for another content type, 400 for bad JSON or fields. */
+export async function readJson<T>(
+  c: Context<AppEnv>,
+  schema: z.ZodType<T>,
+  options: { emptyIsObject?: boolean } = {},
+): Promise<T> {
+  const text = await c.req.text();
+  let value: unknown = {};
+  if (text.trim() !== '' || !options.emptyIsObject) {
+    const type = (c.req.header('content-type') ?? '').split(';')[0]!.trim().toLowerCase();
+    if (!JSON_TYPES.includes(type)) {
+      throw new AppError(
+        'unsupported_media_type',
+        `send Content-Type: application/json (got ${JSON.stringify(type.slice(0, 60) || 'none')})`,
+      );
+    }
+    try {
+      value = JSON.parse(text);
+    } catch {
+      throw new AppError('bad_request', 'the body is not valid JSON');
+    }
+  }
+  const parsed = schema.safeParse(value);
+  if (!parsed.success) {
+    const issue = parsed.error.issues[0];
+    throw new AppError('bad_request', `invalid body: ${issue?.path.join('.') || 'body'}: ${issue?.message}`);
+  }
+  return parsed.data;
+}
+
+export function createKit(options: KitOptions): Kit {
+  const { config, log, metrics, name } = options;
+  const app: App = new Hono<AppEnv>();
+  const authenticator = createAuthenticator(config.FLUX_API_TOKENS);
+  const limiter = createRateLimiter(config.FLUX_RATE_LIMIT_PER_MINUTE);
+  const requests = counter(
+    metrics,
+    'flux_http_requests_total',
+    'HTTP requests by function, route and status',
+    ['fn', 'method', 'route', 'status'],
+  );
+  const durations = histogram(
+    metrics,
+    'flux_http_request_duration_seconds',
+    'HTTP request duration',
+    ['fn', 'method', 'route'],
+    DURATION_BUCKETS_S,
+  );
+
+  app.use(async function requestContext(c, next) {
+    const offered = c.req.header('x-request-id');
+    const requestId = offered && /^[A-Za-z0-9._-]{1,64}$/.test(offered) ? offered : randomUUID();
+    c.set('requestId', requestId);
+    c.header('x-request-id', requestId);
+    const started = performance.now();
+    await next();
+    const seconds = (performance.now() - started) / 1000;
+    const route = c.req.routePath || 'unmatched';
+    requests.inc({ fn: name, method: c.req.method, route, status: String(c.res.status) });
+    durations.observe({ fn: name, method: c.req.method, route }, seconds);
+    const token = c.get('token');
+    if (token) {
+      // The access log: who (token id, never the token), what, outcome, how long.
+      log.info(
+        {
+          requestId,
+          tokenId: token.id,
+          method: c.req.method,
+          route,
+          path: c.req.path,
+          status: c.res.status,
+          ms: Math.round(seconds * 1000),
+        },
+        'access',
+      );
+    }
+  });
+
+  app.use(
+    bodyLimit({
+      maxSize: config.FLUX_BODY_LIMIT_BYTES,
+      onError: () => {
+        throw new AppError(
+          'payload_too_large',
+          `the body exceeds FLUX_BODY_LIMIT_BYTES (${config.FLUX_BODY_LIMIT_BYTES} bytes)`,
+        );
+      },
+    }),
+  );
+
+  app.onError((error, c) => {
+    if (isAppError(error)) {
+      if (error.status >= 500)
+        log.error({ requestId: c.get('requestId'), code: error.code, err: error }, error.message);
+      return respondError(c, error);
+    }
+    if (error instanceof HTTPException) {
+      const code =
+        error.status === 413 ? 'payload_too_large' : error.status === 404 ? 'not_found' : 'bad_request';
+      return respondError(c, new AppError(code, error.message || `HTTP ${error.status}`));
+    }
+    log.error({ requestId: c.get('requestId'), err: error }, 'unhandled error');
+    return respondError(
+      c,
+      new AppError('internal', `internal error (request ${c.get('requestId')}); see the ${name} logs`),
+    );
+  });
+
+  app.notFound((c) =>
+    respondError(c, new AppError('not_found', `no route ${c.req.method} ${c.req.path.slice(0, 200)}`)),
+  );
+
+  function requireScope(scope: Scope): MiddlewareHandler<AppEnv> {
+    return async function bearerScope(c, next) {
+      const token = authenticator.authenticate(c.req.header('authorization'));
+      c.set('token', token);
+      const rate = limiter.take(token.id);
+      c.header('RateLimit-Limit', String(rate.limit));
+      c.header('RateLimit-Remaining', String(rate.remaining));
+      c.header('RateLimit-Reset', String(rate.resetSeconds));
+      if (!rate.allowed) {
+        throw new AppError(
+          'rate_limited',
+          `token "${token.id}" exceeded FLUX_RATE_LIMIT_PER_MINUTE (${rate.limit}/min)`,
+          {
+            retryAfterSeconds: rate.resetSeconds,
+          },
+        );
+      }
+      requireScopeOf(token, scope);
+      await next();
+    };
+  }
+
+  app.get('/healthz', (c) => c.json({ ok: true, fn: name }));
+
+  app.get('/readyz', async (c) => {
+    const result = await runChecks(options.checks());
+    return c.json({ ...result, fn: name, outboxDepth: options.outbox.depth() }, result.ok ? 200 : 503);
+  });
+
+  app.get('/metrics', async (c) => {
+    c.header('content-type', metrics.contentType);
+    return c.body(await metrics.metrics());
+  });
+
+  app.post('/events', async (c) => {
+    const type = (c.req.header('content-type') ?? '').split(';')[0]!.trim().toLowerCase();
+    if (!JSON_TYPES.includes(type)) {
+      throw new AppError(
+        'unsupported_media_type',
+        'events are CloudEvents 1.0 structured JSON: Content-Type: application/cloudevents+json',
+      );
+    }
+    const body = await c.req.text();
+    const received = await options.inbox.receive(c.req.raw.headers, body);
+    if (received.kind === 'duplicate')
+      return c.json({ ok: true, duplicate: true, id: received.eventId }, 200);
+    const { event } = received;
+    const handler = options.handlers[event.type as EventType];
+    try {
+      const ack = handler
+        ? await handler(event)
+        : { status: 202 as const, body: { ignored: true, reason: `${name} does not handle ${event.type}` } };
+      await received.commit();
+      log.info(
+        { requestId: c.get('requestId'), eventId: event.id, type: event.type, subject: event.subject },
+        'event received',
+      );
+      return c.json({ ok: true, id: event.id, ...(ack?.body ?? {}) }, ack?.status ?? 202);
+    } catch (error) {
+      received.release();
+      throw error;
+    }
+  });
+
+  app.get('/events/dead', requireScope('events'), async (c) => {
+    const dead = await options.outbox.deadLetters();
+    return c.json({
+      deadLetters: dead.map((d) => ({
+        id: d.event.id,
+        type: d.event.type,
+        subject: d.event.subject,
+        sink: d.sink.name ?? new URL(d.sink.url).host,
+        attempts: d.attempts,
+        lastStatus: d.lastStatus ?? null,
+        lastError: d.lastError ?? null,
+        deadAt: d.deadAt,
+      })),
+    });
+  });
+
+  app.post('/events/replay', requireScope('events'), async (c) => {
+    const id = c.req.query('id');
+    const replayed = await options.outbox.replay(id || undefined);
+    return c.json({ ok: true, replayed });
+  });
+
+  return { app, requireScope };
+}

@@ -1,0 +1,71 @@
+// Bearer tokens stored as SHA-256 hashes with scopes; per-token rate limit (token bucket).
+import { createHash, timingSafeEqual } from 'node:crypto';
+import type { ApiToken, Scope } from '../config.js';
+import { AppError } from '../errors.js';
+
+export function hashToken(token: string): string {
+  return createHash('sha256').update(token).digest('hex');
+}
+
+export interface Authenticator {
+  authenticate(header: string | undefined): ApiToken;
+}
+
+export function createAuthenticator(tokens: readonly ApiToken[]): Authenticator {
+  const hashes = tokens.map((t) => ({ token: t, bytes: Buffer.from(t.sha256, 'hex') }));
+  return {
+    authenticate(header) {
+      if (!header)
+        throw new AppError(
+          'unauthorized',
+          'missing Authorization: Bearer <token> (set FLUX_API_TOKEN for the CLI)',
+        );
+      const m = /^Bearer\s+(\S{1,512})$/i.exec(header.trim());
+      if (!m) throw new AppError('unauthorized', 'Authorization must be "Bearer <token>"');
+      const offered = Buffer.from(hashToken(m[1]!), 'hex');
+      // Compare against every hash so timing does not reveal which ids exist.
+      let found: ApiToken | undefined;
+      for (const h of hashes) if (timingSafeEqual(h.bytes, offered)) found = found ?? h.token;
+      if (!found)
+        throw new AppError('unauthorized', 'the Bearer token is not valid (unknown, or removed by rotation)');
+      return found;
+    },
+  };
+}
+
+export function requireScopeOf(token: ApiToken, scope: Scope): void {
+  if (!token.scopes.includes(scope) && !token.scopes.includes('admin')) {
+    throw new AppError('forbidden', `token "${token.id}" lacks the "${scope}" scope this route needs`, {
+      details: { missingScope: scope },
+    });
+  }
+}
+
+export interface RateDecision {
+  allowed: boolean;
+  limit: number;
+  remaining: number;
+  resetSeconds: number;
+}
+
+/** Token bucket per key: `perMinute` capacity, refilled continuously. */
+export function createRateLimiter(perMinute: number, now: () => number = Date.now) {
+  const buckets = new Map<string, { tokens: number; at: number }>();
+  const ratePerMs = perMinute / 60_000;
+  return {
+    take(key: string): RateDecision {
+      const t = now();
+      const b = buckets.get(key) ?? { tokens: perMinute, at: t };
+      b.tokens = Math.min(perMinute, b.tokens + (t - b.at) * ratePerMs);
+      b.at = t;
+      const allowed = b.tokens >= 1;
+      if (allowed) b.tokens -= 1;
+      buckets.set(key, b);
+      const resetSeconds = Math.max(
+        1,
+        Math.ceil((allowed ? perMinute - b.tokens : 1 - b.tokens) / ratePerMs / 1000),
+      );
+      return { allowed, limit: perMinute, remaining: Math.floor(b.tokens), resetSeconds };
+    },
+  };
+}

@@ -1,0 +1,102 @@
+// Preflight checks behind /readyz: each check says what it looked at and, when it fails, what to do.
+import { randomBytes } from 'node:crypto';
+import { mkdir, rm, stat, writeFile } from 'node:fs/promises';
+import path from 'node:path';
+import { errnoOf, isAppError, RUN_AS_UID } from '../errors.js';
+import { requireTool } from '../tools.js';
+
+export interface CheckResult {
+  name: string;
+  ok: boolean;
+  detail: string;
+  /** Optional checks report but never fail readiness. */
+  optional?: boolean;
+  [key: string]: unknown;
+}
+
+export interface CheckOutcome {
+  ok: boolean;
+  detail: string;
+  [key: string]: unknown;
+}
+
+export interface ReadyCheck {
+  name: string;
+  optional?: boolean;
+  run(): Promise<CheckOutcome>;
+}
+
+export async function runChecks(
+  checks: readonly ReadyCheck[],
+): Promise<{ ok: boolean; checks: CheckResult[] }> {
+  const results = await Promise.all(
+    checks.map(async (check): Promise<CheckResult> => {
+      try {
+        const r = await check.run();
+        return { name: check.name, ...(check.optional ? { optional: true } : {}), ...r };
+      } catch (error) {
+        return {
+          name: check.name,
+          ok: false,
+          ...(check.optional ? { optional: true } : {}),
+          detail: isAppError(error) ? error.message : (error as Error).message,
+          ...(isAppError(error) ? { code: error.code } : {}),
+        };
+      }
+    }),
+  );
+  return { ok: results.every((r) => r.ok || r.optional), checks: results };
+}
+
+export function toolCheck(
+  tool: string,
+  pathEnv: () => string | undefined,
+  options: { optional?: boolean } = {},
+): ReadyCheck {
+  return {
+    name: `tool:${tool}`,
+    ...(options.optional ? { optional: true } : {}),
+    async run() {
+      const info = await requireTool(tool, pathEnv());
+      return {
+        ok: true,
+        detail: `${info.path} (${info.version})`,
+        path: info.path,
+        version: info.version,
+        major: info.major,
+      };
+    },
+  };
+}
+
+/** Creates the directory if needed, then proves a write by this process (as its uid). */
+export function dirWritableCheck(dir: string, variable: string): ReadyCheck {
+  return {
+    name: `dir:${variable}`,
+    async run() {
+      try {
+        await mkdir(dir, { recursive: true });
+        const probe = path.join(dir, `.tmp-ready-${randomBytes(4).toString('hex')}`);
+        await writeFile(probe, 'ok');
+        await rm(probe, { force: true });
+        const s = await stat(dir);
+        return { ok: true, detail: `${dir} writable`, owner: s.uid };
+      } catch (error) {
+        const errno = errnoOf(error);
+        let owner: number | undefined;
+        try {
+          owner = (await stat(dir)).uid;
+        } catch {
+          owner = undefined;
+        }
+        return {
+          ok: false,
+          detail:
+            `${variable}=${dir} is not writable by this process (uid ${process.getuid?.()}, ${errno ?? (error as Error).message}` +
+            `${owner !== undefined ? `, owner uid ${owner}` : ''}): run \`chown -R ${RUN_AS_UID}:${RUN_AS_UID} ${dir}\` ` +
+            '(FLUX_BACKUPS_LOCAL_DIR and FLUX_BACKUPS_OFFSITE_DIR must be writable by uid 1001 in the image)',
+        };
+      }
+    },
+  };
+}

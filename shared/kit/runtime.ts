@@ -1,0 +1,112 @@
+// The dependencies every function is built from, made once per function from the config: logger,
+// metrics, registry, catalog, outbox, inbox and the event emitter.
+import { randomBytes } from 'node:crypto';
+import path from 'node:path';
+import { type Catalog, createCatalog } from '../catalog/catalog.js';
+import type { Config, EventSink, FunctionName } from '../config.js';
+import { type CloudEvent, createEvent, type EventData, type EventType } from '../events/envelope.js';
+import { createInbox, type Inbox } from '../events/inbox.js';
+import { createOutbox, type Outbox } from '../events/outbox.js';
+import { createLogger, type Logger } from '../log.js';
+import { counter, createRegistry, type Registry } from '../metrics.js';
+import { loadFileRegistry, type ProjectRegistry } from '../registry.js';
+import type { App } from './app.js';
+
+export interface EmitInput<T extends EventType> {
+  subject?: string;
+  data: EventData<T>;
+  causedBy?: string | undefined;
+}
+
+export type Emit = <T extends EventType>(type: T, input: EmitInput<T>) => Promise<CloudEvent<T>>;
+
+export interface Runtime {
+  name: FunctionName;
+  config: Config;
+  /** The process environment, for env:NAME URLs and the PATH child tools are found on. */
+  env: NodeJS.ProcessEnv;
+  log: Logger;
+  metrics: Registry;
+  registry: ProjectRegistry;
+  catalog: Catalog;
+  outbox: Outbox;
+  inbox: Inbox;
+  emit: Emit;
+  webhookSecrets: readonly string[];
+}
+
+/** What each function's createApp returns: the Hono app plus its background lifecycle. */
+export interface FunctionApp {
+  name: FunctionName;
+  app: App;
+  /** Event types this function acts on (the all-in-one process routes only these to it). */
+  accepts: readonly EventType[];
+  start(): Promise<void>;
+  /** Stop accepting work, finish or cancel in-flight work, kill children, remove sandboxes. */
+  stop(): Promise<void>;
+}
+
+export interface RuntimeOptions {
+  log?: Logger;
+  metrics?: Registry;
+  registry?: ProjectRegistry;
+  catalog?: Catalog;
+  /** Extra sinks beyond FLUX_EVENT_SINKS (the all-in-one process adds its loopback wiring). */
+  extraSinks?: () => readonly EventSink[];
+  webhookSecrets?: readonly string[];
+}
+
+/** In the embedded profile with no configured secret, loopback events are signed with a per-run secret. */
+export function ephemeralWebhookSecret(): string {
+  return `whsec_${randomBytes(32).toString('base64')}`;
+}
+
+export function createRuntime(
+  name: FunctionName,
+  config: Config,
+  env: NodeJS.ProcessEnv,
+  options: RuntimeOptions = {},
+): Runtime {
+  const log = options.log ?? createLogger(name, { level: config.FLUX_LOG_LEVEL });
+  const metrics = options.metrics ?? createRegistry();
+  const registry = options.registry ?? loadFileRegistry(config.FLUX_PROJECTS_FILE);
+  const catalog = options.catalog ?? createCatalog({ root: config.FLUX_BACKUPS_LOCAL_DIR, log });
+  const webhookSecrets = options.webhookSecrets ?? config.FLUX_WEBHOOK_SECRETS;
+  const sinks = () => [...config.FLUX_EVENT_SINKS, ...(options.extraSinks?.() ?? [])];
+  const outbox = createOutbox({
+    dir: path.join(config.FLUX_STATE_DIR, 'outbox', name),
+    sinks,
+    secrets: webhookSecrets,
+    log,
+    metrics,
+    maxAttempts: config.FLUX_OUTBOX_MAX_ATTEMPTS,
+    baseDelayMs: config.FLUX_OUTBOX_BASE_DELAY_MS,
+    maxDelayMs: config.FLUX_OUTBOX_MAX_DELAY_MS,
+  });
+  const inbox = createInbox({
+    dir: path.join(config.FLUX_STATE_DIR, 'inbox', name),
+    secrets: webhookSecrets,
+    toleranceMs: config.FLUX_WEBHOOK_TOLERANCE_MS,
+    log,
+    metrics,
+  });
+  const emitted = counter(metrics, 'flux_events_emitted_total', 'Events emitted by type', ['type']);
+  const emit: Emit = async (type, input) => {
+    const event = createEvent({
+      type,
+      source: `/flux-ops/${name}`,
+      data: input.data,
+      subject: input.subject,
+      causedBy: input.causedBy,
+    });
+    emitted.inc({ type });
+    try {
+      await outbox.enqueue(event);
+    } catch (error) {
+      // The catalog on disk stays the truth (reconcile scans find the work); losing a notification is logged loudly.
+      log.error({ err: error, eventId: event.id, type }, 'could not persist event to the outbox');
+    }
+    return event;
+  };
+  return { name, config, env, log, metrics, registry, catalog, outbox, inbox, emit, webhookSecrets };
+}

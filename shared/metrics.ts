@@ -1,0 +1,46 @@
+// Prometheus metrics: one registry per process, shared by the functions it hosts, so the all-in-one
+// process and a single-function process expose the same names.
+import { Counter, collectDefaultMetrics, Gauge, Histogram, Registry } from 'prom-client';
+
+export { Counter, Gauge, Histogram, Registry } from 'prom-client';
+
+export function createRegistry(options: { defaultMetrics?: boolean } = {}): Registry {
+  const registry = new Registry();
+  if (options.defaultMetrics !== false) collectDefaultMetrics({ register: registry, prefix: 'flux_ops_' });
+  return registry;
+}
+
+/**
+ * Returns the metric registered under `name`, or registers the one `make` builds. Functions mounted
+ * twice into one registry (tests, all-in-one) then share their metrics instead of throwing.
+ */
+export function metric<T>(registry: Registry, name: string, make: (registers: Registry[]) => T): T {
+  const existing = registry.getSingleMetric(name);
+  if (existing) return existing as unknown as T;
+  return make([registry]);
+}
+
+export function counter(registry: Registry, name: string, help: string, labelNames: string[] = []): Counter {
+  return metric(registry, name, (registers) => new Counter({ name, help, labelNames, registers }));
+}
+
+export function gauge(registry: Registry, name: string, help: string, labelNames: string[] = []): Gauge {
+  return metric(registry, name, (registers) => new Gauge({ name, help, labelNames, registers }));
+}
+
+export function histogram(
+  registry: Registry,
+  name: string,
+  help: string,
+  labelNames: string[] = [],
+  buckets?: number[],
+): Histogram {
+  return metric(
+    registry,
+    name,
+    (registers) => new Histogram({ name, help, labelNames, registers, ...(buckets ? { buckets } : {}) }),
+  );
+}
+
+/** Seconds buckets from 10 ms to 6 h, for durations of dumps, copies, restores. */
+export const DURATION_BUCKETS_S = [0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600, 21600];

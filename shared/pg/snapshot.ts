@@ -1,0 +1,298 @@
+// Snapshot-consistent dumps: one REPEATABLE READ transaction exports its snapshot, pg_dump runs with
+// --snapshot=<id>, and the same transaction records exact row counts and sequence values while pg_dump
+// streams, so the artifact and the recorded facts describe the same instant.
+import type { Readable } from 'node:stream';
+import { execa } from 'execa';
+import type pg from 'pg';
+import pgLib from 'pg';
+import type { PendingFile } from '../atomic.js';
+import { AppError, isAppError } from '../errors.js';
+import { requireMajorAtLeast, requireTool, type ToolInfo } from '../tools.js';
+import { libpqEnv, parsePgUrl, pgClientConfig, pgError, quoteIdent } from './conn.js';
+
+export interface DumpScope {
+  kind: 'project_db' | 'tenant_export';
+  /** tenant_export: the one schema dumped. */
+  schema?: string;
+}
+
+export interface TableCount {
+  schema: string;
+  name: string;
+  rows: number;
+}
+export interface SequenceValue {
+  schema: string;
+  name: string;
+  lastValue: string | null;
+  isCalled: boolean;
+}
+
+export interface Inventory {
+  schemas: string[];
+  tables: Array<{ schema: string; name: string }>;
+  sequences: Array<{ schema: string; name: string }>;
+  extensions: Array<{ name: string; version: string }>;
+  roles: string[];
+}
+
+export interface SnapshotFacts {
+  snapshotId: string;
+  takenAt: string;
+  serverVersion: string;
+  serverVersionNum: number;
+  systemIdentifier: string;
+  database: string;
+  host: string;
+  port: number;
+  schemas: string[];
+  tables: TableCount[];
+  sequences: SequenceValue[];
+  extensions: Array<{ name: string; version: string }>;
+  roles: string[];
+}
+
+const SYSTEM_SCHEMA_FILTER = `n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg\\_toast%' AND n.nspname NOT LIKE 'pg\\_temp%'`;
+const NOT_EXTENSION_MEMBER = `NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_class'::regclass AND d.objid = c.oid AND d.deptype = 'e')`;
+
+/** What is in scope: schemas, tables (ordinary and partitioned), sequences, extensions, policy roles. */
+export async function readInventory(client: pg.Client, scope: DumpScope): Promise<Inventory> {
+  const schemaFilter = scope.kind === 'tenant_export' ? 'n.nspname = $1' : SYSTEM_SCHEMA_FILTER;
+  const params = scope.kind === 'tenant_export' ? [scope.schema] : [];
+  const schemas = await client.query<{ nspname: string }>(
+    `SELECT n.nspname FROM pg_namespace n WHERE ${schemaFilter}
+       AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_namespace'::regclass AND d.objid = n.oid AND d.deptype = 'e')
+     ORDER BY 1`,
+    params,
+  );
+  const rels = await client.query<{ schema: string; name: string; relkind: string }>(
+    `SELECT n.nspname AS schema, c.relname AS name, c.relkind::text AS relkind
+       FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+      WHERE c.relkind IN ('r', 'p', 'S') AND ${schemaFilter} AND ${NOT_EXTENSION_MEMBER}
+        AND NOT c.relispartition
+      ORDER BY 1, 2`,
+    params,
+  );
+  const extensions = await client.query<{ name: string; version: string }>(
+    `SELECT extname AS name, extversion AS version FROM pg_extension WHERE extname <> 'plpgsql' ORDER BY 1`,
+  );
+  const roles = await client.query<{ role: string }>(
+    `SELECT DISTINCT unnest(p.roles)::text AS role FROM pg_policies p
+      WHERE ${scope.kind === 'tenant_export' ? 'p.schemaname = $1' : "p.schemaname NOT IN ('pg_catalog', 'information_schema')"} ORDER BY 1`,
+    params,
+  );
+  return {
+    schemas: schemas.rows.map((r) => r.nspname),
+    tables: rels.rows.filter((r) => r.relkind !== 'S').map(({ schema, name }) => ({ schema, name })),
+    sequences: rels.rows.filter((r) => r.relkind === 'S').map(({ schema, name }) => ({ schema, name })),
+    extensions: extensions.rows,
+    roles: roles.rows.map((r) => r.role).filter((r) => r !== 'public'),
+  };
+}
+
+/** Exact row counts and sequence values, read in the client's current snapshot. */
+export async function countInventory(
+  client: pg.Client,
+  inventory: Inventory,
+): Promise<{ tables: TableCount[]; sequences: SequenceValue[] }> {
+  const tables: TableCount[] = [];
+  for (const t of inventory.tables) {
+    const r = await client.query<{ n: string }>(
+      `SELECT count(*)::text AS n FROM ${quoteIdent(t.schema)}.${quoteIdent(t.name)}`,
+    );
+    tables.push({ ...t, rows: Number(r.rows[0]!.n) });
+  }
+  const sequences: SequenceValue[] = [];
+  for (const s of inventory.sequences) {
+    const r = await client.query<{ last_value: string; is_called: boolean }>(
+      `SELECT last_value::text, is_called FROM ${quoteIdent(s.schema)}.${quoteIdent(s.name)}`,
+    );
+    sequences.push({ ...s, lastValue: r.rows[0]!.last_value, isCalled: r.rows[0]!.is_called });
+  }
+  return { tables, sequences };
+}
+
+export async function serverFacts(
+  client: pg.Client,
+): Promise<{ serverVersion: string; serverVersionNum: number; systemIdentifier: string }> {
+  const v = await client.query<{ v: string; n: string }>(
+    `SELECT current_setting('server_version') AS v, current_setting('server_version_num') AS n`,
+  );
+  let systemIdentifier = 'unavailable';
+  try {
+    const s = await client.query<{ id: string }>(
+      'SELECT system_identifier::text AS id FROM pg_control_system()',
+    );
+    systemIdentifier = s.rows[0]?.id ?? 'unavailable';
+  } catch {
+    // pg_control_system() may be revoked for non-superusers; identity then rests on host and port.
+    await client.query('ROLLBACK TO SAVEPOINT before_identity').catch(() => undefined);
+  }
+  return {
+    serverVersion: v.rows[0]!.v.split(' ')[0]!,
+    serverVersionNum: Number(v.rows[0]!.n),
+    systemIdentifier,
+  };
+}
+
+export interface SnapshotDumpOptions {
+  url: string;
+  scope: DumpScope;
+  /** PATH pg_dump is found on (this process's PATH). */
+  pathEnv: string | undefined;
+  compression: number;
+  lockWaitTimeoutMs: number;
+  timeoutMs: number;
+  signal?: AbortSignal;
+  applicationName?: string;
+  /** Consumes pg_dump's stdout into a pending file; committed only when pg_dump succeeded. */
+  sink: (stdout: Readable) => Promise<PendingFile>;
+}
+
+export interface SnapshotDumpResult {
+  /** The complete, fsynced dump, not yet renamed into place: the caller commits it. */
+  file: PendingFile;
+  facts: SnapshotFacts;
+  pgDump: { version: string; major: number; flags: string[] };
+  seconds: { total: number; counts: number };
+}
+
+export function pgDumpFlags(scope: DumpScope, compression: number, lockWaitTimeoutMs: number): string[] {
+  return [
+    '--format=custom',
+    `--compress=${compression}`,
+    '--no-owner',
+    '--no-acl',
+    `--lock-wait-timeout=${lockWaitTimeoutMs}ms`,
+    ...(scope.kind === 'tenant_export' ? [`--schema=${scope.schema}`] : []),
+  ];
+}
+
+function stderrTail(stderr: unknown): string {
+  const text = typeof stderr === 'string' ? stderr : '';
+  return text.trim().split('\n').slice(-5).join(' | ').slice(0, 1000);
+}
+
+/** Checks that pg_dump is on PATH and new enough for the server behind `url`. */
+export async function preflightPgDump(pathEnv: string | undefined, serverMajor: number): Promise<ToolInfo> {
+  const tool = await requireTool('pg_dump', pathEnv, serverMajor);
+  requireMajorAtLeast(tool, serverMajor);
+  return tool;
+}
+
+export async function runSnapshotDump(options: SnapshotDumpOptions): Promise<SnapshotDumpResult> {
+  const started = performance.now();
+  const target = parsePgUrl(options.url);
+  const appName = options.applicationName ?? 'flux-ops-dump';
+  const client = new pgLib.Client(pgClientConfig(target, appName));
+  client.on('error', () => undefined);
+  try {
+    await client.connect();
+  } catch (error) {
+    await client.end().catch(() => undefined);
+    throw pgError(error, `connecting to ${target.host}:${target.port}/${target.database}`);
+  }
+  try {
+    await client.query('BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY');
+    await client.query(`SET LOCAL lock_timeout = ${Math.max(0, Math.floor(options.lockWaitTimeoutMs))}`);
+    await client.query('SAVEPOINT before_identity');
+    const server = await serverFacts(client);
+    const serverMajor = Math.floor(server.serverVersionNum / 10000);
+    const tool = await preflightPgDump(options.pathEnv, serverMajor);
+    if (options.scope.kind === 'tenant_export') {
+      const exists = await client.query('SELECT 1 FROM pg_namespace WHERE nspname = $1', [
+        options.scope.schema,
+      ]);
+      if (exists.rowCount === 0) {
+        throw new AppError(
+          'not_found',
+          `schema ${options.scope.schema} does not exist on the cluster that should hold this tenant`,
+        );
+      }
+    }
+    const snap = await client.query<{ id: string }>('SELECT pg_export_snapshot() AS id');
+    const snapshotId = snap.rows[0]!.id;
+    const takenAt = new Date().toISOString();
+    const inventory = await readInventory(client, options.scope);
+
+    const flags = pgDumpFlags(options.scope, options.compression, options.lockWaitTimeoutMs);
+    const child = execa(tool.path, [...flags, `--snapshot=${snapshotId}`], {
+      env: { ...libpqEnv(target, appName), PATH: options.pathEnv ?? '' },
+      extendEnv: false,
+      stdout: 'pipe',
+      stderr: 'pipe',
+      buffer: { stdout: false, stderr: true },
+      timeout: options.timeoutMs,
+      ...(options.signal ? { cancelSignal: options.signal } : {}),
+      forceKillAfterDelay: 5_000,
+      reject: false,
+    });
+    // Counting runs in the exporting transaction while pg_dump streams: same snapshot, little extra wall time.
+    const countsStarted = performance.now();
+    const countsPromise = countInventory(client, inventory).then((r) => ({
+      ...r,
+      seconds: (performance.now() - countsStarted) / 1000,
+    }));
+    countsPromise.catch(() => undefined);
+    const [childSettled, fileSettled] = await Promise.allSettled([child, options.sink(child.stdout!)]);
+    const result = childSettled.status === 'fulfilled' ? childSettled.value : undefined;
+    if (fileSettled.status === 'rejected') {
+      // The sink failed first (disk full, unwritable dir): that is the cause, not pg_dump's broken pipe.
+      child.kill('SIGKILL');
+      throw fileSettled.reason;
+    }
+    const file = fileSettled.value;
+    if (!result || result.failed) {
+      await file.discard();
+      if (!result) throw new AppError('dump_failed', 'pg_dump could not be run');
+      if (result.isCanceled)
+        throw new AppError('shutting_down', 'the dump was cancelled; its partial file was removed');
+      if (result.timedOut) {
+        throw new AppError(
+          'timeout',
+          `pg_dump ran longer than FLUX_DUMP_TIMEOUT_MS (${options.timeoutMs} ms) and was killed; its partial file was removed`,
+        );
+      }
+      const how = result.signal ? `was killed by ${result.signal}` : `exited ${result.exitCode}`;
+      throw new AppError(
+        'dump_failed',
+        `pg_dump ${how}: ${stderrTail(result.stderr) || 'no error output'}; the partial file was removed`,
+        {
+          details: { exitCode: result.exitCode ?? null, signal: result.signal ?? null },
+        },
+      );
+    }
+    let counts: Awaited<typeof countsPromise>;
+    try {
+      counts = await countsPromise;
+    } catch (error) {
+      await file.discard();
+      throw error;
+    }
+    await client.query('COMMIT');
+    return {
+      file,
+      facts: {
+        snapshotId,
+        takenAt,
+        ...server,
+        database: target.database,
+        host: target.host,
+        port: target.port,
+        schemas: inventory.schemas,
+        tables: counts.tables,
+        sequences: counts.sequences,
+        extensions: inventory.extensions,
+        roles: inventory.roles,
+      },
+      pgDump: { version: tool.version, major: tool.major, flags },
+      seconds: { total: (performance.now() - started) / 1000, counts: counts.seconds },
+    };
+  } catch (error) {
+    await client.query('ROLLBACK').catch(() => undefined);
+    if (isAppError(error)) throw error;
+    throw pgError(error, `dumping ${target.host}:${target.port}/${target.database}`);
+  } finally {
+    await client.end().catch(() => undefined);
+  }
+}

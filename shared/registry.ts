@@ -1,0 +1,166 @@
+// Projects and clusters behind a small interface; the file form reads FLUX_PROJECTS_FILE. Connection
+// URLs are literal or `env:NAME`, resolved at use so the file itself holds no secret.
+import { readFileSync } from 'node:fs';
+import { z } from 'zod';
+import { isProjectHash, isSlug, parseProjectHash, tenantRoleOf, tenantSchemaOf } from './catalog/ids.js';
+import { AppError, errnoOf } from './errors.js';
+
+const urlRef = z.string().min(1);
+
+const ClusterSchema = z.object({
+  name: z.string().min(1).max(64),
+  url: urlRef,
+  maxConcurrentDumps: z.number().int().min(1).max(64).default(2),
+});
+
+const ProjectSchema = z
+  .object({
+    id: z.uuid(),
+    hash: z.string().refine(isProjectHash, '7 lowercase hex characters'),
+    slug: z.string().refine(isSlug, 'lowercase letters, digits and dashes'),
+    engine: z.enum(['v1_dedicated', 'v2_shared']),
+    cluster: z.string().optional(),
+    databaseUrl: urlRef.optional(),
+    dedicatedUrl: urlRef.optional(),
+    apiHost: z.string().min(1).max(253).optional(),
+    /** HS256 secret for deep probes (literal or env:NAME). */
+    jwtSecret: urlRef.optional(),
+    retention: z
+      .object({ keepCount: z.number().int().min(0), keepDays: z.number().int().min(0) })
+      .partial()
+      .optional(),
+  })
+  .superRefine((p, ctx) => {
+    if (p.engine === 'v2_shared' && !p.cluster)
+      ctx.addIssue({ code: 'custom', message: 'a v2_shared project names its "cluster"' });
+    if (p.engine === 'v1_dedicated' && !p.databaseUrl) {
+      ctx.addIssue({ code: 'custom', message: 'a v1_dedicated project has a "databaseUrl"' });
+    }
+  });
+
+const RegistryFileSchema = z.object({
+  clusters: z.array(ClusterSchema).default([]),
+  projects: z.array(ProjectSchema).default([]),
+});
+
+export type Cluster = z.infer<typeof ClusterSchema>;
+export type Project = z.infer<typeof ProjectSchema>;
+
+export interface ProjectRegistry {
+  list(): Project[];
+  byHash(hash: string): Project | undefined;
+  byId(id: string): Project | undefined;
+  bySlug(slug: string): Project | undefined;
+  cluster(name: string): Cluster | undefined;
+  clusters(): Cluster[];
+}
+
+/** Resolves `env:NAME` against `env`; errors name the variable, never a value. */
+export function resolveUrl(ref: string, env: NodeJS.ProcessEnv, what: string): string {
+  if (ref.startsWith('env:')) {
+    const name = ref.slice(4);
+    const value = env[name];
+    if (!value) {
+      throw new AppError(
+        'dependency_unavailable',
+        `${what} refers to env:${name}, which is not set in this process's environment; set it and restart`,
+      );
+    }
+    return value;
+  }
+  return ref;
+}
+
+/** The database URL a project's data is dumped from, and the cluster that holds it. */
+export function sourceOf(
+  registry: ProjectRegistry,
+  project: Project,
+  env: NodeJS.ProcessEnv,
+): { url: string; cluster?: Cluster; schema?: string } {
+  if (project.engine === 'v1_dedicated') {
+    return { url: resolveUrl(project.databaseUrl!, env, `project ${project.slug} databaseUrl`) };
+  }
+  const cluster = registry.cluster(project.cluster!);
+  if (!cluster) {
+    throw new AppError(
+      'not_found',
+      `project ${project.slug} names cluster "${project.cluster}", which the registry does not define`,
+    );
+  }
+  return {
+    url: resolveUrl(cluster.url, env, `cluster ${cluster.name} url`),
+    cluster,
+    schema: tenantSchemaOf(project.id),
+  };
+}
+
+export { tenantRoleOf, tenantSchemaOf };
+
+export function createStaticRegistry(data: { clusters?: Cluster[]; projects?: Project[] }): ProjectRegistry {
+  const parsed = RegistryFileSchema.parse(data);
+  const projects = parsed.projects;
+  const clusters = parsed.clusters;
+  const duplicate = (key: 'id' | 'hash' | 'slug') => {
+    const seen = new Set<string>();
+    for (const p of projects) {
+      if (seen.has(p[key]))
+        throw new AppError('config_invalid', `registry: two projects share ${key} "${p[key]}"`);
+      seen.add(p[key]);
+    }
+  };
+  duplicate('id');
+  duplicate('hash');
+  duplicate('slug');
+  for (const p of projects) {
+    if (p.cluster && !clusters.some((c) => c.name === p.cluster)) {
+      throw new AppError(
+        'config_invalid',
+        `registry: project ${p.slug} names unknown cluster "${p.cluster}"`,
+      );
+    }
+  }
+  return {
+    list: () => projects,
+    byHash: (hash) => projects.find((p) => p.hash === hash),
+    byId: (id) => projects.find((p) => p.id === id),
+    bySlug: (slug) => projects.find((p) => p.slug === slug),
+    cluster: (name) => clusters.find((c) => c.name === name),
+    clusters: () => clusters,
+  };
+}
+
+/**
+ * Loads FLUX_PROJECTS_FILE. A missing file at the default location is an empty registry (readyz says
+ * so); a file that exists but is invalid is a startup error listing the problem.
+ */
+export function loadFileRegistry(file: string, options: { required?: boolean } = {}): ProjectRegistry {
+  let text: string;
+  try {
+    text = readFileSync(file, 'utf8');
+  } catch (error) {
+    if (errnoOf(error) === 'ENOENT' && !options.required) return createStaticRegistry({});
+    throw new AppError('config_invalid', `FLUX_PROJECTS_FILE ${file}: ${(error as Error).message}`, {
+      cause: error,
+    });
+  }
+  let json: unknown;
+  try {
+    json = JSON.parse(text);
+  } catch {
+    throw new AppError('config_invalid', `FLUX_PROJECTS_FILE ${file} is not valid JSON`);
+  }
+  const result = RegistryFileSchema.safeParse(json);
+  if (!result.success) {
+    const problems = result.error.issues.map((i) => `${i.path.join('.')}: ${i.message}`).join('; ');
+    throw new AppError('config_invalid', `FLUX_PROJECTS_FILE ${file} is invalid: ${problems}`);
+  }
+  return createStaticRegistry(result.data);
+}
+
+/** The project behind a CLI route's `:hash`, validated first; 404 names what to check. */
+export function requireProjectByHash(registry: ProjectRegistry, hash: string): Project {
+  const project = registry.byHash(parseProjectHash(hash));
+  if (!project)
+    throw new AppError('not_found', `no project with hash ${hash} in the registry (FLUX_PROJECTS_FILE)`);
+  return project;
+}
