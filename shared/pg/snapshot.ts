@@ -8,6 +8,7 @@ import pgLib from 'pg';
 import type { PendingFile } from '../atomic.js';
 import { AppError, isAppError } from '../errors.js';
 import { requireMajorAtLeast, requireTool, type ToolInfo } from '../tools.js';
+import { readArchiveSequences } from './archive.js';
 import { libpqEnv, parsePgUrl, pgClientConfig, pgError, quoteIdent } from './conn.js';
 
 export interface DumpScope {
@@ -195,7 +196,6 @@ export async function runSnapshotDump(options: SnapshotDumpOptions): Promise<Sna
   try {
     await client.query('BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY');
     await client.query(`SET LOCAL lock_timeout = ${Math.max(0, Math.floor(options.lockWaitTimeoutMs))}`);
-    await client.query('SAVEPOINT before_identity');
     const server = await serverFacts(client);
     const serverMajor = Math.floor(server.serverVersionNum / 10000);
     const tool = await preflightPgDump(options.pathEnv, serverMajor);
@@ -269,6 +269,25 @@ export async function runSnapshotDump(options: SnapshotDumpOptions): Promise<Sna
       await file.discard();
       throw error;
     }
+    // Sequence values as the archive holds them (see archive.ts): exact for the restore comparison.
+    let sequences = counts.sequences;
+    if (sequences.length > 0) {
+      try {
+        const pgRestore = await requireTool('pg_restore', options.pathEnv, serverMajor);
+        const fromArchive = await readArchiveSequences(pgRestore.path, file.tmp, options.pathEnv);
+        const qualified = await client.query<{ q: string }>(
+          `SELECT format('%I.%I', s.schema, s.name) AS q FROM unnest($1::text[], $2::text[]) AS s(schema, name)`,
+          [sequences.map((x) => x.schema), sequences.map((x) => x.name)],
+        );
+        sequences = sequences.map((seq, i) => {
+          const archived = fromArchive.find((a) => a.qualified === qualified.rows[i]?.q);
+          return archived ? { ...seq, lastValue: archived.lastValue, isCalled: archived.isCalled } : seq;
+        });
+      } catch (error) {
+        await file.discard();
+        throw error;
+      }
+    }
     await client.query('COMMIT');
     return {
       file,
@@ -281,7 +300,7 @@ export async function runSnapshotDump(options: SnapshotDumpOptions): Promise<Sna
         port: target.port,
         schemas: inventory.schemas,
         tables: counts.tables,
-        sequences: counts.sequences,
+        sequences,
         extensions: inventory.extensions,
         roles: inventory.roles,
       },

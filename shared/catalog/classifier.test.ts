@@ -1,0 +1,73 @@
+import { describe, expect, it } from 'vitest';
+import { type BackupFacts, classify, PIPELINE_GRACE_MS } from './classifier.js';
+
+const now = new Date('2026-11-26T12:00:00Z');
+const healthy: BackupFacts = {
+  backupId: '01JDZ0000000000000000000AA',
+  status: 'completed',
+  createdAt: new Date(now.getTime() - 60_000).toISOString(),
+  artifact: 'valid',
+  restore: 'restore_verified',
+  offsite: 'replicated',
+};
+const old = new Date(now.getTime() - PIPELINE_GRACE_MS - 1).toISOString();
+
+describe('trust classifier', () => {
+  // Each row: a fact set, the tier it must give; the healthy fixture must never give it (both directions).
+  const cases: Array<[string, BackupFacts | undefined, string]> = [
+    ['no backups', undefined, 'no_backups'],
+    ['newest still running', { ...healthy, status: 'running' }, 'latest_not_complete'],
+    ['newest failed', { ...healthy, status: 'failed', error: 'pg_dump exited 1' }, 'latest_not_complete'],
+    ['artifact not yet validated', { ...healthy, artifact: 'pending' }, 'artifact_pending'],
+    ['artifact corrupted', { ...healthy, artifact: 'invalid', error: 'sha256 differs' }, 'artifact_pending'],
+    ['artifact missing', { ...healthy, artifact: 'missing' }, 'artifact_pending'],
+    [
+      'restore failed',
+      { ...healthy, restore: 'restore_failed', error: 'volume: rows differ' },
+      'restore_failed',
+    ],
+    ['verify could not run', { ...healthy, restore: 'unverifiable', error: 'no docker' }, 'unverifiable'],
+    [
+      'verification pending, recent',
+      { ...healthy, restore: 'pending', offsite: 'pending' },
+      'pipeline_incomplete',
+    ],
+    ['verification pending, old', { ...healthy, restore: 'pending', createdAt: old }, 'not_restore_verified'],
+    ['verification skipped', { ...healthy, restore: 'skipped' }, 'not_restore_verified'],
+  ];
+
+  it.each(cases)('%s → its tier, and the healthy backup does not get it', (_name, facts, tier) => {
+    const trust = classify(facts, now);
+    expect(trust.tier).toBe(tier);
+    expect(trust.trustworthy).toBe(false);
+    expect(trust.message.length).toBeGreaterThan(10);
+    expect(classify(healthy, now).tier).not.toBe(tier);
+  });
+
+  it('restorable only when artifact validated and restore-verified; offsite is a separate label', () => {
+    const trust = classify(healthy, now);
+    expect(trust).toMatchObject({
+      tier: 'restorable',
+      trustworthy: true,
+      labels: { artifactValidated: true, restoreVerified: true, offsiteReplicated: true },
+    });
+    const notOffsite = classify({ ...healthy, offsite: 'failed' }, now);
+    expect(notOffsite).toMatchObject({ tier: 'restorable', labels: { offsiteReplicated: false } });
+    expect(notOffsite.message).toMatch(/offsite/);
+  });
+
+  it('unverifiable is never a pass and never restore_failed', () => {
+    const trust = classify({ ...healthy, restore: 'unverifiable', error: 'image missing' }, now);
+    expect(trust.tier).toBe('unverifiable');
+    expect(trust.trustworthy).toBe(false);
+    expect(trust.labels.restoreVerified).toBe(false);
+    expect(trust.message).toMatch(/not a pass/);
+  });
+
+  it('names the next command with the project slug', () => {
+    expect(classify(undefined, now, 'bloom-atelier').next).toBe('flux-ops backup create -p bloom-atelier');
+    expect(classify({ ...healthy, restore: 'skipped' }, now, 'bloom').next).toContain(
+      'backup verify -p bloom --id',
+    );
+  });
+});
