@@ -21,8 +21,16 @@ export interface StartedBackup {
   done: Promise<{ backup: ApiBackup; manifest: Manifest }>;
 }
 
+export interface DumpProgress {
+  stage: 'queued' | 'dumping' | 'finishing';
+  bytes: number;
+  startedAt: string;
+}
+
 export interface Dumper {
   recover(): Promise<void>;
+  /** Progress of a running backup (stage and bytes written so far), for the API and the CLI. */
+  progress(backupId: string): DumpProgress | undefined;
   /** Validates, takes the project lease and starts; throws 409/503 before any file is written. */
   start(project: Project, options?: { causedBy?: string }): Promise<StartedBackup>;
   stop(): Promise<void>;
@@ -34,6 +42,7 @@ export function createDumper(rt: Runtime): Dumper {
   const leases = new Set<string>();
   const limiters = new Map<string, Limiter>();
   const controllers = new Set<AbortController>();
+  const progress = new Map<string, DumpProgress>();
   let stopping = false;
 
   const outcomes = counter(metrics, 'flux_dump_backups_total', 'Backups by outcome', [
@@ -110,7 +119,10 @@ export function createDumper(rt: Runtime): Dumper {
       const clusterKey = source.cluster?.name ?? `dedicated:${project.slug}`;
       const limiter = limiterFor(clusterKey, source.cluster?.maxConcurrentDumps ?? 1);
       queueGauge.set({ cluster: clusterKey, state: 'waiting' }, limiter.waiting + 1);
+      const live: DumpProgress = { stage: 'queued', bytes: 0, startedAt: createdAt };
+      progress.set(backupId, live);
       const result = await limiter.run(async () => {
+        live.stage = 'dumping';
         queueGauge.set({ cluster: clusterKey, state: 'running' }, limiter.active);
         queueGauge.set({ cluster: clusterKey, state: 'waiting' }, limiter.waiting);
         return runSnapshotDump({
@@ -122,12 +134,18 @@ export function createDumper(rt: Runtime): Dumper {
           timeoutMs: config.FLUX_DUMP_TIMEOUT_MS,
           signal: controller.signal,
           sink: (stdout) =>
-            streamToPendingFile(paths.dump, stdout, { signal: controller.signal }).catch((error) => {
+            streamToPendingFile(paths.dump, stdout, {
+              signal: controller.signal,
+              onProgress: (n) => {
+                live.bytes = n;
+              },
+            }).catch((error) => {
               throw fsWriteError(error, paths.dump, 'writing the dump');
             }),
         });
       }, controller.signal);
       queueGauge.set({ cluster: clusterKey, state: 'running' }, limiter.active);
+      live.stage = 'finishing';
       try {
         await result.file.commit();
       } catch (error) {
@@ -253,6 +271,8 @@ export function createDumper(rt: Runtime): Dumper {
       return controllers.size;
     },
 
+    progress: (backupId) => progress.get(backupId),
+
     async recover() {
       for (const projectId of await catalog.listProjects()) {
         const dir = path.join(catalog.root, projectId);
@@ -309,6 +329,7 @@ export function createDumper(rt: Runtime): Dumper {
       const controller = new AbortController();
       controllers.add(controller);
       const done = run(project, backupId, createdAt, options.causedBy, controller).finally(() => {
+        progress.delete(backupId);
         leases.delete(project.id);
         controllers.delete(controller);
       });

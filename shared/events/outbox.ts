@@ -44,11 +44,14 @@ export interface Outbox {
   /** Resolves when nothing is pending or in flight (tests, shutdown). */
   idle(timeoutMs?: number): Promise<boolean>;
   depth(): number;
+  /** The most recent events enqueued by this process (oldest first), for `flux-ops events tail`. */
+  recent(): readonly CloudEvent[];
   deadLetters(): Promise<Array<Delivery & { file: string }>>;
   /** Moves dead letters (all, or those of one event id) back to pending. */
   replay(eventId?: string): Promise<number>;
 }
 
+const RECENT_EVENTS = 500;
 const PERMANENT_4XX_EXCEPTIONS = new Set([408, 425, 429]);
 
 function deliveryName(event: CloudEvent, sinkUrl: string): string {
@@ -78,6 +81,7 @@ export function createOutbox(options: OutboxOptions): Outbox {
   let timer: NodeJS.Timeout | undefined;
   let stopped = true;
   const idleWaiters = new Set<() => void>();
+  const recentEvents: CloudEvent[] = [];
 
   const deliveries = counter(
     options.metrics,
@@ -231,6 +235,8 @@ export function createOutbox(options: OutboxOptions): Outbox {
 
   return {
     async enqueue(event) {
+      recentEvents.push(event);
+      if (recentEvents.length > RECENT_EVENTS) recentEvents.splice(0, recentEvents.length - RECENT_EVENTS);
       const sinks = options.sinks().filter((s) => typeMatches(event.type, s.types));
       if (sinks.length === 0) return 0;
       await ensureDir(pendingDir);
@@ -285,6 +291,8 @@ export function createOutbox(options: OutboxOptions): Outbox {
     },
 
     depth: () => pending.size,
+
+    recent: () => recentEvents,
 
     async deadLetters() {
       return (await loadDir(deadDir)).map(([file, d]) => ({ ...d, file }));

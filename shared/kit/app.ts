@@ -247,6 +247,14 @@ export function createKit(options: KitOptions): Kit {
     });
   });
 
+  // Events this process emitted, newest last; `?after=<event id>` returns only later ones (for tailing).
+  app.get('/events/recent', requireScope('events'), (c) => {
+    const recent = options.outbox.recent();
+    const after = c.req.query('after');
+    const index = after ? recent.findIndex((e) => e.id === after) : -1;
+    return c.json({ events: recent.slice(index + 1) });
+  });
+
   app.post('/events/replay', requireScope('events'), async (c) => {
     const id = c.req.query('id');
     const replayed = await options.outbox.replay(id || undefined);
