@@ -54,17 +54,15 @@ const tokenList = z
       .split(',')
       .map((s) => s.trim())
       .filter(Boolean)) {
-      const [id, sha, scopeList, ...rest] = entry.split(':');
-      const scopes = (scopeList ?? '').split('+').filter(Boolean);
+      // Scopes themselves contain ':' (backups:read), so only the first two separators split.
+      const first = entry.indexOf(':');
+      const second = first < 0 ? -1 : entry.indexOf(':', first + 1);
+      const id = first < 0 ? entry : entry.slice(0, first);
+      const sha = second < 0 ? undefined : entry.slice(first + 1, second);
+      const scopes = second < 0 ? [] : entry.slice(second + 1).split('+').filter(Boolean);
       const badScope = scopes.find((s) => !(SCOPES as readonly string[]).includes(s));
       // Never echo the entry: a confused operator may have pasted a raw token here.
-      if (
-        !id ||
-        !/^[A-Za-z0-9_.-]{1,64}$/.test(id) ||
-        !sha ||
-        !/^[0-9a-f]{64}$/.test(sha) ||
-        rest.length > 0
-      ) {
+      if (!id || !/^[A-Za-z0-9_.-]{1,64}$/.test(id) || !sha || !/^[0-9a-f]{64}$/.test(sha)) {
         ctx.addIssue({
           code: 'custom',
           message: `entry #${tokens.length + 1} must be id:<sha256 hex of the token>:scope+scope (id [A-Za-z0-9_.-])`,
@@ -273,6 +271,10 @@ export const VARS = {
     schema: int(5, 1, 100),
     description: 'Copy attempts per backup before a failure receipt.',
   },
+  FLUX_REPLICATE_RETRY_BASE_DELAY_MS: {
+    schema: ms(SECOND_MS, 10, HOUR_MS),
+    description: 'First delay between copy attempts (doubles per attempt, jittered, at most 5 min).',
+  },
   FLUX_VERIFY_DRIVER: {
     schema: z.enum(['auto', 'docker', 'local']).default('auto'),
     description: 'Restore sandbox: docker, local (initdb), or auto.',
@@ -307,6 +309,14 @@ export const VARS = {
   FLUX_VERIFY_AMCHECK: {
     schema: bool(true),
     description: 'Run amcheck on restored btree indexes (integrity rung).',
+  },
+  FLUX_VERIFY_LOCAL_DIR: {
+    schema: optionalString,
+    description: 'Parent directory of local sandboxes (default: the OS temp dir); needs room for a restore.',
+  },
+  FLUX_VERIFY_LOCAL_OS_USER: {
+    schema: optionalString,
+    description: 'When running as root: OS user the local sandbox server runs as (default postgres, else nobody).',
   },
   FLUX_TENANT_PROBE_GATEWAY_URL: {
     schema: optionalString.pipe(z.url().optional()),

@@ -325,3 +325,16 @@ describe('config', () => {
     ).toThrow(/FLUX_S3_SECRET_ACCESS_KEY: is required/);
   });
 });
+
+describe('tokens', () => {
+  it('parses id:sha256:scope+scope where scopes contain colons, and rejects unknown scopes', () => {
+    const sha = 'b'.repeat(64);
+    const config = loadConfig({ FLUX_API_TOKENS: `ops:${sha}:backups:read+backups:write, ci:${sha}:verify` });
+    expect(config.FLUX_API_TOKENS).toEqual([
+      { id: 'ops', sha256: sha, scopes: ['backups:read', 'backups:write'] },
+      { id: 'ci', sha256: sha, scopes: ['verify'] },
+    ]);
+    expect(() => loadConfig({ FLUX_API_TOKENS: `ops:${sha}:backups:delete` })).toThrow(/unknown scope "backups:delete"/);
+    expect(() => loadConfig({ FLUX_API_TOKENS: `ops:${sha}` })).toThrow(/must be id:<sha256 hex of the token>:scope/);
+  });
+});

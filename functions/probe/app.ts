@@ -1,0 +1,120 @@
+// probe: synthetic HTTP(S) probes of every tenant API through the gateway (Host and SNI = the tenant
+// host, explicit CA trust), blackbox_exporter metrics, transition events, on a jittered schedule and on
+// demand.
+import { z } from 'zod';
+import { redactUrl } from '../../shared/config.js';
+import { AppError } from '../../shared/errors.js';
+import { createKit, readJson } from '../../shared/kit/app.js';
+import type { FunctionApp, Runtime } from '../../shared/kit/runtime.js';
+import { createMonitor } from './monitor.js';
+import { createProber, type Prober } from './prober.js';
+import { createScheduler } from './scheduler.js';
+import { loadTrust, type Trust } from './trust.js';
+
+const RunBody = z.object({ slug: z.string().min(1).max(128).optional() }).loose();
+
+export interface ProbeAppOptions {
+  /** Read once by the process edge; loaded from NODE_EXTRA_CA_CERTS and FLUX_PROBE_CA_FILE if absent. */
+  trust?: Trust;
+  prober?: Prober;
+}
+
+export function createApp(rt: Runtime, options: ProbeAppOptions = {}): FunctionApp {
+  const { config, registry, log } = rt;
+  const trust = options.trust ?? loadTrust({ env: rt.env, caFile: config.FLUX_PROBE_CA_FILE });
+  const prober = options.prober ?? createProber({ trust, timeoutMs: config.FLUX_PROBE_TIMEOUT_MS });
+  const monitor = createMonitor(rt, prober);
+  const scheduler = createScheduler({
+    intervalMs: config.FLUX_PROBE_INTERVAL_MS,
+    run: () => monitor.runAll(),
+    log,
+  });
+  const gateway = config.FLUX_TENANT_PROBE_GATEWAY_URL;
+
+  const kit = createKit({
+    name: 'probe',
+    config,
+    log,
+    metrics: rt.metrics,
+    inbox: rt.inbox,
+    outbox: rt.outbox,
+    checks: () => [
+      {
+        name: 'target',
+        async run() {
+          if (gateway) return { ok: true, detail: `gateway ${redactUrl(gateway)}` };
+          if (config.FLUX_PROBE_FALLBACK_PUBLIC) return { ok: true, detail: 'public https://<apiHost>' };
+          return {
+            ok: false,
+            detail:
+              'FLUX_TENANT_PROBE_GATEWAY_URL is not set (or set FLUX_PROBE_FALLBACK_PUBLIC=true to probe https://<apiHost>)',
+          };
+        },
+      },
+      {
+        name: 'trust',
+        async run() {
+          const parts = trust.sources.map((s) => `${s.name}${s.path ? `=${s.path}` : ''}: ${s.certificates}`);
+          return { ok: true, detail: `CA certificates from ${parts.join(', ')}`, sources: trust.sources };
+        },
+      },
+      {
+        name: 'registry',
+        async run() {
+          const n = monitor.targets().length;
+          return {
+            ok: true,
+            detail: `${n} tenant${n === 1 ? '' : 's'} with an apiHost in ${config.FLUX_PROJECTS_FILE}`,
+            tenants: n,
+          };
+        },
+      },
+    ],
+    handlers: {
+      // A migrated tenant moved: probe it at once rather than at the next cycle.
+      'flux.migrate.completed': async (event) => {
+        const project = registry.byId((event.data as { projectId: string }).projectId);
+        if (!project?.apiHost) return { status: 202, body: { ignored: true, reason: 'no apiHost to probe' } };
+        void monitor
+          .runOne(project)
+          .catch((error: unknown) =>
+            log.warn({ err: error, slug: project.slug }, 'probe after migrate failed'),
+          );
+        return { status: 202, body: { probing: project.slug } };
+      },
+    },
+  });
+  const { app, requireScope } = kit;
+
+  app.post('/probes/run', requireScope('probe'), async (c) => {
+    const body = await readJson(c, RunBody, { emptyIsObject: true });
+    const slug = body.slug ?? c.req.query('project');
+    if (slug) {
+      const project = registry.bySlug(slug);
+      if (!project) throw new AppError('not_found', `no project with slug ${slug} in FLUX_PROJECTS_FILE`);
+      return c.json({ results: [await monitor.runOne(project)] });
+    }
+    return c.json({ results: await monitor.runAll() });
+  });
+
+  app.get('/probes', requireScope('probe'), (c) => c.json(monitor.latest()));
+
+  return {
+    name: 'probe',
+    app,
+    accepts: ['flux.migrate.completed'],
+    async start() {
+      await rt.inbox.start();
+      await rt.outbox.start();
+      if (config.FLUX_PROBE_INTERVAL_MS > 0 && !gateway && !config.FLUX_PROBE_FALLBACK_PUBLIC) {
+        log.warn('FLUX_TENANT_PROBE_GATEWAY_URL is not set: scheduled probes are off until it is');
+        return;
+      }
+      scheduler.start();
+    },
+    async stop() {
+      await Promise.all([scheduler.stop(), monitor.stop()]);
+      await rt.outbox.stop();
+    },
+  };
+}
