@@ -119,16 +119,13 @@ export async function serverFacts(
   const v = await client.query<{ v: string; n: string }>(
     `SELECT current_setting('server_version') AS v, current_setting('server_version_num') AS n`,
   );
-  let systemIdentifier = 'unavailable';
-  try {
-    const s = await client.query<{ id: string }>(
-      'SELECT system_identifier::text AS id FROM pg_control_system()',
-    );
-    systemIdentifier = s.rows[0]?.id ?? 'unavailable';
-  } catch {
-    // pg_control_system() may be revoked for non-superusers; identity then rests on host and port.
-    await client.query('ROLLBACK TO SAVEPOINT before_identity').catch(() => undefined);
-  }
+  // pg_control_system() may be revoked for non-superusers; identity then rests on host and port. Checked
+  // up front because a failing query would abort the transaction that holds the snapshot.
+  const s = await client.query<{ id: string | null }>(
+    `SELECT CASE WHEN has_function_privilege('pg_control_system()', 'execute')
+                 THEN (SELECT system_identifier::text FROM pg_control_system()) END AS id`,
+  );
+  const systemIdentifier = s.rows[0]?.id ?? 'unavailable';
   return {
     serverVersion: v.rows[0]!.v.split(' ')[0]!,
     serverVersionNum: Number(v.rows[0]!.n),
@@ -144,6 +141,8 @@ export interface SnapshotDumpOptions {
   compression: number;
   lockWaitTimeoutMs: number;
   timeoutMs: number;
+  /** The variable that sets `timeoutMs`, named in the timeout error. */
+  timeoutVariable?: string;
   signal?: AbortSignal;
   applicationName?: string;
   /** Consumes pg_dump's stdout into a pending file; committed only when pg_dump succeeded. */
@@ -193,9 +192,13 @@ export async function runSnapshotDump(options: SnapshotDumpOptions): Promise<Sna
     await client.end().catch(() => undefined);
     throw pgError(error, `connecting to ${target.host}:${target.port}/${target.database}`);
   }
+  let backendPid: number | undefined;
   try {
     await client.query('BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY');
     await client.query(`SET LOCAL lock_timeout = ${Math.max(0, Math.floor(options.lockWaitTimeoutMs))}`);
+    // The counting queries share the dump's deadline; a cancelled dump also cancels them (below).
+    await client.query(`SET LOCAL statement_timeout = ${Math.max(0, Math.floor(options.timeoutMs))}`);
+    backendPid = (await client.query<{ pid: number }>('SELECT pg_backend_pid() AS pid')).rows[0]!.pid;
     const server = await serverFacts(client);
     const serverMajor = Math.floor(server.serverVersionNum / 10000);
     const tool = await preflightPgDump(options.pathEnv, serverMajor);
@@ -250,7 +253,7 @@ export async function runSnapshotDump(options: SnapshotDumpOptions): Promise<Sna
       if (result.timedOut) {
         throw new AppError(
           'timeout',
-          `pg_dump ran longer than FLUX_DUMP_TIMEOUT_MS (${options.timeoutMs} ms) and was killed; its partial file was removed`,
+          `pg_dump ran longer than ${options.timeoutVariable ?? 'FLUX_DUMP_TIMEOUT_MS'} (${options.timeoutMs} ms) and was killed; its partial file was removed`,
         );
       }
       const how = result.signal ? `was killed by ${result.signal}` : `exited ${result.exitCode}`;
@@ -308,10 +311,30 @@ export async function runSnapshotDump(options: SnapshotDumpOptions): Promise<Sna
       seconds: { total: (performance.now() - started) / 1000, counts: counts.seconds },
     };
   } catch (error) {
+    // A query still counting in this transaction would hold the ROLLBACK (and the caller) until it ends.
+    if (backendPid !== undefined) await cancelBackend(target, appName, backendPid);
     await client.query('ROLLBACK').catch(() => undefined);
     if (isAppError(error)) throw error;
     throw pgError(error, `dumping ${target.host}:${target.port}/${target.database}`);
   } finally {
     await client.end().catch(() => undefined);
+  }
+}
+
+/** Cancels whatever `pid` is running, from a second connection (best effort). */
+async function cancelBackend(
+  target: ReturnType<typeof parsePgUrl>,
+  appName: string,
+  pid: number,
+): Promise<void> {
+  const other = new pgLib.Client(pgClientConfig(target, `${appName}-cancel`));
+  other.on('error', () => undefined);
+  try {
+    await other.connect();
+    await other.query('SELECT pg_cancel_backend($1)', [pid]);
+  } catch {
+    // The server may be gone (that may be why we are here); ending the client is all that is left.
+  } finally {
+    await other.end().catch(() => undefined);
   }
 }

@@ -1,0 +1,326 @@
+// Everything a migration does to the dedicated (target) database: the role stubs, schema auth and the
+// tenant schema (each recorded only when this run created it), the pg_restore, the validation read and
+// the rollback that drops exactly what was recorded. The source is never touched here.
+import { writeFile } from 'node:fs/promises';
+import { execa } from 'execa';
+import type pg from 'pg';
+import { AppError, isAppError } from '../../shared/errors.js';
+import { libpqEnv, parsePgUrl, pgError, quoteIdent, SQLSTATE, withPgClient } from '../../shared/pg/conn.js';
+import {
+  countInventory,
+  readInventory,
+  type SequenceValue,
+  type TableCount,
+} from '../../shared/pg/snapshot.js';
+import type { ToolInfo } from '../../shared/tools.js';
+import { AUTHENTICATOR, authenticatorMemberships, excludeSchemaEntry, stubRoles } from './plan.js';
+
+/** What this run created in the target: the rollback drops exactly these, nothing else. */
+export interface TargetChanges {
+  schema?: string | undefined;
+  authSchema?: boolean | undefined;
+  authUid?: boolean | undefined;
+  roles: string[];
+  /** `role` granted to `member` by this run (on roles that existed before). */
+  memberships: Array<{ role: string; member: string }>;
+}
+
+export const AUTH_UID_SQL = `CREATE FUNCTION auth.uid() RETURNS uuid LANGUAGE sql STABLE
+  AS $$ SELECT nullif(current_setting('request.jwt.claim.sub', true), '')::uuid $$`;
+
+export function hasChanges(changes: TargetChanges): boolean {
+  return Boolean(
+    changes.schema ||
+      changes.authSchema ||
+      changes.authUid ||
+      changes.roles.length > 0 ||
+      changes.memberships.length > 0,
+  );
+}
+
+async function exists(client: pg.Client, sql: string, params: unknown[]): Promise<boolean> {
+  return ((await client.query(sql, params)).rowCount ?? 0) > 0;
+}
+
+/**
+ * Creates, in one transaction, the missing role stubs, memberships of `authenticator`, schema `auth`
+ * with `auth.uid()`, and the empty tenant schema. `record` is called with the planned changes before
+ * COMMIT so a crash right after the commit still leaves a record a restart can roll back.
+ */
+export async function prepareTarget(
+  url: string,
+  names: { schema: string; tenantRole: string; policyRoles: readonly string[] },
+  options: { appName: string; lockTimeoutMs: number; record: (changes: TargetChanges) => Promise<void> },
+): Promise<TargetChanges> {
+  return withPgClient(
+    url,
+    options.appName,
+    async (client) => {
+      const changes: TargetChanges = { roles: [], memberships: [] };
+      try {
+        await client.query('BEGIN');
+        await client.query(`SET LOCAL lock_timeout = ${Math.max(0, Math.floor(options.lockTimeoutMs))}`);
+        for (const role of stubRoles(names.tenantRole, names.policyRoles)) {
+          if (await exists(client, 'SELECT 1 FROM pg_roles WHERE rolname = $1', [role.name])) continue;
+          await client.query(`CREATE ROLE ${quoteIdent(role.name)} ${role.options}`);
+          changes.roles.push(role.name);
+        }
+        for (const role of authenticatorMemberships(names.tenantRole)) {
+          const isMember = await exists(
+            client,
+            `SELECT 1 FROM pg_auth_members m JOIN pg_roles r ON r.oid = m.roleid JOIN pg_roles u ON u.oid = m.member
+              WHERE r.rolname = $1 AND u.rolname = $2`,
+            [role, AUTHENTICATOR],
+          );
+          if (isMember) continue;
+          await client.query(`GRANT ${quoteIdent(role)} TO ${quoteIdent(AUTHENTICATOR)}`);
+          changes.memberships.push({ role, member: AUTHENTICATOR });
+        }
+        if (!(await exists(client, `SELECT 1 FROM pg_namespace WHERE nspname = 'auth'`, []))) {
+          await client.query('CREATE SCHEMA auth');
+          const grantees = ['anon', 'authenticated', 'service_role', names.tenantRole].map(quoteIdent);
+          await client.query(`GRANT USAGE ON SCHEMA auth TO ${grantees.join(', ')}`);
+          changes.authSchema = true;
+        }
+        if (!(await exists(client, `SELECT 1 WHERE to_regprocedure('auth.uid()') IS NOT NULL`, []))) {
+          await client.query(AUTH_UID_SQL);
+          changes.authUid = true;
+        }
+        try {
+          await client.query(`CREATE SCHEMA ${quoteIdent(names.schema)}`);
+        } catch (error) {
+          if ((error as { code?: string }).code === SQLSTATE.duplicateSchema) {
+            throw new AppError(
+              'precondition_failed',
+              `schema ${names.schema} appeared in the target after the preflight (another actor created it); nothing was changed`,
+            );
+          }
+          throw error;
+        }
+        changes.schema = names.schema;
+        await options.record(changes);
+        await client.query('COMMIT');
+        return changes;
+      } catch (error) {
+        await client.query('ROLLBACK').catch(() => undefined);
+        throw isAppError(error) ? error : pgError(error, 'preparing the target (role stubs, schemas)');
+      }
+    },
+    'connecting to the target',
+  );
+}
+
+export interface ChildResult {
+  exitCode: number | undefined;
+  signal: string | undefined;
+  timedOut: boolean;
+  isCanceled: boolean;
+  stderr: string;
+  stdout: string;
+}
+
+function stderrTail(text: string): string {
+  return text.trim().split('\n').slice(-5).join(' | ').slice(0, 1500);
+}
+
+function childError(tool: string, result: ChildResult, timeoutNote: string): AppError {
+  if (result.isCanceled) return new AppError('shutting_down', `${tool} was cancelled (migrate is stopping)`);
+  if (result.timedOut) return new AppError('timeout', `${tool} ran past ${timeoutNote} and was killed`);
+  const how = result.signal ? `was killed by ${result.signal}` : `exited ${result.exitCode}`;
+  return new AppError('migrate_failed', `${tool} ${how}: ${stderrTail(result.stderr) || 'no error output'}`, {
+    details: { exitCode: result.exitCode ?? null, signal: result.signal ?? null },
+  });
+}
+
+/** Conninfo form of a database name, so a name containing `=` is never read as a connection string. */
+export function dbnameConninfo(database: string): string {
+  return `dbname='${database.replaceAll('\\', '\\\\').replaceAll("'", "\\'")}'`;
+}
+
+/**
+ * Restores the dump into the target: the restore list minus the schema entry (this run created the
+ * schema), `--no-owner --no-acl --exit-on-error`, password only in PGPASSWORD of the child's env.
+ */
+export async function restoreDump(options: {
+  url: string;
+  dumpFile: string;
+  listFile: string;
+  schema: string;
+  pgRestore: ToolInfo;
+  pathEnv: string | undefined;
+  appName: string;
+  timeoutMs: number;
+  signal: AbortSignal;
+}): Promise<{ seconds: number }> {
+  const started = performance.now();
+  const target = parsePgUrl(options.url);
+  const run = async (args: string[]): Promise<ChildResult> => {
+    const r = await execa(options.pgRestore.path, args, {
+      env: { ...libpqEnv(target, options.appName), PATH: options.pathEnv ?? '' },
+      extendEnv: false,
+      stdin: 'ignore',
+      timeout: Math.max(1, options.timeoutMs - (performance.now() - started)),
+      cancelSignal: options.signal,
+      forceKillAfterDelay: 5_000,
+      reject: false,
+      maxBuffer: 64 * 1024 * 1024,
+    });
+    return {
+      exitCode: r.exitCode,
+      signal: r.signal,
+      timedOut: r.timedOut,
+      isCanceled: r.isCanceled,
+      stderr: typeof r.stderr === 'string' ? r.stderr : '',
+      stdout: typeof r.stdout === 'string' ? r.stdout : '',
+    };
+  };
+  const note = `the time left of FLUX_MIGRATE_TIMEOUT_MS`;
+  const listed = await run(['--list', options.dumpFile]);
+  if (listed.exitCode !== 0 || listed.timedOut || listed.isCanceled) {
+    throw childError('pg_restore --list', listed, note);
+  }
+  const { list, excluded } = excludeSchemaEntry(listed.stdout, options.schema);
+  if (excluded !== 1) {
+    throw new AppError(
+      'migrate_failed',
+      `the dump's restore list has ${excluded} entries creating schema ${options.schema} (expected 1); nothing was restored`,
+    );
+  }
+  await writeFile(options.listFile, list, { mode: 0o600 });
+  const restored = await run([
+    '--no-owner',
+    '--no-acl',
+    '--exit-on-error',
+    `--use-list=${options.listFile}`,
+    `--dbname=${dbnameConninfo(target.database)}`,
+    options.dumpFile,
+  ]);
+  if (restored.exitCode !== 0 || restored.timedOut || restored.isCanceled) {
+    throw childError('pg_restore', restored, note);
+  }
+  return { seconds: (performance.now() - started) / 1000 };
+}
+
+/** Exact counts and sequence values of the restored schema, read in one snapshot of the target. */
+export async function readTargetCounts(
+  url: string,
+  schema: string,
+  options: { appName: string; statementTimeoutMs: number },
+): Promise<{ tables: TableCount[]; sequences: SequenceValue[] }> {
+  return withPgClient(
+    url,
+    options.appName,
+    async (client) => {
+      try {
+        await client.query('BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY');
+        await client.query(
+          `SET LOCAL statement_timeout = ${Math.max(1, Math.floor(options.statementTimeoutMs))}`,
+        );
+        const inventory = await readInventory(client, { kind: 'tenant_export', schema });
+        const counts = await countInventory(client, inventory);
+        await client.query('COMMIT');
+        return counts;
+      } catch (error) {
+        await client.query('ROLLBACK').catch(() => undefined);
+        throw isAppError(error) ? error : pgError(error, 'validating the target');
+      }
+    },
+    'connecting to the target for validation',
+  );
+}
+
+/** SQLSTATE 2BP01: DROP ROLE refused because objects or privileges still depend on the role. */
+const DEPENDENT_OBJECTS_STILL_EXIST = '2BP01';
+
+export interface RollbackResult {
+  ok: boolean;
+  dropped: string[];
+  /** What could not be dropped, with why: the operator removes these by hand. */
+  leftovers: Array<{ object: string; error: string }>;
+}
+
+/**
+ * Drops what `changes` records, in dependency order, each step on its own so one failure does not keep
+ * the rest: first any backend still running this run's restore is terminated, then the tenant schema
+ * (CASCADE: everything pg_restore put in it), auth.uid(), schema auth, memberships, and the roles.
+ */
+export async function rollbackTarget(
+  url: string,
+  changes: TargetChanges,
+  options: { appName: string; restoreAppName: string; lockTimeoutMs: number },
+): Promise<RollbackResult> {
+  const result: RollbackResult = { ok: true, dropped: [], leftovers: [] };
+  if (!hasChanges(changes)) return result;
+  try {
+    await withPgClient(url, options.appName, async (client) => {
+      await client.query(`SET lock_timeout = ${Math.max(1, Math.floor(options.lockTimeoutMs))}`);
+      const step = async (object: string, sql: string[]) => {
+        try {
+          for (const statement of sql) await client.query(statement);
+          result.dropped.push(object);
+        } catch (error) {
+          result.ok = false;
+          result.leftovers.push({ object, error: (error as Error).message });
+        }
+      };
+      // A killed pg_restore's backend may still hold locks (a long CREATE INDEX notices the lost client late).
+      await client
+        .query(
+          `SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+            WHERE application_name = $1 AND pid <> pg_backend_pid()`,
+          [options.restoreAppName],
+        )
+        .catch(() => undefined);
+      if (changes.schema) {
+        await step(`schema ${changes.schema}`, [
+          `DROP SCHEMA IF EXISTS ${quoteIdent(changes.schema)} CASCADE`,
+        ]);
+      }
+      if (changes.authUid) await step('function auth.uid()', ['DROP FUNCTION IF EXISTS auth.uid()']);
+      if (changes.authSchema) await step('schema auth', ['DROP SCHEMA IF EXISTS auth']);
+      for (const m of changes.memberships) {
+        const both = await client.query(
+          'SELECT 1 FROM pg_roles WHERE rolname = $1 OR rolname = $2 HAVING count(*) = 2',
+          [m.role, m.member],
+        );
+        if ((both.rowCount ?? 0) === 0) continue;
+        await step(`membership ${m.role} in ${m.member}`, [
+          `REVOKE ${quoteIdent(m.role)} FROM ${quoteIdent(m.member)}`,
+        ]);
+      }
+      for (const role of [...changes.roles].reverse()) {
+        const present = await client.query('SELECT 1 FROM pg_roles WHERE rolname = $1', [role]);
+        if ((present.rowCount ?? 0) === 0) continue;
+        try {
+          await client.query(`DROP ROLE ${quoteIdent(role)}`);
+          result.dropped.push(`role ${role}`);
+        } catch (error) {
+          if ((error as { code?: string }).code !== DEPENDENT_OBJECTS_STILL_EXIST) {
+            result.ok = false;
+            result.leftovers.push({ object: `role ${role}`, error: (error as Error).message });
+            continue;
+          }
+          // The role is this run's own: whatever it owns or was granted here came from this run.
+          await step(`role ${role}`, [`DROP OWNED BY ${quoteIdent(role)}`, `DROP ROLE ${quoteIdent(role)}`]);
+        }
+      }
+    });
+  } catch (error) {
+    result.ok = false;
+    result.leftovers.push({
+      object: 'target connection',
+      error: `${(error as Error).message}; still to drop: ${describeChanges(changes)}`,
+    });
+  }
+  return result;
+}
+
+export function describeChanges(changes: TargetChanges): string {
+  const parts: string[] = [];
+  if (changes.schema) parts.push(`schema ${changes.schema}`);
+  if (changes.authUid) parts.push('function auth.uid()');
+  if (changes.authSchema) parts.push('schema auth');
+  for (const m of changes.memberships) parts.push(`membership ${m.role} in ${m.member}`);
+  for (const r of changes.roles) parts.push(`role ${r}`);
+  return parts.join(', ') || 'nothing';
+}
