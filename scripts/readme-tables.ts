@@ -1,0 +1,128 @@
+// Generates the README's configuration, events and errors tables from the code (the config schema, the
+// event catalogue, the error table), so the documentation cannot drift: `npm run docs` rewrites them and
+// a test fails when the README differs.
+import { readFile, writeFile } from 'node:fs/promises';
+import { VARS } from '../shared/config.js';
+import { ERROR_TABLE } from '../shared/errors.js';
+import { EVENT_TYPES, type EventType } from '../shared/events/envelope.js';
+
+export const EVENT_DOCS: Record<EventType, { from: string; when: string; to: string }> = {
+  'flux.backup.requested': { from: 'a scheduler', when: 'asks for a backup of a project', to: 'dump' },
+  'flux.backup.created': {
+    from: 'dump',
+    when: 'a backup is complete (manifest written)',
+    to: 'replicate, verify',
+  },
+  'flux.backup.failed': { from: 'dump', when: 'a backup failed (reason, error)', to: 'operators' },
+  'flux.backup.deleted': { from: 'dump', when: 'retention removed a backup', to: 'operators' },
+  'flux.backup.replicated': {
+    from: 'replicate',
+    when: 'the offsite copy was re-hashed and matches',
+    to: 'verify (if configured)',
+  },
+  'flux.backup.replication_failed': {
+    from: 'replicate',
+    when: 'the copy could not be proven, or a different offsite copy exists (conflict)',
+    to: 'operators',
+  },
+  'flux.backup.verified': {
+    from: 'verify',
+    when: 'a restore into a disposable Postgres passed every rung',
+    to: 'operators',
+  },
+  'flux.backup.verify_failed': {
+    from: 'verify',
+    when: 'a rung failed: the backup is not restorable as recorded',
+    to: 'operators',
+  },
+  'flux.backup.unverifiable': {
+    from: 'verify',
+    when: 'verification could not run (no Docker, image missing, version) — never a pass',
+    to: 'operators',
+  },
+  'flux.tenant.probe_failed': {
+    from: 'probe',
+    when: 'a tenant API failed N consecutive probes',
+    to: 'operators',
+  },
+  'flux.tenant.probe_recovered': {
+    from: 'probe',
+    when: 'a failed tenant API passed N consecutive probes',
+    to: 'operators',
+  },
+  'flux.migrate.started': {
+    from: 'migrate',
+    when: 'before any data moves (the gateway’s drain signal with lockWrites)',
+    to: 'gateway, operators',
+  },
+  'flux.migrate.completed': {
+    from: 'migrate',
+    when: 'the tenant moved and validated',
+    to: 'probe, operators',
+  },
+  'flux.migrate.failed': {
+    from: 'migrate',
+    when: 'a phase failed; the target was rolled back',
+    to: 'operators',
+  },
+};
+
+const cell = (s: string) => s.replaceAll('|', '\\|');
+
+function defaultOf(
+  name: string,
+  schema: { safeParse(v: unknown): { success: boolean; data?: unknown } },
+): string {
+  const parsed = schema.safeParse(undefined);
+  if (!parsed.success || parsed.data === undefined) return '';
+  const v = parsed.data;
+  if (Array.isArray(v)) return v.length === 0 ? '' : `\`${JSON.stringify(v)}\``;
+  if (name === 'FLUX_PROBE_EXPECTED_STATUS') return '`200-399`';
+  return `\`${String(v)}\``;
+}
+
+export function configTable(): string {
+  const rows = Object.entries(VARS).map(([name, spec]) => {
+    const s = spec as {
+      schema: Parameters<typeof defaultOf>[1];
+      description: string;
+      secret?: boolean;
+      embedded?: string;
+    };
+    const embedded = s.embedded ? ` (npm start: \`${s.embedded}\`)` : '';
+    return `| \`${name}\` | ${defaultOf(name, s.schema)}${embedded} | ${s.secret ? 'yes' : ''} | ${cell(s.description)} |`;
+  });
+  return ['| variable | default | secret | meaning |', '| --- | --- | --- | --- |', ...rows].join('\n');
+}
+
+export function eventsTable(): string {
+  const rows = EVENT_TYPES.map(
+    (t) => `| \`${t}\` | ${EVENT_DOCS[t].from} | ${cell(EVENT_DOCS[t].when)} | ${EVENT_DOCS[t].to} |`,
+  );
+  return ['| type | emitted by | when | acted on by |', '| --- | --- | --- | --- |', ...rows].join('\n');
+}
+
+export function errorsTable(): string {
+  const rows = Object.entries(ERROR_TABLE).map(
+    ([code, e]) => `| \`${code}\` | ${e.status} | ${e.exit} | ${cell(e.summary)} |`,
+  );
+  return ['| code | HTTP | CLI exit | meaning |', '| --- | --- | --- | --- |', ...rows].join('\n');
+}
+
+export const TABLES = { config: configTable, events: eventsTable, errors: errorsTable } as const;
+
+/** Replaces the text between `<!-- table:NAME -->` and `<!-- /table:NAME -->` with the generated table. */
+export function renderTables(readme: string): string {
+  let out = readme;
+  for (const [name, make] of Object.entries(TABLES)) {
+    const re = new RegExp(`(<!-- table:${name} -->)[\\s\\S]*?(<!-- /table:${name} -->)`);
+    out = out.replace(re, (_all, start: string, end: string) => `${start}\n${make()}\n${end}`);
+  }
+  return out;
+}
+
+if (import.meta.url === `file://${process.argv[1]}`) {
+  const readme = await readFile('README.md', 'utf8');
+  await writeFile('README.md', renderTables(readme));
+  process.stdout.write('README tables regenerated\n');
+}
