@@ -2,7 +2,7 @@
 // A reader sees the old file or the whole new one, never a part, even after a crash.
 import { createHash, randomBytes } from 'node:crypto';
 import { createReadStream, createWriteStream } from 'node:fs';
-import { mkdir, open, rename, rm } from 'node:fs/promises';
+import { mkdir, open, rename, rm, stat } from 'node:fs/promises';
 import path from 'node:path';
 import type { Readable } from 'node:stream';
 
@@ -154,7 +154,9 @@ export async function writeStreamAtomic(
 export async function hashFile(file: string, signal?: AbortSignal): Promise<StreamedFile> {
   const hash = createHash('sha256');
   let sizeBytes = 0;
-  const stream = createReadStream(file, { highWaterMark: STREAM_CHUNK_BYTES, ...(signal ? { signal } : {}) });
+  // Small files get a small buffer: thousands of tiny manifests must not each allocate 1 MiB.
+  const highWaterMark = Math.max(64 * 1024, Math.min(STREAM_CHUNK_BYTES, (await stat(file)).size));
+  const stream = createReadStream(file, { highWaterMark, ...(signal ? { signal } : {}) });
   for await (const chunk of stream) {
     hash.update(chunk as Buffer);
     sizeBytes += (chunk as Buffer).length;

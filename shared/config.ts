@@ -34,6 +34,7 @@ const bool = (fallback: boolean) =>
     .default(fallback ? 'true' : 'false')
     .transform((v) => v === 'true' || v === '1' || v === 'yes');
 const dir = (fallback: string) => z.string().min(1).default(fallback);
+const upstream = (fallback: string) => z.url({ protocol: /^https?$/ }).default(fallback);
 const optionalString = z
   .string()
   .optional()
@@ -59,7 +60,13 @@ const tokenList = z
       const second = first < 0 ? -1 : entry.indexOf(':', first + 1);
       const id = first < 0 ? entry : entry.slice(0, first);
       const sha = second < 0 ? undefined : entry.slice(first + 1, second);
-      const scopes = second < 0 ? [] : entry.slice(second + 1).split('+').filter(Boolean);
+      const scopes =
+        second < 0
+          ? []
+          : entry
+              .slice(second + 1)
+              .split('+')
+              .filter(Boolean);
       const badScope = scopes.find((s) => !(SCOPES as readonly string[]).includes(s));
       // Never echo the entry: a confused operator may have pasted a raw token here.
       if (!id || !/^[A-Za-z0-9_.-]{1,64}$/.test(id) || !sha || !/^[0-9a-f]{64}$/.test(sha)) {
@@ -178,6 +185,25 @@ export const VARS = {
   FLUX_VERIFY_PORT: { schema: port(8083), description: 'Port of the verify function.' },
   FLUX_PROBE_PORT: { schema: port(8084), description: 'Port of the probe function.' },
   FLUX_MIGRATE_PORT: { schema: port(8085), description: 'Port of the migrate function.' },
+  FLUX_FUNCTION: {
+    schema: z.enum(['router', 'all', ...FUNCTION_NAMES]).optional(),
+    description:
+      'The process a container of the image runs (dump … migrate, router, all): entrypoint and healthcheck.',
+  },
+  FLUX_DUMP_URL: { schema: upstream('http://dump:8081'), description: 'Where the router reaches dump.' },
+  FLUX_REPLICATE_URL: {
+    schema: upstream('http://replicate:8082'),
+    description: 'Where the router reaches replicate.',
+  },
+  FLUX_VERIFY_URL: {
+    schema: upstream('http://verify:8083'),
+    description: 'Where the router reaches verify.',
+  },
+  FLUX_PROBE_URL: { schema: upstream('http://probe:8084'), description: 'Where the router reaches probe.' },
+  FLUX_MIGRATE_URL: {
+    schema: upstream('http://migrate:8085'),
+    description: 'Where the router reaches migrate.',
+  },
   FLUX_STATE_DIR: {
     schema: dir('/srv/flux/state'),
     description: 'Outboxes, dead letters, inbox dedupe, leases.',
@@ -316,7 +342,8 @@ export const VARS = {
   },
   FLUX_VERIFY_LOCAL_OS_USER: {
     schema: optionalString,
-    description: 'When running as root: OS user the local sandbox server runs as (default postgres, else nobody).',
+    description:
+      'When running as root: OS user the local sandbox server runs as (default postgres, else nobody).',
   },
   FLUX_TENANT_PROBE_GATEWAY_URL: {
     schema: optionalString.pipe(z.url().optional()),

@@ -115,7 +115,7 @@ export const RUN_AS_UID = 1001;
  */
 export function fsWriteError(error: unknown, path: string, what: string): AppError {
   const errno = errnoOf(error);
-  if (errno === 'EACCES' || errno === 'EPERM' || errno === 'EROFS') {
+  if (errno === 'EACCES' || errno === 'EPERM' || errno === 'EROFS' || errno === 'ENOTDIR') {
     return new AppError(
       'dir_not_writable',
       `${what}: cannot write ${path} (${errno}). FLUX_BACKUPS_LOCAL_DIR and FLUX_BACKUPS_OFFSITE_DIR must be ` +

@@ -1,0 +1,155 @@
+// replicate: copies every complete backup to the offsite store and proves it. Triggered by a manifest
+// arriving in FLUX_BACKUPS_LOCAL_DIR (watch), by `flux.backup.created`, and by a reconcile scan at
+// start-up and every FLUX_REPLICATE_RECONCILE_INTERVAL_MS; `POST /replicate/run` runs a scan on demand.
+import { parseBackupId, parseProjectId } from '../../shared/catalog/ids.js';
+import { AppError } from '../../shared/errors.js';
+import { createKit } from '../../shared/kit/app.js';
+import { dirWritableCheck } from '../../shared/kit/readiness.js';
+import type { FunctionApp, Runtime } from '../../shared/kit/runtime.js';
+import { createOffsiteStore } from '../../shared/offsite/index.js';
+import type { OffsiteStore } from '../../shared/offsite/types.js';
+import { createReplicator } from './replicator.js';
+import { createManifestWatcher } from './watcher.js';
+
+/** Temp files of interrupted offsite writes older than this are removed at start-up. */
+const TEMP_SWEEP_AGE_MS = 60 * 60 * 1000;
+
+export interface ReplicateDeps {
+  /** The offsite store; by default chosen from FLUX_BACKUPS_OFFSITE_DIR. */
+  store?: OffsiteStore;
+}
+
+export function createApp(rt: Runtime, deps: ReplicateDeps = {}): FunctionApp {
+  const { config, log, catalog } = rt;
+  const store = deps.store ?? createOffsiteStore(config);
+  const replicator = createReplicator({
+    catalog,
+    store,
+    log,
+    metrics: rt.metrics,
+    emit: rt.emit,
+    concurrency: config.FLUX_REPLICATE_CONCURRENCY,
+    maxAttempts: config.FLUX_REPLICATE_MAX_ATTEMPTS,
+    retryBaseDelayMs: config.FLUX_REPLICATE_RETRY_BASE_DELAY_MS,
+  });
+  const watcher = createManifestWatcher({
+    root: config.FLUX_BACKUPS_LOCAL_DIR,
+    log,
+    onManifest: (projectId, backupId) => void replicator.request({ projectId, backupId, trigger: 'watch' }),
+    onProjectDir: (projectId) => void replicator.reconcileProject(projectId, 'watch'),
+  });
+  let timer: NodeJS.Timeout | undefined;
+  let started = false;
+
+  const runReconcile = (trigger: 'startup' | 'reconcile') =>
+    replicator.reconcile(trigger).catch((error) => log.error({ err: error, trigger }, 'reconcile failed'));
+
+  const kit = createKit({
+    name: 'replicate',
+    config,
+    log,
+    metrics: rt.metrics,
+    inbox: rt.inbox,
+    outbox: rt.outbox,
+    checks: () => [
+      dirWritableCheck(config.FLUX_BACKUPS_LOCAL_DIR, 'FLUX_BACKUPS_LOCAL_DIR'),
+      {
+        name: `offsite:${store.driver}`,
+        async run() {
+          return { ...(await store.check()), location: store.location };
+        },
+      },
+      {
+        name: 'watch',
+        async run() {
+          const ok = !started || watcher.isWatchingRoot;
+          return {
+            ok,
+            detail: ok
+              ? `${watcher.watched} director${watcher.watched === 1 ? 'y' : 'ies'} watched`
+              : `FLUX_BACKUPS_LOCAL_DIR is not watched; arrivals wait for the next reconcile (every ${config.FLUX_REPLICATE_RECONCILE_INTERVAL_MS} ms)`,
+            watched: watcher.watched,
+          };
+        },
+      },
+    ],
+    handlers: {
+      'flux.backup.created': async (event) => {
+        const data = event.data as { projectId: string; backupId: string; sha256: string };
+        const projectId = parseProjectId(data.projectId);
+        const backupId = parseBackupId(data.backupId);
+        const entry = await catalog.get(projectId, backupId);
+        if (!entry?.manifest) {
+          // Complete means "manifest on disk": without it there is nothing to copy (yet, or any more).
+          return {
+            status: 202,
+            body: { ignored: true, reason: 'no local manifest for this backup', backupId },
+          };
+        }
+        if (entry.manifest.sha256 !== data.sha256) {
+          log.warn(
+            { projectId, backupId, eventId: event.id },
+            'flux.backup.created names another sha256 than the local manifest; the manifest wins',
+          );
+        }
+        if (replicator.isStopping) {
+          throw new AppError(
+            'shutting_down',
+            'replicate is stopping; the sender retries against the next process',
+            {
+              retryAfterSeconds: 5,
+            },
+          );
+        }
+        // Answer at once (a large copy outlasts any webhook timeout); the receipt and events tell the rest.
+        void replicator.request({ projectId, backupId, trigger: 'event', causedBy: event.id });
+        return { status: 202, body: { queued: true, backupId } };
+      },
+    },
+  });
+  const { app, requireScope } = kit;
+
+  app.post('/replicate/run', requireScope('backups:write'), async (c) => {
+    const summary = await replicator.reconcile('manual');
+    return c.json({ ok: true, reconcile: summary });
+  });
+
+  app.get('/replicate/status', requireScope('backups:read'), (c) =>
+    c.json({
+      pending: replicator.pending,
+      watched: watcher.watched,
+      store: { driver: store.driver, location: store.location },
+      lastReconcile: replicator.lastReconcile ?? null,
+    }),
+  );
+
+  return {
+    name: 'replicate',
+    app,
+    accepts: ['flux.backup.created'],
+    async start() {
+      await rt.inbox.start();
+      await rt.outbox.start();
+      const swept = await store.sweepTemp(TEMP_SWEEP_AGE_MS).catch((error) => {
+        log.warn({ err: error }, 'could not sweep offsite temp files');
+        return 0;
+      });
+      if (swept > 0) log.info({ swept }, 'removed leftovers of interrupted offsite copies');
+      // Watch first, then scan: a manifest landing in between is seen by one or the other (or both,
+      // which is harmless: jobs are deduplicated and receipts make repeats no-ops).
+      await watcher.start();
+      started = true;
+      void runReconcile('startup');
+      timer = setInterval(() => {
+        void watcher.refresh().then(() => runReconcile('reconcile'));
+      }, config.FLUX_REPLICATE_RECONCILE_INTERVAL_MS);
+      timer.unref();
+    },
+    async stop() {
+      if (timer) clearInterval(timer);
+      watcher.stop();
+      await replicator.stop(config.FLUX_SHUTDOWN_GRACE_MS);
+      await rt.outbox.stop();
+    },
+  };
+}
