@@ -324,7 +324,7 @@ export const VARS = {
   },
   FLUX_VERIFY_ON: {
     schema: z.string().default('flux.backup.created'),
-    description: 'Event types that trigger a verification (comma-separated; empty = on demand only).',
+    description: 'Event types that trigger a verification (comma-separated; `none` = on demand only).',
   },
   FLUX_VERIFY_MEMORY_MB: { schema: int(1024, 64, 1024 * 1024), description: 'Docker sandbox memory limit.' },
   FLUX_VERIFY_CPUS: {
@@ -536,6 +536,7 @@ export function portOf(config: Config, fn: FunctionName | 'all'): number {
 
 /** The event types that trigger verify, parsed from FLUX_VERIFY_ON. */
 export function verifyTriggers(config: Config): string[] {
+  if (config.FLUX_VERIFY_ON.trim() === 'none') return [];
   return config.FLUX_VERIFY_ON.split(',')
     .map((s) => s.trim())
     .filter(Boolean);

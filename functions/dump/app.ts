@@ -96,7 +96,9 @@ export function createApp(rt: Runtime): FunctionApp {
     const entry = await catalog.get(project.id, parseBackupId(c.req.param('backupId')));
     if (!entry)
       throw new AppError('not_found', `no backup ${c.req.param('backupId')} for project ${project.slug}`);
-    return c.json({ backup: catalog.toApi(entry, await catalog.checkArtifact(entry)) });
+    const backup = catalog.toApi(entry, await catalog.checkArtifact(entry));
+    const progress = dumper.progress(entry.backupId);
+    return c.json({ backup: progress && backup.status === 'running' ? { ...backup, progress } : backup });
   });
 
   app.get(

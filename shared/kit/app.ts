@@ -252,7 +252,11 @@ export function createKit(options: KitOptions): Kit {
     const recent = options.outbox.recent();
     const after = c.req.query('after');
     const index = after ? recent.findIndex((e) => e.id === after) : -1;
-    return c.json({ events: recent.slice(index + 1) });
+    // A cursor that fell out of the buffer: everything held is newer than it, and the client is told.
+    return c.json({
+      events: recent.slice(index + 1),
+      ...(after && index < 0 ? { cursorExpired: true } : {}),
+    });
   });
 
   app.post('/events/replay', requireScope('events'), async (c) => {
