@@ -12,12 +12,14 @@ import { dirWritableCheck, toolCheck } from '../../shared/kit/readiness.js';
 import type { FunctionApp, Runtime } from '../../shared/kit/runtime.js';
 import { requireProjectByHash } from '../../shared/registry.js';
 import { createDumper } from './dumper.js';
+import { downloadFromOffsite, lazyOffsiteStore, parseArtifactSource } from './offsite-source.js';
 
 const CreateBody = z.object({ kind: z.enum(['project_db', 'tenant_export']).optional() }).loose();
 
 export function createApp(rt: Runtime): FunctionApp {
   const dumper = createDumper(rt);
   const { catalog, registry, config } = rt;
+  const offsiteStore = lazyOffsiteStore(config);
 
   const kit = createKit({
     name: 'dump',
@@ -108,6 +110,10 @@ export function createApp(rt: Runtime): FunctionApp {
       const project = requireProjectByHash(registry, c.req.param('hash'));
       const backupId = parseBackupId(c.req.param('backupId'));
       const entry = await catalog.get(project.id, backupId);
+      if (parseArtifactSource(c.req.query('source')) === 'offsite') {
+        const store = offsiteStore();
+        return downloadFromOffsite(c, { store, project, backupId, manifest: entry?.manifest });
+      }
       if (!entry?.manifest)
         throw new AppError('not_found', `no complete backup ${backupId} for project ${project.slug}`);
       let size: number;

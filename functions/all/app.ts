@@ -1,0 +1,127 @@
+// The all-in-one process for local use: all five functions in one Node process on FLUX_PORT, wired to
+// each other by signed events over loopback exactly as separate processes would be.
+import { Hono } from 'hono';
+import { createCatalog } from '../../shared/catalog/catalog.js';
+import { type Config, type EventSink, FUNCTION_NAMES, type FunctionName } from '../../shared/config.js';
+import { AppError } from '../../shared/errors.js';
+import { errorBody } from '../../shared/kit/app.js';
+import {
+  createRuntime,
+  ephemeralWebhookSecret,
+  type FunctionApp,
+  type Runtime,
+} from '../../shared/kit/runtime.js';
+import { createLogger, type Logger } from '../../shared/log.js';
+import { createRegistry, type Registry } from '../../shared/metrics.js';
+import { loadFileRegistry, type ProjectRegistry } from '../../shared/registry.js';
+import { createApp as createDump } from '../dump/app.js';
+import { createApp as createMigrate } from '../migrate/app.js';
+import { createApp as createProbe } from '../probe/app.js';
+import { createApp as createReplicate } from '../replicate/app.js';
+import { createApp as createVerify } from '../verify/app.js';
+import { routeOf } from './routes.js';
+
+const FACTORIES: Record<FunctionName, (rt: Runtime) => FunctionApp> = {
+  dump: createDump,
+  replicate: createReplicate,
+  verify: createVerify,
+  probe: createProbe,
+  migrate: createMigrate,
+};
+
+export interface AllInOneOptions {
+  log?: Logger;
+  metrics?: Registry;
+  registry?: ProjectRegistry;
+}
+
+export interface AllInOne {
+  app: Hono;
+  functions: Record<FunctionName, FunctionApp>;
+  runtimes: Record<FunctionName, Runtime>;
+  /** Where loopback events are sent; set once the server listens (the port may be chosen by the OS). */
+  setBaseUrl(url: string): void;
+  start(): Promise<void>;
+  stop(): Promise<void>;
+}
+
+export function createAllInOne(
+  config: Config,
+  env: NodeJS.ProcessEnv,
+  options: AllInOneOptions = {},
+): AllInOne {
+  const log = options.log ?? createLogger('flux-ops', { level: config.FLUX_LOG_LEVEL });
+  const metrics = options.metrics ?? createRegistry();
+  const registry = options.registry ?? loadFileRegistry(config.FLUX_PROJECTS_FILE);
+  const catalog = createCatalog({ root: config.FLUX_BACKUPS_LOCAL_DIR, log });
+  const webhookSecrets =
+    config.FLUX_WEBHOOK_SECRETS.length > 0 ? config.FLUX_WEBHOOK_SECRETS : [ephemeralWebhookSecret()];
+  if (config.FLUX_WEBHOOK_SECRETS.length === 0)
+    log.info('no FLUX_WEBHOOK_SECRETS: loopback events are signed with a per-run secret');
+  let baseUrl = `http://127.0.0.1:${config.FLUX_PORT}`;
+
+  const functions = {} as Record<FunctionName, FunctionApp>;
+  const runtimes = {} as Record<FunctionName, Runtime>;
+  // Each function's events go to every other function that acts on them (plus FLUX_EVENT_SINKS).
+  const loopbackSinks = (from: FunctionName): EventSink[] =>
+    FUNCTION_NAMES.filter((to) => to !== from && functions[to]?.accepts.length).map((to) => ({
+      url: `${baseUrl}/${to}/events`,
+      types: [...functions[to].accepts],
+      name: `loopback:${to}`,
+    }));
+  for (const name of FUNCTION_NAMES) {
+    runtimes[name] = createRuntime(name, config, env, {
+      log: log.child({ fn: name }),
+      metrics,
+      registry,
+      catalog,
+      webhookSecrets,
+      extraSinks: () => loopbackSinks(name),
+    });
+    functions[name] = FACTORIES[name](runtimes[name]);
+  }
+
+  const app = new Hono();
+  app.get('/healthz', (c) => c.json({ ok: true, fn: 'all' }));
+  app.get('/readyz', async (c) => {
+    const results = await Promise.all(
+      FUNCTION_NAMES.map(async (name) => {
+        const res = await functions[name].app.request('/readyz');
+        return [name, { status: res.status, ...((await res.json()) as object) }] as const;
+      }),
+    );
+    const ok = results.every(([, r]) => r.status === 200);
+    return c.json({ ok, functions: Object.fromEntries(results) }, ok ? 200 : 503);
+  });
+  app.get('/metrics', async (c) => {
+    c.header('content-type', metrics.contentType);
+    return c.body(await metrics.metrics());
+  });
+  app.all('*', async (c) => {
+    const url = new URL(c.req.url);
+    const route = routeOf(url.pathname);
+    if (!route)
+      return c.json(
+        errorBody(new AppError('not_found', `no route ${c.req.method} ${url.pathname.slice(0, 200)}`)),
+        404,
+      );
+    url.pathname = route.path;
+    return functions[route.fn].app.fetch(new Request(url, c.req.raw));
+  });
+
+  return {
+    app,
+    functions,
+    runtimes,
+    setBaseUrl(url) {
+      baseUrl = url.replace(/\/$/, '');
+    },
+    async start() {
+      for (const name of FUNCTION_NAMES) await functions[name].start();
+    },
+    async stop() {
+      // Reverse order of start: consumers stop before producers.
+      for (const name of [...FUNCTION_NAMES].reverse()) await functions[name].stop();
+    },
+  };
+}

@@ -1,0 +1,20 @@
+// The all-in-one process edge (npm start): embedded defaults (data under ./.flux-data, loopback), all
+// five functions on FLUX_PORT.
+import { loadConfigOrExit, serveProcess } from '../../shared/kit/serve.js';
+import { createLogger } from '../../shared/log.js';
+import { createAllInOne } from './app.js';
+
+const config = loadConfigOrExit(process.env, { profile: 'embedded' });
+const log = createLogger('flux-ops', { level: config.FLUX_LOG_LEVEL });
+const all = createAllInOne(config, process.env, { log });
+all.setBaseUrl(`http://127.0.0.1:${config.FLUX_PORT}`);
+await serveProcess({
+  fetch: all.app.fetch,
+  port: config.FLUX_PORT,
+  host: config.FLUX_HOST,
+  log,
+  config,
+  graceMs: config.FLUX_SHUTDOWN_GRACE_MS,
+  start: all.start,
+  stop: all.stop,
+});

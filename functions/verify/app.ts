@@ -1,0 +1,164 @@
+// verify: restores a backup into a disposable Postgres and checks it rung by rung against its manifest;
+// the CLI-compatible verify route (sync, or async with Prefer: respond-async), event triggers per
+// FLUX_VERIFY_ON, and readiness that reports the selected sandbox driver.
+import { z } from 'zod';
+import { parseBackupId, parseProjectId } from '../../shared/catalog/ids.js';
+import type { VerifyReceipt } from '../../shared/catalog/records.js';
+import { verifyTriggers } from '../../shared/config.js';
+import { AppError } from '../../shared/errors.js';
+import type { CloudEvent, EventType } from '../../shared/events/envelope.js';
+import { createKit, type EventHandler, readJson } from '../../shared/kit/app.js';
+import { dirWritableCheck } from '../../shared/kit/readiness.js';
+import type { FunctionApp, Runtime } from '../../shared/kit/runtime.js';
+import { requireProjectByHash } from '../../shared/registry.js';
+import { createVerifier, VERIFY_SOURCES, type VerifierOptions, type VerifySource } from './verifier.js';
+
+/** Events verify can be triggered by, and which copy each one verifies. */
+const TRIGGER_SOURCES: Partial<Record<EventType, VerifySource>> = {
+  'flux.backup.created': 'local',
+  // A replicated copy was re-hashed by replicate; restoring it proves the offsite copy itself.
+  'flux.backup.replicated': 'offsite',
+};
+
+const VerifyBody = z.object({ source: z.enum(VERIFY_SOURCES).optional() }).loose();
+
+/** The error a sync verify call answers with when the backup did not verify. */
+export function receiptError(receipt: VerifyReceipt): AppError {
+  const details = {
+    backupId: receipt.backupId,
+    reason: receipt.reason,
+    driver: receipt.driver,
+    rungs: receipt.rungs.map(({ rung, result, code, message }) => ({ rung, result, code, message })),
+  };
+  if (receipt.status === 'restore_failed') {
+    return new AppError('verify_failed', `restore verification failed: ${receipt.error ?? receipt.reason}`, {
+      details: { ...details, restoreVerificationStatus: 'restore_failed' },
+    });
+  }
+  return new AppError(
+    'unverifiable',
+    `restore verification could not run (this is not a pass): ${receipt.error ?? receipt.reason}`,
+    {
+      details: {
+        ...details,
+        restoreVerificationStatus: 'skipped',
+        restoreVerificationOutcome: 'unverifiable',
+      },
+    },
+  );
+}
+
+export function createApp(rt: Runtime, options: VerifierOptions = {}): FunctionApp {
+  const verifier = createVerifier(rt, options);
+  const { catalog, registry, config } = rt;
+  const triggers = verifyTriggers(config).filter((t): t is EventType => t in TRIGGER_SOURCES);
+  const ignored = verifyTriggers(config).filter((t) => !(t in TRIGGER_SOURCES));
+  if (ignored.length > 0) {
+    rt.log.warn(
+      { ignored, supported: Object.keys(TRIGGER_SOURCES) },
+      'FLUX_VERIFY_ON names event types verify cannot act on',
+    );
+  }
+
+  const onBackupEvent: EventHandler = async (event: CloudEvent) => {
+    const data = event.data as { projectId: string; backupId: string };
+    // An s3:// offsite store cannot be read by verify yet: a replicated event then verifies the local copy.
+    const wanted = TRIGGER_SOURCES[event.type] ?? 'local';
+    const source =
+      wanted === 'offsite' && config.FLUX_BACKUPS_OFFSITE_DIR.startsWith('s3://') ? 'local' : wanted;
+    const started = await verifier.start({
+      projectId: parseProjectId(data.projectId),
+      backupId: parseBackupId(data.backupId),
+      source,
+      causedBy: event.id,
+    });
+    return { status: 202, body: { verifying: started.backupId, joined: started.joined } };
+  };
+
+  const kit = createKit({
+    name: 'verify',
+    config,
+    log: rt.log,
+    metrics: rt.metrics,
+    inbox: rt.inbox,
+    outbox: rt.outbox,
+    checks: () => [
+      {
+        name: 'sandbox',
+        async run() {
+          const s = await verifier.selection.status();
+          return {
+            ok: s.ok,
+            detail: s.detail,
+            ...(s.driver ? { driver: s.driver } : {}),
+            drivers: s.statuses,
+          };
+        },
+      },
+      dirWritableCheck(config.FLUX_BACKUPS_LOCAL_DIR, 'FLUX_BACKUPS_LOCAL_DIR'),
+    ],
+    handlers: Object.fromEntries(triggers.map((t) => [t, onBackupEvent])),
+  });
+  const { app, requireScope } = kit;
+
+  app.post('/api/cli/v1/projects/:hash/backups/:backupId/verify', requireScope('verify'), async (c) => {
+    const project = requireProjectByHash(registry, c.req.param('hash'));
+    const backupId = parseBackupId(c.req.param('backupId'));
+    const body = await readJson(c, VerifyBody, { emptyIsObject: true });
+    const query = c.req.query('source');
+    if (query !== undefined && !(VERIFY_SOURCES as readonly string[]).includes(query)) {
+      throw new AppError('bad_request', `source must be one of ${VERIFY_SOURCES.join(', ')}`);
+    }
+    const source = (query as VerifySource | undefined) ?? body.source ?? 'local';
+    const started = await verifier.start({ projectId: project.id, backupId, source });
+    const location = `/api/cli/v1/projects/${project.hash}/backups/${backupId}/verify`;
+    c.header('Location', location);
+    if (/respond-async/i.test(c.req.header('prefer') ?? '')) {
+      c.header('Preference-Applied', 'respond-async');
+      return c.json({ ok: true, backupId, status: 'running', joined: started.joined, location }, 202);
+    }
+    const receipt = await started.done;
+    if (receipt.status !== 'restore_verified') throw receiptError(receipt);
+    return c.json({
+      ok: true,
+      backupId,
+      restoreVerificationStatus: 'restore_verified',
+      restoreVerificationAt: receipt.finishedAt,
+      driver: receipt.driver,
+      seconds: receipt.seconds,
+      rungs: receipt.rungs,
+    });
+  });
+
+  app.get('/api/cli/v1/projects/:hash/backups/:backupId/verify', requireScope('backups:read'), async (c) => {
+    const project = requireProjectByHash(registry, c.req.param('hash'));
+    const backupId = parseBackupId(c.req.param('backupId'));
+    const entry = await catalog.get(project.id, backupId);
+    if (!entry) throw new AppError('not_found', `no backup ${backupId} for project ${project.slug}`);
+    const receipt =
+      entry.verify && entry.manifest && entry.verify.sha256 === entry.manifest.sha256 ? entry.verify : null;
+    return c.json({
+      backupId,
+      running: verifier.isRunning(project.id, backupId),
+      restoreVerificationStatus:
+        receipt === null ? 'pending' : receipt.status === 'unverifiable' ? 'skipped' : receipt.status,
+      restoreVerificationOutcome: receipt?.status ?? 'pending',
+      verification: receipt,
+    });
+  });
+
+  return {
+    name: 'verify',
+    app,
+    accepts: triggers,
+    async start() {
+      await rt.inbox.start();
+      await verifier.startReaper();
+      await rt.outbox.start();
+    },
+    async stop() {
+      await verifier.stop();
+      await rt.outbox.stop();
+    },
+  };
+}

@@ -1,0 +1,706 @@
+// Restore verification: one backup at a time per id, a global concurrency limit with a bounded queue, a
+// timeout that kills the restore and removes the sandbox, the rungs in order, then the receipt, the event
+// and the metrics. A verification that could not run is recorded as `unverifiable`, never as a pass.
+import { createHash } from 'node:crypto';
+import { createReadStream } from 'node:fs';
+import { stat } from 'node:fs/promises';
+import { Readable } from 'node:stream';
+import { STREAM_CHUNK_BYTES } from '../../shared/atomic.js';
+import type { CatalogEntry } from '../../shared/catalog/catalog.js';
+import { backupPaths } from '../../shared/catalog/layout.js';
+import type { Manifest, Rung, RungName, VerifyReceipt } from '../../shared/catalog/records.js';
+import { MINUTE_MS } from '../../shared/config.js';
+import { AppError, errnoOf, isAppError } from '../../shared/errors.js';
+import type { Runtime } from '../../shared/kit/runtime.js';
+import { createLimiter } from '../../shared/limiter.js';
+import { counter, DURATION_BUCKETS_S, gauge, histogram } from '../../shared/metrics.js';
+import { queryJson, runSql, throwIfCanceled } from '../../shared/sandbox/query.js';
+import { createDriverSelection, type DriverSelection } from '../../shared/sandbox/select.js';
+import type { Sandbox } from '../../shared/sandbox/types.js';
+import {
+  type ArchiveHeader,
+  ArchiveHeaderError,
+  checkCompatibility,
+  imageFor,
+  readArchiveHeader,
+} from './archive.js';
+import {
+  completeRungs,
+  evaluateArchive,
+  evaluateArtifact,
+  evaluateIntegrity,
+  evaluateRestore,
+  evaluateSequences,
+  evaluateStructure,
+  evaluateVolume,
+  FINDINGS,
+  type IndexCheck,
+  outcomeOf,
+  type RestoredRelation,
+  type RestoredSequence,
+  rung,
+} from './rungs.js';
+import {
+  AMCHECK_AVAILABLE_SELECT,
+  countsSelect,
+  integrityScript,
+  missingExtensionsSelect,
+  preRestoreSql,
+  relationsSelect,
+  schemasSelect,
+  sequencesSelect,
+} from './sql.js';
+
+export const VERIFY_SOURCES = ['local', 'offsite'] as const;
+export type VerifySource = (typeof VERIFY_SOURCES)[number];
+
+/** Leftover sandboxes are swept this often (and at start-up). */
+export const REAP_INTERVAL_MS = 5 * MINUTE_MS;
+/** A sandbox outliving its verification's timeout by this much is a leftover. */
+const SANDBOX_EXPIRY_GRACE_MS = 5 * MINUTE_MS;
+/** Where the dump lands inside the sandbox. */
+const SANDBOX_DUMP_NAME = 'backup.dump';
+
+/** pg_restore flags: one transaction (WAL-skipping COPY with wal_level=minimal), nothing reaching outside. */
+export const RESTORE_FLAGS = [
+  '--dbname=postgres',
+  '--single-transaction',
+  '--no-tablespaces',
+  '--no-publications',
+  '--no-subscriptions',
+  '--no-security-labels',
+] as const;
+
+export interface VerifyRequest {
+  projectId: string;
+  backupId: string;
+  source?: VerifySource;
+  causedBy?: string | undefined;
+}
+
+export interface StartedVerification {
+  backupId: string;
+  /** An identical verification was already running; this call joined it. */
+  joined: boolean;
+  done: Promise<VerifyReceipt>;
+}
+
+export interface Verifier {
+  readonly selection: DriverSelection;
+  /** Validates the backup and starts (or joins) its verification; throws 404/409/422/503 before any work. */
+  start(request: VerifyRequest): Promise<StartedVerification>;
+  isRunning(projectId: string, backupId: string): boolean;
+  readonly running: number;
+  /** Sweeps leftover sandboxes now, then every REAP_INTERVAL_MS. */
+  startReaper(): Promise<void>;
+  reap(): Promise<number>;
+  stop(): Promise<void>;
+}
+
+export interface VerifierOptions {
+  selection?: DriverSelection;
+  reapIntervalMs?: number;
+  /** Label value for this process's containers (tests find their own by it). */
+  instance?: string;
+  localSpare?: boolean;
+}
+
+/** Thrown inside a verification to end it as unverifiable with a bounded reason. */
+function unverifiableError(reason: string, message: string): AppError {
+  return new AppError('unverifiable', message, { details: { reason } });
+}
+
+const since = (t: number) => (performance.now() - t) / 1000;
+
+export function createVerifier(rt: Runtime, options: VerifierOptions = {}): Verifier {
+  const { config, catalog, log, metrics } = rt;
+  const selection =
+    options.selection ??
+    createDriverSelection(config, rt.env, {
+      log,
+      ...(options.instance ? { instance: options.instance } : {}),
+      ...(options.localSpare !== undefined ? { localSpare: options.localSpare } : {}),
+    });
+  const limiter = createLimiter({
+    concurrency: config.FLUX_VERIFY_CONCURRENCY,
+    queueMax: config.FLUX_VERIFY_QUEUE_MAX,
+    name: 'verifications',
+    retryAfterSeconds: 60,
+  });
+  const inFlight = new Map<string, StartedVerification>();
+  const controllers = new Set<AbortController>();
+  let stopping = false;
+  let reaper: NodeJS.Timeout | undefined;
+
+  const outcomes = counter(
+    metrics,
+    'flux_verify_verifications_total',
+    'Verifications by outcome and reason',
+    ['outcome', 'reason', 'driver'],
+  );
+  const stageSeconds = histogram(
+    metrics,
+    'flux_verify_stage_duration_seconds',
+    'Duration of each verification stage (sandbox, prepare, transfer, archive, restore, checks, teardown)',
+    ['stage', 'driver'],
+    DURATION_BUCKETS_S,
+  );
+  const totalSeconds = histogram(
+    metrics,
+    'flux_verify_duration_seconds',
+    'Verification wall time from sandbox start to teardown (measured RTO)',
+    ['driver', 'outcome'],
+    DURATION_BUCKETS_S,
+  );
+  const rungResults = counter(metrics, 'flux_verify_rungs_total', 'Rung results by finding code', [
+    'rung',
+    'result',
+    'code',
+  ]);
+  const lastVerified = gauge(
+    metrics,
+    'flux_verify_last_verified_timestamp_seconds',
+    'Finish time of the newest restore-verified backup',
+    ['project'],
+  );
+  const queueGauge = gauge(metrics, 'flux_verify_queue', 'Verifications running and waiting', ['state']);
+  const reaped = counter(
+    metrics,
+    'flux_verify_leftovers_removed_total',
+    'Leftover sandboxes removed by the reaper',
+    ['driver'],
+  );
+
+  const updateQueue = () => {
+    queueGauge.set({ state: 'running' }, limiter.active);
+    queueGauge.set({ state: 'waiting' }, limiter.waiting);
+  };
+
+  async function reap(): Promise<number> {
+    let total = 0;
+    for (const driver of selection.drivers) {
+      try {
+        const n = await driver.reap();
+        if (n > 0) reaped.inc({ driver: driver.name }, n);
+        total += n;
+      } catch (error) {
+        log.warn({ err: error, driver: driver.name }, 'reaping leftover sandboxes failed');
+      }
+    }
+    return total;
+  }
+
+  function dumpFileOf(entry: CatalogEntry, source: VerifySource): string {
+    if (source === 'local') return entry.paths.dump;
+    if (config.FLUX_BACKUPS_OFFSITE_DIR.startsWith('s3://')) {
+      throw new AppError(
+        'bad_request',
+        'verifying the offsite copy needs a filesystem FLUX_BACKUPS_OFFSITE_DIR; s3:// is not supported by verify yet',
+      );
+    }
+    return backupPaths(config.FLUX_BACKUPS_OFFSITE_DIR, entry.projectId, entry.backupId).dump;
+  }
+
+  async function verify(
+    manifest: Manifest,
+    file: string,
+    source: VerifySource,
+    causedBy: string | undefined,
+    signal: AbortSignal,
+  ): Promise<VerifyReceipt> {
+    const rungs: Partial<Record<RungName, Rung>> = {};
+    const stages: Record<string, number> = {};
+    const versions: Record<string, string> = {
+      pgDump: manifest.pgDump.version,
+      sourceServer: manifest.source.serverVersion,
+    };
+    let driverName = 'none';
+    let image: string | undefined;
+    let unverifiable: { reason: string; error: string } | undefined;
+    let sandbox: Sandbox | undefined;
+    const startedAt = new Date();
+    const t0 = performance.now();
+    const opts = { signal };
+
+    const stage = async <T>(name: string, fn: () => Promise<T>): Promise<T> => {
+      const s = performance.now();
+      try {
+        return await fn();
+      } finally {
+        stages[name] = Number(since(s).toFixed(3));
+      }
+    };
+
+    async function body(): Promise<void> {
+      // Artifact presence and size are known before any sandbox starts.
+      let size: number;
+      try {
+        size = (await stat(file)).size;
+      } catch (error) {
+        if (errnoOf(error) !== 'ENOENT') throw error;
+        rungs.artifact = rung(
+          'artifact',
+          'failed',
+          FINDINGS.artifactMissing,
+          0,
+          `the ${source} dump file is missing`,
+        );
+        return;
+      }
+      if (size !== manifest.sizeBytes) {
+        rungs.artifact = evaluateArtifact(manifest, { sizeBytes: size, sha256: '' }, 0);
+        return;
+      }
+      let header: ArchiveHeader | undefined;
+      try {
+        header = await readArchiveHeader(file);
+        versions.archive = header.versionText;
+        if (header.pgDumpVersion) versions.archivePgDump = header.pgDumpVersion;
+      } catch (error) {
+        if (!(error instanceof ArchiveHeaderError)) throw error;
+        // The archive rung reports it with pg_restore's own words.
+      }
+      const compatibility = (v: {
+        serverMajor?: number;
+        pgRestoreMajor?: number;
+        server?: string;
+        pgRestore?: string;
+      }) => {
+        if (!header || !v.serverMajor || !v.pgRestoreMajor) return;
+        const c = checkCompatibility({
+          archive: header.version,
+          sourceServerMajor: Math.floor(manifest.source.serverVersionNum / 10000),
+          pgDumpMajor: manifest.pgDump.major,
+          sandbox: {
+            serverMajor: v.serverMajor,
+            pgRestoreMajor: v.pgRestoreMajor,
+            ...(v.server ? { server: v.server } : {}),
+            ...(v.pgRestore ? { pgRestore: v.pgRestore } : {}),
+          },
+        });
+        if (!c.ok) throw unverifiableError(c.code, c.message);
+      };
+
+      const { driver, status } = await selection.resolve();
+      driverName = driver.name;
+      image = status.image;
+      // Known versions (local tools, the image's PG_VERSION) refuse early, before a sandbox starts.
+      compatibility(status.versions ?? {});
+
+      sandbox = await stage('sandbox', () =>
+        driver.create({
+          projectId: manifest.projectId,
+          backupId: manifest.backupId,
+          ttlMs: config.FLUX_VERIFY_TIMEOUT_MS + SANDBOX_EXPIRY_GRACE_MS,
+          signal,
+        }),
+      );
+      const box = sandbox;
+      image = box.image ?? image;
+      versions.sandboxServer = box.versions.server;
+      versions.pgRestore = box.versions.pgRestore;
+      compatibility(box.versions);
+
+      await stage('prepare', async () => {
+        if (manifest.extensions.length > 0) {
+          const missing = await queryJson<{ name: string }>(
+            box,
+            missingExtensionsSelect(manifest.extensions.map((e) => e.name)),
+            'listing available extensions',
+            opts,
+          );
+          if (missing.length > 0) {
+            throw unverifiableError(
+              'extension_unavailable',
+              `the sandbox cannot install extension(s) the backup uses: ${missing.map((m) => m.name).join(', ')}; ` +
+                `use a FLUX_BACKUP_VERIFY_POSTGRES_IMAGE (or local PostgreSQL packages) that ships them`,
+            );
+          }
+        }
+        const prepared = await runSql(box, preRestoreSql(manifest), opts);
+        throwIfCanceled(prepared, signal);
+        if (prepared.failed) {
+          throw unverifiableError(
+            'sandbox_failed',
+            `preparing roles in the sandbox failed: ${prepared.stderr.trim().slice(-400)}`,
+          );
+        }
+      });
+
+      // Size and SHA-256 of exactly the bytes the sandbox receives.
+      const hash = createHash('sha256');
+      let bytes = 0;
+      const input = createReadStream(file, { highWaterMark: STREAM_CHUNK_BYTES });
+      async function* hashed() {
+        for await (const chunk of input) {
+          hash.update(chunk as Buffer);
+          bytes += (chunk as Buffer).length;
+          yield chunk as Buffer;
+        }
+      }
+      const transferStarted = performance.now();
+      let inside: string;
+      try {
+        inside = await stage('transfer', () =>
+          box.putFile(SANDBOX_DUMP_NAME, Readable.from(hashed(), { objectMode: false }), size, opts),
+        );
+      } catch (error) {
+        input.destroy();
+        if (isAppError(error) && error.code === 'artifact_invalid') {
+          rungs.artifact = rung(
+            'artifact',
+            'failed',
+            FINDINGS.sizeMismatch,
+            since(transferStarted),
+            error.message,
+          );
+          return;
+        }
+        throw error;
+      }
+      rungs.artifact = evaluateArtifact(
+        manifest,
+        { sizeBytes: bytes, sha256: hash.digest('hex') },
+        since(transferStarted),
+      );
+      if (rungs.artifact.result !== 'passed') return;
+
+      const listed = await stage('archive', () => box.exec(['pg_restore', '--list', inside], opts));
+      throwIfCanceled(listed, signal);
+      rungs.archive = evaluateArchive(listed, listed.seconds);
+      if (rungs.archive.result === 'could_not_verify') {
+        const needed = Math.max(manifest.pgDump.major, Math.floor(manifest.source.serverVersionNum / 10000));
+        throw unverifiableError(
+          FINDINGS.archiveVersionUnsupported,
+          `${rungs.archive.message}; set FLUX_BACKUP_VERIFY_POSTGRES_IMAGE=${imageFor(needed)} (PostgreSQL ${needed} or newer)`,
+        );
+      }
+      if (rungs.archive.result !== 'passed') return;
+
+      const restored = await stage('restore', () => box.exec(['pg_restore', ...RESTORE_FLAGS, inside], opts));
+      throwIfCanceled(restored, signal);
+      rungs.restore = evaluateRestore(restored, restored.seconds);
+      if (rungs.restore.result !== 'passed') return;
+
+      await stage('checks', async () => {
+        let s = performance.now();
+        const schemas =
+          manifest.schemas.length > 0
+            ? await queryJson<{ schema: string }>(
+                box,
+                schemasSelect(manifest.schemas),
+                'reading schemas',
+                opts,
+              )
+            : [];
+        const relations =
+          manifest.schemas.length > 0
+            ? await queryJson<RestoredRelation>(
+                box,
+                relationsSelect(manifest.schemas),
+                'reading tables',
+                opts,
+              )
+            : [];
+        rungs.structure = evaluateStructure(
+          manifest,
+          { schemas: schemas.map((r) => r.schema), relations },
+          since(s),
+        );
+        const present = new Set(relations.map((r) => `${r.kind === 'S' ? 'S' : 't'}:${r.schema}.${r.name}`));
+
+        s = performance.now();
+        const tables = manifest.tables.filter((t) => present.has(`t:${t.schema}.${t.name}`));
+        const counts =
+          tables.length > 0
+            ? await queryJson<{ schema: string; name: string; rows: number }>(
+                box,
+                countsSelect(tables),
+                'counting rows',
+                opts,
+              )
+            : [];
+        rungs.volume = evaluateVolume(manifest.tables, counts, since(s));
+
+        s = performance.now();
+        const sequences = manifest.sequences.filter((q) => present.has(`S:${q.schema}.${q.name}`));
+        const values =
+          sequences.length > 0
+            ? await queryJson<RestoredSequence>(box, sequencesSelect(sequences), 'reading sequences', opts)
+            : [];
+        rungs.sequences = evaluateSequences(manifest.sequences, values, since(s));
+
+        s = performance.now();
+        rungs.integrity = await integrity(box, manifest, opts);
+        rungs.integrity.seconds = Number(since(s).toFixed(3));
+      });
+    }
+
+    try {
+      await body();
+    } catch (error) {
+      const reason = signal.aborted ? signal.reason : undefined;
+      if (isAppError(reason) && reason.code === 'shutting_down') throw reason;
+      if (isAppError(reason) && reason.code === 'timeout') {
+        unverifiable = { reason: 'timeout', error: reason.message };
+      } else if (isAppError(error) && error.code === 'unverifiable') {
+        unverifiable = { reason: String(error.details?.reason ?? 'sandbox_failed'), error: error.message };
+      } else {
+        log.error({ err: error, backupId: manifest.backupId }, 'verification broke off');
+        unverifiable = {
+          reason: 'internal_error',
+          error: `the verification broke off: ${isAppError(error) ? error.message : (error as Error)?.message}`,
+        };
+      }
+    } finally {
+      if (sandbox) {
+        const box = sandbox;
+        await stage('teardown', () =>
+          box
+            .destroy()
+            .catch((error) =>
+              log.error(
+                { err: error, sandbox: box.id, backupId: manifest.backupId },
+                'sandbox removal failed',
+              ),
+            ),
+        );
+      }
+    }
+
+    const all = completeRungs(
+      rungs,
+      unverifiable
+        ? { code: unverifiable.reason, message: `not run: ${unverifiable.reason}` }
+        : { code: FINDINGS.blocked, message: 'not run: an earlier rung failed' },
+    );
+    const outcome = outcomeOf(all, unverifiable);
+    const finishedAt = new Date();
+    const seconds = Number(since(t0).toFixed(3));
+    const receipt: VerifyReceipt = {
+      backupId: manifest.backupId,
+      projectId: manifest.projectId,
+      status: outcome.status,
+      sha256: manifest.sha256,
+      source,
+      driver: driverName,
+      ...(image ? { image } : {}),
+      versions,
+      rungs: all,
+      stages,
+      startedAt: startedAt.toISOString(),
+      finishedAt: finishedAt.toISOString(),
+      seconds,
+      reason: outcome.reason,
+      ...(outcome.error ? { error: outcome.error } : {}),
+    };
+    await catalog.writeVerifyReceipt(receipt);
+
+    for (const [name, value] of Object.entries(stages))
+      stageSeconds.observe({ stage: name, driver: driverName }, value);
+    totalSeconds.observe({ driver: driverName, outcome: outcome.status }, seconds);
+    for (const r of all) rungResults.inc({ rung: r.rung, result: r.result, code: r.code });
+    outcomes.inc({ outcome: outcome.status, reason: outcome.reason, driver: driverName });
+    if (outcome.status === 'restore_verified')
+      lastVerified.set({ project: manifest.slug }, finishedAt.getTime() / 1000);
+
+    const ref = {
+      projectId: manifest.projectId,
+      projectHash: manifest.projectHash,
+      backupId: manifest.backupId,
+    };
+    const findings = all.map((r) => ({
+      rung: r.rung,
+      result: r.result,
+      code: r.code,
+      ...(r.message ? { message: r.message.slice(0, 1000) } : {}),
+    }));
+    const subject = `${manifest.projectId}/${manifest.backupId}`;
+    const logFields = { ...ref, driver: driverName, source, seconds, reason: outcome.reason };
+    if (outcome.status === 'restore_verified') {
+      log.info(logFields, 'backup restore-verified');
+      await rt.emit('flux.backup.verified', {
+        subject,
+        causedBy,
+        data: {
+          ...ref,
+          driver: driverName,
+          sha256: manifest.sha256,
+          rungs: findings,
+          seconds,
+          source,
+          stages,
+          ...(image ? { image } : {}),
+        },
+      });
+    } else if (outcome.status === 'restore_failed') {
+      log.warn({ ...logFields, error: outcome.error }, 'restore verification failed');
+      await rt.emit('flux.backup.verify_failed', {
+        subject,
+        causedBy,
+        data: {
+          ...ref,
+          driver: driverName,
+          rungs: findings,
+          reason: outcome.reason.slice(0, 64),
+          error: (outcome.error ?? outcome.reason).slice(0, 4000),
+          source,
+        },
+      });
+    } else {
+      log.warn({ ...logFields, error: outcome.error }, 'backup could not be verified');
+      await rt.emit('flux.backup.unverifiable', {
+        subject,
+        causedBy,
+        data: {
+          ...ref,
+          ...(driverName !== 'none' ? { driver: driverName } : {}),
+          reason: outcome.reason.slice(0, 64),
+          error: (outcome.error ?? outcome.reason).slice(0, 4000),
+          source,
+          ...(image ? { image } : {}),
+        },
+      });
+    }
+    return receipt;
+  }
+
+  async function integrity(box: Sandbox, manifest: Manifest, opts: { signal: AbortSignal }): Promise<Rung> {
+    if (!config.FLUX_VERIFY_AMCHECK) {
+      return rung('integrity', 'not_applicable', FINDINGS.disabled, 0, 'FLUX_VERIFY_AMCHECK=false');
+    }
+    if (manifest.schemas.length === 0) return evaluateIntegrity([], 0);
+    const [available] = await queryJson<{ n: number }>(
+      box,
+      AMCHECK_AVAILABLE_SELECT,
+      'looking for amcheck',
+      opts,
+    );
+    if (!available || available.n === 0) {
+      return rung(
+        'integrity',
+        'not_applicable',
+        FINDINGS.amcheckUnavailable,
+        0,
+        'the sandbox has no amcheck extension (contrib); the integrity rung is optional',
+      );
+    }
+    const result = await runSql(box, integrityScript(manifest.schemas), opts);
+    throwIfCanceled(result, opts.signal);
+    if (result.failed) {
+      return rung(
+        'integrity',
+        'could_not_verify',
+        FINDINGS.amcheckUnavailable,
+        0,
+        `amcheck could not run: ${result.stderr.trim().slice(-300)}`,
+      );
+    }
+    const line = result.stdout.trim().split('\n').filter(Boolean).at(-1) ?? '[]';
+    return evaluateIntegrity(JSON.parse(line) as IndexCheck[], 0);
+  }
+
+  return {
+    selection,
+    get running() {
+      return inFlight.size;
+    },
+
+    isRunning(projectId, backupId) {
+      return inFlight.has(`${projectId}/${backupId}`);
+    },
+
+    async start(request) {
+      if (stopping) throw new AppError('shutting_down', 'verify is stopping; retry against the new process');
+      const source = request.source ?? 'local';
+      const key = `${request.projectId}/${request.backupId}`;
+      const running = inFlight.get(key);
+      if (running) return { ...running, joined: true };
+      const entry = await catalog.get(request.projectId, request.backupId);
+      if (!entry) {
+        throw new AppError('not_found', `no backup ${request.backupId} for project ${request.projectId}`);
+      }
+      const manifest = entry.manifest;
+      if (!manifest) {
+        if (entry.state?.status === 'running') {
+          throw new AppError(
+            'conflict',
+            `backup ${request.backupId} is still being written; verify it when it completes`,
+            {
+              retryAfterSeconds: 30,
+            },
+          );
+        }
+        throw new AppError(
+          'unprocessable',
+          `backup ${request.backupId} did not complete (${entry.state?.error ?? entry.unreadable ?? 'no manifest'}); there is nothing to verify`,
+        );
+      }
+      const file = dumpFileOf(entry, source);
+      const joined = inFlight.get(key);
+      if (joined) return { ...joined, joined: true };
+      // Refuse at once when the queue is full, rather than accepting work that would be refused later.
+      if (
+        limiter.active >= config.FLUX_VERIFY_CONCURRENCY &&
+        limiter.waiting >= config.FLUX_VERIFY_QUEUE_MAX
+      ) {
+        throw new AppError(
+          'queue_full',
+          `verifications: ${limiter.active} running and ${limiter.waiting} queued (FLUX_VERIFY_CONCURRENCY=${config.FLUX_VERIFY_CONCURRENCY}, FLUX_VERIFY_QUEUE_MAX=${config.FLUX_VERIFY_QUEUE_MAX}); retry later`,
+          { retryAfterSeconds: 60 },
+        );
+      }
+      const controller = new AbortController();
+      controllers.add(controller);
+      const done = limiter
+        .run(async () => {
+          updateQueue();
+          const timer = setTimeout(
+            () =>
+              controller.abort(
+                new AppError(
+                  'timeout',
+                  `the verification ran longer than FLUX_VERIFY_TIMEOUT_MS (${config.FLUX_VERIFY_TIMEOUT_MS} ms); the restore was killed and the sandbox removed`,
+                ),
+              ),
+            config.FLUX_VERIFY_TIMEOUT_MS,
+          );
+          try {
+            return await verify(manifest, file, source, request.causedBy, controller.signal);
+          } finally {
+            clearTimeout(timer);
+          }
+        }, controller.signal)
+        .finally(() => {
+          controllers.delete(controller);
+          inFlight.delete(key);
+          updateQueue();
+        });
+      done.catch(() => undefined);
+      const started: StartedVerification = { backupId: request.backupId, joined: false, done };
+      inFlight.set(key, started);
+      updateQueue();
+      return started;
+    },
+
+    reap,
+
+    async startReaper() {
+      await reap();
+      reaper = setInterval(() => void reap(), options.reapIntervalMs ?? REAP_INTERVAL_MS);
+      reaper.unref();
+    },
+
+    async stop() {
+      stopping = true;
+      if (reaper) clearInterval(reaper);
+      // In-flight verifications get the grace period; then they are cancelled (restore killed, sandbox removed).
+      const graceEnds = Date.now() + config.FLUX_SHUTDOWN_GRACE_MS;
+      while (inFlight.size > 0 && Date.now() < graceEnds) await new Promise((r) => setTimeout(r, 50));
+      for (const c of controllers) c.abort(new AppError('shutting_down', 'verify is stopping'));
+      const deadline = Date.now() + 15_000;
+      while (inFlight.size > 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 25));
+      await selection.close();
+    },
+  };
+}

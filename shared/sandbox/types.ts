@@ -1,0 +1,177 @@
+// The restore sandbox: one small driver interface (a disposable Postgres that files can be streamed
+// into and tools run inside) with one result shape, implemented by docker.ts and local.ts.
+import type { Readable } from 'node:stream';
+import { AppError } from '../errors.js';
+
+export const DRIVER_NAMES = ['docker', 'local'] as const;
+export type DriverName = (typeof DRIVER_NAMES)[number];
+
+/**
+ * Why a sandbox could not be had. Bounded (a metrics label); none of them says anything about the backup,
+ * so a verification that meets one is `unverifiable`, never `restore_failed`.
+ */
+export const UNAVAILABLE_REASONS = [
+  'docker_unavailable',
+  'image_missing',
+  'tools_missing',
+  'sandbox_failed',
+] as const;
+export type UnavailableReason = (typeof UNAVAILABLE_REASONS)[number];
+
+/** The same shape for every command in every driver: callers branch on fields, never on message text. */
+export interface ExecResult {
+  /** argv, shortened for logs (never holds a secret: sandboxes use no passwords). */
+  command: string;
+  /** null when the command was cancelled before it exited. */
+  exitCode: number | null;
+  stdout: string;
+  /** The tail of stderr (bounded). */
+  stderr: string;
+  seconds: number;
+  isCanceled: boolean;
+  /** exitCode !== 0 or cancelled. */
+  failed: boolean;
+}
+
+export interface SandboxVersions {
+  /** server_version of the sandbox, e.g. "15.18". */
+  server: string;
+  serverMajor: number;
+  /** pg_restore inside the sandbox (its tools match its server). */
+  pgRestore: string;
+  pgRestoreMajor: number;
+}
+
+export interface ExecOptions {
+  signal?: AbortSignal;
+}
+
+/** A running disposable Postgres. Superuser `postgres`, database `postgres`, no password, no network. */
+export interface Sandbox {
+  readonly driver: DriverName;
+  /** Container id or sandbox directory. */
+  readonly id: string;
+  readonly image?: string;
+  readonly versions: SandboxVersions;
+  /**
+   * Streams exactly `sizeBytes` from `source` into a file named `name` inside the sandbox and returns its
+   * path there. Nothing is bind-mounted: the bytes travel through the driver (tar stream / file write).
+   */
+  putFile(name: string, source: Readable, sizeBytes: number, options?: ExecOptions): Promise<string>;
+  /** Runs a tool inside the sandbox (pg_restore, psql) with libpq pointed at the sandbox server. */
+  exec(argv: readonly string[], options?: ExecOptions): Promise<ExecResult>;
+  /** Kills the server and removes everything (container with its volumes, or the directory). Idempotent. */
+  destroy(): Promise<void>;
+}
+
+export interface CreateSandboxOptions {
+  projectId: string;
+  backupId: string;
+  /** After this the sandbox counts as a leftover that any reaper may remove. */
+  ttlMs: number;
+  signal?: AbortSignal;
+}
+
+export interface DriverStatus {
+  driver: DriverName;
+  ok: boolean;
+  detail: string;
+  reason?: UnavailableReason;
+  image?: string;
+  /** What is known before a sandbox starts (tools on PATH, or the image's PG_MAJOR/PG_VERSION). */
+  versions?: Partial<SandboxVersions>;
+}
+
+export interface SandboxDriver {
+  readonly name: DriverName;
+  /** Whether sandboxes can be created now, and with which versions (readiness, driver selection). */
+  status(): Promise<DriverStatus>;
+  /** Starts a ready sandbox; throws AppError `unverifiable` with `details.reason` when none can be had. */
+  create(options: CreateSandboxOptions): Promise<Sandbox>;
+  /** Removes sandboxes left behind past their expiry (or by a dead owner); returns how many. */
+  reap(now?: Date): Promise<number>;
+  /** Releases background resources (spare sandboxes, timers). */
+  close(): Promise<void>;
+}
+
+/** Default settings of a throwaway server: nothing it writes must survive a crash. */
+export function throwawaySettings(maintenanceWorkMemMb: number): Record<string, string> {
+  return {
+    fsync: 'off',
+    full_page_writes: 'off',
+    synchronous_commit: 'off',
+    // minimal WAL: COPY into a table created in the same (single) restore transaction skips WAL.
+    wal_level: 'minimal',
+    max_wal_senders: '0',
+    archive_mode: 'off',
+    max_wal_size: '4GB',
+    checkpoint_timeout: '1d',
+    autovacuum: 'off',
+    jit: 'off',
+    maintenance_work_mem: `${maintenanceWorkMemMb}MB`,
+    // A single-transaction restore locks every table and index it creates.
+    max_locks_per_transaction: '1024',
+  };
+}
+
+export function settingsArgs(settings: Record<string, string>): string[] {
+  return Object.entries(settings).flatMap(([k, v]) => ['-c', `${k}=${v}`]);
+}
+
+export function sandboxUnavailable(
+  reason: UnavailableReason,
+  message: string,
+  options: { cause?: unknown; details?: Record<string, unknown> } = {},
+): AppError {
+  return new AppError('unverifiable', message, {
+    ...(options.cause !== undefined ? { cause: options.cause } : {}),
+    details: { reason, ...(options.details ?? {}) },
+  });
+}
+
+/** The `reason` of an unverifiable AppError, if it is one. */
+export function unavailableReason(error: unknown): string | undefined {
+  if (error instanceof AppError && error.code === 'unverifiable') {
+    const reason = error.details?.reason;
+    return typeof reason === 'string' ? reason : undefined;
+  }
+  return undefined;
+}
+
+export const STDERR_TAIL_BYTES = 256 * 1024;
+
+/** Keeps the last `limit` bytes of a growing text (stderr of a long restore). */
+export function createTail(limit = STDERR_TAIL_BYTES) {
+  let chunks: Buffer[] = [];
+  let size = 0;
+  let dropped = false;
+  return {
+    push(chunk: Buffer) {
+      chunks.push(chunk);
+      size += chunk.length;
+      while (size > limit && chunks.length > 1) {
+        size -= chunks.shift()!.length;
+        dropped = true;
+      }
+    },
+    text(): string {
+      const all = Buffer.concat(chunks);
+      const kept = all.length > limit ? all.subarray(all.length - limit) : all;
+      chunks = [kept];
+      size = kept.length;
+      return (dropped || all.length > limit ? '…' : '') + kept.toString('utf8');
+    },
+  };
+}
+
+export function shortCommand(argv: readonly string[]): string {
+  const text = argv.join(' ');
+  return text.length > 200 ? `${text.slice(0, 200)}…` : text;
+}
+
+/** Parses "pg_restore (PostgreSQL) 15.18 (Debian …)" / "15.18 (Debian …)" into a version and major. */
+export function parseVersionText(text: string): { version: string; major: number } | undefined {
+  const m = /(?:\(PostgreSQL\)\s+)?(\d+)(?:\.(\d+))?/.exec(text.trim());
+  if (!m) return undefined;
+  return { version: m[2] ? `${m[1]}.${m[2]}` : `${m[1]}`, major: Number(m[1]) };
+}

@@ -1,0 +1,236 @@
+// verify with the docker sandbox against the real engine and the locally built image, the cases where
+// Docker cannot serve (engine stopped, image absent: unverifiable, never restore_failed), auto selection,
+// and the reaper. After every test no container of this file is left.
+import { randomBytes, randomUUID } from 'node:crypto';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import Docker from 'dockerode';
+import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { createApp as createDumpApp } from '../functions/dump/app.js';
+import { createApp as createVerifyApp } from '../functions/verify/app.js';
+import type { Manifest, VerifyReceipt } from '../shared/catalog/records.js';
+import type { FunctionApp } from '../shared/kit/runtime.js';
+import type { Cluster, Project } from '../shared/registry.js';
+import { describeDocker, dockerGate } from '../shared/sandbox/contract.js';
+import { createDockerDriver, LABEL } from '../shared/sandbox/docker.js';
+import { seedTenant } from './support/fixtures.js';
+import { type PgCluster, startPostgres } from './support/pg.js';
+import {
+  ADMIN,
+  eventually,
+  makeTestEnv,
+  type TestEnv,
+  type TestRuntime,
+  testRuntime,
+} from './support/runtime.js';
+
+const SOCKET = process.env.FLUX_DOCKER_SOCKET ?? '/var/run/docker.sock';
+const IMAGE = process.env.FLUX_TEST_VERIFY_IMAGE ?? 'flux-ops/postgres-verify:15';
+const DEAD_SOCKET = path.join(tmpdir(), `no-docker-${randomUUID()}.sock`);
+const instance = `test-verify-docker-${randomUUID()}`;
+const docker = new Docker({ socketPath: SOCKET });
+const gate = await dockerGate(SOCKET, IMAGE);
+
+const tenant = {
+  id: randomUUID(),
+  hash: randomBytes(4).toString('hex').slice(0, 7),
+  slug: 'docker-tenant',
+  engine: 'v2_shared',
+  cluster: 'shared-1',
+} as Project;
+
+let cluster: PgCluster;
+let clusters: Cluster[];
+let base: TestEnv;
+let dumpFn: FunctionApp;
+const started: Array<{ fn: FunctionApp; env: TestEnv }> = [];
+
+async function ourContainers(): Promise<string[]> {
+  if (!gate.ok) return [];
+  const list = await docker.listContainers({
+    all: true,
+    filters: { label: [`${LABEL.verify}=1`, `${LABEL.instance}=${instance}`] },
+  });
+  return list.map((c) => c.Id);
+}
+
+beforeAll(async () => {
+  cluster = await startPostgres();
+  await cluster.createDatabase('flux');
+  await seedTenant(cluster, { db: 'flux', projectId: tenant.id, rows: 100 });
+  clusters = [{ name: 'shared-1', url: cluster.url('flux'), maxConcurrentDumps: 2 }];
+  base = await makeTestEnv();
+  dumpFn = createDumpApp(testRuntime('dump', base, { projects: [tenant], clusters }));
+});
+
+afterEach(async () => {
+  for (const { fn, env } of started.splice(0)) {
+    await fn.stop();
+    await env.cleanup();
+  }
+  expect(await ourContainers()).toEqual([]);
+});
+
+afterAll(async () => {
+  await cluster?.destroy();
+  await base?.cleanup();
+});
+
+/** A verify function sharing the dump catalog, with `extra` config. */
+async function verifyApp(
+  extra: Record<string, string>,
+  options: { reapIntervalMs?: number } = {},
+): Promise<{ fn: FunctionApp; rt: TestRuntime }> {
+  const env = await makeTestEnv({
+    FLUX_BACKUPS_LOCAL_DIR: base.config.FLUX_BACKUPS_LOCAL_DIR,
+    FLUX_BACKUP_VERIFY_POSTGRES_IMAGE: IMAGE,
+    FLUX_DOCKER_SOCKET: SOCKET,
+    FLUX_VERIFY_MEMORY_MB: '512',
+    ...extra,
+  });
+  const rt = testRuntime('verify', env, { projects: [tenant], clusters });
+  const fn = createVerifyApp(rt, { instance, ...options });
+  started.push({ fn, env });
+  return { fn, rt };
+}
+
+async function backup(): Promise<{ backupId: string; manifest: Manifest }> {
+  const res = await dumpFn.app.request(`/api/cli/v1/projects/${tenant.hash}/backups`, {
+    method: 'POST',
+    headers: ADMIN.header,
+  });
+  expect(res.status).toBe(201);
+  const { backup: b } = (await res.json()) as { backup: { id: string } };
+  const entry = await testRuntime('dump', base).catalog.get(tenant.id, b.id);
+  return { backupId: b.id, manifest: entry!.manifest! };
+}
+
+async function verify(
+  fn: FunctionApp,
+  backupId: string,
+): Promise<{ status: number; body: Record<string, unknown> }> {
+  const res = await fn.app.request(`/api/cli/v1/projects/${tenant.hash}/backups/${backupId}/verify`, {
+    method: 'POST',
+    headers: ADMIN.header,
+  });
+  return { status: res.status, body: (await res.json()) as Record<string, unknown> };
+}
+
+async function receiptOf(rt: TestRuntime, backupId: string): Promise<VerifyReceipt> {
+  return (await rt.catalog.get(tenant.id, backupId))!.verify!;
+}
+
+describeDocker(gate, 'verify in a docker sandbox', () => {
+  it('restore-verifies inside a container of the configured image, then removes it', async () => {
+    const { fn, rt } = await verifyApp({ FLUX_VERIFY_DRIVER: 'docker' });
+    const b = await backup();
+    const { status, body } = await verify(fn, b.backupId);
+    expect(status, JSON.stringify(body)).toBe(200);
+    expect(body).toMatchObject({ ok: true, restoreVerificationStatus: 'restore_verified', driver: 'docker' });
+    const receipt = await receiptOf(rt, b.backupId);
+    expect(receipt).toMatchObject({ status: 'restore_verified', driver: 'docker', image: IMAGE });
+    expect(receipt.versions.sandboxServer).toMatch(/^15\./);
+    expect(receipt.rungs.every((r) => r.result === 'passed')).toBe(true);
+    expect(receipt.rungs.find((r) => r.rung === 'volume')?.details).toMatchObject({ rows: 200 });
+    expect(await ourContainers()).toEqual([]);
+  });
+
+  it('the rungs fire inside the container too (row-count drift)', async () => {
+    const { fn, rt } = await verifyApp({ FLUX_VERIFY_DRIVER: 'docker' });
+    const b = await backup();
+    await rt.catalog.writeManifest({
+      ...b.manifest,
+      tables: b.manifest.tables.map((t) => ({ ...t, rows: t.rows + 1 })),
+    });
+    const { status, body } = await verify(fn, b.backupId);
+    expect(status).toBe(422);
+    expect(body).toMatchObject({ code: 'verify_failed', reason: 'row_count_mismatch' });
+    expect((await receiptOf(rt, b.backupId)).driver).toBe('docker');
+  });
+
+  it('an absent image is unverifiable (nothing is pulled), not a failed restore', async () => {
+    const absent = `flux-ops/postgres-verify:absent-${randomUUID().slice(0, 8)}`;
+    const { fn, rt } = await verifyApp({
+      FLUX_VERIFY_DRIVER: 'docker',
+      FLUX_BACKUP_VERIFY_POSTGRES_IMAGE: absent,
+    });
+    const b = await backup();
+    const { status, body } = await verify(fn, b.backupId);
+    expect(status).toBe(503);
+    expect(body).toMatchObject({ code: 'unverifiable', reason: 'image_missing' });
+    expect(String(body.error)).toContain(absent);
+    expect(await receiptOf(rt, b.backupId)).toMatchObject({
+      status: 'unverifiable',
+      reason: 'image_missing',
+    });
+    expect((await rt.catalog.trust(tenant.id)).tier).toBe('unverifiable');
+    const images = await docker.listImages({ filters: { reference: [absent] } });
+    expect(images).toEqual([]);
+  });
+
+  it('auto picks docker when the engine answers and the image is present', async () => {
+    const { fn, rt } = await verifyApp({ FLUX_VERIFY_DRIVER: 'auto' });
+    const ready = (await (await fn.app.request('/readyz')).json()) as {
+      checks: Array<Record<string, unknown>>;
+    };
+    expect(ready.checks.find((c) => c.name === 'sandbox')).toMatchObject({ ok: true, driver: 'docker' });
+    const b = await backup();
+    expect((await verify(fn, b.backupId)).status).toBe(200);
+    expect((await receiptOf(rt, b.backupId)).driver).toBe('docker');
+  });
+
+  it('the reaper removes expired leftovers at start-up and periodically', async () => {
+    // Verifiers that crashed left containers behind: one already expired, one that expires later.
+    const crashed = createDockerDriver({
+      socketPath: SOCKET,
+      image: IMAGE,
+      memoryMb: 256,
+      cpus: 1,
+      pids: 128,
+      instance,
+    });
+    const later = await crashed.create({ projectId: tenant.id, backupId: randomUUID(), ttlMs: 20_000 });
+    const expired = await crashed.create({ projectId: tenant.id, backupId: randomUUID(), ttlMs: 1 });
+    expect((await ourContainers()).sort()).toEqual([expired.id, later.id].sort());
+    const { fn } = await verifyApp({ FLUX_VERIFY_DRIVER: 'docker' }, { reapIntervalMs: 500 });
+    await fn.start();
+    expect(await ourContainers()).toEqual([later.id]);
+    await eventually(async () => (await ourContainers()).length === 0, 90_000, 250);
+    const metrics = await (await fn.app.request('/metrics')).text();
+    // At least ours (the reaper sweeps every expired verify container on the engine, not only this file's).
+    const removed = Number(/flux_verify_leftovers_removed_total\{driver="docker"\} (\d+)/.exec(metrics)?.[1]);
+    expect(removed).toBeGreaterThanOrEqual(2);
+    await crashed.close();
+  });
+});
+
+describe('when Docker cannot serve', () => {
+  it('a stopped engine makes the verification unverifiable, never restore_failed', async () => {
+    const { fn, rt } = await verifyApp({ FLUX_VERIFY_DRIVER: 'docker', FLUX_DOCKER_SOCKET: DEAD_SOCKET });
+    const b = await backup();
+    const { status, body } = await verify(fn, b.backupId);
+    expect(status).toBe(503);
+    expect(body).toMatchObject({
+      code: 'unverifiable',
+      reason: 'docker_unavailable',
+      restoreVerificationStatus: 'skipped',
+    });
+    expect(String(body.error)).toMatch(/FLUX_DOCKER_SOCKET/);
+    const receipt = await receiptOf(rt, b.backupId);
+    expect(receipt).toMatchObject({ status: 'unverifiable', reason: 'docker_unavailable', driver: 'none' });
+    expect(receipt.rungs.map((r) => r.result)).toEqual(Array(7).fill('could_not_verify'));
+    const trust = await rt.catalog.trust(tenant.id);
+    expect(trust.tier).toBe('unverifiable');
+    expect(trust.trustworthy).toBe(false);
+    const ready = await fn.app.request('/readyz');
+    expect(ready.status).toBe(503);
+  });
+
+  it('auto falls back to the local sandbox when the engine is stopped', async () => {
+    const { fn, rt } = await verifyApp({ FLUX_VERIFY_DRIVER: 'auto', FLUX_DOCKER_SOCKET: DEAD_SOCKET });
+    const b = await backup();
+    const { status } = await verify(fn, b.backupId);
+    expect(status).toBe(200);
+    expect(await receiptOf(rt, b.backupId)).toMatchObject({ status: 'restore_verified', driver: 'local' });
+  });
+});

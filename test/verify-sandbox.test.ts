@@ -1,0 +1,262 @@
+// The sandbox drivers against the one contract (local always; docker against the real engine and the
+// locally built image), plus what is particular to each: container isolation and labels, the local
+// cluster's throwaway settings and unprivileged server, and the unavailable cases.
+import { randomUUID } from 'node:crypto';
+import { chmod, mkdtemp, readdir, readFile, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import Docker from 'dockerode';
+import { execa } from 'execa';
+import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { describeDocker, dockerGate, sandboxContract } from '../shared/sandbox/contract.js';
+import { createDockerDriver, LABEL } from '../shared/sandbox/docker.js';
+import { createLocalDriver, LOCAL_SANDBOX_PREFIX } from '../shared/sandbox/local.js';
+import { queryJson } from '../shared/sandbox/query.js';
+import type { Sandbox } from '../shared/sandbox/types.js';
+import { type PgCluster, startPostgres } from './support/pg.js';
+
+const SOCKET = process.env.FLUX_DOCKER_SOCKET ?? '/var/run/docker.sock';
+const IMAGE = process.env.FLUX_TEST_VERIFY_IMAGE ?? 'flux-ops/postgres-verify:15';
+const ROWS = 50;
+const IDS = { projectId: '00000000-0000-4000-8000-000000000001', backupId: '01J00000000000000000000001' };
+
+let cluster: PgCluster;
+let work: string;
+let dumpFile: string;
+
+beforeAll(async () => {
+  work = await mkdtemp(path.join(tmpdir(), 'flux-verify-sandbox-test-'));
+  cluster = await startPostgres();
+  await cluster.query(
+    `CREATE TABLE public.items (id int PRIMARY KEY, label text NOT NULL);
+     INSERT INTO public.items SELECT g, md5(g::text) FROM generate_series(1, ${ROWS}) g`,
+  );
+  dumpFile = path.join(work, 'fixture.dump');
+  await execa('pg_dump', ['--format=custom', '--no-owner', '--no-acl', `--file=${dumpFile}`], {
+    env: cluster.env(),
+  });
+});
+
+afterAll(async () => {
+  await cluster?.destroy();
+  if (work) await rm(work, { recursive: true, force: true });
+});
+
+// ---------------------------------------------------------------------------------------------- local
+
+const localBase = await mkdtemp(path.join(tmpdir(), 'flux-verify-local-test-'));
+// mkdtemp makes 0700; as root the sandbox server runs as another user, who must be able to traverse it.
+await chmod(localBase, 0o755);
+afterAll(() => rm(localBase, { recursive: true, force: true }));
+
+async function localLeftovers(): Promise<string[]> {
+  const out: string[] = [];
+  for (const name of await readdir(localBase).catch(() => [] as string[])) {
+    if (!name.startsWith(LOCAL_SANDBOX_PREFIX)) continue;
+    const marker = await readFile(path.join(localBase, name, 'sandbox.json'), 'utf8').catch(() => '');
+    if (!marker.includes('"spare"')) out.push(path.join(localBase, name));
+  }
+  return out.sort();
+}
+
+sandboxContract({
+  name: 'local',
+  makeDriver: () => createLocalDriver({ pathEnv: process.env.PATH, baseDir: localBase }),
+  fixture: () => ({ dumpFile, rows: ROWS }),
+  leftovers: localLeftovers,
+});
+
+describe('local sandbox', () => {
+  const driver = createLocalDriver({ pathEnv: process.env.PATH, baseDir: localBase, spare: false });
+  let sandbox: Sandbox | undefined;
+  afterEach(async () => {
+    await sandbox?.destroy();
+    sandbox = undefined;
+    expect(await localLeftovers()).toEqual([]);
+  });
+  afterAll(() => driver.close());
+
+  it('runs with throwaway settings, no TCP, and an unprivileged server even when we are root', async () => {
+    sandbox = await driver.create({ ...IDS, ttlMs: 60_000 });
+    const settings = await queryJson<{ name: string; setting: string }>(
+      sandbox,
+      `SELECT name, setting FROM pg_settings WHERE name IN
+         ('fsync', 'full_page_writes', 'synchronous_commit', 'wal_level', 'max_wal_senders', 'listen_addresses', 'maintenance_work_mem', 'archive_mode')
+       ORDER BY name`,
+      'settings',
+    );
+    const byName = Object.fromEntries(settings.map((s) => [s.name, s.setting]));
+    expect(byName).toMatchObject({
+      fsync: 'off',
+      full_page_writes: 'off',
+      synchronous_commit: 'off',
+      wal_level: 'minimal',
+      max_wal_senders: '0',
+      archive_mode: 'off',
+      listen_addresses: '',
+    });
+    expect(Number(byName.maintenance_work_mem)).toBeGreaterThanOrEqual(64 * 1024); // kB
+    // The socket lives in the sandbox's own directory.
+    const [dir] = await queryJson<{ d: string }>(
+      sandbox,
+      `SELECT current_setting('unix_socket_directories') AS d`,
+      'dir',
+    );
+    expect(dir?.d.startsWith(sandbox.id)).toBe(true);
+    const pid = Number(
+      (await readFile(path.join(sandbox.id, 'data', 'postmaster.pid'), 'utf8')).split('\n')[0],
+    );
+    const uid = Number(/^Uid:\s+(\d+)/m.exec(await readFile(`/proc/${pid}/status`, 'utf8'))?.[1]);
+    expect(uid).not.toBe(0);
+    if (process.getuid?.() !== 0) expect(uid).toBe(process.getuid?.());
+    const dirToRemove = sandbox.id;
+    await sandbox.destroy();
+    sandbox = undefined;
+    await expect(readdir(dirToRemove)).rejects.toMatchObject({ code: 'ENOENT' });
+    expect(() => process.kill(pid, 0)).toThrow();
+  });
+
+  it('reports missing tools as unavailable with the fix, never as a broken backup', async () => {
+    const bare = createLocalDriver({ pathEnv: '/nonexistent', baseDir: localBase, spare: false });
+    const status = await bare.status();
+    expect(status).toMatchObject({ ok: false, reason: 'tools_missing' });
+    expect(status.detail).toMatch(/initdb not found on PATH/);
+    await expect(bare.create({ ...IDS, ttlMs: 60_000 })).rejects.toMatchObject({
+      code: 'unverifiable',
+      details: { reason: 'tools_missing' },
+    });
+    await bare.close();
+  });
+
+  it('removes the directory and server of a sandbox whose owner died', async () => {
+    // A real crash: a child process creates a sandbox and is SIGKILLed before it can clean up.
+    const script = `
+      import { createLocalDriver } from ${JSON.stringify(path.resolve('shared/sandbox/local.ts'))};
+      const d = createLocalDriver({ pathEnv: process.env.PATH, baseDir: ${JSON.stringify(localBase)}, spare: false });
+      const s = await d.create({ projectId: '${IDS.projectId}', backupId: '${IDS.backupId}', ttlMs: 3600000 });
+      console.log(s.id);
+      setInterval(() => {}, 1000);`;
+    const child = execa(process.execPath, ['--import', 'tsx', '--input-type=module', '--eval', script], {
+      env: process.env,
+      reject: false,
+      cleanup: true,
+    });
+    const dir = await new Promise<string>((resolve, reject) => {
+      child.stdout?.on('data', (b: Buffer) => resolve(b.toString().trim()));
+      child.catch(reject);
+    });
+    const pid = Number((await readFile(path.join(dir, 'data', 'postmaster.pid'), 'utf8')).split('\n')[0]);
+    const owner = JSON.parse(await readFile(path.join(dir, 'sandbox.json'), 'utf8')).ownerPid as number;
+    expect(owner).toBe(child.pid);
+    process.kill(owner, 'SIGKILL');
+    await child;
+    expect(await localLeftovers()).toEqual([dir]);
+    expect(await driver.reap()).toBe(1);
+    expect(await localLeftovers()).toEqual([]);
+    await expect(readdir(dir)).rejects.toMatchObject({ code: 'ENOENT' });
+    expect(() => process.kill(pid, 0)).toThrow();
+  });
+});
+
+// --------------------------------------------------------------------------------------------- docker
+
+const gate = await dockerGate(SOCKET, IMAGE);
+const instance = `test-sandbox-${randomUUID()}`;
+const docker = new Docker({ socketPath: SOCKET });
+
+async function dockerLeftovers(): Promise<string[]> {
+  const containers = await docker.listContainers({
+    all: true,
+    filters: { label: [`${LABEL.verify}=1`, `${LABEL.instance}=${instance}`] },
+  });
+  return containers.map((c) => c.Id).sort();
+}
+
+const makeDocker = (overrides: { socketPath?: string; image?: string } = {}) =>
+  createDockerDriver({
+    socketPath: overrides.socketPath ?? SOCKET,
+    image: overrides.image ?? IMAGE,
+    memoryMb: 512,
+    cpus: 1,
+    pids: 256,
+    instance,
+  });
+
+describeDocker(gate, 'docker sandbox', () => {
+  sandboxContract({
+    name: 'docker',
+    makeDriver: () => makeDocker(),
+    fixture: () => ({ dumpFile, rows: ROWS }),
+    leftovers: dockerLeftovers,
+  });
+
+  describe('isolation', () => {
+    const driver = makeDocker();
+    let sandbox: Sandbox | undefined;
+    afterEach(async () => {
+      await sandbox?.destroy();
+      sandbox = undefined;
+      expect(await dockerLeftovers()).toEqual([]);
+    });
+    afterAll(() => driver.close());
+
+    it('runs without network, with limits and labels, and no bind mount', async () => {
+      sandbox = await driver.create({ ...IDS, ttlMs: 60_000 });
+      const info = await docker.getContainer(sandbox.id).inspect();
+      expect(info.HostConfig.NetworkMode).toBe('none');
+      expect(info.HostConfig.Memory).toBe(512 * 1024 * 1024);
+      expect(info.HostConfig.NanoCpus).toBe(1e9);
+      expect(info.HostConfig.PidsLimit).toBe(256);
+      expect(info.HostConfig.Binds ?? []).toEqual([]);
+      expect(info.Mounts.filter((m) => m.Type === 'bind')).toEqual([]);
+      expect(info.Config.Labels).toMatchObject({
+        [LABEL.verify]: '1',
+        [LABEL.backupId]: IDS.backupId,
+        [LABEL.projectId]: IDS.projectId,
+        [LABEL.instance]: instance,
+      });
+      expect(Date.parse(info.Config.Labels[LABEL.expiresAt] ?? '')).toBeGreaterThan(Date.now());
+      // Only loopback inside.
+      const nets = await sandbox.exec(['cat', '/proc/net/dev']);
+      const interfaces = nets.stdout
+        .split('\n')
+        .slice(2)
+        .map((l) => l.split(':')[0]?.trim())
+        .filter(Boolean);
+      expect(interfaces).toEqual(['lo']);
+      const settings = await queryJson<{ fsync: string; wal_level: string }>(
+        sandbox,
+        `SELECT current_setting('fsync') AS fsync, current_setting('wal_level') AS wal_level`,
+        'settings',
+      );
+      expect(settings).toEqual([{ fsync: 'off', wal_level: 'minimal' }]);
+    });
+
+    it('an absent image is unavailable (nothing is pulled)', async () => {
+      const missing = makeDocker({ image: `flux-ops/postgres-verify:absent-${Date.now()}` });
+      const status = await missing.status();
+      expect(status).toMatchObject({ ok: false, reason: 'image_missing' });
+      expect(status.detail).toMatch(/never pulls/);
+      await expect(missing.create({ ...IDS, ttlMs: 60_000 })).rejects.toMatchObject({
+        code: 'unverifiable',
+        details: { reason: 'image_missing' },
+      });
+      await missing.close();
+    });
+  });
+});
+
+describe('docker engine stopped', () => {
+  it('is unavailable with the variable to fix, and creates nothing', async () => {
+    const dead = makeDocker({ socketPath: path.join(tmpdir(), `no-docker-${randomUUID()}.sock`) });
+    const status = await dead.status();
+    expect(status).toMatchObject({ ok: false, reason: 'docker_unavailable' });
+    expect(status.detail).toMatch(/FLUX_DOCKER_SOCKET=/);
+    await expect(dead.create({ ...IDS, ttlMs: 60_000 })).rejects.toMatchObject({
+      code: 'unverifiable',
+      details: { reason: 'docker_unavailable' },
+    });
+    expect(await dead.reap()).toBe(0);
+    await dead.close();
+  });
+});
