@@ -39,6 +39,9 @@ if have flock; then
 fi
 
 have openssl || apt_install openssl || true
+# The compose test parses `docker compose config`; the status page test drives Debian's Chromium.
+{ docker compose version >/dev/null 2>&1 || have docker-compose; } || apt_install docker-compose || true
+[[ -x /usr/bin/chromium ]] || apt_install chromium || true
 
 docker_up() { docker info >/dev/null 2>&1; }
 

@@ -48,6 +48,11 @@ export const ERROR_TABLE = {
     exit: EXIT.unavailable,
     summary: 'a database, engine or store is down',
   },
+  upstream_unavailable: {
+    status: 502,
+    exit: EXIT.unavailable,
+    summary: 'the router could not reach a function',
+  },
   queue_full: { status: 503, exit: EXIT.tempFail, summary: 'the work queue is full' },
   shutting_down: { status: 503, exit: EXIT.tempFail, summary: 'the process is stopping' },
   timeout: { status: 504, exit: EXIT.tempFail, summary: 'the work took longer than its limit' },

@@ -212,7 +212,8 @@ describe('replicate (in-process, real files)', () => {
     const ignored = await h.fn.app.request('/events', signedEvent(createdEvent(lone)));
     expect(await ignored.json()).toMatchObject({ ignored: true });
     await drained(h);
-    const [replicated] = receiver.events('flux.backup.replicated');
+    // The receipt is written before the event is enqueued: wait for the delivery itself.
+    const replicated = await eventually(() => receiver.events('flux.backup.replicated')[0]);
     expect(replicated).toMatchObject({ causationid: event.id, subject: `${projectId}/${b.backupId}` });
     expect(replicated?.data).toMatchObject({ sha256: b.sha256, sizeBytes: b.sizeBytes, trigger: 'event' });
     expect(await offsiteFiles(h.offsite)).toEqual([

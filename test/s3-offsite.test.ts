@@ -10,6 +10,7 @@ import { execa } from 'execa';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createApp as createDumpApp } from '../functions/dump/app.js';
 import { createApp as createReplicateApp } from '../functions/replicate/app.js';
+import { createApp as createVerifyApp } from '../functions/verify/app.js';
 import type { CatalogEntry } from '../shared/catalog/catalog.js';
 import type { Manifest } from '../shared/catalog/records.js';
 import type { FunctionApp } from '../shared/kit/runtime.js';
@@ -188,6 +189,35 @@ describe('offsite on S3, end to end', () => {
     expect(artifact).toMatchObject({ source: 'offsite', sizeBytes: first.manifest.sizeBytes });
     expect((await artifact!.readHead(5)).toString('latin1')).toBe('PGDMP');
     expect(await openArtifact(first, 'local')).toBeUndefined();
+
+    // And verify proves that offsite copy by restoring it: the receipt says which copy was proven.
+    const verifyRt = testRuntime(
+      'verify',
+      {
+        env: { ...env.env, FLUX_VERIFY_DRIVER: 'local' },
+        config: { ...env.config, FLUX_VERIFY_DRIVER: 'local', FLUX_VERIFY_ON: 'none' },
+      },
+      { projects: [project] },
+    );
+    const verify = createVerifyApp(verifyRt);
+    const local = await verify.app.request(`/api/cli/v1/projects/${hash}/backups/${first.backupId}/verify`, {
+      method: 'POST',
+      headers: ADMIN.header,
+    });
+    expect(local.status).toBe(422);
+    const proven = await verify.app.request(
+      `/api/cli/v1/projects/${hash}/backups/${first.backupId}/verify?source=offsite`,
+      { method: 'POST', headers: ADMIN.header },
+    );
+    expect(proven.status).toBe(200);
+    expect(await proven.json()).toMatchObject({ ok: true, restoreVerificationStatus: 'restore_verified' });
+    const receipt = (await verifyRt.catalog.get(projectId, first.backupId))?.verify;
+    expect(receipt).toMatchObject({
+      status: 'restore_verified',
+      source: 'offsite',
+      sha256: first.manifest.sha256,
+    });
+    await verify.stop();
 
     // Even with no local manifest at all, the manifest stored offsite describes the copy.
     await rm(first.paths.manifest);

@@ -18,6 +18,7 @@ import { createApp as createDump } from '../dump/app.js';
 import { createApp as createMigrate } from '../migrate/app.js';
 import { createApp as createProbe } from '../probe/app.js';
 import { createApp as createReplicate } from '../replicate/app.js';
+import { registerStatusRoutes } from '../status/page.js';
 import { createApp as createVerify } from '../verify/app.js';
 import { routeOf } from './routes.js';
 
@@ -97,6 +98,7 @@ export function createAllInOne(
     c.header('content-type', metrics.contentType);
     return c.body(await metrics.metrics());
   });
+  registerStatusRoutes(app);
   app.all('*', async (c) => {
     const url = new URL(c.req.url);
     const route = routeOf(url.pathname);

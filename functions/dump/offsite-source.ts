@@ -6,20 +6,12 @@ import type { Context } from 'hono';
 import type { Manifest } from '../../shared/catalog/records.js';
 import { AppError } from '../../shared/errors.js';
 import { checkedStream, openArtifact, readOffsiteManifest } from '../../shared/offsite/artifact.js';
-import { createOffsiteStore, type OffsiteConfig } from '../../shared/offsite/index.js';
 import type { OffsiteStore } from '../../shared/offsite/types.js';
 import type { Project } from '../../shared/registry.js';
 
 export { parseArtifactSource } from '../../shared/offsite/artifact.js';
 
-/** The offsite store, built on first use: a dump process that never serves offsite never connects. */
-export function lazyOffsiteStore(config: OffsiteConfig): () => OffsiteStore {
-  let store: OffsiteStore | undefined;
-  return () => {
-    store ??= createOffsiteStore(config);
-    return store;
-  };
-}
+export { lazyOffsiteStore } from '../../shared/offsite/index.js';
 
 export interface OffsiteDownload {
   store: OffsiteStore;

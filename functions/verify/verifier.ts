@@ -2,18 +2,16 @@
 // timeout that kills the restore and removes the sandbox, the rungs in order, then the receipt, the event
 // and the metrics. A verification that could not run is recorded as `unverifiable`, never as a pass.
 import { createHash } from 'node:crypto';
-import { createReadStream } from 'node:fs';
-import { stat } from 'node:fs/promises';
 import { Readable } from 'node:stream';
-import { STREAM_CHUNK_BYTES } from '../../shared/atomic.js';
 import type { CatalogEntry } from '../../shared/catalog/catalog.js';
-import { backupPaths } from '../../shared/catalog/layout.js';
 import type { Manifest, Rung, RungName, VerifyReceipt } from '../../shared/catalog/records.js';
 import { MINUTE_MS } from '../../shared/config.js';
-import { AppError, errnoOf, isAppError } from '../../shared/errors.js';
+import { AppError, isAppError } from '../../shared/errors.js';
 import type { Runtime } from '../../shared/kit/runtime.js';
 import { createLimiter } from '../../shared/limiter.js';
 import { counter, DURATION_BUCKETS_S, gauge, histogram } from '../../shared/metrics.js';
+import { type Artifact, openArtifact } from '../../shared/offsite/artifact.js';
+import { lazyOffsiteStore } from '../../shared/offsite/index.js';
 import { queryJson, runSql, throwIfCanceled } from '../../shared/sandbox/query.js';
 import { createDriverSelection, type DriverSelection } from '../../shared/sandbox/select.js';
 import type { Sandbox } from '../../shared/sandbox/types.js';
@@ -21,8 +19,9 @@ import {
   type ArchiveHeader,
   ArchiveHeaderError,
   checkCompatibility,
+  HEADER_READ_BYTES,
   imageFor,
-  readArchiveHeader,
+  parseArchiveHeader,
 } from './archive.js';
 import {
   completeRungs,
@@ -190,20 +189,12 @@ export function createVerifier(rt: Runtime, options: VerifierOptions = {}): Veri
     return total;
   }
 
-  function dumpFileOf(entry: CatalogEntry, source: VerifySource): string {
-    if (source === 'local') return entry.paths.dump;
-    if (config.FLUX_BACKUPS_OFFSITE_DIR.startsWith('s3://')) {
-      throw new AppError(
-        'bad_request',
-        'verifying the offsite copy needs a filesystem FLUX_BACKUPS_OFFSITE_DIR; s3:// is not supported by verify yet',
-      );
-    }
-    return backupPaths(config.FLUX_BACKUPS_OFFSITE_DIR, entry.projectId, entry.backupId).dump;
-  }
+  // The offsite copy is read through the store (filesystem or s3), built only when first asked for.
+  const offsiteStore = lazyOffsiteStore(config);
 
   async function verify(
     manifest: Manifest,
-    file: string,
+    artifact: Artifact | undefined,
     source: VerifySource,
     causedBy: string | undefined,
     signal: AbortSignal,
@@ -233,11 +224,7 @@ export function createVerifier(rt: Runtime, options: VerifierOptions = {}): Veri
 
     async function body(): Promise<void> {
       // Artifact presence and size are known before any sandbox starts.
-      let size: number;
-      try {
-        size = (await stat(file)).size;
-      } catch (error) {
-        if (errnoOf(error) !== 'ENOENT') throw error;
+      if (!artifact) {
         rungs.artifact = rung(
           'artifact',
           'failed',
@@ -247,13 +234,14 @@ export function createVerifier(rt: Runtime, options: VerifierOptions = {}): Veri
         );
         return;
       }
+      const size = artifact.sizeBytes;
       if (size !== manifest.sizeBytes) {
         rungs.artifact = evaluateArtifact(manifest, { sizeBytes: size, sha256: '' }, 0);
         return;
       }
       let header: ArchiveHeader | undefined;
       try {
-        header = await readArchiveHeader(file);
+        header = parseArchiveHeader(await artifact.readHead(HEADER_READ_BYTES, signal));
         versions.archive = header.versionText;
         if (header.pgDumpVersion) versions.archivePgDump = header.pgDumpVersion;
       } catch (error) {
@@ -330,7 +318,8 @@ export function createVerifier(rt: Runtime, options: VerifierOptions = {}): Veri
       // Size and SHA-256 of exactly the bytes the sandbox receives.
       const hash = createHash('sha256');
       let bytes = 0;
-      const input = createReadStream(file, { highWaterMark: STREAM_CHUNK_BYTES });
+      // Opened at transfer time: an offsite stream must not sit idle while the sandbox starts.
+      const input = await artifact.open(signal);
       async function* hashed() {
         for await (const chunk of input) {
           hash.update(chunk as Buffer);
@@ -636,7 +625,9 @@ export function createVerifier(rt: Runtime, options: VerifierOptions = {}): Veri
           `backup ${request.backupId} did not complete (${entry.state?.error ?? entry.unreadable ?? 'no manifest'}); there is nothing to verify`,
         );
       }
-      const file = dumpFileOf(entry, source);
+      const artifact = await openArtifact(entry as CatalogEntry & { manifest: Manifest }, source, {
+        store: offsiteStore,
+      });
       const joined = inFlight.get(key);
       if (joined) return { ...joined, joined: true };
       // Refuse at once when the queue is full, rather than accepting work that would be refused later.
@@ -666,7 +657,7 @@ export function createVerifier(rt: Runtime, options: VerifierOptions = {}): Veri
             config.FLUX_VERIFY_TIMEOUT_MS,
           );
           try {
-            return await verify(manifest, file, source, request.causedBy, controller.signal);
+            return await verify(manifest, artifact, source, request.causedBy, controller.signal);
           } finally {
             clearTimeout(timer);
           }

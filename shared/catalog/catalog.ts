@@ -61,6 +61,9 @@ export interface ApiBackup {
   offsiteStatus: OffsiteStatus;
   offsiteKey: string | null;
   offsiteContentSha256: string | null;
+  offsiteReplicatedAt: string | null;
+  /** Manifest arrival to offsite proven, as replicate measured it. */
+  offsiteLagSeconds: number | null;
   artifactValidationStatus: ArtifactStatus;
   restoreVerificationStatus: 'pending' | 'restore_verified' | 'restore_failed' | 'skipped';
   /** Adds `unverifiable` to the upstream statuses: verify could not run (never a pass). */
@@ -286,6 +289,8 @@ export function createCatalog(options: { root: string; log?: Logger }): Catalog 
         offsiteStatus: facts.offsite,
         offsiteKey: entry.offsite?.key ?? null,
         offsiteContentSha256: entry.offsite?.contentSha256 ?? null,
+        offsiteReplicatedAt: entry.offsite?.status === 'replicated' ? entry.offsite.at : null,
+        offsiteLagSeconds: entry.offsite?.status === 'replicated' ? (entry.offsite.lagSeconds ?? null) : null,
         artifactValidationStatus: artifact.status,
         restoreVerificationStatus: facts.restore === 'unverifiable' ? 'skipped' : facts.restore,
         restoreVerificationOutcome: facts.restore,

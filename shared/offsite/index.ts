@@ -76,3 +76,12 @@ export function createOffsiteStore(config: OffsiteConfig): OffsiteStore {
   }
   return createFsOffsiteStore({ root: path.resolve(target) });
 }
+
+/** The offsite store, built on first use: a process that never reads offsite never connects. */
+export function lazyOffsiteStore(config: OffsiteConfig): () => OffsiteStore {
+  let store: OffsiteStore | undefined;
+  return () => {
+    store ??= createOffsiteStore(config);
+    return store;
+  };
+}
