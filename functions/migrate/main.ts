@@ -1,18 +1,5 @@
 // The migrate process edge: config from the environment, dependencies, serve, signals.
-import { createRuntime } from '../../shared/kit/runtime.js';
-import { loadConfigOrExit, serveProcess } from '../../shared/kit/serve.js';
+import { runFunction } from '../../shared/kit/serve.js';
 import { createApp } from './app.js';
 
-const config = loadConfigOrExit(process.env);
-const rt = createRuntime('migrate', config, process.env);
-const fn = createApp(rt);
-await serveProcess({
-  fetch: fn.app.fetch,
-  port: config.FLUX_MIGRATE_PORT,
-  host: config.FLUX_HOST,
-  log: rt.log,
-  config,
-  graceMs: config.FLUX_SHUTDOWN_GRACE_MS,
-  start: fn.start,
-  stop: fn.stop,
-});
+await runFunction('migrate', (rt) => createApp(rt));

@@ -1,9 +1,17 @@
 // The process edge shared by every main.ts: load config (all problems at once, non-zero exit), log it
 // redacted, serve, and stop gracefully on SIGTERM/SIGINT with a watchdog.
 import { type ServerType, serve } from '@hono/node-server';
-import { type Config, type LoadConfigOptions, loadConfig, redactConfig } from '../config.js';
+import {
+  type Config,
+  type FunctionName,
+  type LoadConfigOptions,
+  loadConfig,
+  portOf,
+  redactConfig,
+} from '../config.js';
 import { EXIT, isAppError } from '../errors.js';
 import type { Logger } from '../log.js';
+import { createRuntime, type FunctionApp, type Runtime } from './runtime.js';
 
 export function loadConfigOrExit(env: NodeJS.ProcessEnv, options: LoadConfigOptions = {}): Config {
   try {
@@ -57,4 +65,40 @@ export async function serveProcess(options: ServeOptions): Promise<ServerType> {
   process.once('SIGTERM', () => void shutdown('SIGTERM'));
   process.once('SIGINT', () => void shutdown('SIGINT'));
   return server;
+}
+
+/** Prints a startup error the operator can act on and exits with its code (78 for configuration). */
+export function exitWithStartupError(name: string, error: unknown): never {
+  process.stderr.write(`flux-ops ${name}: ${isAppError(error) ? error.message : String(error)}\n`);
+  process.exit(isAppError(error) ? error.exitCode : EXIT.software);
+}
+
+/**
+ * The whole process edge of one function: config from the environment, its runtime and app (any
+ * startup error — registry file, CA file, offsite store — printed with its fix and a non-zero exit), then
+ * serve on FLUX_<NAME>_PORT with graceful signals.
+ */
+export async function runFunction(
+  name: FunctionName,
+  build: (rt: Runtime, config: Config) => FunctionApp,
+): Promise<void> {
+  const config = loadConfigOrExit(process.env);
+  let rt: Runtime;
+  let fn: FunctionApp;
+  try {
+    rt = createRuntime(name, config, process.env);
+    fn = build(rt, config);
+  } catch (error) {
+    exitWithStartupError(name, error);
+  }
+  await serveProcess({
+    fetch: fn.app.fetch,
+    port: portOf(config, name),
+    host: config.FLUX_HOST,
+    log: rt.log,
+    config,
+    graceMs: config.FLUX_SHUTDOWN_GRACE_MS,
+    start: fn.start,
+    stop: fn.stop,
+  });
 }
