@@ -5,7 +5,11 @@ import { describe, expect, it } from 'vitest';
 
 describe('npm run demo', () => {
   it('ends with every demo backup restorable and replicated offsite', async () => {
-    const result = await execa(process.execPath, ['--import', 'tsx', 'scripts/demo.ts'], { reject: false, timeout: 240_000, env: { ...process.env, FLUX_PORT: '' } });
+    const result = await execa(process.execPath, ['--import', 'tsx', 'scripts/demo.ts'], {
+      reject: false,
+      timeout: 240_000,
+      env: { ...process.env, FLUX_PORT: '' },
+    });
     expect(result.stderr).not.toMatch(/demo: .*failed/);
     expect(result.exitCode).toBe(0);
     const rows = result.stdout.split('\n').filter((l) => /^(bloom-atelier|ledger-v1)\s/.test(l));

@@ -20,7 +20,9 @@ import { ADMIN, eventually, makeTestEnv, type TestEnv, testRuntime } from './sup
 
 const projectId = randomUUID();
 const hash = projectId.replaceAll('-', '').slice(0, 7);
-const projects: Project[] = [{ id: projectId, hash, slug: 'bloom-atelier', engine: 'v2_shared', cluster: 'shared-1' }];
+const projects: Project[] = [
+  { id: projectId, hash, slug: 'bloom-atelier', engine: 'v2_shared', cluster: 'shared-1' },
+];
 const clusters = [{ name: 'shared-1', url: 'env:E2E_SHARED_URL', maxConcurrentDumps: 1 }];
 
 let pg: PgCluster;
@@ -60,7 +62,9 @@ async function list(): Promise<ApiBackup[]> {
 
 async function trust(): Promise<{ tier: string; labels: Record<string, boolean>; message: string }> {
   const res = await fetch(`${dumpUrl}/api/ops/v1/status`, { headers: ADMIN.header });
-  const body = (await res.json()) as { projects: Array<{ id: string; tier: string; labels: Record<string, boolean>; message: string }> };
+  const body = (await res.json()) as {
+    projects: Array<{ id: string; tier: string; labels: Record<string, boolean>; message: string }>;
+  };
   return body.projects.find((p) => p.id === projectId)!;
 }
 
@@ -77,12 +81,26 @@ beforeAll(async () => {
   });
   const everything = { url: receiver.url, types: ['*'] };
   // verify first: dump needs its URL for the event wiring.
-  const verify = createVerify(testRuntime('verify', { env: env.env, config: withSinks(env.config, [everything]) }, { projects, clusters }));
+  const verify = createVerify(
+    testRuntime(
+      'verify',
+      { env: env.env, config: withSinks(env.config, [everything]) },
+      { projects, clusters },
+    ),
+  );
   verifyUrl = await serveFn(verify);
-  const replicate = createReplicate(testRuntime('replicate', { env: env.env, config: withSinks(env.config, [everything]) }, { projects, clusters }));
+  const replicate = createReplicate(
+    testRuntime(
+      'replicate',
+      { env: env.env, config: withSinks(env.config, [everything]) },
+      { projects, clusters },
+    ),
+  );
   await serveFn(replicate);
   const dumpSinks = [{ url: `${verifyUrl}/events`, types: ['flux.backup.created'] }, everything];
-  const dump = createDump(testRuntime('dump', { env: env.env, config: withSinks(env.config, dumpSinks) }, { projects, clusters }));
+  const dump = createDump(
+    testRuntime('dump', { env: env.env, config: withSinks(env.config, dumpSinks) }, { projects, clusters }),
+  );
   dumpUrl = await serveFn(dump);
 });
 
@@ -100,14 +118,19 @@ describe('create -> replicate (arrival) -> verify (signed event) -> restorable',
   let backupId: string;
 
   it('a backup created over HTTP ends artifact validated, offsite replicated, restore-verified, tier restorable', async () => {
-    const res = await fetch(`${dumpUrl}/api/cli/v1/projects/${hash}/backups`, { method: 'POST', headers: ADMIN.header });
+    const res = await fetch(`${dumpUrl}/api/cli/v1/projects/${hash}/backups`, {
+      method: 'POST',
+      headers: ADMIN.header,
+    });
     expect(res.status).toBe(201);
     backupId = ((await res.json()) as { backup: { id: string } }).backup.id;
 
     const settled = await eventually(
       async () => {
         const b = (await list()).find((x) => x.id === backupId);
-        return b && b.offsiteStatus === 'replicated' && b.restoreVerificationOutcome !== 'pending' ? b : undefined;
+        return b && b.offsiteStatus === 'replicated' && b.restoreVerificationOutcome !== 'pending'
+          ? b
+          : undefined;
       },
       120_000,
       250,
@@ -123,12 +146,18 @@ describe('create -> replicate (arrival) -> verify (signed event) -> restorable',
       labels: { artifactValidated: true, restoreVerified: true, offsiteReplicated: true },
     });
 
-    const created = receiver.events('flux.backup.created').find((e) => e.subject === `${projectId}/${backupId}`)!;
-    const replicated = await eventually(() => receiver.events('flux.backup.replicated').find((e) => e.subject === `${projectId}/${backupId}`));
+    const created = receiver
+      .events('flux.backup.created')
+      .find((e) => e.subject === `${projectId}/${backupId}`)!;
+    const replicated = await eventually(() =>
+      receiver.events('flux.backup.replicated').find((e) => e.subject === `${projectId}/${backupId}`),
+    );
     // Replication came from the file's arrival: dump's events never reached replicate in this wiring.
     expect(replicated.data).toMatchObject({ trigger: 'watch' });
     expect(replicated.source).toBe('/flux-ops/replicate');
-    const verified = await eventually(() => receiver.events('flux.backup.verified').find((e) => e.subject === `${projectId}/${backupId}`));
+    const verified = await eventually(() =>
+      receiver.events('flux.backup.verified').find((e) => e.subject === `${projectId}/${backupId}`),
+    );
     // Verification came from the signed created event.
     expect(verified.causationid).toBe(created.id);
     expect(verified.data).toMatchObject({ driver: 'local' });
@@ -152,14 +181,28 @@ describe('create -> replicate (arrival) -> verify (signed event) -> restorable',
   });
 
   it('verify without its sandbox tooling says unverifiable, never a pass', async () => {
-    const res = await fetch(`${dumpUrl}/api/cli/v1/projects/${hash}/backups`, { method: 'POST', headers: ADMIN.header });
+    const res = await fetch(`${dumpUrl}/api/cli/v1/projects/${hash}/backups`, {
+      method: 'POST',
+      headers: ADMIN.header,
+    });
     const fresh = ((await res.json()) as { backup: { id: string } }).backup.id;
     // Let the event-triggered verification of the fresh backup settle first, then re-verify without tools.
-    await eventually(async () => (await list()).find((x) => x.id === fresh && x.restoreVerificationOutcome !== 'pending'), 120_000, 250);
-    const noTools = createVerify(
-      testRuntime('verify', { env: { ...env.env, PATH: '/usr/bin:/bin' }, config: withSinks(env.config, []) }, { projects, clusters }),
+    await eventually(
+      async () => (await list()).find((x) => x.id === fresh && x.restoreVerificationOutcome !== 'pending'),
+      120_000,
+      250,
     );
-    const answer = await noTools.app.request(`/api/cli/v1/projects/${hash}/backups/${fresh}/verify`, { method: 'POST', headers: ADMIN.header });
+    const noTools = createVerify(
+      testRuntime(
+        'verify',
+        { env: { ...env.env, PATH: '/usr/bin:/bin' }, config: withSinks(env.config, []) },
+        { projects, clusters },
+      ),
+    );
+    const answer = await noTools.app.request(`/api/cli/v1/projects/${hash}/backups/${fresh}/verify`, {
+      method: 'POST',
+      headers: ADMIN.header,
+    });
     expect(answer.status).toBe(503);
     const body = (await answer.json()) as { code: string; error: string };
     expect(body.code).toBe('unverifiable');
