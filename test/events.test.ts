@@ -334,7 +334,11 @@ describe('tokens', () => {
       { id: 'ops', sha256: sha, scopes: ['backups:read', 'backups:write'] },
       { id: 'ci', sha256: sha, scopes: ['verify'] },
     ]);
-    expect(() => loadConfig({ FLUX_API_TOKENS: `ops:${sha}:backups:delete` })).toThrow(/unknown scope "backups:delete"/);
-    expect(() => loadConfig({ FLUX_API_TOKENS: `ops:${sha}` })).toThrow(/must be id:<sha256 hex of the token>:scope/);
+    expect(() => loadConfig({ FLUX_API_TOKENS: `ops:${sha}:backups:delete` })).toThrow(
+      /unknown scope "backups:delete"/,
+    );
+    expect(() => loadConfig({ FLUX_API_TOKENS: `ops:${sha}` })).toThrow(
+      /must be id:<sha256 hex of the token>:scope/,
+    );
   });
 });
