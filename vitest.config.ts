@@ -16,7 +16,13 @@ const bin = process.env.FLUX_TEST_PG_BIN ?? pgBinDir();
 // keep file-level parallelism modest on two cores.
 export default defineConfig({
   test: {
-    include: ['functions/**/*.test.ts', 'shared/**/*.test.ts', 'test/**/*.test.ts', 'cli/**/*.test.ts'],
+    include: [
+      'functions/**/*.test.ts',
+      'shared/**/*.test.ts',
+      'test/**/*.test.ts',
+      'cli/**/*.test.ts',
+      'bench/**/*.test.ts',
+    ],
     testTimeout: 120_000,
     hookTimeout: 120_000,
     maxWorkers: 2,

@@ -291,6 +291,53 @@ describe('dump: both shapes', () => {
   });
 });
 
+describe('dump: retention', () => {
+  it('deletes old backups with their sidecars after a create, keeping the newest restorable one', async () => {
+    const retained: Project = {
+      ...project(v1Id, 'v1-app', 'v1_dedicated'),
+      retention: { keepCount: 1, keepDays: 0 },
+    };
+    const rt = testRuntime('dump', env, { projects: [retained] });
+    const fn = createApp(rt);
+    await fn.start();
+    const before = (await rt.catalog.list(v1Id)).map((e) => e.backupId);
+    const ids: string[] = [];
+    for (let i = 0; i < 2; i += 1) {
+      const res = await create(fn, hashOf(v1Id));
+      const id = ((await res.json()) as { backup: { id: string } }).backup.id;
+      ids.push(id);
+      // The verify receipt a real verification writes: these two are restore-verified.
+      const entry = (await rt.catalog.get(v1Id, id))!;
+      const now = new Date().toISOString();
+      await rt.catalog.writeVerifyReceipt({
+        backupId: id,
+        projectId: v1Id,
+        status: 'restore_verified',
+        sha256: entry.manifest!.sha256,
+        source: 'local',
+        driver: 'local',
+        versions: {},
+        rungs: [],
+        stages: {},
+        startedAt: now,
+        finishedAt: now,
+        seconds: 1,
+      });
+    }
+    const third = ((await (await create(fn, hashOf(v1Id))).json()) as { backup: { id: string } }).backup.id;
+    const left = (await rt.catalog.list(v1Id)).map((e) => e.backupId);
+    // Newest (not verified yet) and the newest restorable stay; everything older goes, files and all.
+    expect(left).toEqual([third, ids[1]]);
+    const names = await readdir(path.join(env.config.FLUX_BACKUPS_LOCAL_DIR, v1Id));
+    for (const gone of [ids[0]!, ...before]) expect(names.filter((n) => n.startsWith(gone))).toEqual([]);
+    const deleted = await eventually(() =>
+      receiver.events('flux.backup.deleted').find((e) => e.subject === `${v1Id}/${ids[0]}`),
+    );
+    expect(deleted.data).toMatchObject({ reason: 'retention', backupId: ids[0] });
+    await fn.stop();
+  });
+});
+
 describe('dump: faults', () => {
   it('pg_dump killed mid-stream: a failed backup with its reason, no artifact, and the next backup works', async () => {
     const bin = await fakePgDump(

@@ -5,7 +5,7 @@ import { stat } from 'node:fs/promises';
 import { Readable } from 'node:stream';
 import { z } from 'zod';
 import { STREAM_CHUNK_BYTES } from '../../shared/atomic.js';
-import { parseBackupId, parseProjectId } from '../../shared/catalog/ids.js';
+import { parseBackupId, parseProjectHash, parseProjectId } from '../../shared/catalog/ids.js';
 import { AppError } from '../../shared/errors.js';
 import { createKit, readJson } from '../../shared/kit/app.js';
 import { dirWritableCheck, toolCheck } from '../../shared/kit/readiness.js';
@@ -49,7 +49,7 @@ export function createApp(rt: Runtime): FunctionApp {
         const project = data.projectId
           ? registry.byId(parseProjectId(data.projectId))
           : data.projectHash
-            ? registry.byHash(data.projectHash)
+            ? registry.byHash(parseProjectHash(data.projectHash))
             : undefined;
         if (!project)
           throw new AppError(

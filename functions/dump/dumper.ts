@@ -13,7 +13,7 @@ import { createLimiter, type Limiter } from '../../shared/limiter.js';
 import { counter, DURATION_BUCKETS_S, gauge, histogram } from '../../shared/metrics.js';
 import { runSnapshotDump } from '../../shared/pg/snapshot.js';
 import { type Project, sourceOf } from '../../shared/registry.js';
-import { selectForDeletion } from './retention.js';
+import { isRetentionEnabled, selectForDeletion } from './retention.js';
 
 export interface StartedBackup {
   backupId: string;
@@ -89,6 +89,8 @@ export function createDumper(rt: Runtime): Dumper {
       keepCount: project.retention?.keepCount ?? config.FLUX_RETENTION_KEEP_COUNT,
       keepDays: project.retention?.keepDays ?? config.FLUX_RETENTION_KEEP_DAYS,
     };
+    // Off by default: then nothing is listed or re-hashed after a create.
+    if (!isRetentionEnabled(policy)) return;
     const entries = await catalog.list(project.id);
     const facts = await Promise.all(
       entries.map(async (e) => catalog.facts(e, await catalog.checkArtifact(e))),
@@ -282,15 +284,29 @@ export function createDumper(rt: Runtime): Dumper {
         for (const entry of await catalog.list(projectId)) {
           if (entry.state?.status === 'running' && !entry.manifest) {
             await rm(entry.paths.dump, { force: true });
+            const error =
+              'the dump process stopped before the backup completed (crash or restart); the partial file was removed';
             await catalog.writeState({
               ...entry.state,
               status: 'failed',
               updatedAt: new Date().toISOString(),
               reason: 'interrupted',
-              error:
-                'the dump process stopped before the backup completed (crash or restart); the partial file was removed',
+              error,
             });
             log.warn({ projectId, backupId: entry.backupId }, 'marked an interrupted backup failed');
+            // Whoever waits for this backup's outcome (a scheduler, the CLI) hears it ended; the dead
+            // process never could say so. Enqueued before the outbox starts, delivered once it does.
+            const hash = rt.registry.byId(projectId)?.hash;
+            await rt.emit('flux.backup.failed', {
+              subject: `${projectId}/${entry.backupId}`,
+              data: {
+                projectId,
+                ...(hash ? { projectHash: hash } : {}),
+                backupId: entry.backupId,
+                reason: 'interrupted',
+                error,
+              },
+            });
           }
         }
       }
