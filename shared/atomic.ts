@@ -122,16 +122,45 @@ export async function streamToPendingFile(
     await discard();
     throw error;
   }
+  return pendingFile(target, tmp, { sizeBytes, sha256: hash.digest('hex') });
+}
+
+function pendingFile(target: string, tmp: string, content: StreamedFile): PendingFile {
   return {
     tmp,
-    sizeBytes,
-    sha256: hash.digest('hex'),
-    discard,
+    ...content,
+    discard: () => rm(tmp, { force: true }),
     async commit() {
       await rename(tmp, target);
       await fsyncDir(path.dirname(target));
     },
   };
+}
+
+/**
+ * Adopts a complete temp file another process wrote beside `target` (pg_dump --file): fsyncs it and
+ * hashes it in 1 MiB chunks, with the same commit/discard as a streamed file.
+ */
+export async function adoptPendingFile(
+  target: string,
+  tmp: string,
+  signal?: AbortSignal,
+): Promise<PendingFile> {
+  const handle = await open(tmp, 'r+');
+  try {
+    await handle.sync();
+  } finally {
+    await handle.close();
+  }
+  return pendingFile(target, tmp, await hashFile(tmp, signal));
+}
+
+/** Creates an empty temp file beside `target` for another process to fill (errors are ours to explain). */
+export async function createTempFileFor(target: string): Promise<string> {
+  const tmp = tempPathFor(target);
+  const handle = await open(tmp, 'wx', 0o640);
+  await handle.close();
+  return tmp;
 }
 
 /** Streams `source` into `target` atomically (temp, fsync, rename, fsync dir), hashing on the way. */

@@ -83,6 +83,14 @@ const tokenList = z
         });
         return z.NEVER;
       }
+      if (tokens.some((t) => t.id === id)) {
+        // Rotation is only visible in the access log when the old and new token have different ids.
+        ctx.addIssue({
+          code: 'custom',
+          message: `token id "${id}" appears twice; give the new token of a rotation its own id`,
+        });
+        return z.NEVER;
+      }
       tokens.push({ id, sha256: sha, scopes: scopes as Scope[] });
     }
     return tokens;
@@ -504,14 +512,19 @@ export function redactConfig(config: Config): Record<string, unknown> {
   return out;
 }
 
-/** Removes userinfo and query strings from a URL (they may carry credentials). */
+/**
+ * Removes what may carry credentials from a URL: userinfo, the query, and every path segment after the
+ * first (webhook URLs such as Slack's carry their secret in the path).
+ */
 export function redactUrl(url: string): string {
   try {
     const u = new URL(url);
     if (u.password) u.password = 'redacted';
-    if (u.username) u.username = u.username ? 'redacted' : '';
+    if (u.username) u.username = 'redacted';
     if (u.search) u.search = '?redacted';
-    return u.toString();
+    const segments = u.pathname.split('/').filter(Boolean);
+    if (segments.length > 1) u.pathname = `/${segments[0]}/…`;
+    return u.toString().replace('%E2%80%A6', '…');
   } catch {
     return '[unparseable url]';
   }

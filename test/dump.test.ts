@@ -342,7 +342,15 @@ describe('dump: faults', () => {
   it('pg_dump killed mid-stream: a failed backup with its reason, no artifact, and the next backup works', async () => {
     const bin = await fakePgDump(
       path.join(env.root, 'bin-killed'),
-      'if [ "$1" = "--version" ]; then exec "$REAL" --version; fi\n"$REAL" "$@" | head -c 2048\nkill -9 $$',
+      [
+        'if [ "$1" = "--version" ]; then exec "$REAL" --version; fi',
+        // Killed once the archive has bytes in it: mid-write, with the pg_dump process gone.
+        // biome-ignore lint/suspicious/noTemplateCurlyInString: a shell parameter expansion
+        'for a in "$@"; do case "$a" in --file=*) F="${a#--file=}";; esac; done',
+        '"$REAL" "$@" & P=$!',
+        'while [ ! -s "$F" ]; do sleep 0.01; done',
+        'kill -9 $P; kill -9 $$',
+      ].join('\n'),
     );
     const { rt, fn } = makeDump({ PATH: `${bin}:${env.env.PATH}` });
     await fn.start();

@@ -3,7 +3,7 @@
 // then retention and events. Crash leftovers are cleaned at start-up.
 import { readdir, rm, stat } from 'node:fs/promises';
 import path from 'node:path';
-import { ensureDir, streamToPendingFile, TEMP_PREFIX } from '../../shared/atomic.js';
+import { ensureDir, TEMP_PREFIX } from '../../shared/atomic.js';
 import type { ApiBackup } from '../../shared/catalog/catalog.js';
 import { newBackupId } from '../../shared/catalog/ids.js';
 import type { Manifest } from '../../shared/catalog/records.js';
@@ -135,15 +135,11 @@ export function createDumper(rt: Runtime): Dumper {
           lockWaitTimeoutMs: config.FLUX_DUMP_LOCK_WAIT_TIMEOUT_MS,
           timeoutMs: config.FLUX_DUMP_TIMEOUT_MS,
           signal: controller.signal,
-          sink: (stdout) =>
-            streamToPendingFile(paths.dump, stdout, {
-              signal: controller.signal,
-              onProgress: (n) => {
-                live.bytes = n;
-              },
-            }).catch((error) => {
-              throw fsWriteError(error, paths.dump, 'writing the dump');
-            }),
+          target: paths.dump,
+          fsError: (error, file) => fsWriteError(error, file, 'writing the dump'),
+          onProgress: (n) => {
+            live.bytes = n;
+          },
         });
       }, controller.signal);
       queueGauge.set({ cluster: clusterKey, state: 'running' }, limiter.active);

@@ -5,7 +5,7 @@
 import { readdir, readFile, rm } from 'node:fs/promises';
 import path from 'node:path';
 import pg from 'pg';
-import { ensureDir, streamToPendingFile, writeJsonAtomic } from '../../shared/atomic.js';
+import { ensureDir, writeJsonAtomic } from '../../shared/atomic.js';
 import { newBackupId } from '../../shared/catalog/ids.js';
 import { AppError, ERROR_TABLE, errnoOf, fsWriteError, isAppError } from '../../shared/errors.js';
 import type { Runtime } from '../../shared/kit/runtime.js';
@@ -551,10 +551,9 @@ export function createMigrator(rt: Runtime): Migrator {
         timeoutMs: remaining(),
         signal: controller.signal,
         applicationName: dumpAppName,
-        sink: (stdout) =>
-          streamToPendingFile(dumpTarget, stdout, { signal: controller.signal }).catch((error) => {
-            throw stateDirError(error, dumpTarget, 'writing the migration dump under FLUX_STATE_DIR');
-          }),
+        target: dumpTarget,
+        fsError: (error, file) =>
+          stateDirError(error, file, 'writing the migration dump under FLUX_STATE_DIR'),
       });
       dumpFile = dump.file;
       const facts = dump.facts;

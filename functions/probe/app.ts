@@ -2,6 +2,7 @@
 // host, explicit CA trust), blackbox_exporter metrics, transition events, on a jittered schedule and on
 // demand.
 import { z } from 'zod';
+import { isSlug } from '../../shared/catalog/ids.js';
 import { redactUrl } from '../../shared/config.js';
 import { AppError } from '../../shared/errors.js';
 import { createKit, readJson } from '../../shared/kit/app.js';
@@ -73,8 +74,15 @@ export function createApp(rt: Runtime, options: ProbeAppOptions = {}): FunctionA
     handlers: {
       // A migrated tenant moved: probe it at once rather than at the next cycle.
       'flux.migrate.completed': async (event) => {
-        const project = registry.byId((event.data as { projectId: string }).projectId);
-        if (!project?.apiHost) return { status: 202, body: { ignored: true, reason: 'no apiHost to probe' } };
+        const projectId = (event.data as { projectId: string }).projectId;
+        const project = registry.byId(projectId);
+        if (!project) {
+          throw new AppError(
+            'not_found',
+            `flux.migrate.completed names project ${projectId}, which is not in the registry (FLUX_PROJECTS_FILE)`,
+          );
+        }
+        if (!project.apiHost) return { status: 202, body: { ignored: true, reason: 'no apiHost to probe' } };
         void monitor
           .runOne(project)
           .catch((error: unknown) =>
@@ -90,6 +98,13 @@ export function createApp(rt: Runtime, options: ProbeAppOptions = {}): FunctionA
     const body = await readJson(c, RunBody, { emptyIsObject: true });
     const slug = body.slug ?? c.req.query('project');
     if (slug) {
+      if (!isSlug(slug)) {
+        const shown = JSON.stringify(slug.length > 64 ? `${slug.slice(0, 64)}…` : slug);
+        throw new AppError(
+          'invalid_id',
+          `slug ${shown} is not a project slug (lowercase letters, digits, dashes)`,
+        );
+      }
       const project = registry.bySlug(slug);
       if (!project) throw new AppError('not_found', `no project with slug ${slug} in FLUX_PROJECTS_FILE`);
       return c.json({ results: [await monitor.runOne(project)] });

@@ -11,7 +11,7 @@ import type { OffsiteStore } from '../../shared/offsite/types.js';
 import { createReplicator } from './replicator.js';
 import { createManifestWatcher } from './watcher.js';
 
-/** Temp files of interrupted offsite writes older than this are removed at start-up. */
+/** Temp files of interrupted offsite writes older than this are removed (a live copy keeps its temp fresh). */
 const TEMP_SWEEP_AGE_MS = 60 * 60 * 1000;
 
 export interface ReplicateDeps {
@@ -43,6 +43,16 @@ export function createApp(rt: Runtime, deps: ReplicateDeps = {}): FunctionApp {
 
   const runReconcile = (trigger: 'startup' | 'reconcile') =>
     replicator.reconcile(trigger).catch((error) => log.error({ err: error, trigger }, 'reconcile failed'));
+
+  // Temp files of copies a crash interrupted: at start-up and with every scan, not only at the next
+  // restart, so a crash mid-copy does not leave a dump's worth of bytes in the store for weeks.
+  const sweepTemp = async () => {
+    const swept = await store.sweepTemp(TEMP_SWEEP_AGE_MS).catch((error) => {
+      log.warn({ err: error }, 'could not sweep offsite temp files');
+      return 0;
+    });
+    if (swept > 0) log.info({ swept }, 'removed leftovers of interrupted offsite copies');
+  };
 
   const kit = createKit({
     name: 'replicate',
@@ -78,6 +88,13 @@ export function createApp(rt: Runtime, deps: ReplicateDeps = {}): FunctionApp {
         const data = event.data as { projectId: string; backupId: string; sha256: string };
         const projectId = parseProjectId(data.projectId);
         const backupId = parseBackupId(data.backupId);
+        // Replicate follows the catalog, not the registry; an event naming neither is refused, not recorded.
+        if (!rt.registry.byId(projectId) && !(await catalog.listProjects()).includes(projectId)) {
+          throw new AppError(
+            'not_found',
+            `project ${projectId} is neither in the registry (FLUX_PROJECTS_FILE) nor in the backup catalog: nothing to replicate`,
+          );
+        }
         const entry = await catalog.get(projectId, backupId);
         if (!entry?.manifest) {
           // Complete means "manifest on disk": without it there is nothing to copy (yet, or any more).
@@ -110,6 +127,7 @@ export function createApp(rt: Runtime, deps: ReplicateDeps = {}): FunctionApp {
   const { app, requireScope } = kit;
 
   app.post('/replicate/run', requireScope('backups:write'), async (c) => {
+    await sweepTemp();
     const summary = await replicator.reconcile('manual');
     return c.json({ ok: true, reconcile: summary });
   });
@@ -130,18 +148,17 @@ export function createApp(rt: Runtime, deps: ReplicateDeps = {}): FunctionApp {
     async start() {
       await rt.inbox.start();
       await rt.outbox.start();
-      const swept = await store.sweepTemp(TEMP_SWEEP_AGE_MS).catch((error) => {
-        log.warn({ err: error }, 'could not sweep offsite temp files');
-        return 0;
-      });
-      if (swept > 0) log.info({ swept }, 'removed leftovers of interrupted offsite copies');
+      await sweepTemp();
       // Watch first, then scan: a manifest landing in between is seen by one or the other (or both,
       // which is harmless: jobs are deduplicated and receipts make repeats no-ops).
       await watcher.start();
       started = true;
       void runReconcile('startup');
       timer = setInterval(() => {
-        void watcher.refresh().then(() => runReconcile('reconcile'));
+        void watcher
+          .refresh()
+          .then(sweepTemp)
+          .then(() => runReconcile('reconcile'));
       }, config.FLUX_REPLICATE_RECONCILE_INTERVAL_MS);
       timer.unref();
     },

@@ -13,6 +13,8 @@ import { type CloudEvent, parseEvent } from './envelope.js';
 import { verifyWebhook } from './signature.js';
 
 export interface InboxOptions {
+  /** The receiving function, a label on the verification metric. */
+  name: string;
   dir: string;
   secrets: readonly string[];
   toleranceMs: number;
@@ -46,8 +48,8 @@ export function createInbox(options: InboxOptions): Inbox {
   const verifications = counter(
     options.metrics,
     'flux_webhook_verifications_total',
-    'Inbound signature checks by result and matching secret',
-    ['result', 'secret'],
+    'Inbound signature checks by receiving function, result and matching secret',
+    ['fn', 'result', 'secret'],
   );
 
   async function prune(): Promise<void> {
@@ -90,10 +92,11 @@ export function createInbox(options: InboxOptions): Inbox {
       }
       const verified = verifyWebhook(options.secrets, headers, body, { toleranceMs: options.toleranceMs });
       if (!verified.ok) {
-        verifications.inc({ result: verified.reason, secret: 'none' });
+        verifications.inc({ fn: options.name, result: verified.reason, secret: 'none' });
         throw new AppError('signature_invalid', verified.message, { details: { reason: verified.reason } });
       }
       verifications.inc({
+        fn: options.name,
         result: 'ok',
         secret: verified.matchedSecretIndex === 0 ? 'primary' : 'non_primary',
       });

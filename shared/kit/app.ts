@@ -45,6 +45,20 @@ export interface Kit {
 
 const JSON_TYPES = ['application/json', 'application/cloudevents+json'];
 
+/** An event id in a query (`?after=`, `?id=`): what flux-ops emits (evt_<uuid>) and the CLI accepts. */
+const EVENT_ID_RE = /^[A-Za-z0-9._:-]{1,128}$/;
+
+function eventIdQuery(c: Context<AppEnv>, name: 'after' | 'id'): string | undefined {
+  const value = c.req.query(name);
+  if (value === undefined || value === '') return undefined;
+  if (EVENT_ID_RE.test(value)) return value;
+  const shown = JSON.stringify(value.length > 64 ? `${value.slice(0, 64)}…` : value);
+  throw new AppError(
+    'invalid_id',
+    `${name}=${shown} is not an event id (at most 128 letters, digits and ._:-)`,
+  );
+}
+
 export function errorBody(error: AppError, requestId?: string): Record<string, unknown> {
   return { ...error.toJSON(), ...(requestId ? { requestId } : {}) };
 }
@@ -85,11 +99,23 @@ export async function readJson<T>(
   return parsed.data;
 }
 
+// One bucket per token per process: kits built from the same config (the all-in-one process mounts five)
+// share it, so a token gets FLUX_RATE_LIMIT_PER_MINUTE in all, not once per function.
+const limiters = new WeakMap<Config, ReturnType<typeof createRateLimiter>>();
+function limiterFor(config: Config): ReturnType<typeof createRateLimiter> {
+  let limiter = limiters.get(config);
+  if (!limiter) {
+    limiter = createRateLimiter(config.FLUX_RATE_LIMIT_PER_MINUTE);
+    limiters.set(config, limiter);
+  }
+  return limiter;
+}
+
 export function createKit(options: KitOptions): Kit {
   const { config, log, metrics, name } = options;
   const app: App = new Hono<AppEnv>();
   const authenticator = createAuthenticator(config.FLUX_API_TOKENS);
-  const limiter = createRateLimiter(config.FLUX_RATE_LIMIT_PER_MINUTE);
+  const limiter = limiterFor(config);
   const requests = counter(
     metrics,
     'flux_http_requests_total',
@@ -124,7 +150,7 @@ export function createKit(options: KitOptions): Kit {
           tokenId: token.id,
           method: c.req.method,
           route,
-          path: c.req.path,
+          path: c.req.path.slice(0, 256),
           status: c.res.status,
           ms: Math.round(seconds * 1000),
         },
@@ -249,8 +275,8 @@ export function createKit(options: KitOptions): Kit {
 
   // Events this process emitted, newest last; `?after=<event id>` returns only later ones (for tailing).
   app.get('/events/recent', requireScope('events'), (c) => {
+    const after = eventIdQuery(c, 'after');
     const recent = options.outbox.recent();
-    const after = c.req.query('after');
     const index = after ? recent.findIndex((e) => e.id === after) : -1;
     // A cursor that fell out of the buffer: everything held is newer than it, and the client is told.
     return c.json({
@@ -260,8 +286,7 @@ export function createKit(options: KitOptions): Kit {
   });
 
   app.post('/events/replay', requireScope('events'), async (c) => {
-    const id = c.req.query('id');
-    const replayed = await options.outbox.replay(id || undefined);
+    const replayed = await options.outbox.replay(eventIdQuery(c, 'id'));
     return c.json({ ok: true, replayed });
   });
 

@@ -84,6 +84,7 @@ export function createRuntime(
     maxDelayMs: config.FLUX_OUTBOX_MAX_DELAY_MS,
   });
   const inbox = createInbox({
+    name,
     dir: path.join(config.FLUX_STATE_DIR, 'inbox', name),
     secrets: webhookSecrets,
     toleranceMs: config.FLUX_WEBHOOK_TOLERANCE_MS,

@@ -1,11 +1,11 @@
 // Snapshot-consistent dumps: one REPEATABLE READ transaction exports its snapshot, pg_dump runs with
 // --snapshot=<id>, and the same transaction records exact row counts and sequence values while pg_dump
 // streams, so the artifact and the recorded facts describe the same instant.
-import type { Readable } from 'node:stream';
+import { rm, stat } from 'node:fs/promises';
 import { execa } from 'execa';
 import type pg from 'pg';
 import pgLib from 'pg';
-import type { PendingFile } from '../atomic.js';
+import { adoptPendingFile, createTempFileFor, type PendingFile } from '../atomic.js';
 import { AppError, isAppError } from '../errors.js';
 import { requireMajorAtLeast, requireTool, type ToolInfo } from '../tools.js';
 import { readArchiveSequences } from './archive.js';
@@ -145,8 +145,16 @@ export interface SnapshotDumpOptions {
   timeoutVariable?: string;
   signal?: AbortSignal;
   applicationName?: string;
-  /** Consumes pg_dump's stdout into a pending file; committed only when pg_dump succeeded. */
-  sink: (stdout: Readable) => Promise<PendingFile>;
+  /**
+   * Where the archive goes once complete. pg_dump writes a temp file beside it (`--file`: a seekable
+   * archive gets data offsets in its TOC, so pg_restore can restore in parallel and read single entries
+   * without a full scan); the caller commits it.
+   */
+  target: string;
+  /** Explains a failure to create or fill the temp file (the caller knows which variable names the dir). */
+  fsError: (error: unknown, path: string) => AppError;
+  /** Bytes written so far, about twice a second. */
+  onProgress?: (bytes: number) => void;
 }
 
 export interface SnapshotDumpResult {
@@ -219,35 +227,41 @@ export async function runSnapshotDump(options: SnapshotDumpOptions): Promise<Sna
     const inventory = await readInventory(client, options.scope);
 
     const flags = pgDumpFlags(options.scope, options.compression, options.lockWaitTimeoutMs);
-    const child = execa(tool.path, [...flags, `--snapshot=${snapshotId}`], {
+    let tmp: string;
+    try {
+      tmp = await createTempFileFor(options.target);
+    } catch (error) {
+      throw options.fsError(error, options.target);
+    }
+    const child = execa(tool.path, [...flags, `--snapshot=${snapshotId}`, `--file=${tmp}`], {
       env: { ...libpqEnv(target, appName), PATH: options.pathEnv ?? '' },
       extendEnv: false,
-      stdout: 'pipe',
+      stdin: 'ignore',
+      stdout: 'ignore',
       stderr: 'pipe',
-      buffer: { stdout: false, stderr: true },
       timeout: options.timeoutMs,
       ...(options.signal ? { cancelSignal: options.signal } : {}),
       forceKillAfterDelay: 5_000,
       reject: false,
     });
-    // Counting runs in the exporting transaction while pg_dump streams: same snapshot, little extra wall time.
+    const progress = options.onProgress
+      ? setInterval(() => {
+          stat(tmp).then(
+            (s) => options.onProgress?.(s.size),
+            () => undefined,
+          );
+        }, 500)
+      : undefined;
+    // Counting runs in the exporting transaction while pg_dump writes: same snapshot, little extra wall time.
     const countsStarted = performance.now();
     const countsPromise = countInventory(client, inventory).then((r) => ({
       ...r,
       seconds: (performance.now() - countsStarted) / 1000,
     }));
     countsPromise.catch(() => undefined);
-    const [childSettled, fileSettled] = await Promise.allSettled([child, options.sink(child.stdout!)]);
-    const result = childSettled.status === 'fulfilled' ? childSettled.value : undefined;
-    if (fileSettled.status === 'rejected') {
-      // The sink failed first (disk full, unwritable dir): that is the cause, not pg_dump's broken pipe.
-      child.kill('SIGKILL');
-      throw fileSettled.reason;
-    }
-    const file = fileSettled.value;
-    if (!result || result.failed) {
-      await file.discard();
-      if (!result) throw new AppError('dump_failed', 'pg_dump could not be run');
+    const result = await child.finally(() => clearInterval(progress));
+    if (result.failed) {
+      await rm(tmp, { force: true });
       if (result.isCanceled)
         throw new AppError('shutting_down', 'the dump was cancelled; its partial file was removed');
       if (result.timedOut) {
@@ -256,14 +270,27 @@ export async function runSnapshotDump(options: SnapshotDumpOptions): Promise<Sna
           `pg_dump ran longer than ${options.timeoutVariable ?? 'FLUX_DUMP_TIMEOUT_MS'} (${options.timeoutMs} ms) and was killed; its partial file was removed`,
         );
       }
+      const stderr = typeof result.stderr === 'string' ? result.stderr : '';
+      const errno = /No space left on device/i.test(stderr)
+        ? 'ENOSPC'
+        : /Permission denied|Read-only file system/i.test(stderr)
+          ? 'EACCES'
+          : undefined;
+      if (errno)
+        throw options.fsError(Object.assign(new Error(stderrTail(stderr)), { code: errno }), options.target);
       const how = result.signal ? `was killed by ${result.signal}` : `exited ${result.exitCode}`;
       throw new AppError(
         'dump_failed',
-        `pg_dump ${how}: ${stderrTail(result.stderr) || 'no error output'}; the partial file was removed`,
-        {
-          details: { exitCode: result.exitCode ?? null, signal: result.signal ?? null },
-        },
+        `pg_dump ${how}: ${stderrTail(stderr) || 'no error output'}; the partial file was removed`,
+        { details: { exitCode: result.exitCode ?? null, signal: result.signal ?? null } },
       );
+    }
+    let file: PendingFile;
+    try {
+      file = await adoptPendingFile(options.target, tmp, options.signal);
+    } catch (error) {
+      await rm(tmp, { force: true });
+      throw options.fsError(error, options.target);
     }
     let counts: Awaited<typeof countsPromise>;
     try {

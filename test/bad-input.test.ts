@@ -1,0 +1,882 @@
+// The bad-input suite: one table of hostile or broken requests sent to every route of every front door —
+// each of the five functions on its own HTTP server, the router in front of them, and the all-in-one
+// process — over raw HTTP (so `..`, `%2e` and `%2F` reach the server as written). Each must get its 4xx
+// with the error code and a clear, short message, and the backup roots and state directories must be
+// byte-for-byte what they were before (listed and hashed recursively). Setup makes one real backup (real
+// Postgres, replicated offsite) and sends one accepted event per function and door, so the roots are not
+// empty and replays have something to replay.
+import { randomUUID } from 'node:crypto';
+import path from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { type AllInOne, createAllInOne } from '../functions/all/app.js';
+import { createApp as createDump } from '../functions/dump/app.js';
+import { createApp as createMigrate } from '../functions/migrate/app.js';
+import { createApp as createProbe } from '../functions/probe/app.js';
+import { createApp as createReplicate } from '../functions/replicate/app.js';
+import { createRouter, type Router } from '../functions/router/app.js';
+import { createApp as createVerify } from '../functions/verify/app.js';
+import { FUNCTION_NAMES, type FunctionName } from '../shared/config.js';
+import type { ErrorCode } from '../shared/errors.js';
+import { type CloudEvent, createEvent, type EventType } from '../shared/events/envelope.js';
+import { signWebhook } from '../shared/events/signature.js';
+import type { FunctionApp, Runtime } from '../shared/kit/runtime.js';
+import { silentLogger } from '../shared/log.js';
+import { createRegistry } from '../shared/metrics.js';
+import { type Cluster, createStaticRegistry, type Project } from '../shared/registry.js';
+import { seedTenant } from './support/fixtures.js';
+import {
+  diffSnapshots,
+  frontDoorPath,
+  type RawRequest,
+  type RawResponse,
+  rawRequest,
+  routesOf,
+  serveOnLoopback,
+  snapshotTree,
+} from './support/hardening.js';
+import { type PgCluster, startPostgres } from './support/pg.js';
+import {
+  ADMIN,
+  eventually,
+  makeTestEnv,
+  makeWebhookSecret,
+  type TestEnv,
+  testRuntime,
+  WEBHOOK_SECRET,
+} from './support/runtime.js';
+
+const FACTORIES: Record<FunctionName, (rt: Runtime) => FunctionApp> = {
+  dump: createDump,
+  replicate: createReplicate,
+  verify: createVerify,
+  probe: createProbe,
+  migrate: createMigrate,
+};
+
+const BODY_LIMIT_BYTES = 32 * 1024;
+const TEN_KB = 10 * 1024;
+
+// The tenant's id starts with letters that have Cyrillic look-alikes, so a look-alike hash is plausible.
+const tenantId = `0a1b2c3d-${randomUUID().slice(9)}`;
+const TENANT: Project = {
+  id: tenantId,
+  hash: '0a1b2c3',
+  slug: 'bad-input-tenant',
+  engine: 'v2_shared',
+  cluster: 'shared-1',
+  apiHost: 'api--bad-input-tenant--0a1b2c3.flux.test',
+};
+const CLUSTERS: Cluster[] = [{ name: 'shared-1', url: 'env:TEST_SHARED_URL', maxConcurrentDumps: 1 }];
+
+const CYRILLIC: Record<string, string> = {
+  a: 'а',
+  c: 'с',
+  e: 'е',
+  A: 'А',
+  B: 'В',
+  C: 'С',
+  E: 'Е',
+  H: 'Н',
+  K: 'К',
+  M: 'М',
+  P: 'Р',
+  T: 'Т',
+  X: 'Х',
+};
+/** The same string with its first letter that has a Cyrillic twin replaced by that twin. */
+function cyrillicTwin(value: string): string {
+  const i = [...value].findIndex((ch) => ch in CYRILLIC);
+  if (i < 0) throw new Error(`no Cyrillic look-alike in ${value}`);
+  return value.slice(0, i) + CYRILLIC[value[i]!] + value.slice(i + 1);
+}
+/** Full-width forms (U+FF01…) of ASCII letters and digits. */
+const fullWidth = (value: string) =>
+  value.replace(/[0-9A-Za-z]/g, (ch) => String.fromCharCode(ch.charCodeAt(0) + 0xfee0));
+
+/** Bad values for a path segment, as written in the request target. `normalised` ones are `..` to a URL parser. */
+function badSegments(valid: string): Array<{ name: string; raw: string; normalised?: boolean }> {
+  return [
+    { name: 'encoded traversal', raw: '..%2F..%2F..%2Fetc%2Fpasswd' },
+    { name: 'encoded dot-dot segment', raw: '%2e%2e', normalised: true },
+    { name: 'mixed-case encoded dot-dot', raw: '%2E%2e', normalised: true },
+    { name: 'dot-dot segment', raw: '..', normalised: true },
+    { name: 'encoded dots and slash', raw: '%2e%2e%2f%2e%2e%2fstate' },
+    { name: 'double-encoded traversal', raw: '%252e%252e%252f%252e%252e%252fstate' },
+    { name: 'backslash traversal', raw: '..%5C..%5Cstate' },
+    { name: 'NUL byte', raw: `${valid.slice(0, 3)}%00${valid.slice(3)}` },
+    { name: '10 kB', raw: 'a'.repeat(TEN_KB) },
+    { name: 'full-width look-alike', raw: encodeURIComponent(fullWidth(valid)) },
+    { name: 'Cyrillic look-alike', raw: encodeURIComponent(cyrillicTwin(valid)) },
+  ];
+}
+
+interface Expected {
+  status: number;
+  code: ErrorCode;
+  message: RegExp;
+}
+const NO_ROUTE: Expected = { status: 404, code: 'not_found', message: /^no route (GET|POST) \// };
+const BAD_HASH: Expected = {
+  status: 400,
+  code: 'invalid_id',
+  message: /^project hash ".{1,65}" is not 7 lowercase hex characters$/s,
+};
+const BAD_BACKUP_ID: Expected = {
+  status: 400,
+  code: 'invalid_id',
+  message: /^backupId ".{1,65}" is not a ULID or lowercase UUID$/s,
+};
+const TOO_LARGE: Expected = {
+  status: 413,
+  code: 'payload_too_large',
+  message: new RegExp(`^the body exceeds FLUX_BODY_LIMIT_BYTES \\(${BODY_LIMIT_BYTES} bytes\\)$`),
+};
+const SIGNATURE = (message: RegExp): Expected => ({ status: 401, code: 'signature_invalid', message });
+const BAD_EVENT_DATA = (type: string, field: string): Expected => ({
+  status: 422,
+  code: 'unprocessable',
+  message: new RegExp(`^invalid data for ${type.replaceAll('.', '\\.')}: ${field}: `),
+});
+
+interface Case {
+  name: string;
+  request: RawRequest;
+  expected: Expected;
+}
+
+interface Door {
+  name: string;
+  url: string;
+  fns: readonly FunctionName[];
+  /** The request target of a function-local path at this door. */
+  at(fn: FunctionName, local: string): string;
+}
+
+/** POST routes that read a JSON body, and those that read none (only the size limit applies to them). */
+const JSON_BODY_ROUTES = new Set([
+  'dump POST /api/cli/v1/projects/:hash/backups',
+  'verify POST /api/cli/v1/projects/:hash/backups/:backupId/verify',
+  'probe POST /probes/run',
+  'migrate POST /api/cli/v1/migrate',
+]);
+const BODYLESS_POST_ROUTES = new Set(FUNCTION_NAMES.map((fn) => `${fn} POST /events/replay`));
+BODYLESS_POST_ROUTES.add('replicate POST /replicate/run');
+const PUBLIC_GET_ROUTES = new Set(['/healthz', '/readyz', '/metrics']);
+
+let pg: PgCluster;
+let env: TestEnv;
+let aioEnv: TestEnv;
+let backupId: string;
+const apps = {} as Record<FunctionName, FunctionApp>;
+const urls = {} as Record<FunctionName, string>;
+let router: Router;
+let all: AllInOne;
+const closers: Array<() => Promise<void>> = [];
+let doors: Door[] = [];
+/** The accepted event sent during setup to each door and function, kept to be replayed byte for byte. */
+const accepted = new Map<string, RawRequest>();
+
+const OTHER_SECRET = makeWebhookSecret();
+
+function eventRequest(
+  target: string,
+  body: string,
+  options: {
+    id?: string;
+    secrets?: string[];
+    now?: Date;
+    signedBody?: string;
+    headers?: Record<string, string>;
+    omit?: string[];
+    chunked?: boolean;
+  } = {},
+): RawRequest {
+  const id = options.id ?? `evt_${randomUUID()}`;
+  const signature = signWebhook(
+    options.secrets ?? [WEBHOOK_SECRET],
+    id,
+    options.signedBody ?? body,
+    options.now,
+  );
+  const headers: Record<string, string> = {
+    'content-type': 'application/cloudevents+json',
+    ...signature,
+    ...(options.headers ?? {}),
+  };
+  for (const name of options.omit ?? []) delete headers[name];
+  return { method: 'POST', target, headers, body, ...(options.chunked ? { chunked: true } : {}) };
+}
+
+function event<T extends EventType>(type: T, data: Record<string, unknown>): CloudEvent {
+  // Built by hand (not createEvent) so the data can break the type's schema on purpose.
+  return {
+    specversion: '1.0',
+    id: `evt_${randomUUID()}`,
+    source: '/flux-ops/test',
+    type,
+    time: new Date().toISOString(),
+    datacontenttype: 'application/json',
+    data: data as never,
+  };
+}
+
+const createdData = (over: Record<string, unknown>) => ({
+  projectId: TENANT.id,
+  backupId,
+  kind: 'tenant_export',
+  sizeBytes: 1,
+  sha256: 'a'.repeat(64),
+  createdAt: new Date().toISOString(),
+  completedAt: new Date().toISOString(),
+  tables: 0,
+  rows: 0,
+  sequences: 0,
+  serverVersion: '15',
+  ...over,
+});
+
+/** An event every function acknowledges and ignores (nobody acts on flux.backup.failed). */
+const ignoredEvent = () =>
+  createEvent({
+    type: 'flux.backup.failed',
+    source: '/flux-ops/test',
+    subject: `${TENANT.id}/${backupId}`,
+    data: { projectId: TENANT.id, backupId, reason: 'test', error: 'setup event' },
+  });
+
+function fill(local: string): string {
+  return local.replace(':hash', TENANT.hash).replace(':backupId', backupId);
+}
+
+/** Every case of the table for one door. */
+function casesFor(door: Door): Case[] {
+  const cases: Case[] = [];
+  const add = (name: string, request: RawRequest, expected: Expected) =>
+    cases.push({ name, request, expected });
+  const auth = ADMIN.header;
+  const json = { ...auth, 'content-type': 'application/json' };
+  const oversized = `{"pad":"${'x'.repeat(BODY_LIMIT_BYTES)}"}`;
+
+  for (const fn of door.fns) {
+    const routes = routesOf(apps[fn].app).filter((r) => !PUBLIC_GET_ROUTES.has(r.path));
+    for (const route of routes) {
+      const id = `${fn} ${route.method} ${route.path}`;
+      const at = (local: string) => door.at(fn, local);
+      const isEvents = route.path === '/events';
+
+      // Path parameters.
+      for (const [param, expected, valid] of [
+        [':hash', BAD_HASH, TENANT.hash],
+        [':backupId', BAD_BACKUP_ID, backupId],
+      ] as const) {
+        if (!route.path.includes(param)) continue;
+        for (const bad of badSegments(valid)) {
+          const local = fill(route.path.replace(param, '\u0000')).replace('\u0000', bad.raw);
+          const body = route.method === 'POST' ? { body: '{}' } : {};
+          add(
+            `${id}: ${param.slice(1)} ${bad.name}`,
+            { method: route.method, target: at(local), headers: json, ...body },
+            bad.normalised ? NO_ROUTE : expected,
+          );
+        }
+        // Authentication comes before any look at the input.
+        const local = fill(route.path.replace(param, '\u0000')).replace('\u0000', '..%2F..%2Fstate');
+        add(
+          `${id}: ${param.slice(1)} traversal without a token`,
+          { method: route.method, target: at(local) },
+          {
+            status: 401,
+            code: 'unauthorized',
+            message: /^missing Authorization: Bearer <token>/,
+          },
+        );
+      }
+
+      // An encoded traversal appended to the route never reaches a file.
+      const appended = `${fill(route.path)}/..%2F..%2Fstate`;
+      const landsOnBackupId = route.method === 'GET' && route.path.endsWith('/backups');
+      add(
+        `${id}: encoded traversal appended`,
+        {
+          method: route.method,
+          target: at(appended),
+          headers: isEvents ? { 'content-type': 'application/cloudevents+json' } : json,
+          ...(route.method === 'POST' ? { body: '{}' } : {}),
+        },
+        landsOnBackupId ? BAD_BACKUP_ID : NO_ROUTE,
+      );
+
+      // Bodies.
+      if (route.method === 'POST' && !isEvents) {
+        const target = at(fill(route.path));
+        for (const chunked of [false, true]) {
+          add(
+            `${id}: oversized body${chunked ? ' (chunked)' : ''}`,
+            { method: 'POST', target, headers: json, body: oversized, chunked },
+            TOO_LARGE,
+          );
+        }
+        if (JSON_BODY_ROUTES.has(id)) {
+          add(
+            `${id}: text/plain`,
+            { method: 'POST', target, headers: { ...auth, 'content-type': 'text/plain' }, body: '{}' },
+            {
+              status: 415,
+              code: 'unsupported_media_type',
+              message: /^send Content-Type: application\/json \(got "text\/plain"\)$/,
+            },
+          );
+          add(
+            `${id}: form-encoded`,
+            {
+              method: 'POST',
+              target,
+              headers: { ...auth, 'content-type': 'application/x-www-form-urlencoded' },
+              body: 'slug=x&hash=y',
+            },
+            {
+              status: 415,
+              code: 'unsupported_media_type',
+              message: /^send Content-Type: application\/json \(got "application\/x-www-form-urlencoded"\)$/,
+            },
+          );
+          add(
+            `${id}: malformed JSON`,
+            { method: 'POST', target, headers: json, body: '{"slug": ' },
+            { status: 400, code: 'bad_request', message: /^the body is not valid JSON$/ },
+          );
+          add(
+            `${id}: JSON that is not an object`,
+            { method: 'POST', target, headers: json, body: '["dryRun"]' },
+            { status: 400, code: 'bad_request', message: /^invalid body: body: / },
+          );
+        } else if (!BODYLESS_POST_ROUTES.has(id)) {
+          throw new Error(`${id}: classify this POST route in JSON_BODY_ROUTES or BODYLESS_POST_ROUTES`);
+        }
+      }
+
+      if (isEvents) cases.push(...eventCases(door, fn));
+    }
+
+    // Route-specific fields and queries.
+    const at = (local: string) => door.at(fn, local);
+    const invalidBody = (field: string): Expected => ({
+      status: 400,
+      code: 'bad_request',
+      message: new RegExp(`^invalid body: ${field}: `),
+    });
+    if (fn === 'dump') {
+      const create = at(fill('/api/cli/v1/projects/:hash/backups'));
+      add(
+        'dump create: kind traversal',
+        { method: 'POST', target: create, headers: json, body: '{"kind":"../../state"}' },
+        invalidBody('kind'),
+      );
+      add(
+        'dump download: source traversal',
+        {
+          method: 'GET',
+          target: at(
+            `${fill('/api/cli/v1/projects/:hash/backups/:backupId/download')}?source=..%2F..%2Fstate`,
+          ),
+          headers: auth,
+        },
+        { status: 400, code: 'bad_request', message: /^source must be one of / },
+      );
+    }
+    if (fn === 'verify') {
+      const verify = at(fill('/api/cli/v1/projects/:hash/backups/:backupId/verify'));
+      add(
+        'verify: body source traversal',
+        { method: 'POST', target: verify, headers: json, body: '{"source":"../../state"}' },
+        invalidBody('source'),
+      );
+      add(
+        'verify: query source traversal',
+        { method: 'POST', target: `${verify}?source=..%2F..%2Fstate`, headers: json, body: '{}' },
+        { status: 400, code: 'bad_request', message: /^source must be one of / },
+      );
+    }
+    if (fn === 'probe') {
+      const run = at('/probes/run');
+      const badSlug: Expected = {
+        status: 400,
+        code: 'invalid_id',
+        message: /^slug ".{1,65}" is not a project slug/s,
+      };
+      add(
+        'probe run: slug traversal',
+        { method: 'POST', target: run, headers: json, body: '{"slug":"../../state"}' },
+        badSlug,
+      );
+      add(
+        'probe run: slug Cyrillic look-alike',
+        {
+          method: 'POST',
+          target: run,
+          headers: json,
+          body: JSON.stringify({ slug: cyrillicTwin(TENANT.slug) }),
+        },
+        badSlug,
+      );
+      add(
+        'probe run: 10 kB slug',
+        { method: 'POST', target: run, headers: json, body: JSON.stringify({ slug: 'a'.repeat(TEN_KB) }) },
+        invalidBody('slug'),
+      );
+      add(
+        'probe run: query traversal',
+        { method: 'POST', target: `${run}?project=..%2F..%2Fstate`, headers: auth },
+        badSlug,
+      );
+      add(
+        'probe run: 10 kB query',
+        { method: 'POST', target: `${run}?project=${'a'.repeat(TEN_KB)}`, headers: auth },
+        badSlug,
+      );
+    }
+    if (fn === 'migrate') {
+      const migrate = at('/api/cli/v1/migrate');
+      const body = (over: Record<string, unknown>) =>
+        JSON.stringify({ slug: TENANT.slug, hash: TENANT.hash, dryRun: true, ...over });
+      add(
+        'migrate: hash traversal',
+        { method: 'POST', target: migrate, headers: json, body: body({ hash: '../../state' }) },
+        BAD_HASH,
+      );
+      add(
+        'migrate: hash Cyrillic look-alike',
+        { method: 'POST', target: migrate, headers: json, body: body({ hash: cyrillicTwin(TENANT.hash) }) },
+        BAD_HASH,
+      );
+      add(
+        'migrate: hash full-width',
+        { method: 'POST', target: migrate, headers: json, body: body({ hash: fullWidth(TENANT.hash) }) },
+        BAD_HASH,
+      );
+      add(
+        'migrate: 10 kB hash',
+        { method: 'POST', target: migrate, headers: json, body: body({ hash: 'a'.repeat(TEN_KB) }) },
+        invalidBody('hash'),
+      );
+      add(
+        'migrate: 10 kB slug',
+        { method: 'POST', target: migrate, headers: json, body: body({ slug: 'a'.repeat(TEN_KB) }) },
+        invalidBody('slug'),
+      );
+      add(
+        'migrate: unknown field',
+        { method: 'POST', target: migrate, headers: json, body: body({ path: '../../state' }) },
+        invalidBody('body'),
+      );
+      add(
+        'migrate: dryRun as a string',
+        { method: 'POST', target: migrate, headers: json, body: body({ dryRun: 'yes' }) },
+        invalidBody('dryRun'),
+      );
+      add(
+        'migrate: slug of another project',
+        { method: 'POST', target: migrate, headers: json, body: body({ slug: 'someone-else' }) },
+        { status: 400, code: 'bad_request', message: /slug and hash must name the same project$/ },
+      );
+      add(
+        'migrate: unknown project',
+        { method: 'POST', target: migrate, headers: json, body: body({ hash: 'fffffff' }) },
+        { status: 404, code: 'not_found', message: /^no project with hash fffffff in the registry/ },
+      );
+    }
+    // The kit's event routes: cursors and ids are event ids, nothing else.
+    const badEventId: Expected = {
+      status: 400,
+      code: 'invalid_id',
+      message: /^(after|id)=".{1,65}" is not an event id/s,
+    };
+    add(
+      `${fn} events recent: traversal cursor`,
+      { method: 'GET', target: at('/events/recent?after=..%2F..%2Fstate'), headers: auth },
+      badEventId,
+    );
+    add(
+      `${fn} events recent: 10 kB cursor`,
+      { method: 'GET', target: at(`/events/recent?after=${'a'.repeat(TEN_KB)}`), headers: auth },
+      badEventId,
+    );
+    add(
+      `${fn} events replay: traversal id`,
+      { method: 'POST', target: at('/events/replay?id=..%2F..%2Fdead'), headers: auth },
+      badEventId,
+    );
+    add(
+      `${fn} events replay: Cyrillic id`,
+      { method: 'POST', target: at(`/events/replay?id=${encodeURIComponent('еvt_1')}`), headers: auth },
+      badEventId,
+    );
+  }
+  return cases;
+}
+
+/** POST /events cases for one function at one door. */
+function eventCases(door: Door, fn: FunctionName): Case[] {
+  const target = door.at(fn, '/events');
+  const cases: Case[] = [];
+  const add = (name: string, request: RawRequest, expected: Expected) =>
+    cases.push({ name: `${fn} POST /events: ${name}`, request, expected });
+  const valid = () => {
+    const e = ignoredEvent();
+    return { e, body: JSON.stringify(e) };
+  };
+  const minutes = (n: number) => new Date(Date.now() + n * 60_000);
+
+  {
+    const { e, body } = valid();
+    add(
+      'no signature headers',
+      eventRequest(target, body, {
+        id: e.id,
+        omit: ['webhook-id', 'webhook-timestamp', 'webhook-signature'],
+      }),
+      SIGNATURE(/^missing webhook-id, webhook-timestamp or webhook-signature header/),
+    );
+  }
+  {
+    const { e, body } = valid();
+    add(
+      'no webhook-signature',
+      eventRequest(target, body, { id: e.id, omit: ['webhook-signature'] }),
+      SIGNATURE(/^missing webhook-id, webhook-timestamp or webhook-signature header/),
+    );
+  }
+  const mismatch = SIGNATURE(/^no webhook-signature matches a configured secret \(FLUX_WEBHOOK_SECRETS\)$/);
+  {
+    const { e, body } = valid();
+    add(
+      'signed with another secret',
+      eventRequest(target, body, { id: e.id, secrets: [OTHER_SECRET] }),
+      mismatch,
+    );
+  }
+  {
+    const { e, body } = valid();
+    add(
+      'signature of another body',
+      eventRequest(target, body, { id: e.id, signedBody: body.replace('setup event', 'other event') }),
+      mismatch,
+    );
+  }
+  {
+    const { e, body } = valid();
+    const request = eventRequest(target, body, { id: e.id });
+    request.headers!['webhook-signature'] = request.headers!['webhook-signature']!.replace(/^v1,/, 'v2,');
+    add('signature of an unknown scheme', request, mismatch);
+  }
+  {
+    const { e, body } = valid();
+    add(
+      'expired signature',
+      eventRequest(target, body, { id: e.id, now: minutes(-10) }),
+      SIGNATURE(/^webhook-timestamp is older than the 300s tolerance$/),
+    );
+  }
+  {
+    const { e, body } = valid();
+    add(
+      'signature from the future',
+      eventRequest(target, body, { id: e.id, now: minutes(10) }),
+      SIGNATURE(/^webhook-timestamp is more than 300s in the future$/),
+    );
+  }
+  {
+    const { e, body } = valid();
+    add(
+      'timestamp not unix seconds',
+      eventRequest(target, body, { id: e.id, headers: { 'webhook-timestamp': 'yesterday' } }),
+      SIGNATURE(/^webhook-timestamp must be unix seconds$/),
+    );
+  }
+  add('replayed request', accepted.get(`${door.name} ${fn}`)!, {
+    status: 409,
+    code: 'event_replayed',
+    message: /^webhook-id evt_\S+ was already received with this exact signature \(replay\)$/,
+  });
+  {
+    const e = event('flux.backup.exploded' as EventType, { projectId: TENANT.id });
+    add('unknown event type', eventRequest(target, JSON.stringify(e), { id: e.id }), {
+      status: 422,
+      code: 'unprocessable',
+      message: /^unknown event type "flux\.backup\.exploded"; known: /,
+    });
+  }
+  add('malformed JSON', eventRequest(target, '{"specversion":"1.0",'), {
+    status: 400,
+    code: 'bad_request',
+    message: /^body is not JSON/,
+  });
+  add('not a CloudEvent', eventRequest(target, '{"hello":"world"}'), {
+    status: 400,
+    code: 'bad_request',
+    message: /^not a CloudEvents 1\.0 event: /,
+  });
+  {
+    const { body } = valid();
+    add('webhook-id is not the event id', eventRequest(target, body), {
+      status: 400,
+      code: 'bad_request',
+      message: /^webhook-id must equal the CloudEvent id$/,
+    });
+  }
+  {
+    const e = { ...ignoredEvent(), id: `evt_${'a'.repeat(TEN_KB)}` };
+    add('10 kB event id', eventRequest(target, JSON.stringify(e), { id: e.id }), {
+      status: 400,
+      code: 'bad_request',
+      message: /^not a CloudEvents 1\.0 event: id: /,
+    });
+  }
+  {
+    const { e, body } = valid();
+    add('text/plain', eventRequest(target, body, { id: e.id, headers: { 'content-type': 'text/plain' } }), {
+      status: 415,
+      code: 'unsupported_media_type',
+      message: /Content-Type: application\/cloudevents\+json$/,
+    });
+  }
+  for (const chunked of [false, true]) {
+    const e = { ...ignoredEvent(), data: { ...ignoredEvent().data, error: 'x'.repeat(BODY_LIMIT_BYTES) } };
+    add(
+      `oversized${chunked ? ' (chunked)' : ''}`,
+      eventRequest(target, JSON.stringify(e), { id: e.id, chunked }),
+      TOO_LARGE,
+    );
+  }
+  // Ids inside event data, for every function: the envelope's data schema refuses them before any handler.
+  for (const [name, projectId] of [
+    ['projectId traversal', '../../state'],
+    ['projectId encoded traversal', '..%2F..%2Fstate'],
+    ['10 kB projectId', 'a'.repeat(TEN_KB)],
+    ['projectId Cyrillic look-alike', cyrillicTwin(TENANT.id)],
+    ['projectId full-width look-alike', fullWidth(TENANT.id)],
+  ] as const) {
+    const e = event('flux.backup.created', createdData({ projectId }));
+    add(
+      name,
+      eventRequest(target, JSON.stringify(e), { id: e.id }),
+      BAD_EVENT_DATA('flux.backup.created', 'projectId'),
+    );
+  }
+
+  // Events for unknown projects and bad backup ids, to each function that acts on events.
+  const unknownProject = randomUUID();
+  const unknown: Expected = { status: 404, code: 'not_found', message: /./ };
+  if (fn === 'dump') {
+    const requested = (data: Record<string, unknown>) => {
+      const e = event('flux.backup.requested', data);
+      return eventRequest(target, JSON.stringify(e), { id: e.id });
+    };
+    add('backup requested for an unknown project', requested({ projectId: unknownProject }), {
+      ...unknown,
+      message: /^flux\.backup\.requested names no project in the registry/,
+    });
+    add('backup requested for a hash traversal', requested({ projectHash: '..%2F..%2Fstate' }), BAD_HASH);
+    add(
+      'backup requested for a Cyrillic hash',
+      requested({ projectHash: cyrillicTwin(TENANT.hash) }),
+      BAD_HASH,
+    );
+  }
+  if (fn === 'replicate' || fn === 'verify') {
+    const created = (over: Record<string, unknown>) => {
+      const e = event('flux.backup.created', createdData(over));
+      return eventRequest(target, JSON.stringify(e), { id: e.id });
+    };
+    add('backup created for an unknown project', created({ projectId: unknownProject }), {
+      ...unknown,
+      message:
+        fn === 'replicate'
+          ? new RegExp(`^project ${unknownProject} is neither in the registry .* nor in the backup catalog`)
+          : new RegExp(`^no backup ${backupId} for project ${unknownProject}$`),
+    });
+    add('backupId traversal', created({ backupId: '../../state' }), BAD_BACKUP_ID);
+    add('backupId encoded traversal', created({ backupId: '..%2F..%2Fstate' }), BAD_BACKUP_ID);
+    add('backupId Cyrillic look-alike', created({ backupId: cyrillicTwin(backupId) }), BAD_BACKUP_ID);
+    add('backupId full-width look-alike', created({ backupId: fullWidth(backupId) }), BAD_BACKUP_ID);
+    add(
+      '10 kB backupId',
+      created({ backupId: 'A'.repeat(TEN_KB) }),
+      BAD_EVENT_DATA('flux.backup.created', 'backupId'),
+    );
+  }
+  if (fn === 'probe') {
+    const e = event('flux.migrate.completed', {
+      projectId: unknownProject,
+      slug: 'nobody',
+      tables: 0,
+      rows: 0,
+      sequences: 0,
+    });
+    add('migrate completed for an unknown project', eventRequest(target, JSON.stringify(e), { id: e.id }), {
+      ...unknown,
+      message: new RegExp(
+        `^flux\\.migrate\\.completed names project ${unknownProject}, which is not in the registry`,
+      ),
+    });
+  }
+  return cases;
+}
+
+async function check(door: Door, c: Case): Promise<string | undefined> {
+  let res: RawResponse;
+  try {
+    res = await rawRequest(door.url, c.request);
+  } catch (error) {
+    return `${door.name} | ${c.name}: request failed: ${(error as Error).message}`;
+  }
+  const body = res.json ?? {};
+  const problems: string[] = [];
+  if (res.status !== c.expected.status) problems.push(`status ${res.status}, expected ${c.expected.status}`);
+  if (body.code !== c.expected.code) problems.push(`code ${String(body.code)}, expected ${c.expected.code}`);
+  if (typeof body.error !== 'string' || !c.expected.message.test(body.error))
+    problems.push(
+      `message ${JSON.stringify(String(body.error).slice(0, 200))} does not match ${c.expected.message}`,
+    );
+  // A clear message is a short one: nothing of a 10 kB input is echoed back.
+  if (res.text.length > 1500) problems.push(`body of ${res.text.length} characters`);
+  if (!String(res.headers['content-type'] ?? '').startsWith('application/json'))
+    problems.push(`content-type ${res.headers['content-type']}`);
+  return problems.length > 0 ? `${door.name} | ${c.name}: ${problems.join('; ')}` : undefined;
+}
+
+beforeAll(async () => {
+  pg = await startPostgres();
+  await pg.createDatabase('shared');
+  await seedTenant(pg, { db: 'shared', projectId: TENANT.id, rows: 20 });
+  const common = {
+    TEST_SHARED_URL: pg.url('shared'),
+    FLUX_BODY_LIMIT_BYTES: String(BODY_LIMIT_BYTES),
+    FLUX_RATE_LIMIT_PER_MINUTE: '1000000',
+    FLUX_VERIFY_DRIVER: 'local',
+    FLUX_PROBE_INTERVAL_MS: '0',
+    FLUX_LOG_LEVEL: 'warn',
+  };
+  env = await makeTestEnv(common);
+  for (const fn of FUNCTION_NAMES) {
+    apps[fn] = FACTORIES[fn](testRuntime(fn, env, { projects: [TENANT], clusters: CLUSTERS }));
+    await apps[fn].start();
+    const served = await serveOnLoopback(apps[fn].app.fetch);
+    urls[fn] = served.url;
+    closers.push(async () => {
+      await served.close();
+      await apps[fn].stop();
+    });
+  }
+
+  // One real backup, copied offsite by replicate's watcher, before anything else looks at the roots.
+  const created = await fetch(`${urls.dump}/api/cli/v1/projects/${TENANT.hash}/backups`, {
+    method: 'POST',
+    headers: ADMIN.header,
+  });
+  expect(created.status).toBe(201);
+  backupId = ((await created.json()) as { backup: { id: string } }).backup.id;
+  await eventually(async () =>
+    (await apps.dump.app.request(`/api/cli/v1/projects/${TENANT.hash}/backups`, { headers: ADMIN.header }))
+      .json()
+      .then(
+        (b) =>
+          (b as { backups: Array<{ offsiteStatus: string }> }).backups[0]?.offsiteStatus === 'replicated',
+      ),
+  );
+
+  router = createRouter({
+    upstreams: urls,
+    log: silentLogger(),
+    metrics: createRegistry({ defaultMetrics: false }),
+  });
+  const routerServed = await serveOnLoopback(router.app.fetch);
+  closers.push(async () => {
+    await routerServed.close();
+    await router.close(0);
+  });
+
+  // The all-in-one process shares the backup roots and keeps its own state directory.
+  aioEnv = await makeTestEnv({
+    ...common,
+    FLUX_BACKUPS_LOCAL_DIR: env.config.FLUX_BACKUPS_LOCAL_DIR,
+    FLUX_BACKUPS_OFFSITE_DIR: env.config.FLUX_BACKUPS_OFFSITE_DIR,
+  });
+  all = createAllInOne(aioEnv.config, aioEnv.env, {
+    log: silentLogger(),
+    metrics: createRegistry({ defaultMetrics: false }),
+    registry: createStaticRegistry({ projects: [TENANT], clusters: CLUSTERS }),
+  });
+  const aioServed = await serveOnLoopback(all.app.fetch);
+  all.setBaseUrl(aioServed.url);
+  await all.start();
+  closers.push(async () => {
+    await aioServed.close();
+    await all.stop();
+  });
+
+  doors = [
+    ...FUNCTION_NAMES.map((fn) => ({
+      name: fn,
+      url: urls[fn],
+      fns: [fn],
+      at: (_fn: FunctionName, p: string) => p,
+    })),
+    { name: 'router', url: routerServed.url, fns: FUNCTION_NAMES, at: frontDoorPath },
+    { name: 'all-in-one', url: aioServed.url, fns: FUNCTION_NAMES, at: frontDoorPath },
+  ];
+
+  // One accepted event per door and function: recorded by the inbox now, replayed by the table later.
+  for (const door of doors) {
+    for (const fn of door.fns) {
+      const e = ignoredEvent();
+      const request = eventRequest(door.at(fn, '/events'), JSON.stringify(e), { id: e.id });
+      const res = await rawRequest(door.url, request);
+      expect(res.status, `${door.name} ${fn}`).toBe(202);
+      expect(res.json).toMatchObject({ ok: true, ignored: true });
+      accepted.set(`${door.name} ${fn}`, request);
+    }
+  }
+});
+
+afterAll(async () => {
+  for (const close of closers.reverse()) await close().catch(() => undefined);
+  await pg?.destroy();
+  await aioEnv?.cleanup();
+  await env?.cleanup();
+});
+
+describe('bad input on every route of every front door', () => {
+  it('each gets its 4xx with the code and a clear message; roots and state are byte-for-byte unchanged', async () => {
+    const roots = [
+      env.config.FLUX_BACKUPS_LOCAL_DIR,
+      env.config.FLUX_BACKUPS_OFFSITE_DIR,
+      env.config.FLUX_STATE_DIR,
+      aioEnv.config.FLUX_STATE_DIR,
+    ];
+    const before = await snapshotTree(roots);
+    // The roots hold the real backup, its offsite copy and receipts, and the inbox records of setup.
+    const names = [...before.keys()].map((k) => path.basename(k));
+    expect(names).toEqual(
+      expect.arrayContaining([`${backupId}.dump`, `${backupId}.manifest.json`, `${backupId}.offsite.json`]),
+    );
+    expect([...before.keys()].filter((k) => /:inbox\/[a-z]+\/[0-9a-f]+\.json$/.test(k))).toHaveLength(
+      doors.reduce((n, d) => n + d.fns.length, 0),
+    );
+
+    const problems: string[] = [];
+    let sent = 0;
+    for (const door of doors) {
+      for (const c of casesFor(door)) {
+        const problem = await check(door, c);
+        if (problem) problems.push(problem);
+        sent += 1;
+      }
+      const diff = diffSnapshots(before, await snapshotTree(roots));
+      if (diff.length > 0) problems.push(`${door.name}: the roots changed:\n  ${diff.join('\n  ')}`);
+    }
+    expect(problems).toEqual([]);
+    // Every door got the whole table (a few hundred cases each); a shrinking table is a finding too.
+    expect(sent).toBeGreaterThan(1000);
+  });
+});
