@@ -1,8 +1,8 @@
 // Atomic, durable file writes: temp file in the same directory, fsync, rename, fsync the directory.
 // A reader sees the old file or the whole new one, never a part, even after a crash.
 import { createHash, randomBytes } from 'node:crypto';
-import { createReadStream, createWriteStream } from 'node:fs';
-import { mkdir, open, rename, rm, stat } from 'node:fs/promises';
+import { createWriteStream } from 'node:fs';
+import { mkdir, open, rename, rm } from 'node:fs/promises';
 import path from 'node:path';
 import type { Readable } from 'node:stream';
 
@@ -183,12 +183,21 @@ export async function writeStreamAtomic(
 export async function hashFile(file: string, signal?: AbortSignal): Promise<StreamedFile> {
   const hash = createHash('sha256');
   let sizeBytes = 0;
-  // Small files get a small buffer: thousands of tiny manifests must not each allocate 1 MiB.
-  const highWaterMark = Math.max(64 * 1024, Math.min(STREAM_CHUNK_BYTES, (await stat(file)).size));
-  const stream = createReadStream(file, { highWaterMark, ...(signal ? { signal } : {}) });
-  for await (const chunk of stream) {
-    hash.update(chunk as Buffer);
-    sizeBytes += (chunk as Buffer).length;
+  const handle = await open(file, 'r');
+  try {
+    // One buffer, refilled: hashing a multi-GB dump allocates nothing per chunk (flat RSS, no GC churn),
+    // and a tiny manifest does not get a 1 MiB buffer.
+    const { size } = await handle.stat();
+    const buffer = Buffer.allocUnsafe(Math.max(64 * 1024, Math.min(STREAM_CHUNK_BYTES, size)));
+    for (;;) {
+      signal?.throwIfAborted();
+      const { bytesRead } = await handle.read(buffer, 0, buffer.length, null);
+      if (bytesRead === 0) break;
+      hash.update(buffer.subarray(0, bytesRead));
+      sizeBytes += bytesRead;
+    }
+  } finally {
+    await handle.close();
   }
   return { sizeBytes, sha256: hash.digest('hex') };
 }
