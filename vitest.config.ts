@@ -12,20 +12,33 @@ function pgBinDir(): string | undefined {
 }
 const bin = process.env.FLUX_TEST_PG_BIN ?? pgBinDir();
 
+const ALL = [
+  'functions/**/*.test.ts',
+  'shared/**/*.test.ts',
+  'test/**/*.test.ts',
+  'cli/**/*.test.ts',
+  'bench/**/*.test.ts',
+];
+// Files that create, kill and reap verify containers on the one shared Docker engine: a reaper in one
+// file's process sweeps what another file planted, so these run one at a time (beside everything else).
+const DOCKER_ENGINE = [
+  'test/verify-docker.test.ts',
+  'test/verify-sandbox.test.ts',
+  'test/faults-kill.test.ts',
+  'test/faults-env.test.ts',
+];
+
 // Integration tests start real Postgres clusters, Docker containers and TLS servers; give them room and
 // keep file-level parallelism modest on two cores.
 export default defineConfig({
   test: {
-    include: [
-      'functions/**/*.test.ts',
-      'shared/**/*.test.ts',
-      'test/**/*.test.ts',
-      'cli/**/*.test.ts',
-      'bench/**/*.test.ts',
-    ],
     testTimeout: 120_000,
     hookTimeout: 120_000,
     maxWorkers: 2,
     env: bin ? { PATH: `${bin}:${process.env.PATH ?? ''}` } : {},
+    projects: [
+      { extends: true, test: { name: 'main', include: ALL, exclude: DOCKER_ENGINE } },
+      { extends: true, test: { name: 'docker-engine', include: DOCKER_ENGINE, fileParallelism: false } },
+    ],
   },
 });

@@ -12,7 +12,7 @@ import type { Manifest, VerifyReceipt } from '../shared/catalog/records.js';
 import type { FunctionApp } from '../shared/kit/runtime.js';
 import type { Cluster, Project } from '../shared/registry.js';
 import { describeDocker, dockerGate } from '../shared/sandbox/contract.js';
-import { createDockerDriver, LABEL } from '../shared/sandbox/docker.js';
+import { createDockerDriver, LABEL, SPARE_NAME_PREFIX } from '../shared/sandbox/docker.js';
 import { seedTenant } from './support/fixtures.js';
 import { type PgCluster, startPostgres } from './support/pg.js';
 import {
@@ -45,13 +45,15 @@ let base: TestEnv;
 let dumpFn: FunctionApp;
 const started: Array<{ fn: FunctionApp; env: TestEnv }> = [];
 
-async function ourContainers(): Promise<string[]> {
+/** This file's containers: all of them, or only sandboxes (a verification's), or only spares. */
+async function ourContainers(which: 'all' | 'sandboxes' | 'spares' = 'all'): Promise<string[]> {
   if (!gate.ok) return [];
   const list = await docker.listContainers({
     all: true,
     filters: { label: [`${LABEL.verify}=1`, `${LABEL.instance}=${instance}`] },
   });
-  return list.map((c) => c.Id);
+  const isSpare = (c: Docker.ContainerInfo) => c.Names.some((n) => n.startsWith(`/${SPARE_NAME_PREFIX}`));
+  return list.filter((c) => which === 'all' || (which === 'spares') === isSpare(c)).map((c) => c.Id);
 }
 
 beforeAll(async () => {
@@ -124,6 +126,12 @@ describeDocker(gate, 'verify in a docker sandbox', () => {
   it('restore-verifies inside a container of the configured image, then removes it', async () => {
     const { fn, rt } = await verifyApp({ FLUX_VERIFY_DRIVER: 'docker' });
     const b = await backup();
+    // Readiness starts the spare; the verification consumes it, and the next one is a new container.
+    expect((await fn.app.request('/readyz')).status).toBe(200);
+    const [spare] = await eventually(async () => {
+      const spares = await ourContainers('spares');
+      return spares.length > 0 ? spares : undefined;
+    }, 90_000);
     const { status, body } = await verify(fn, b.backupId);
     expect(status, JSON.stringify(body)).toBe(200);
     expect(body).toMatchObject({ ok: true, restoreVerificationStatus: 'restore_verified', driver: 'docker' });
@@ -132,7 +140,10 @@ describeDocker(gate, 'verify in a docker sandbox', () => {
     expect(receipt.versions.sandboxServer).toMatch(/^15\./);
     expect(receipt.rungs.every((r) => r.result === 'passed')).toBe(true);
     expect(receipt.rungs.find((r) => r.rung === 'volume')?.details).toMatchObject({ rows: 200 });
-    expect(await ourContainers()).toEqual([]);
+    expect(await ourContainers('sandboxes')).toEqual([]);
+    const all = await ourContainers();
+    expect(all).not.toContain(spare);
+    expect(all.length).toBeLessThanOrEqual(1);
   });
 
   it('the rungs fire inside the container too (row-count drift)', async () => {
@@ -188,14 +199,15 @@ describeDocker(gate, 'verify in a docker sandbox', () => {
       cpus: 1,
       pids: 128,
       instance,
+      spare: false,
     });
     const later = await crashed.create({ projectId: tenant.id, backupId: randomUUID(), ttlMs: 20_000 });
     const expired = await crashed.create({ projectId: tenant.id, backupId: randomUUID(), ttlMs: 1 });
     expect((await ourContainers()).sort()).toEqual([expired.id, later.id].sort());
     const { fn } = await verifyApp({ FLUX_VERIFY_DRIVER: 'docker' }, { reapIntervalMs: 500 });
     await fn.start();
-    expect(await ourContainers()).toEqual([later.id]);
-    await eventually(async () => (await ourContainers()).length === 0, 90_000, 250);
+    expect(await ourContainers('sandboxes')).toEqual([later.id]);
+    await eventually(async () => (await ourContainers('sandboxes')).length === 0, 90_000, 250);
     const metrics = await (await fn.app.request('/metrics')).text();
     // At least ours (the reaper sweeps every expired verify container on the engine, not only this file's).
     const removed = Number(/flux_verify_leftovers_removed_total\{driver="docker"\} (\d+)/.exec(metrics)?.[1]);

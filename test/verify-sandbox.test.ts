@@ -9,8 +9,13 @@ import Docker from 'dockerode';
 import { execa } from 'execa';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { describeDocker, dockerGate, sandboxContract } from '../shared/sandbox/contract.js';
-import { createDockerDriver, LABEL } from '../shared/sandbox/docker.js';
-import { createLocalDriver, LOCAL_SANDBOX_PREFIX } from '../shared/sandbox/local.js';
+import { createDockerDriver, LABEL, SPARE_NAME_PREFIX, sandboxNamePrefix } from '../shared/sandbox/docker.js';
+import {
+  createLocalDriver,
+  LOCAL_MARKER,
+  LOCAL_SANDBOX_PREFIX,
+  type LocalMarker,
+} from '../shared/sandbox/local.js';
 import { queryJson } from '../shared/sandbox/query.js';
 import type { Sandbox } from '../shared/sandbox/types.js';
 import { type PgCluster, startPostgres } from './support/pg.js';
@@ -49,21 +54,25 @@ const localBase = await mkdtemp(path.join(tmpdir(), 'flux-verify-local-test-'));
 await chmod(localBase, 0o755);
 afterAll(() => rm(localBase, { recursive: true, force: true }));
 
-async function localLeftovers(): Promise<string[]> {
+/** Sandbox directories (a spare or the template counts only with `all`). */
+async function localDirs(all = false): Promise<string[]> {
   const out: string[] = [];
   for (const name of await readdir(localBase).catch(() => [] as string[])) {
     if (!name.startsWith(LOCAL_SANDBOX_PREFIX)) continue;
-    const marker = await readFile(path.join(localBase, name, 'sandbox.json'), 'utf8').catch(() => '');
-    if (!marker.includes('"spare"')) out.push(path.join(localBase, name));
+    const marker = await readFile(path.join(localBase, name, LOCAL_MARKER), 'utf8').catch(() => '{}');
+    const state = (JSON.parse(marker) as Partial<LocalMarker>).state;
+    if (all || state === undefined || state === 'active') out.push(path.join(localBase, name));
   }
   return out.sort();
 }
+const localLeftovers = () => localDirs();
 
 sandboxContract({
   name: 'local',
   makeDriver: () => createLocalDriver({ pathEnv: process.env.PATH, baseDir: localBase }),
   fixture: () => ({ dumpFile, rows: ROWS }),
   leftovers: localLeftovers,
+  all: () => localDirs(true),
 });
 
 describe('local sandbox', () => {
@@ -156,6 +165,45 @@ describe('local sandbox', () => {
     await expect(readdir(dir)).rejects.toMatchObject({ code: 'ENOENT' });
     expect(() => process.kill(pid, 0)).toThrow();
   });
+
+  it('a process that handles SIGTERM still stops gracefully while its spare server runs', async () => {
+    // The process edge answers SIGTERM with a graceful stop (process.once, as shared/kit/serve.ts does).
+    // A server kept running must not turn that into death by signal: execa's cleanup hook would re-raise
+    // the SIGTERM once no other listener is left, before close() removed anything.
+    const script = `
+      import { createLocalDriver } from ${JSON.stringify(path.resolve('shared/sandbox/local.ts'))};
+      const d = createLocalDriver({ pathEnv: process.env.PATH, baseDir: ${JSON.stringify(localBase)} });
+      process.once('SIGTERM', () => void d.close().then(() => process.exit(0)));
+      await d.status();
+      setInterval(() => {}, 1000);`;
+    const child = execa(process.execPath, ['--import', 'tsx', '--input-type=module', '--eval', script], {
+      env: process.env,
+      reject: false,
+      cleanup: true,
+    });
+    const ownDirs = async () => {
+      const out: Array<{ dir: string; marker: LocalMarker }> = [];
+      for (const dir of await localDirs(true)) {
+        const marker = JSON.parse(await readFile(path.join(dir, LOCAL_MARKER), 'utf8').catch(() => '{}'));
+        if (marker.ownerPid === child.pid) out.push({ dir, marker });
+      }
+      return out;
+    };
+    // The spare's server is up: its postmaster.pid says ready.
+    for (const deadline = Date.now() + 60_000; ; ) {
+      const spare = (await ownDirs()).find((d) => d.marker.state === 'spare');
+      const pidFile = spare
+        ? await readFile(path.join(spare.dir, 'data', 'postmaster.pid'), 'utf8').catch(() => '')
+        : '';
+      if (pidFile.split('\n')[7]?.trim() === 'ready') break;
+      if (Date.now() > deadline) throw new Error(`no spare came up: ${JSON.stringify(await ownDirs())}`);
+      await new Promise((r) => setTimeout(r, 50));
+    }
+    child.kill('SIGTERM');
+    const result = await child;
+    expect({ exitCode: result.exitCode, signal: result.signal }).toEqual({ exitCode: 0, signal: undefined });
+    expect(await ownDirs()).toEqual([]);
+  });
 });
 
 // --------------------------------------------------------------------------------------------- docker
@@ -164,15 +212,34 @@ const gate = await dockerGate(SOCKET, IMAGE);
 const instance = `test-sandbox-${randomUUID()}`;
 const docker = new Docker({ socketPath: SOCKET });
 
-async function dockerLeftovers(): Promise<string[]> {
+/** This file's containers: sandboxes only, or (`which`) the spares, or all. */
+async function dockerContainers(which: 'sandboxes' | 'spares' | 'all' = 'sandboxes'): Promise<string[]> {
   const containers = await docker.listContainers({
     all: true,
     filters: { label: [`${LABEL.verify}=1`, `${LABEL.instance}=${instance}`] },
   });
-  return containers.map((c) => c.Id).sort();
+  const isSpare = (c: Docker.ContainerInfo) => c.Names.some((n) => n.startsWith(`/${SPARE_NAME_PREFIX}`));
+  return containers
+    .filter((c) => which === 'all' || (which === 'spares') === isSpare(c))
+    .map((c) => c.Id)
+    .sort();
+}
+const dockerLeftovers = () => dockerContainers();
+
+/** The one spare of this file, once it exists. */
+async function theSpare(): Promise<string> {
+  for (const deadline = Date.now() + 120_000; Date.now() < deadline; ) {
+    const spares = await dockerContainers('spares');
+    if (spares.length > 1) throw new Error(`more than one spare: ${spares.join(', ')}`);
+    if (spares[0]) return spares[0];
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  throw new Error('no spare container appeared');
 }
 
-const makeDocker = (overrides: { socketPath?: string; image?: string } = {}) =>
+const makeDocker = (
+  overrides: { socketPath?: string; image?: string; spare?: boolean; concurrency?: number } = {},
+) =>
   createDockerDriver({
     socketPath: overrides.socketPath ?? SOCKET,
     image: overrides.image ?? IMAGE,
@@ -180,14 +247,17 @@ const makeDocker = (overrides: { socketPath?: string; image?: string } = {}) =>
     cpus: 1,
     pids: 256,
     instance,
+    spare: overrides.spare ?? false,
+    concurrency: overrides.concurrency ?? 1,
   });
 
 describeDocker(gate, 'docker sandbox', () => {
   sandboxContract({
     name: 'docker',
-    makeDriver: () => makeDocker(),
+    makeDriver: () => makeDocker({ spare: true }),
     fixture: () => ({ dumpFile, rows: ROWS }),
     leftovers: dockerLeftovers,
+    all: () => dockerContainers('all'),
   });
 
   describe('isolation', () => {
@@ -224,12 +294,84 @@ describeDocker(gate, 'docker sandbox', () => {
         .map((l) => l.split(':')[0]?.trim())
         .filter(Boolean);
       expect(interfaces).toEqual(['lo']);
-      const settings = await queryJson<{ fsync: string; wal_level: string }>(
+      const settings = await queryJson<Record<string, string>>(
         sandbox,
-        `SELECT current_setting('fsync') AS fsync, current_setting('wal_level') AS wal_level`,
+        `SELECT current_setting('fsync') AS fsync, current_setting('wal_level') AS wal_level,
+                current_setting('max_parallel_maintenance_workers') AS maintenance_workers,
+                current_setting('max_parallel_workers_per_gather') AS gather_workers`,
         'settings',
       );
-      expect(settings).toEqual([{ fsync: 'off', wal_level: 'minimal' }]);
+      // One CPU: no parallel workers to share it with the leader.
+      expect(settings).toEqual([
+        { fsync: 'off', wal_level: 'minimal', maintenance_workers: '0', gather_workers: '0' },
+      ]);
+    });
+
+    it('a spare serves one verification only: renamed after its backup, same limits, then replaced', async () => {
+      const spared = makeDocker({ spare: true });
+      try {
+        expect(await spared.status()).toMatchObject({ ok: true });
+        const first = await theSpare();
+        sandbox = await spared.create({ ...IDS, ttlMs: 60_000 });
+        expect(sandbox.id).toBe(first);
+        const info = await docker.getContainer(first).inspect();
+        expect(info.Name.startsWith(`/${sandboxNamePrefix(IDS.backupId)}`)).toBe(true);
+        expect(info.HostConfig).toMatchObject({
+          NetworkMode: 'none',
+          Memory: 512 * 1024 * 1024,
+          PidsLimit: 256,
+        });
+        expect(info.Config.Labels).toMatchObject({ [LABEL.verify]: '1', [LABEL.instance]: instance });
+        // Its expiry covers this verification (the reaper of another process leaves it alone).
+        expect(Date.parse(info.Config.Labels[LABEL.expiresAt] ?? '')).toBeGreaterThan(Date.now() + 60_000);
+        expect(sandbox.versions.serverMajor).toBeGreaterThanOrEqual(12);
+        // FLUX_VERIFY_CONCURRENCY=1: no spare is started while the one allowed container serves (its
+        // restore keeps the CPU); given time to appear, none does.
+        await sandbox.exec(['psql', '-X', '-c', 'SELECT pg_sleep(2)']);
+        expect(await dockerContainers('spares')).toEqual([]);
+        // The next spare starts once the used sandbox is gone; it is another container, and the next
+        // verification gets it, never the used one.
+        await sandbox.destroy();
+        sandbox = undefined;
+        const second = await theSpare();
+        expect(second).not.toBe(first);
+        const next = await spared.create({ ...IDS, ttlMs: 60_000 });
+        expect(next.id).toBe(second);
+        await next.destroy();
+        // A verification that may outlive the spare's expiry label starts its own container.
+        const third = await theSpare();
+        const long = await spared.create({ ...IDS, ttlMs: 24 * 60 * 60_000 });
+        expect(long.id).not.toBe(third);
+        expect((await docker.getContainer(long.id).inspect()).Config.Labels).toMatchObject({
+          [LABEL.backupId]: IDS.backupId,
+        });
+        await long.destroy();
+      } finally {
+        await spared.close();
+      }
+      expect(await dockerContainers('spares')).toEqual([]);
+    });
+
+    it('with room for two verifications, the next spare starts while the first one is held', async () => {
+      const spared = makeDocker({ spare: true, concurrency: 2 });
+      try {
+        await spared.status();
+        const first = await theSpare();
+        sandbox = await spared.create({ ...IDS, ttlMs: 60_000 });
+        expect(sandbox.id).toBe(first);
+        // No container was removed, yet a new spare comes up: there is room for a second verification.
+        const second = await theSpare();
+        expect(second).not.toBe(first);
+        // Sandboxes and spare together stay within the concurrency: the second verification takes the
+        // spare, and no third container starts while both are held.
+        const other = await spared.create({ ...IDS, ttlMs: 60_000 });
+        expect(other.id).toBe(second);
+        await spared.status();
+        await other.exec(['psql', '-X', '-c', 'SELECT pg_sleep(2)']);
+        expect(await dockerContainers('spares')).toEqual([]);
+      } finally {
+        await spared.close();
+      }
     });
 
     it('an absent image is unavailable (nothing is pulled)', async () => {

@@ -13,7 +13,7 @@ import type { Manifest, VerifyReceipt } from '../shared/catalog/records.js';
 import { createEvent } from '../shared/events/envelope.js';
 import type { FunctionApp } from '../shared/kit/runtime.js';
 import type { Cluster, Project } from '../shared/registry.js';
-import { LOCAL_SANDBOX_PREFIX } from '../shared/sandbox/local.js';
+import { LOCAL_MARKER, LOCAL_SANDBOX_PREFIX, type LocalMarker } from '../shared/sandbox/local.js';
 import { seedProjectDb, seedTenant, tenantSchemaOf } from './support/fixtures.js';
 import { type PgCluster, quoteIdent, startPostgres } from './support/pg.js';
 import { type EventReceiver, startEventReceiver } from './support/receiver.js';
@@ -60,8 +60,10 @@ async function activeSandboxes(base = localBase): Promise<string[]> {
   const out: string[] = [];
   for (const name of await readdir(base).catch(() => [] as string[])) {
     if (!name.startsWith(LOCAL_SANDBOX_PREFIX)) continue;
-    const marker = await readFile(path.join(base, name, 'sandbox.json'), 'utf8').catch(() => '');
-    if (!marker.includes('"spare"')) out.push(name);
+    const marker = await readFile(path.join(base, name, LOCAL_MARKER), 'utf8').catch(() => '{}');
+    // The spare and the template are kept on purpose; a sandbox a verification held is not.
+    const state = (JSON.parse(marker) as Partial<LocalMarker>).state;
+    if (state === undefined || state === 'active') out.push(name);
   }
   return out;
 }
@@ -472,13 +474,13 @@ describe('the API and triggers', () => {
       FLUX_VERIFY_ON: 'flux.backup.created, flux.backup.replicated,flux.backup.failed',
     });
     const rt = testRuntime('verify', env, { projects, clusters });
-    const fn = createVerifyApp(rt, { localSpare: false });
+    const fn = createVerifyApp(rt, { spare: false });
     try {
       expect(fn.accepts).toEqual(['flux.backup.created', 'flux.backup.replicated']);
       expect(rt.logs.text()).toMatch(/FLUX_VERIFY_ON names event types verify cannot act on/);
       const onDemand = await makeTestEnv({ FLUX_VERIFY_DRIVER: 'local', FLUX_VERIFY_ON: 'none' });
       const fn2 = createVerifyApp(testRuntime('verify', onDemand, { projects, clusters }), {
-        localSpare: false,
+        spare: false,
       });
       expect(fn2.accepts).toEqual([]);
       await fn2.stop();
@@ -516,7 +518,8 @@ describe('limits', () => {
       FLUX_VERIFY_TIMEOUT_MS: '8000',
     });
     const rt = testRuntime('verify', env, { projects, clusters });
-    const fn = createVerifyApp(rt, { localSpare: false });
+    const fn = createVerifyApp(rt, { spare: false });
+    let stopped = false;
     const url = (b: MadeBackup) => `/api/cli/v1/projects/${b.project.hash}/backups/${b.backupId}/verify`;
     try {
       const accepted = await fn.app.request(url(slowBackup), {
@@ -547,9 +550,12 @@ describe('limits', () => {
       expect(rungOf(receipt, 'restore')).toMatchObject({ result: 'could_not_verify', code: 'timeout' });
       expect(receipt.stages.teardown).toBeGreaterThanOrEqual(0);
       expect(await activeSandboxes(limitedBase)).toEqual([]);
+      // The template sandboxes are copied from stays until the process stops; then nothing is left.
+      stopped = true;
+      await fn.stop();
       expect((await readdir(limitedBase)).filter((n) => n.startsWith(LOCAL_SANDBOX_PREFIX))).toEqual([]);
     } finally {
-      await fn.stop();
+      if (!stopped) await fn.stop();
       await env.cleanup();
       await rm(limitedBase, { recursive: true, force: true });
     }

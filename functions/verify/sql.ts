@@ -1,9 +1,9 @@
 // The SQL verify runs inside a sandbox: the platform roles a Flux dump expects before it is restored,
-// and the read-back queries behind the structure, volume, sequences and integrity rungs.
+// and the one read-back script behind the structure, volume, sequences and integrity rungs.
 import { tenantRoleOf } from '../../shared/catalog/ids.js';
 import type { Manifest } from '../../shared/catalog/records.js';
 import { quoteIdent } from '../../shared/pg/conn.js';
-import { quoteLiteral, textArray } from '../../shared/sandbox/query.js';
+import { textArray } from '../../shared/sandbox/query.js';
 
 /** Platform roles every Flux database has (their attributes are set below). */
 export const PLATFORM_ROLES = ['anon', 'authenticated', 'service_role', 'authenticator'] as const;
@@ -55,74 +55,135 @@ export function missingExtensionsSelect(names: readonly string[]): string {
    WHERE NOT EXISTS (SELECT 1 FROM pg_available_extensions a WHERE a.name = n)`;
 }
 
-export function schemasSelect(schemas: readonly string[]): string {
-  return `SELECT nspname AS schema FROM pg_namespace WHERE nspname = ANY(${textArray(schemas)}) ORDER BY 1`;
+/** Everything the structure, volume, sequences and integrity rungs need, read back in one psql call. */
+export interface ReadBack {
+  schemas: string[];
+  relations: Array<{ schema: string; name: string; kind: string }>;
+  /** Exact row counts of the manifest's tables that were restored. */
+  counts: Array<{ schema: string; name: string; rows: number }>;
+  /** The manifest's sequences that were restored. */
+  sequences: Array<{
+    schema: string;
+    name: string;
+    lastValue: string | null;
+    isCalled: boolean;
+    increment: string;
+  }>;
+  /** null when amcheck was not asked for. */
+  integrity: {
+    available: boolean;
+    /** Why amcheck could not be installed (it is available but CREATE EXTENSION failed). */
+    error: string | null;
+    indexes: Array<{ schema: string; index: string; error: string | null }>;
+  } | null;
+  /** Server-side seconds of each part. */
+  seconds: { structure: number; volume: number; sequences: number; integrity: number };
 }
 
-/** Tables (ordinary, partitioned roots) and sequences of the given schemas. */
-export function relationsSelect(schemas: readonly string[]): string {
-  return `SELECT n.nspname AS schema, c.relname AS name, c.relkind::text AS kind
-    FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-   WHERE n.nspname = ANY(${textArray(schemas)}) AND c.relkind IN ('r', 'p', 'S') AND NOT c.relispartition
-   ORDER BY 1, 2`;
+export interface ReadBackInput {
+  schemas: readonly string[];
+  tables: ReadonlyArray<{ schema: string; name: string }>;
+  sequences: ReadonlyArray<{ schema: string; name: string }>;
+  amcheck: boolean;
 }
-
-const relation = (t: { schema: string; name: string }) => `${quoteIdent(t.schema)}.${quoteIdent(t.name)}`;
-
-/** Exact counts, one UNION ALL (the tables must exist: callers pass only restored ones). */
-export function countsSelect(tables: ReadonlyArray<{ schema: string; name: string }>): string {
-  return tables
-    .map(
-      (t) =>
-        `SELECT ${quoteLiteral(t.schema)} AS schema, ${quoteLiteral(t.name)} AS name, count(*)::bigint AS rows FROM ${relation(t)}`,
-    )
-    .join('\nUNION ALL\n');
-}
-
-export function sequencesSelect(sequences: ReadonlyArray<{ schema: string; name: string }>): string {
-  return sequences
-    .map(
-      (s) =>
-        `SELECT ${quoteLiteral(s.schema)} AS schema, ${quoteLiteral(s.name)} AS name, last_value::text AS "lastValue", is_called AS "isCalled",
-       (SELECT seqincrement::text FROM pg_sequence WHERE seqrelid = ${quoteLiteral(relation(s))}::regclass) AS increment
-  FROM ${relation(s)}`,
-    )
-    .join('\nUNION ALL\n');
-}
-
-/** amcheck available in this sandbox? */
-export const AMCHECK_AVAILABLE_SELECT = `SELECT count(*)::int AS n FROM pg_available_extensions WHERE name = 'amcheck'`;
 
 /**
- * bt_index_check on every valid btree index of the schemas, one row per index with its error (or null),
- * so one broken index does not hide the others. Printed as one JSON document.
+ * One script that reads back what the rungs compare with the manifest and prints it as one JSON document:
+ * in a docker sandbox every psql is an exec round trip, so the four rungs cost one instead of six. Only
+ * restored relations are counted or read (a missing one is the structure rung's finding, not an error);
+ * amcheck's bt_index_check runs on every valid btree index, one subtransaction each, so one broken index
+ * does not hide the others, and an amcheck that cannot be installed is reported, not raised.
  */
-export function integrityScript(schemas: readonly string[]): string {
-  return `CREATE SCHEMA IF NOT EXISTS ${AMCHECK_SCHEMA};
-CREATE EXTENSION IF NOT EXISTS amcheck SCHEMA ${AMCHECK_SCHEMA};
-CREATE FUNCTION pg_temp.flux_check_indexes(target_schemas text[])
-  RETURNS TABLE (idx_schema text, idx_name text, idx_error text) LANGUAGE plpgsql AS $fn$
-DECLARE r record;
+export function readBackSql(input: ReadBackInput): string {
+  const pair = (items: ReadonlyArray<{ schema: string; name: string }>) =>
+    `${textArray(items.map((i) => i.schema))}, ${textArray(items.map((i) => i.name))}`;
+  return `CREATE FUNCTION pg_temp.flux_verify_read_back(
+    target_schemas text[], table_schemas text[], table_names text[], seq_schemas text[], seq_names text[],
+    run_amcheck boolean) RETURNS jsonb LANGUAGE plpgsql AS $fn$
+DECLARE
+  t timestamptz := clock_timestamp();
+  secs jsonb := '{}';
+  v_schemas jsonb;
+  v_relations jsonb;
+  v_counts jsonb := '[]';
+  v_sequences jsonb := '[]';
+  v_indexes jsonb := '[]';
+  v_integrity jsonb := 'null';
+  v_rows bigint;
+  v_last text;
+  v_called boolean;
+  v_increment text;
+  v_error text;
+  v_amcheck_error text;
+  r record;
 BEGIN
-  FOR r IN
-    SELECT n.nspname, c.relname, c.oid
-      FROM pg_index i
-      JOIN pg_class c ON c.oid = i.indexrelid
-      JOIN pg_namespace n ON n.oid = c.relnamespace
-      JOIN pg_am am ON am.oid = c.relam
-     WHERE am.amname = 'btree' AND i.indisvalid AND c.relpersistence <> 't'
-       AND n.nspname = ANY(target_schemas)
-     ORDER BY 1, 2
-  LOOP
-    idx_schema := r.nspname; idx_name := r.relname; idx_error := NULL;
-    BEGIN
-      PERFORM ${AMCHECK_SCHEMA}.bt_index_check(r.oid);
-    EXCEPTION WHEN OTHERS THEN
-      idx_error := SQLERRM;
-    END;
-    RETURN NEXT;
+  SELECT coalesce(jsonb_agg(ns.nspname ORDER BY ns.nspname), '[]') INTO v_schemas
+    FROM pg_namespace ns WHERE ns.nspname = ANY(target_schemas);
+  SELECT coalesce(jsonb_agg(jsonb_build_object('schema', q.nspname, 'name', q.relname, 'kind', q.relkind)
+                            ORDER BY q.nspname, q.relname), '[]') INTO v_relations
+    FROM (SELECT ns.nspname, c.relname, c.relkind::text AS relkind
+            FROM pg_class c JOIN pg_namespace ns ON ns.oid = c.relnamespace
+           WHERE ns.nspname = ANY(target_schemas) AND c.relkind IN ('r', 'p', 'S') AND NOT c.relispartition) q;
+  secs := secs || jsonb_build_object('structure', extract(epoch FROM clock_timestamp() - t));
+
+  t := clock_timestamp();
+  FOR r IN SELECT x.s, x.n FROM unnest(table_schemas, table_names) AS x(s, n)
+            WHERE EXISTS (SELECT 1 FROM pg_class c JOIN pg_namespace ns ON ns.oid = c.relnamespace
+                           WHERE ns.nspname = x.s AND c.relname = x.n AND c.relkind IN ('r', 'p')
+                             AND NOT c.relispartition) LOOP
+    EXECUTE format('SELECT count(*) FROM %I.%I', r.s, r.n) INTO v_rows;
+    v_counts := v_counts || jsonb_build_array(jsonb_build_object('schema', r.s, 'name', r.n, 'rows', v_rows));
   END LOOP;
+  secs := secs || jsonb_build_object('volume', extract(epoch FROM clock_timestamp() - t));
+
+  t := clock_timestamp();
+  FOR r IN SELECT x.s, x.n, c.oid FROM unnest(seq_schemas, seq_names) AS x(s, n)
+             JOIN pg_namespace ns ON ns.nspname = x.s
+             JOIN pg_class c ON c.relnamespace = ns.oid AND c.relname = x.n AND c.relkind = 'S' LOOP
+    EXECUTE format('SELECT last_value::text, is_called FROM %I.%I', r.s, r.n) INTO v_last, v_called;
+    SELECT seqincrement::text INTO v_increment FROM pg_sequence WHERE seqrelid = r.oid;
+    v_sequences := v_sequences || jsonb_build_array(jsonb_build_object('schema', r.s, 'name', r.n,
+      'lastValue', v_last, 'isCalled', v_called, 'increment', v_increment));
+  END LOOP;
+  secs := secs || jsonb_build_object('sequences', extract(epoch FROM clock_timestamp() - t));
+
+  t := clock_timestamp();
+  IF run_amcheck THEN
+    IF NOT EXISTS (SELECT 1 FROM pg_available_extensions WHERE name = 'amcheck') THEN
+      v_integrity := jsonb_build_object('available', false, 'error', NULL, 'indexes', '[]'::jsonb);
+    ELSE
+      BEGIN
+        CREATE SCHEMA IF NOT EXISTS ${AMCHECK_SCHEMA};
+        CREATE EXTENSION IF NOT EXISTS amcheck SCHEMA ${AMCHECK_SCHEMA};
+      EXCEPTION WHEN OTHERS THEN
+        v_amcheck_error := SQLERRM;
+      END;
+      IF v_amcheck_error IS NULL THEN
+        FOR r IN SELECT ns.nspname, c.relname, c.oid
+                   FROM pg_index i
+                   JOIN pg_class c ON c.oid = i.indexrelid
+                   JOIN pg_namespace ns ON ns.oid = c.relnamespace
+                   JOIN pg_am am ON am.oid = c.relam
+                  WHERE am.amname = 'btree' AND i.indisvalid AND c.relpersistence <> 't'
+                    AND ns.nspname = ANY(target_schemas)
+                  ORDER BY 1, 2 LOOP
+          v_error := NULL;
+          BEGIN
+            EXECUTE 'SELECT ${AMCHECK_SCHEMA}.bt_index_check($1)' USING r.oid;
+          EXCEPTION WHEN OTHERS THEN
+            v_error := SQLERRM;
+          END;
+          v_indexes := v_indexes || jsonb_build_array(
+            jsonb_build_object('schema', r.nspname, 'index', r.relname, 'error', v_error));
+        END LOOP;
+      END IF;
+      v_integrity := jsonb_build_object('available', true, 'error', v_amcheck_error, 'indexes', v_indexes);
+    END IF;
+  END IF;
+  secs := secs || jsonb_build_object('integrity', extract(epoch FROM clock_timestamp() - t));
+
+  RETURN jsonb_build_object('schemas', v_schemas, 'relations', v_relations, 'counts', v_counts,
+    'sequences', v_sequences, 'integrity', v_integrity, 'seconds', secs);
 END $fn$;
-SELECT coalesce(jsonb_agg(jsonb_build_object('schema', idx_schema, 'index', idx_name, 'error', idx_error)), '[]'::jsonb)
-  FROM pg_temp.flux_check_indexes(${textArray(schemas)});`;
+SELECT pg_temp.flux_verify_read_back(${textArray(input.schemas)}, ${pair(input.tables)}, ${pair(input.sequences)}, ${input.amcheck});`;
 }

@@ -12,8 +12,8 @@ import { createLimiter } from '../../shared/limiter.js';
 import { counter, DURATION_BUCKETS_S, gauge, histogram } from '../../shared/metrics.js';
 import { type Artifact, openArtifact } from '../../shared/offsite/artifact.js';
 import { lazyOffsiteStore } from '../../shared/offsite/index.js';
-import { queryJson, runSql, throwIfCanceled } from '../../shared/sandbox/query.js';
-import { createDriverSelection, type DriverSelection } from '../../shared/sandbox/select.js';
+import { parseLastJson, queryJson, runSql, sqlError, throwIfCanceled } from '../../shared/sandbox/query.js';
+import { createDriverSelection, type DriverSelection, sandboxTtlMs } from '../../shared/sandbox/select.js';
 import type { Sandbox } from '../../shared/sandbox/types.js';
 import {
   type ArchiveHeader,
@@ -33,30 +33,25 @@ import {
   evaluateStructure,
   evaluateVolume,
   FINDINGS,
-  type IndexCheck,
   outcomeOf,
-  type RestoredRelation,
-  type RestoredSequence,
   rung,
 } from './rungs.js';
-import {
-  AMCHECK_AVAILABLE_SELECT,
-  countsSelect,
-  integrityScript,
-  missingExtensionsSelect,
-  preRestoreSql,
-  relationsSelect,
-  schemasSelect,
-  sequencesSelect,
-} from './sql.js';
+import { missingExtensionsSelect, preRestoreSql, type ReadBack, readBackSql } from './sql.js';
 
 export const VERIFY_SOURCES = ['local', 'offsite'] as const;
 export type VerifySource = (typeof VERIFY_SOURCES)[number];
 
 /** Leftover sandboxes are swept this often (and at start-up). */
 export const REAP_INTERVAL_MS = 5 * MINUTE_MS;
-/** A sandbox outliving its verification's timeout by this much is a leftover. */
-const SANDBOX_EXPIRY_GRACE_MS = 5 * MINUTE_MS;
+/** What the checks read back when the manifest names no schema (nothing to ask the sandbox). */
+const EMPTY_READ_BACK: ReadBack = {
+  schemas: [],
+  relations: [],
+  counts: [],
+  sequences: [],
+  integrity: null,
+  seconds: { structure: 0, volume: 0, sequences: 0, integrity: 0 },
+};
 /** Where the dump lands inside the sandbox. */
 const SANDBOX_DUMP_NAME = 'backup.dump';
 
@@ -101,7 +96,8 @@ export interface VerifierOptions {
   reapIntervalMs?: number;
   /** Label value for this process's containers (tests find their own by it). */
   instance?: string;
-  localSpare?: boolean;
+  /** Keep one sandbox started and ready (default true). */
+  spare?: boolean;
 }
 
 /** Thrown inside a verification to end it as unverifiable with a bounded reason. */
@@ -118,7 +114,7 @@ export function createVerifier(rt: Runtime, options: VerifierOptions = {}): Veri
     createDriverSelection(config, rt.env, {
       log,
       ...(options.instance ? { instance: options.instance } : {}),
-      ...(options.localSpare !== undefined ? { localSpare: options.localSpare } : {}),
+      ...(options.spare !== undefined ? { spare: options.spare } : {}),
     });
   const limiter = createLimiter({
     concurrency: config.FLUX_VERIFY_CONCURRENCY,
@@ -279,7 +275,7 @@ export function createVerifier(rt: Runtime, options: VerifierOptions = {}): Veri
         driver.create({
           projectId: manifest.projectId,
           backupId: manifest.backupId,
-          ttlMs: config.FLUX_VERIFY_TIMEOUT_MS + SANDBOX_EXPIRY_GRACE_MS,
+          ttlMs: sandboxTtlMs(config),
           signal,
         }),
       );
@@ -289,7 +285,10 @@ export function createVerifier(rt: Runtime, options: VerifierOptions = {}): Veri
       versions.pgRestore = box.versions.pgRestore;
       compatibility(box.versions);
 
-      await stage('prepare', async () => {
+      // The roles go in while the dump streams in: both wait on the sandbox, neither on the other. A
+      // sandbox that cannot take the roles stops the transfer at once.
+      const transferAbort = new AbortController();
+      const preparing = stage('prepare', async () => {
         if (manifest.extensions.length > 0) {
           const missing = await queryJson<{ name: string }>(
             box,
@@ -314,6 +313,7 @@ export function createVerifier(rt: Runtime, options: VerifierOptions = {}): Veri
           );
         }
       });
+      preparing.catch(() => transferAbort.abort(new AppError('shutting_down', 'the sandbox is not usable')));
 
       // Size and SHA-256 of exactly the bytes the sandbox receives.
       const hash = createHash('sha256');
@@ -328,25 +328,32 @@ export function createVerifier(rt: Runtime, options: VerifierOptions = {}): Veri
         }
       }
       const transferStarted = performance.now();
-      let inside: string;
-      try {
-        inside = await stage('transfer', () =>
-          box.putFile(SANDBOX_DUMP_NAME, Readable.from(hashed(), { objectMode: false }), size, opts),
+      const [prepared, transferred] = await Promise.allSettled([
+        preparing,
+        stage('transfer', () =>
+          box.putFile(SANDBOX_DUMP_NAME, Readable.from(hashed(), { objectMode: false }), size, {
+            signal: AbortSignal.any([signal, transferAbort.signal]),
+          }),
+        ),
+      ]);
+      if (transferred.status === 'rejected') input.destroy();
+      if (
+        transferred.status === 'rejected' &&
+        isAppError(transferred.reason) &&
+        transferred.reason.code === 'artifact_invalid'
+      ) {
+        rungs.artifact = rung(
+          'artifact',
+          'failed',
+          FINDINGS.sizeMismatch,
+          since(transferStarted),
+          transferred.reason.message,
         );
-      } catch (error) {
-        input.destroy();
-        if (isAppError(error) && error.code === 'artifact_invalid') {
-          rungs.artifact = rung(
-            'artifact',
-            'failed',
-            FINDINGS.sizeMismatch,
-            since(transferStarted),
-            error.message,
-          );
-          return;
-        }
-        throw error;
+        return;
       }
+      if (prepared.status === 'rejected') throw prepared.reason;
+      if (transferred.status === 'rejected') throw transferred.reason;
+      const inside = transferred.value;
       rungs.artifact = evaluateArtifact(
         manifest,
         { sizeBytes: bytes, sha256: hash.digest('hex') },
@@ -354,9 +361,24 @@ export function createVerifier(rt: Runtime, options: VerifierOptions = {}): Veri
       );
       if (rungs.artifact.result !== 'passed') return;
 
+      // The restore starts alongside the listing (the archive rung) instead of after it: an archive that
+      // cannot be listed cancels it, and its result then counts for nothing (the restore rung is blocked).
+      const restoreAbort = new AbortController();
+      const restoring = stage('restore', () =>
+        box.exec(['pg_restore', ...RESTORE_FLAGS, inside], {
+          signal: AbortSignal.any([signal, restoreAbort.signal]),
+        }),
+      );
+      restoring.catch(() => undefined);
       const listed = await stage('archive', () => box.exec(['pg_restore', '--list', inside], opts));
+      const archive = listed.isCanceled ? undefined : evaluateArchive(listed, listed.seconds);
+      if (archive?.result !== 'passed') {
+        restoreAbort.abort(new AppError('shutting_down', 'the archive rung did not pass'));
+        await restoring.catch(() => undefined);
+        delete stages.restore;
+      }
       throwIfCanceled(listed, signal);
-      rungs.archive = evaluateArchive(listed, listed.seconds);
+      rungs.archive = archive!;
       if (rungs.archive.result === 'could_not_verify') {
         const needed = Math.max(manifest.pgDump.major, Math.floor(manifest.source.serverVersionNum / 10000));
         throw unverifiableError(
@@ -366,62 +388,21 @@ export function createVerifier(rt: Runtime, options: VerifierOptions = {}): Veri
       }
       if (rungs.archive.result !== 'passed') return;
 
-      const restored = await stage('restore', () => box.exec(['pg_restore', ...RESTORE_FLAGS, inside], opts));
+      const restored = await restoring;
       throwIfCanceled(restored, signal);
       rungs.restore = evaluateRestore(restored, restored.seconds);
       if (rungs.restore.result !== 'passed') return;
 
       await stage('checks', async () => {
-        let s = performance.now();
-        const schemas =
-          manifest.schemas.length > 0
-            ? await queryJson<{ schema: string }>(
-                box,
-                schemasSelect(manifest.schemas),
-                'reading schemas',
-                opts,
-              )
-            : [];
-        const relations =
-          manifest.schemas.length > 0
-            ? await queryJson<RestoredRelation>(
-                box,
-                relationsSelect(manifest.schemas),
-                'reading tables',
-                opts,
-              )
-            : [];
-        rungs.structure = evaluateStructure(
-          manifest,
-          { schemas: schemas.map((r) => r.schema), relations },
-          since(s),
+        const readBack = await readBackFor(box, manifest, opts);
+        rungs.structure = evaluateStructure(manifest, readBack, readBack.seconds.structure);
+        rungs.volume = evaluateVolume(manifest.tables, readBack.counts, readBack.seconds.volume);
+        rungs.sequences = evaluateSequences(
+          manifest.sequences,
+          readBack.sequences,
+          readBack.seconds.sequences,
         );
-        const present = new Set(relations.map((r) => `${r.kind === 'S' ? 'S' : 't'}:${r.schema}.${r.name}`));
-
-        s = performance.now();
-        const tables = manifest.tables.filter((t) => present.has(`t:${t.schema}.${t.name}`));
-        const counts =
-          tables.length > 0
-            ? await queryJson<{ schema: string; name: string; rows: number }>(
-                box,
-                countsSelect(tables),
-                'counting rows',
-                opts,
-              )
-            : [];
-        rungs.volume = evaluateVolume(manifest.tables, counts, since(s));
-
-        s = performance.now();
-        const sequences = manifest.sequences.filter((q) => present.has(`S:${q.schema}.${q.name}`));
-        const values =
-          sequences.length > 0
-            ? await queryJson<RestoredSequence>(box, sequencesSelect(sequences), 'reading sequences', opts)
-            : [];
-        rungs.sequences = evaluateSequences(manifest.sequences, values, since(s));
-
-        s = performance.now();
-        rungs.integrity = await integrity(box, manifest, opts);
-        rungs.integrity.seconds = Number(since(s).toFixed(3));
+        rungs.integrity = integrityRung(readBack);
       });
     }
 
@@ -554,39 +535,54 @@ export function createVerifier(rt: Runtime, options: VerifierOptions = {}): Veri
     return receipt;
   }
 
-  async function integrity(box: Sandbox, manifest: Manifest, opts: { signal: AbortSignal }): Promise<Rung> {
+  /** Reads back schemas, tables, counts, sequences and amcheck results in one psql call. */
+  async function readBackFor(
+    box: Sandbox,
+    manifest: Manifest,
+    opts: { signal: AbortSignal },
+  ): Promise<ReadBack> {
+    if (manifest.schemas.length === 0) return EMPTY_READ_BACK;
+    const result = await runSql(
+      box,
+      readBackSql({
+        schemas: manifest.schemas,
+        tables: manifest.tables,
+        sequences: manifest.sequences,
+        amcheck: config.FLUX_VERIFY_AMCHECK,
+      }),
+      opts,
+    );
+    throwIfCanceled(result, opts.signal);
+    if (result.failed) throw sqlError('reading back the restored database', result);
+    return parseLastJson<ReadBack>(result.stdout, 'reading back the restored database');
+  }
+
+  function integrityRung(readBack: ReadBack): Rung {
+    const seconds = readBack.seconds.integrity;
     if (!config.FLUX_VERIFY_AMCHECK) {
       return rung('integrity', 'not_applicable', FINDINGS.disabled, 0, 'FLUX_VERIFY_AMCHECK=false');
     }
-    if (manifest.schemas.length === 0) return evaluateIntegrity([], 0);
-    const [available] = await queryJson<{ n: number }>(
-      box,
-      AMCHECK_AVAILABLE_SELECT,
-      'looking for amcheck',
-      opts,
-    );
-    if (!available || available.n === 0) {
+    const integrity = readBack.integrity;
+    if (!integrity) return evaluateIntegrity([], seconds);
+    if (!integrity.available) {
       return rung(
         'integrity',
         'not_applicable',
         FINDINGS.amcheckUnavailable,
-        0,
+        seconds,
         'the sandbox has no amcheck extension (contrib); the integrity rung is optional',
       );
     }
-    const result = await runSql(box, integrityScript(manifest.schemas), opts);
-    throwIfCanceled(result, opts.signal);
-    if (result.failed) {
+    if (integrity.error !== null) {
       return rung(
         'integrity',
         'could_not_verify',
         FINDINGS.amcheckUnavailable,
-        0,
-        `amcheck could not run: ${result.stderr.trim().slice(-300)}`,
+        seconds,
+        `amcheck could not run: ${integrity.error.slice(0, 300)}`,
       );
     }
-    const line = result.stdout.trim().split('\n').filter(Boolean).at(-1) ?? '[]';
-    return evaluateIntegrity(JSON.parse(line) as IndexCheck[], 0);
+    return evaluateIntegrity(integrity.indexes, seconds);
   }
 
   return {

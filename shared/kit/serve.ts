@@ -62,8 +62,10 @@ export async function serveProcess(options: ServeOptions): Promise<ServerType> {
       process.exit(EXIT.software);
     }
   };
-  process.once('SIGTERM', () => void shutdown('SIGTERM'));
-  process.once('SIGINT', () => void shutdown('SIGINT'));
+  // `on`, not `once`: a listener must stay installed while we stop, or a library that re-raises the signal
+  // when no listener is left (execa's cleanup) kills the process mid-shutdown. `stopping` ignores repeats.
+  process.on('SIGTERM', () => void shutdown('SIGTERM'));
+  process.on('SIGINT', () => void shutdown('SIGINT'));
   return server;
 }
 

@@ -6,8 +6,8 @@ import { stat } from 'node:fs/promises';
 import { Readable } from 'node:stream';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { createDockerDriver } from './docker.js';
-import { queryJson } from './query.js';
-import type { ExecResult, Sandbox, SandboxDriver } from './types.js';
+import { queryJson, textArray } from './query.js';
+import { type ExecResult, type Sandbox, type SandboxDriver, throwawaySettings } from './types.js';
 
 export interface ContractFixture {
   /** A small custom-format dump of one table `public.items` with `rows` rows. */
@@ -22,6 +22,8 @@ export interface ContractTarget {
   fixture(): ContractFixture;
   /** Sandboxes of this target that still exist (container ids, directories), spares excluded. */
   leftovers(): Promise<string[]>;
+  /** Everything of this target that still exists, spares (and a template) included. */
+  all(): Promise<string[]>;
 }
 
 const EXEC_RESULT_KEYS = ['command', 'exitCode', 'failed', 'isCanceled', 'seconds', 'stderr', 'stdout'];
@@ -57,7 +59,8 @@ export function sandboxContract(target: ContractTarget): void {
     afterAll(async () => {
       for (const d of extraDrivers) await d.close();
       await driver.close();
-      expect(await target.leftovers()).toEqual([]);
+      // close() also removes what it kept ready.
+      expect(await target.all()).toEqual([]);
     });
 
     it('reports itself ready with the versions it will restore with', async () => {
@@ -78,6 +81,43 @@ export function sandboxContract(target: ContractTarget): void {
         'who am i',
       );
       expect(rows).toEqual([{ user: 'postgres', ssl: false }]);
+    });
+
+    it('runs with every throwaway setting applied', async () => {
+      const sandbox = await create();
+      const wanted = throwawaySettings(64);
+      const names = Object.keys(wanted);
+      const rows = await queryJson<{ name: string; value: string; kb: string | null }>(
+        sandbox,
+        `SELECT s.name, current_setting(s.name) AS value,
+                CASE WHEN s.unit = 'kB' THEN s.setting END AS kb
+           FROM pg_settings s WHERE s.name = ANY(${textArray(names)})`,
+        'settings',
+      );
+      const actual = Object.fromEntries(rows.map((r) => [r.name, r.value]));
+      const { maintenance_work_mem: _sized, ...fixed } = wanted;
+      expect(actual).toMatchObject(fixed);
+      // Sized per driver (memory limit or host memory), never below the 64 MB floor.
+      const mwm = rows.find((r) => r.name === 'maintenance_work_mem');
+      expect(Number(mwm?.kb)).toBeGreaterThanOrEqual(64 * 1024);
+    });
+
+    it('hands every verification its own fresh server, never a used one', async () => {
+      const first = await create();
+      await first.exec(['psql', '-X', '-v', 'ON_ERROR_STOP=1', '-c', 'CREATE TABLE used_once (x int)']);
+      const second = await create();
+      expect(second.id).not.toBe(first.id);
+      await first.destroy();
+      const third = await create();
+      expect([first.id, second.id]).not.toContain(third.id);
+      for (const s of [second, third]) {
+        const [row] = await queryJson<{ t: string | null }>(
+          s,
+          `SELECT to_regclass('public.used_once')::text AS t`,
+          'fresh',
+        );
+        expect(row).toEqual({ t: null });
+      }
     });
 
     it('gives success and failure the same result shape, branching on fields', async () => {
@@ -167,7 +207,7 @@ export interface DockerGate {
 
 /** Whether docker tests can run here: the engine answers and the (locally built) image is present. */
 export async function dockerGate(socketPath: string, image: string): Promise<DockerGate> {
-  const driver = createDockerDriver({ socketPath, image, memoryMb: 256, cpus: 1, pids: 64 });
+  const driver = createDockerDriver({ socketPath, image, memoryMb: 256, cpus: 1, pids: 64, spare: false });
   try {
     const status = await driver.status();
     return { ok: status.ok, reason: status.ok ? '' : status.detail };

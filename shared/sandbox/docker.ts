@@ -1,6 +1,8 @@
 // The docker sandbox: a labelled, resource-limited container without network from a local image (never
 // pulled), the dump streamed in through the API as a tar stream, tools run inside through exec, readiness
-// by `SELECT 1` over the container's loopback, forced removal, and a reaper for labelled leftovers.
+// by `SELECT 1` over the container's loopback, forced removal, and a reaper for labelled leftovers. One
+// spare container is kept started and ready (creating one costs seconds: the storage driver copies the
+// image, the entrypoint runs initdb); each verification consumes a fresh one, never a used one.
 import { randomBytes } from 'node:crypto';
 import os from 'node:os';
 import { type Readable, Writable } from 'node:stream';
@@ -38,11 +40,37 @@ export const LABEL = {
 
 /** Where streamed files land inside the container (exists in every postgres image). */
 const INPUT_DIR = '/tmp';
-const READY_POLL_MS = 100;
+/** Readiness polls (each an exec) start this soon after the container starts and back off to the max. */
+const READY_POLL_MIN_MS = 25;
+const READY_POLL_MAX_MS = 250;
+/** Names of spare containers; a claimed spare is renamed after its backup (labels cannot change). */
+export const SPARE_NAME_PREFIX = 'flux-verify-spare-';
+/** An unclaimed spare is replaced this often, so its expiry label always covers a whole verification. */
+const SPARE_REFRESH_MS = 30 * 60_000;
+/** After a spare could not be prepared, background attempts pause this long (a verification still tries). */
+const SPARE_RETRY_MS = 30_000;
+/** How long a verification may hold a sandbox when the caller does not say (FLUX_VERIFY_TIMEOUT_MS default + grace). */
+const DEFAULT_SANDBOX_TTL_MS = 65 * 60_000;
 const PING_TIMEOUT_MS = 5_000;
 /** A labelled container without a readable expiry is a leftover after this long. */
 const UNLABELLED_EXPIRY_MS = 24 * 60 * 60_000;
 const CONNECTION_ERRNOS = new Set(['ENOENT', 'ECONNREFUSED', 'EACCES', 'EPERM', 'ECONNRESET', 'ENOTSOCK']);
+
+/**
+ * Whether the `<hostname>:<pid>` an instance label names is a process of this host that has exited: its
+ * sandboxes are leftovers at once (a crashed verifier can no longer finish or remove them). Labels of
+ * other hosts, or not of that form (tests), are left to the expiry rule.
+ */
+export function ownerExited(label: string | undefined, hostname: string = os.hostname()): boolean {
+  const m = /^(.+):(\d+)$/.exec(label ?? '');
+  if (!m || m[1] !== hostname || Number(m[2]) === process.pid) return false;
+  try {
+    process.kill(Number(m[2]), 0);
+    return false;
+  } catch (error) {
+    return errnoOf(error) === 'ESRCH';
+  }
+}
 
 export interface DockerDriverOptions {
   socketPath: string;
@@ -52,7 +80,23 @@ export interface DockerDriverOptions {
   pids: number;
   /** Identifies this process on the engine (label); tests use it to find their own containers. */
   instance?: string;
+  /** Keep one container started and ready (default true). */
+  spare?: boolean;
+  /**
+   * Verifications at once (FLUX_VERIFY_CONCURRENCY, default 1): a spare is only prepared while fewer
+   * containers than this serve verifications, so sandboxes and spare together never exceed it.
+   */
+  concurrency?: number;
+  /** The longest a verification holds its sandbox (FLUX_VERIFY_TIMEOUT_MS + grace): a spare's expiry covers it. */
+  sandboxTtlMs?: number;
+  /** Tests: how often an unclaimed spare is replaced. */
+  spareRefreshMs?: number;
   log?: Logger;
+}
+
+/** The name of a verification's container: its backup id, whether it started cold or as a spare. */
+export function sandboxNamePrefix(backupId: string): string {
+  return `flux-verify-${backupId.toLowerCase()}-`;
 }
 
 type ContainerHandle = Docker.Container;
@@ -78,8 +122,33 @@ export function createDockerDriver(options: DockerDriverOptions): SandboxDriver 
   const { image, log } = options;
   const instance = options.instance ?? `${os.hostname()}:${process.pid}`;
   const maintenanceWorkMemMb = Math.max(64, Math.min(2048, Math.floor(options.memoryMb / 4)));
+  // Parallel workers only add process start-up and coordination when they share the container's CPUs
+  // with the leader (measured: a restore at FLUX_VERIFY_CPUS=1 is a few percent faster without them).
+  const extraWorkers = String(Math.max(0, Math.ceil(options.cpus) - 1));
+  const serverSettings = {
+    ...throwawaySettings(maintenanceWorkMemMb),
+    max_parallel_maintenance_workers: extraWorkers,
+    max_parallel_workers_per_gather: extraWorkers,
+  };
+  const useSpare = options.spare ?? true;
+  const sandboxTtlMs = options.sandboxTtlMs ?? DEFAULT_SANDBOX_TTL_MS;
+  const spareRefreshMs = options.spareRefreshMs ?? SPARE_REFRESH_MS;
+  const concurrency = options.concurrency ?? 1;
   let clientPromise: Promise<Docker> | undefined;
   const live = new Set<DockerSandbox>();
+  interface SpareSlot {
+    sandbox: Promise<DockerSandbox | undefined>;
+    /** Started and ready (the promise has resolved to a sandbox). */
+    isReady: boolean;
+    timer?: NodeJS.Timeout;
+  }
+  let spare: SpareSlot | undefined;
+  let spareFailedAt = 0;
+  /** Background preparations and removals (close() waits for them). */
+  const pending = new Set<Promise<unknown>>();
+  let closed = false;
+  /** Id of the configured image as last inspected: a spare of an image since replaced is not used. */
+  let imageId: string | undefined;
 
   // dockerode is loaded only when the docker driver is used.
   function client(): Promise<Docker> {
@@ -129,7 +198,9 @@ export function createDockerDriver(options: DockerDriverOptions): SandboxDriver 
 
   async function inspectImage(docker: Docker): Promise<Docker.ImageInspectInfo> {
     try {
-      return await docker.getImage(image).inspect();
+      const info = await docker.getImage(image).inspect();
+      imageId = info.Id;
+      return info;
     } catch (error) {
       if (statusCodeOf(error) === 404) {
         throw sandboxUnavailable(
@@ -171,6 +242,146 @@ export function createDockerDriver(options: DockerDriverOptions): SandboxDriver 
     }
   }
 
+  /** Creates and starts a container and waits until its server answers; removes it again if that fails. */
+  async function startContainer(
+    docker: Docker,
+    fromImageId: string,
+    name: string,
+    labels: Record<string, string>,
+    expiresAtMs: number,
+    signal: AbortSignal | undefined,
+    isClaimed = false,
+  ): Promise<DockerSandbox> {
+    let container: ContainerHandle;
+    try {
+      container = await docker.createContainer({
+        name,
+        Image: image,
+        Cmd: ['postgres', '-c', 'listen_addresses=127.0.0.1', ...settingsArgs(serverSettings)],
+        Env: ['POSTGRES_HOST_AUTH_METHOD=trust', 'POSTGRES_INITDB_ARGS=--no-sync'],
+        Labels: {
+          [LABEL.verify]: '1',
+          ...labels,
+          [LABEL.expiresAt]: new Date(expiresAtMs).toISOString(),
+          [LABEL.instance]: instance,
+        },
+        HostConfig: {
+          NetworkMode: 'none',
+          Memory: options.memoryMb * MIB,
+          MemorySwap: options.memoryMb * MIB,
+          NanoCpus: Math.round(options.cpus * 1e9),
+          PidsLimit: options.pids,
+          ShmSize: Math.min(256, Math.floor(options.memoryMb / 4)) * MIB,
+          // The entrypoint needs to chown PGDATA and drop to the postgres user; nothing else.
+          CapDrop: ['ALL'],
+          CapAdd: ['CHOWN', 'DAC_OVERRIDE', 'FOWNER', 'SETGID', 'SETUID'],
+          SecurityOpt: ['no-new-privileges'],
+          AutoRemove: false,
+        },
+      });
+    } catch (error) {
+      throw engineError(error, `creating a sandbox container from ${image}`);
+    }
+    const sandbox = new DockerSandbox(container, image, fromImageId, expiresAtMs);
+    sandbox.isClaimed = isClaimed;
+    live.add(sandbox);
+    try {
+      try {
+        await container.start();
+      } catch (error) {
+        throw engineError(error, `starting the sandbox container from ${image}`);
+      }
+      await sandbox.waitReady(signal);
+      await sandbox.readVersions(signal);
+      return sandbox;
+    } catch (error) {
+      await sandbox
+        .destroy()
+        .catch((e) => log?.error({ err: e, id: container.id }, 'sandbox removal failed'));
+      throw error;
+    }
+  }
+
+  function track<T>(promise: Promise<T>): Promise<T> {
+    pending.add(promise);
+    void promise.finally(() => pending.delete(promise)).catch(() => undefined);
+    return promise;
+  }
+
+  function discard(sandbox: DockerSandbox): void {
+    void track(
+      sandbox.destroy().catch((e) => log?.error({ err: e, id: sandbox.id }, 'spare sandbox removal failed')),
+    );
+  }
+
+  /** Starts preparing the next spare when there is none (and none failed moments ago). */
+  function refillSpare(): void {
+    if (!useSpare || closed || spare || Date.now() - spareFailedAt < SPARE_RETRY_MS) return;
+    if ([...live].filter((s) => s.isClaimed).length >= concurrency) return;
+    const slot: SpareSlot = { isReady: false, sandbox: Promise.resolve(undefined) };
+    slot.sandbox = track(
+      (async () => {
+        try {
+          const docker = await client();
+          await ping(docker);
+          const info = await inspectImage(docker);
+          // No backup id label: it is not known yet (the name says it once claimed). The expiry covers
+          // the time until this spare is replaced plus a whole verification.
+          const sandbox = await startContainer(
+            docker,
+            info.Id,
+            `${SPARE_NAME_PREFIX}${randomBytes(4).toString('hex')}`,
+            {},
+            Date.now() + spareRefreshMs + sandboxTtlMs,
+            undefined,
+          );
+          slot.isReady = true;
+          slot.timer = setTimeout(() => {
+            if (spare !== slot) return;
+            spare = undefined;
+            discard(sandbox);
+            refillSpare();
+          }, spareRefreshMs);
+          slot.timer.unref();
+          return sandbox;
+        } catch (error) {
+          spareFailedAt = Date.now();
+          if (spare === slot) spare = undefined;
+          if (!closed) log?.warn({ err: error }, 'could not prepare a spare docker sandbox');
+          return undefined;
+        }
+      })(),
+    );
+    spare = slot;
+  }
+
+  /**
+   * The spare for this verification (waiting for it if it is still starting: it started earlier than a
+   * new one would), renamed after the backup; undefined when there is none that fits.
+   */
+  async function takeSpare(createOptions: CreateSandboxOptions): Promise<DockerSandbox | undefined> {
+    const slot = spare;
+    if (!slot) return undefined;
+    spare = undefined;
+    clearTimeout(slot.timer);
+    // The next spare starts when a sandbox is removed, not while this one restores (a container start
+    // copies the image and runs initdb, taking CPU and disk from the restore), unless the concurrency
+    // leaves room for another verification at once.
+    const sandbox = await slot.sandbox;
+    if (!sandbox) return undefined;
+    const fits =
+      sandbox.expiresAtMs >= Date.now() + createOptions.ttlMs &&
+      sandbox.imageId === imageId &&
+      !createOptions.signal?.aborted;
+    if (fits && (await sandbox.claim(createOptions.backupId))) {
+      refillSpare();
+      return sandbox;
+    }
+    sandbox.isClaimed = false;
+    discard(sandbox);
+    return undefined;
+  }
+
   const driver: SandboxDriver = {
     name: DRIVER_NAME,
 
@@ -180,6 +391,7 @@ export function createDockerDriver(options: DockerDriverOptions): SandboxDriver 
         await ping(docker);
         const info = await inspectImage(docker);
         const versions = imageVersions(info);
+        refillSpare();
         return {
           driver: DRIVER_NAME,
           ok: true,
@@ -200,63 +412,22 @@ export function createDockerDriver(options: DockerDriverOptions): SandboxDriver 
     },
 
     async create(createOptions: CreateSandboxOptions): Promise<Sandbox> {
+      if (closed) throw new AppError('shutting_down', 'the docker sandbox driver is closed');
+      const claimed = await takeSpare(createOptions);
+      if (claimed) return claimed;
+      // No spare, or another verification took the one being prepared: start one now rather than queue.
       const docker = await client();
       await ping(docker);
-      await inspectImage(docker);
-      const expiresAt = new Date(Date.now() + createOptions.ttlMs).toISOString();
-      let container: ContainerHandle;
-      try {
-        container = await docker.createContainer({
-          name: `flux-verify-${createOptions.backupId.toLowerCase()}-${randomBytes(3).toString('hex')}`,
-          Image: image,
-          Cmd: [
-            'postgres',
-            '-c',
-            'listen_addresses=127.0.0.1',
-            ...settingsArgs(throwawaySettings(maintenanceWorkMemMb)),
-          ],
-          Env: ['POSTGRES_HOST_AUTH_METHOD=trust', 'POSTGRES_INITDB_ARGS=--no-sync'],
-          Labels: {
-            [LABEL.verify]: '1',
-            [LABEL.backupId]: createOptions.backupId,
-            [LABEL.projectId]: createOptions.projectId,
-            [LABEL.expiresAt]: expiresAt,
-            [LABEL.instance]: instance,
-          },
-          HostConfig: {
-            NetworkMode: 'none',
-            Memory: options.memoryMb * MIB,
-            MemorySwap: options.memoryMb * MIB,
-            NanoCpus: Math.round(options.cpus * 1e9),
-            PidsLimit: options.pids,
-            ShmSize: Math.min(256, Math.floor(options.memoryMb / 4)) * MIB,
-            // The entrypoint needs to chown PGDATA and drop to the postgres user; nothing else.
-            CapDrop: ['ALL'],
-            CapAdd: ['CHOWN', 'DAC_OVERRIDE', 'FOWNER', 'SETGID', 'SETUID'],
-            SecurityOpt: ['no-new-privileges'],
-            AutoRemove: false,
-          },
-        });
-      } catch (error) {
-        throw engineError(error, `creating a sandbox container from ${image}`);
-      }
-      const sandbox = new DockerSandbox(container, image);
-      live.add(sandbox);
-      try {
-        try {
-          await container.start();
-        } catch (error) {
-          throw engineError(error, `starting the sandbox container from ${image}`);
-        }
-        await sandbox.waitReady(createOptions.signal);
-        await sandbox.readVersions(createOptions.signal);
-        return sandbox;
-      } catch (error) {
-        await sandbox
-          .destroy()
-          .catch((e) => log?.error({ err: e, id: container.id }, 'sandbox removal failed'));
-        throw error;
-      }
+      const info = await inspectImage(docker);
+      return startContainer(
+        docker,
+        info.Id,
+        `${sandboxNamePrefix(createOptions.backupId)}${randomBytes(3).toString('hex')}`,
+        { [LABEL.backupId]: createOptions.backupId, [LABEL.projectId]: createOptions.projectId },
+        Date.now() + createOptions.ttlMs,
+        createOptions.signal,
+        true,
+      );
     },
 
     async reap(now = new Date()) {
@@ -275,7 +446,12 @@ export function createDockerDriver(options: DockerDriverOptions): SandboxDriver 
         if (ours.has(c.Id)) continue;
         const labelled = Date.parse(c.Labels?.[LABEL.expiresAt] ?? '');
         const expires = Number.isFinite(labelled) ? labelled : c.Created * 1000 + UNLABELLED_EXPIRY_MS;
-        if (expires > now.getTime()) continue;
+        const owner = c.Labels?.[LABEL.instance];
+        // Orphaned: made by a process that is gone (a restarted container keeps its hostname and pid 1,
+        // so our own label on a container older than this process is a previous incarnation's).
+        const orphaned =
+          ownerExited(owner) || (owner === instance && c.Created * 1000 < performance.timeOrigin - 1000);
+        if (!orphaned && expires > now.getTime()) continue;
         try {
           await removeContainer(docker.getContainer(c.Id));
           removed += 1;
@@ -294,6 +470,10 @@ export function createDockerDriver(options: DockerDriverOptions): SandboxDriver 
     },
 
     async close() {
+      closed = true;
+      clearTimeout(spare?.timer);
+      spare = undefined;
+      await Promise.all([...pending]);
       await Promise.all([...live].map((s) => s.destroy().catch(() => undefined)));
       live.clear();
     },
@@ -303,19 +483,44 @@ export function createDockerDriver(options: DockerDriverOptions): SandboxDriver 
     readonly driver = DRIVER_NAME;
     readonly id: string;
     readonly image: string;
+    readonly imageId: string;
+    /** What its expiry label says (ms). */
+    readonly expiresAtMs: number;
+    /** Serves a verification (a claimed spare, or started for one). */
+    isClaimed = false;
     versions: SandboxVersions = { server: '', serverMajor: 0, pgRestore: '', pgRestoreMajor: 0 };
     #container: ContainerHandle;
     #destroyed: Promise<void> | undefined;
 
-    constructor(container: ContainerHandle, imageName: string) {
+    constructor(container: ContainerHandle, imageName: string, imageId: string, expiresAtMs: number) {
       this.#container = container;
       this.id = container.id;
       this.image = imageName;
+      this.imageId = imageId;
+      this.expiresAtMs = expiresAtMs;
+    }
+
+    /** Hands a spare to a verification: renamed after its backup; false when it is no longer running. */
+    async claim(backupId: string): Promise<boolean> {
+      this.isClaimed = true;
+      const [running] = await Promise.all([
+        this.#container.inspect().then(
+          (info) => info.State?.Running === true,
+          () => false,
+        ),
+        this.#container
+          .rename({ name: `${sandboxNamePrefix(backupId)}${randomBytes(3).toString('hex')}` })
+          .catch((error: unknown) =>
+            log?.warn({ err: error, id: this.id }, 'could not rename a claimed spare'),
+          ),
+      ]);
+      return running;
     }
 
     async waitReady(signal: AbortSignal | undefined): Promise<void> {
       // Over TCP on the container's loopback: the official image's temporary init server listens on the
       // unix socket only, so it cannot pass for the real server (pg_isready would).
+      let delay = READY_POLL_MIN_MS;
       for (;;) {
         if (signal?.aborted) throw signal.reason ?? new AppError('shutting_down', 'cancelled');
         const probe = await this.exec(['psql', '-h', '127.0.0.1', '-X', '-q', '-A', '-t', '-c', 'SELECT 1'], {
@@ -334,7 +539,8 @@ export function createDockerDriver(options: DockerDriverOptions): SandboxDriver 
             `the sandbox container from ${this.image} stopped during start-up${oom}, exit ${state?.State?.ExitCode ?? '?'}: ${logs.trim().slice(-800) || 'no log output'}`,
           );
         }
-        await new Promise((r) => setTimeout(r, READY_POLL_MS));
+        await new Promise((r) => setTimeout(r, delay));
+        delay = Math.min(READY_POLL_MAX_MS, delay * 2);
       }
     }
 
@@ -464,7 +670,12 @@ export function createDockerDriver(options: DockerDriverOptions): SandboxDriver 
       if (canceled) return result(null, true);
       // The stream ends a moment before the engine records the exit code.
       for (let i = 0; i < 100; i++) {
-        const info = await exec.inspect().catch(() => undefined);
+        const info = await exec.inspect().catch((error) => {
+          // No answer at all: the engine went away mid-command (its stream just ended), so how the
+          // command ended is unknown; that says nothing about the backup (unverifiable, not a failure).
+          if (statusCodeOf(error) === undefined) throw engineError(error, `reading how ${argv[0]} ended`);
+          return undefined;
+        });
         if (info && !info.Running) return result(info.ExitCode ?? null, false);
         await new Promise((r) => setTimeout(r, 20));
       }
@@ -475,6 +686,8 @@ export function createDockerDriver(options: DockerDriverOptions): SandboxDriver 
       this.#destroyed ??= (async () => {
         await removeContainer(this.#container);
         live.delete(this);
+        // A verification is over (or a spare was discarded): the next spare starts now, off its path.
+        refillSpare();
       })().catch((error) => {
         // Not removed (engine gone?): a later call retries, the reaper sweeps it after its expiry.
         this.#destroyed = undefined;

@@ -1,6 +1,7 @@
-// The local sandbox: a throwaway cluster made with `initdb --no-sync` in a private temp directory, its
-// own unix socket directory and random port, no TCP, crash-unsafe settings, removed afterwards. One spare
-// data directory is kept initialised in the background so a verification does not wait for initdb.
+// The local sandbox: a throwaway cluster in a private temp directory, its own unix socket directory and
+// random port, no TCP, crash-unsafe settings, removed afterwards. initdb runs once per driver, into a
+// template directory; every sandbox starts from a copy of it (a copy costs a fraction of initdb's CPU),
+// and one spare sandbox is kept started and ready, so a verification waits for neither.
 import { randomInt } from 'node:crypto';
 import { createWriteStream } from 'node:fs';
 import { chmod, chown, mkdir, mkdtemp, readdir, readFile, rm, stat, writeFile } from 'node:fs/promises';
@@ -31,10 +32,15 @@ export const DRIVER_NAME = 'local' as const;
 
 /** Prefix of every local sandbox directory (the reaper only ever touches these). */
 export const LOCAL_SANDBOX_PREFIX = 'flux-verify-';
-const MARKER = 'sandbox.json';
+/** The file in each directory saying whose it is and what it is for. */
+export const LOCAL_MARKER = 'sandbox.json';
 const SUPERUSER = 'postgres';
-const READY_POLL_MS = 20;
+/** Readiness: postmaster.pid is re-read after this, doubling up to READY_POLL_MAX_MS (no process per poll). */
+const READY_POLL_MIN_MS = 5;
+const READY_POLL_MAX_MS = 50;
 const STOP_WAIT_MS = 10_000;
+/** After a spare could not be prepared, background attempts pause this long (a verification still tries). */
+const SPARE_RETRY_MS = 30_000;
 /** A directory without a marker younger than this may be one being created right now. */
 const UNMARKED_GRACE_MS = 10 * 60_000;
 
@@ -48,7 +54,7 @@ export interface LocalDriverOptions {
   /** OS user the server runs as when this process is root (Postgres refuses root). */
   osUser?: string | undefined;
   maintenanceWorkMemMb?: number;
-  /** Keep one initialised data directory ready (default true). */
+  /** Keep one sandbox started and ready (default true). */
   spare?: boolean;
   log?: Logger;
 }
@@ -59,9 +65,15 @@ interface OsUser {
   gid: number;
 }
 
-interface Marker {
+/**
+ * `template`: the initdb output sandboxes are copied from (never started); `spare`: a started sandbox no
+ * verification holds yet; `active`: a verification's sandbox, with the expiry after which it is a leftover.
+ */
+export type MarkerState = 'template' | 'spare' | 'active';
+
+export interface LocalMarker {
   ownerPid: number;
-  state: 'spare' | 'active';
+  state: MarkerState;
   createdAt: string;
   expiresAt: string | null;
   projectId?: string;
@@ -76,6 +88,8 @@ interface PreparedDir {
   log: string;
 }
 
+type Tools = Record<(typeof TOOLS)[number], ToolInfo>;
+
 const sleep = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms));
 
 function pidAlive(pid: number): boolean {
@@ -89,11 +103,30 @@ function pidAlive(pid: number): boolean {
 
 async function lookupOsUser(name: string): Promise<OsUser | undefined> {
   const [uid, gid] = await Promise.all([
-    execa('id', ['-u', name], { reject: false }),
-    execa('id', ['-g', name], { reject: false }),
+    execa('id', ['-u', name], { reject: false, cleanup: false }),
+    execa('id', ['-g', name], { reject: false, cleanup: false }),
   ]);
   if (uid.exitCode !== 0 || gid.exitCode !== 0) return undefined;
   return { name, uid: Number(String(uid.stdout).trim()), gid: Number(String(gid.stdout).trim()) };
+}
+
+/** Servers of every local driver in this process: stopped if the process exits without closing them. */
+const runningServers = new Set<ResultPromise>();
+let isExitHookInstalled = false;
+
+function stopOnExit(server: ResultPromise): void {
+  if (!isExitHookInstalled) {
+    isExitHookInstalled = true;
+    process.on('exit', () => {
+      for (const s of runningServers) s.kill('SIGQUIT');
+    });
+  }
+  runningServers.add(server);
+  void server.finally(() => runningServers.delete(server)).catch(() => undefined);
+}
+
+async function writeMarker(dir: string, marker: LocalMarker): Promise<void> {
+  await writeFile(path.join(dir, LOCAL_MARKER), `${JSON.stringify(marker)}\n`, { mode: 0o600 });
 }
 
 export function createLocalDriver(options: LocalDriverOptions): SandboxDriver {
@@ -102,16 +135,27 @@ export function createLocalDriver(options: LocalDriverOptions): SandboxDriver {
   const maintenanceWorkMemMb =
     options.maintenanceWorkMemMb ?? Math.max(64, Math.min(1024, Math.floor(os.totalmem() / 2 ** 20 / 8)));
   const useSpare = options.spare ?? true;
-  let spare: Promise<PreparedDir | undefined> | undefined;
-  /** Spare preparations in flight, and prepared spare directories not yet claimed by a sandbox. */
-  const preparing = new Set<Promise<PreparedDir | undefined>>();
-  const unclaimed = new Set<string>();
+  /** The template's data directory, made by the first sandbox that needs it. */
+  let template: Promise<PreparedDir> | undefined;
+  interface SpareSlot {
+    sandbox: Promise<LocalSandbox | undefined>;
+    /** Started and ready (the promise has resolved to a sandbox). */
+    isReady: boolean;
+  }
+  let spare: SpareSlot | undefined;
+  let spareFailedAt = 0;
+  /** Background preparations (close() waits for them). */
+  const preparing = new Set<Promise<unknown>>();
   let closed = false;
   const live = new Set<LocalSandbox>();
   let osUserPromise: Promise<OsUser | undefined> | undefined;
 
-  async function tools(): Promise<Record<(typeof TOOLS)[number], ToolInfo>> {
-    const found = await Promise.all(TOOLS.map((t) => requireTool(t, options.pathEnv)));
+  async function tools(): Promise<Tools> {
+    // Settled in TOOLS order, so a PATH without any of them names the first (initdb) every time.
+    const settled = await Promise.allSettled(TOOLS.map((t) => requireTool(t, options.pathEnv)));
+    const missing = settled.find((r) => r.status === 'rejected');
+    if (missing) throw missing.reason;
+    const found = settled.map((r) => (r as PromiseFulfilledResult<ToolInfo>).value);
     const [initdb, postgres, pgRestore, psql] = found as [ToolInfo, ToolInfo, ToolInfo, ToolInfo];
     const majors = new Set(found.map((t) => t.major));
     if (majors.size > 1) {
@@ -167,104 +211,202 @@ export function createLocalDriver(options: LocalDriverOptions): SandboxDriver {
     );
   }
 
-  async function writeMarker(dir: string, marker: Marker): Promise<void> {
-    await writeFile(path.join(dir, MARKER), `${JSON.stringify(marker)}\n`, { mode: 0o600 });
+  /** Runs a tool as the server user in `cwd`; a failure is `sandbox_failed` with its stderr. */
+  async function runAsServer(file: string, args: string[], cwd: string, what: string): Promise<void> {
+    const [cmd, argv] = await asServerUser(file, args);
+    const result = await execa(cmd, argv, {
+      cwd,
+      env: { PATH: options.pathEnv ?? '', LANG: 'C' },
+      extendEnv: false,
+      stdin: 'ignore',
+      reject: false,
+      cleanup: false,
+      timeout: 120_000,
+    });
+    if (result.exitCode !== 0) {
+      const user = await serverUser();
+      throw sandboxUnavailable(
+        'sandbox_failed',
+        `${what} failed (exit ${result.exitCode}): ${String(result.stderr).trim().slice(-600)}` +
+          (user && /permission denied/i.test(String(result.stderr))
+            ? ` (the server runs as OS user ${user.name}: every directory above ${cwd} must be searchable by it, e.g. chmod 755 ${baseDir})`
+            : ''),
+      );
+    }
   }
 
-  async function prepareDir(): Promise<PreparedDir> {
-    const t = await tools();
+  /** A new private directory (marker first, so a reaper never mistakes it for an unowned one). */
+  async function makeDir(state: MarkerState): Promise<PreparedDir> {
     const user = await serverUser();
     await mkdir(baseDir, { recursive: true });
     const dir = await mkdtemp(path.join(baseDir, LOCAL_SANDBOX_PREFIX));
     try {
       await writeMarker(dir, {
         ownerPid: process.pid,
-        state: 'spare',
+        state,
         createdAt: new Date().toISOString(),
         expiresAt: null,
       });
-      const prepared: PreparedDir = {
+      await chmod(dir, 0o700);
+      if (user) await chown(dir, user.uid, user.gid);
+      return {
         dir,
         data: path.join(dir, 'data'),
         socket: path.join(dir, 'sock'),
         input: path.join(dir, 'in'),
         log: path.join(dir, 'postgres.log'),
       };
-      await mkdir(prepared.socket, { mode: 0o700 });
-      await mkdir(prepared.input, { mode: 0o700 });
-      await chmod(dir, 0o700);
-      if (user) {
-        await chown(dir, user.uid, user.gid);
-        await chown(prepared.socket, user.uid, user.gid);
-      }
-      const [cmd, args] = await asServerUser(t.initdb.path, [
-        '--no-sync',
-        '-D',
-        prepared.data,
-        '-U',
-        SUPERUSER,
-        '--auth-local=trust',
-        '--auth-host=reject',
-        '-E',
-        'UTF8',
-        '--locale=C',
-      ]);
-      const result = await execa(cmd, args, {
-        cwd: dir,
-        env: { PATH: options.pathEnv ?? '', LANG: 'C' },
-        extendEnv: false,
-        stdin: 'ignore',
-        reject: false,
-        timeout: 120_000,
-      });
-      if (result.exitCode !== 0) {
-        throw sandboxUnavailable(
-          'sandbox_failed',
-          `initdb of the local sandbox failed (exit ${result.exitCode}): ${String(result.stderr).trim().slice(-600)}` +
-            (user && /permission denied/i.test(String(result.stderr))
-              ? ` (the server runs as OS user ${user.name}: every directory above ${dir} must be searchable by it, e.g. chmod 755 ${baseDir})`
-              : ''),
-        );
-      }
-      return prepared;
     } catch (error) {
       await rm(dir, { recursive: true, force: true, maxRetries: 3 }).catch(() => undefined);
       throw error;
     }
   }
 
-  function refillSpare(): void {
-    if (!useSpare || closed || spare) return;
-    const pending = prepareDir().then(
-      async (prepared) => {
-        unclaimed.add(prepared.dir);
-        if (closed) await discardSpares();
-        return closed ? undefined : prepared;
-      },
-      (error) => {
-        log?.warn({ err: error }, 'could not prepare a spare local sandbox');
-        return undefined;
-      },
-    );
-    spare = pending;
-    preparing.add(pending);
-    void pending.finally(() => preparing.delete(pending));
+  function initdbArgs(data: string): string[] {
+    return [
+      '--no-sync',
+      '-D',
+      data,
+      '-U',
+      SUPERUSER,
+      '--auth-local=trust',
+      '--auth-host=reject',
+      '-E',
+      'UTF8',
+      '--locale=C',
+    ];
   }
 
-  /** Removes every spare directory nobody claimed (on close). */
-  async function discardSpares(): Promise<void> {
-    for (const dir of [...unclaimed]) {
-      unclaimed.delete(dir);
-      await rm(dir, { recursive: true, force: true, maxRetries: 3 });
+  /** The initialised data directory every sandbox of this driver is copied from (made once). */
+  function templateDir(t: Tools): Promise<PreparedDir> {
+    if (closed) return Promise.reject(new AppError('shutting_down', 'the local sandbox driver is closed'));
+    template ??= (async () => {
+      const prepared = await makeDir('template');
+      try {
+        await runAsServer(
+          t.initdb.path,
+          initdbArgs(prepared.data),
+          prepared.dir,
+          'initdb of the local sandbox',
+        );
+        return prepared;
+      } catch (error) {
+        await rm(prepared.dir, { recursive: true, force: true, maxRetries: 3 }).catch(() => undefined);
+        throw error;
+      }
+    })();
+    const made = template;
+    made.catch(() => {
+      if (template === made) template = undefined;
+    });
+    return made;
+  }
+
+  /** A sandbox directory with a data directory copied from the template (initdb when cp is missing). */
+  async function prepareDir(t: Tools): Promise<PreparedDir> {
+    const source = await templateDir(t);
+    const user = await serverUser();
+    const prepared = await makeDir('spare');
+    try {
+      await mkdir(prepared.socket, { mode: 0o700 });
+      await mkdir(prepared.input, { mode: 0o700 });
+      if (user) await chown(prepared.socket, user.uid, user.gid);
+      const cp = (await which('cp', options.pathEnv)) ?? (await which('cp', '/usr/bin:/bin'));
+      if (cp) {
+        // -a keeps the 0700 modes Postgres insists on; GNU cp >= 9 reflinks where the filesystem can.
+        await runAsServer(
+          cp,
+          ['-a', source.data, prepared.data],
+          prepared.dir,
+          'copying the sandbox template',
+        );
+      } else {
+        await runAsServer(
+          t.initdb.path,
+          initdbArgs(prepared.data),
+          prepared.dir,
+          'initdb of the local sandbox',
+        );
+      }
+      return prepared;
+    } catch (error) {
+      await rm(prepared.dir, { recursive: true, force: true, maxRetries: 3 }).catch(() => undefined);
+      throw error;
     }
   }
 
-  async function takeDir(): Promise<PreparedDir> {
-    const pending = spare;
-    spare = undefined;
-    const prepared = pending ? await pending : undefined;
-    if (prepared) unclaimed.delete(prepared.dir);
-    return prepared ?? prepareDir();
+  /** A started, ready sandbox (state spare until a verification claims it). */
+  async function startSandbox(t: Tools, signal?: AbortSignal): Promise<LocalSandbox> {
+    const prepared = await prepareDir(t);
+    const sandbox = new LocalSandbox(prepared, t, options.pathEnv);
+    live.add(sandbox);
+    try {
+      if (closed) throw new AppError('shutting_down', 'the local sandbox driver is closed');
+      const [cmd, args] = await asServerUser(t.postgres.path, [
+        '-D',
+        prepared.data,
+        '-k',
+        prepared.socket,
+        '-p',
+        String(sandbox.port),
+        '-c',
+        'listen_addresses=',
+        ...settingsArgs(throwawaySettings(maintenanceWorkMemMb)),
+      ]);
+      await sandbox.start(cmd, args, signal);
+      return sandbox;
+    } catch (error) {
+      await sandbox.destroy();
+      throw error;
+    }
+  }
+
+  function track<T>(promise: Promise<T>): Promise<T> {
+    preparing.add(promise);
+    void promise.finally(() => preparing.delete(promise)).catch(() => undefined);
+    return promise;
+  }
+
+  /** Starts preparing the next spare when there is none (and none failed moments ago). */
+  function refillSpare(): void {
+    if (!useSpare || closed || spare || Date.now() - spareFailedAt < SPARE_RETRY_MS) return;
+    const slot: SpareSlot = { isReady: false, sandbox: Promise.resolve(undefined) };
+    slot.sandbox = track(
+      (async () => {
+        try {
+          const sandbox = await startSandbox(await tools());
+          slot.isReady = true;
+          return sandbox;
+        } catch (error) {
+          spareFailedAt = Date.now();
+          if (spare === slot) spare = undefined;
+          if (!closed) log?.warn({ err: error }, 'could not prepare a spare local sandbox');
+          return undefined;
+        }
+      })(),
+    );
+    spare = slot;
+  }
+
+  /** The spare (waiting for it if it is still starting: it started earlier than a new one would), or a new sandbox. */
+  async function takeSandbox(t: Tools, signal: AbortSignal | undefined): Promise<LocalSandbox> {
+    const slot = spare;
+    if (slot) {
+      spare = undefined;
+      // The next spare is prepared while this verification restores. One still starting is replaced when
+      // it is up: two preparations at once would only slow each other down.
+      if (slot.isReady) refillSpare();
+      const sandbox = await slot.sandbox;
+      refillSpare();
+      if (sandbox?.isRunning) return sandbox;
+      if (sandbox) await sandbox.destroy();
+    }
+    // No spare, or another verification took the one being prepared: start one now rather than queue.
+    try {
+      return await startSandbox(t, signal);
+    } finally {
+      refillSpare();
+    }
   }
 
   async function removeLeftover(dir: string): Promise<void> {
@@ -317,7 +459,7 @@ export function createLocalDriver(options: LocalDriverOptions): SandboxDriver {
 
     async create(createOptions: CreateSandboxOptions): Promise<Sandbox> {
       if (closed) throw new AppError('shutting_down', 'the local sandbox driver is closed');
-      let t: Awaited<ReturnType<typeof tools>>;
+      let t: Tools;
       try {
         t = await tools();
       } catch (error) {
@@ -325,38 +467,16 @@ export function createLocalDriver(options: LocalDriverOptions): SandboxDriver {
           cause: error,
         });
       }
-      const prepared = await takeDir();
-      const sandbox = new LocalSandbox(prepared, t, options.pathEnv);
-      live.add(sandbox);
+      const sandbox = await takeSandbox(t, createOptions.signal);
       try {
-        await writeMarker(prepared.dir, {
-          ownerPid: process.pid,
-          state: 'active',
-          createdAt: new Date().toISOString(),
-          expiresAt: new Date(Date.now() + createOptions.ttlMs).toISOString(),
-          projectId: createOptions.projectId,
-          backupId: createOptions.backupId,
-        });
-        const [cmd, args] = await asServerUser(t.postgres.path, [
-          '-D',
-          prepared.data,
-          '-k',
-          prepared.socket,
-          '-p',
-          String(sandbox.port),
-          '-c',
-          'listen_addresses=',
-          ...settingsArgs(throwawaySettings(maintenanceWorkMemMb)),
-        ]);
-        await sandbox.start(cmd, args, createOptions.signal);
+        if (createOptions.signal?.aborted) {
+          throw createOptions.signal.reason ?? new AppError('shutting_down', 'cancelled');
+        }
+        await sandbox.claim(createOptions);
         return sandbox;
       } catch (error) {
         await sandbox.destroy();
-        live.delete(sandbox);
         throw error;
-      } finally {
-        // The next verification's data directory is initialised while this one restores.
-        refillSpare();
       }
     },
 
@@ -373,9 +493,9 @@ export function createLocalDriver(options: LocalDriverOptions): SandboxDriver {
         if (!name.startsWith(LOCAL_SANDBOX_PREFIX)) continue;
         const dir = path.join(baseDir, name);
         if (ours.has(dir)) continue;
-        let marker: Marker | undefined;
+        let marker: LocalMarker | undefined;
         try {
-          marker = JSON.parse(await readFile(path.join(dir, MARKER), 'utf8')) as Marker;
+          marker = JSON.parse(await readFile(path.join(dir, LOCAL_MARKER), 'utf8')) as LocalMarker;
         } catch {
           marker = undefined;
         }
@@ -384,7 +504,7 @@ export function createLocalDriver(options: LocalDriverOptions): SandboxDriver {
           const s = await stat(dir).catch(() => undefined);
           stale = s !== undefined && now.getTime() - s.mtimeMs > UNMARKED_GRACE_MS;
         } else if (marker.ownerPid === process.pid) {
-          // Our own spare (pending or ready) is not a leftover; an active one we no longer track is.
+          // Our own template and spares (ready or starting) are not leftovers; an active one we no longer track is.
           stale =
             marker.state === 'active' &&
             marker.expiresAt !== null &&
@@ -397,8 +517,11 @@ export function createLocalDriver(options: LocalDriverOptions): SandboxDriver {
         if (!stale) continue;
         try {
           await removeLeftover(dir);
-          removed += 1;
-          log?.warn({ dir, backupId: marker?.backupId }, 'removed a leftover local sandbox');
+          // A dead process's template is its cache, not a sandbox: removed, not counted.
+          if (marker?.state !== 'template') {
+            removed += 1;
+            log?.warn({ dir, backupId: marker?.backupId }, 'removed a leftover local sandbox');
+          }
         } catch (error) {
           log?.warn({ err: error, dir }, 'could not remove a leftover local sandbox');
         }
@@ -410,9 +533,11 @@ export function createLocalDriver(options: LocalDriverOptions): SandboxDriver {
       closed = true;
       spare = undefined;
       await Promise.all([...preparing]);
-      await discardSpares();
       await Promise.all([...live].map((s) => s.destroy()));
       live.clear();
+      const made = await template?.catch(() => undefined);
+      template = undefined;
+      if (made) await rm(made.dir, { recursive: true, force: true, maxRetries: 3 });
     },
   };
 
@@ -427,7 +552,7 @@ export function createLocalDriver(options: LocalDriverOptions): SandboxDriver {
     #exited = false;
     #destroyed: Promise<void> | undefined;
 
-    constructor(prepared: PreparedDir, t: Awaited<ReturnType<typeof tools>>, pathEnv: string | undefined) {
+    constructor(prepared: PreparedDir, t: Tools, pathEnv: string | undefined) {
       this.id = prepared.dir;
       this.#prepared = prepared;
       this.#pathEnv = pathEnv;
@@ -439,6 +564,22 @@ export function createLocalDriver(options: LocalDriverOptions): SandboxDriver {
       };
     }
 
+    get isRunning(): boolean {
+      return this.#server !== undefined && !this.#exited && this.#destroyed === undefined;
+    }
+
+    /** Hands the (running) sandbox to a verification: its marker now says whose and until when. */
+    async claim(createOptions: CreateSandboxOptions): Promise<void> {
+      await writeMarker(this.#prepared.dir, {
+        ownerPid: process.pid,
+        state: 'active',
+        createdAt: new Date().toISOString(),
+        expiresAt: new Date(Date.now() + createOptions.ttlMs).toISOString(),
+        projectId: createOptions.projectId,
+        backupId: createOptions.backupId,
+      });
+    }
+
     async start(cmd: string, args: string[], signal: AbortSignal | undefined): Promise<void> {
       const server = execa(cmd, args, {
         cwd: this.#prepared.dir,
@@ -448,10 +589,13 @@ export function createLocalDriver(options: LocalDriverOptions): SandboxDriver {
         stdout: 'ignore',
         stderr: { file: this.#prepared.log },
         reject: false,
-        // execa kills the server if this process exits; the reaper covers a SIGKILL of this process.
-        cleanup: true,
+        // Not execa's cleanup: its signal-exit hook re-raises a SIGTERM that no other listener is left
+        // for, cutting the process's graceful shutdown short. The exit hook below stops the server; the
+        // reaper covers a SIGKILL of this process.
+        cleanup: false,
       });
       this.#server = server;
+      stopOnExit(server);
       server.then(
         () => {
           this.#exited = true;
@@ -460,6 +604,10 @@ export function createLocalDriver(options: LocalDriverOptions): SandboxDriver {
           this.#exited = true;
         },
       );
+      // The postmaster marks postmaster.pid "ready" once it accepts connections (what pg_ctl -w waits
+      // for): reading a file per poll is far cheaper than a psql per poll. One SELECT 1 confirms.
+      const pidFile = path.join(this.#prepared.data, 'postmaster.pid');
+      let delay = READY_POLL_MIN_MS;
       for (;;) {
         if (signal?.aborted) throw signal.reason ?? new AppError('shutting_down', 'cancelled');
         if (this.#exited) {
@@ -469,11 +617,15 @@ export function createLocalDriver(options: LocalDriverOptions): SandboxDriver {
             `the local sandbox server exited during start-up: ${tail || 'no log output'}`,
           );
         }
-        const probe = await this.exec(['psql', '-X', '-q', '-A', '-t', '-c', 'SELECT 1'], {
-          ...(signal ? { signal } : {}),
-        });
-        if (probe.exitCode === 0 && probe.stdout.trim() === '1') return;
-        await sleep(READY_POLL_MS);
+        const status = (await readFile(pidFile, 'utf8').catch(() => '')).split('\n')[7]?.trim();
+        if (status === 'ready') {
+          const probe = await this.exec(['psql', '-X', '-q', '-A', '-t', '-c', 'SELECT 1'], {
+            ...(signal ? { signal } : {}),
+          });
+          if (probe.exitCode === 0 && probe.stdout.trim() === '1') return;
+        }
+        await sleep(delay);
+        delay = Math.min(READY_POLL_MAX_MS, delay * 2);
       }
     }
 
@@ -531,6 +683,8 @@ export function createLocalDriver(options: LocalDriverOptions): SandboxDriver {
         ...(opts.signal ? { cancelSignal: opts.signal } : {}),
         forceKillAfterDelay: 2_000,
         reject: false,
+        // A tool outlives this process only as long as its server (see stopOnExit).
+        cleanup: false,
       });
       child.stderr?.on('data', (chunk: Buffer) => tail.push(chunk));
       const result = await child;

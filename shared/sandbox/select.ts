@@ -1,7 +1,7 @@
 // Chooses the sandbox driver from FLUX_VERIFY_DRIVER: docker, local, or auto (docker when the engine
 // answers and the image is present, else local when its tools are there). Decided per verification, so a
 // Docker engine that comes back is used again without a restart.
-import type { Config } from '../config.js';
+import { type Config, MINUTE_MS } from '../config.js';
 import type { Logger } from '../log.js';
 import { createDockerDriver } from './docker.js';
 import { createLocalDriver } from './local.js';
@@ -22,8 +22,16 @@ export interface SelectionOptions {
   log?: Logger;
   /** Label value identifying this process's containers (tests). */
   instance?: string;
-  /** Keep a spare local data directory initialised (default true). */
-  localSpare?: boolean;
+  /** Keep one sandbox started and ready in the chosen driver (default true). */
+  spare?: boolean;
+}
+
+/** A sandbox outliving its verification's timeout by this much is a leftover. */
+export const SANDBOX_EXPIRY_GRACE_MS = 5 * MINUTE_MS;
+
+/** How long a verification may hold its sandbox before any reaper may remove it. */
+export function sandboxTtlMs(config: Pick<Config, 'FLUX_VERIFY_TIMEOUT_MS'>): number {
+  return config.FLUX_VERIFY_TIMEOUT_MS + SANDBOX_EXPIRY_GRACE_MS;
 }
 
 export function createDriverSelection(
@@ -41,6 +49,9 @@ export function createDriverSelection(
           memoryMb: config.FLUX_VERIFY_MEMORY_MB,
           cpus: config.FLUX_VERIFY_CPUS,
           pids: config.FLUX_VERIFY_PIDS,
+          sandboxTtlMs: sandboxTtlMs(config),
+          concurrency: config.FLUX_VERIFY_CONCURRENCY,
+          ...(options.spare !== undefined ? { spare: options.spare } : {}),
           ...(options.instance ? { instance: options.instance } : {}),
           ...(options.log ? { log: options.log } : {}),
         });
@@ -51,7 +62,7 @@ export function createDriverSelection(
           pathEnv: env.PATH,
           baseDir: config.FLUX_VERIFY_LOCAL_DIR,
           osUser: config.FLUX_VERIFY_LOCAL_OS_USER,
-          ...(options.localSpare !== undefined ? { spare: options.localSpare } : {}),
+          ...(options.spare !== undefined ? { spare: options.spare } : {}),
           ...(options.log ? { log: options.log } : {}),
         });
   const drivers = [docker, local].filter((d): d is SandboxDriver => d !== undefined);
