@@ -4,7 +4,6 @@ import { readdir } from 'node:fs/promises';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { loadConfig } from '../shared/config.js';
-import { createEvent } from '../shared/events/envelope.js';
 import { createOutbox } from '../shared/events/outbox.js';
 import { signWebhook } from '../shared/events/signature.js';
 import { createKit } from '../shared/kit/app.js';
@@ -13,6 +12,7 @@ import { createRegistry } from '../shared/metrics.js';
 import { type EventReceiver, startEventReceiver } from './support/receiver.js';
 import {
   ADMIN,
+  backupCreatedEvent,
   eventually,
   makeTestEnv,
   makeWebhookSecret,
@@ -24,23 +24,11 @@ import {
 
 const projectId = '550e8400-e29b-41d4-a716-446655440000';
 const created = () =>
-  createEvent({
-    type: 'flux.backup.created',
-    source: '/flux-ops/dump',
-    subject: `${projectId}/01JDZ0000000000000000000AA`,
-    data: {
-      projectId,
-      backupId: '01JDZ0000000000000000000AA',
-      kind: 'tenant_export',
-      sizeBytes: 10,
-      sha256: 'a'.repeat(64),
-      createdAt: new Date().toISOString(),
-      completedAt: new Date().toISOString(),
-      tables: 1,
-      rows: 2,
-      sequences: 0,
-      serverVersion: '15.18',
-    },
+  backupCreatedEvent(projectId, '01JDZ0000000000000000000AA', {
+    kind: 'tenant_export',
+    sizeBytes: 10,
+    tables: 1,
+    rows: 2,
   });
 
 let env: TestEnv;

@@ -6,7 +6,6 @@ import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { createApp } from '../functions/replicate/app.js';
 import type { ReconcileSummary } from '../functions/replicate/replicator.js';
 import { hashFile, TEMP_PREFIX } from '../shared/atomic.js';
-import { createEvent } from '../shared/events/envelope.js';
 import type { FunctionApp } from '../shared/kit/runtime.js';
 import {
   completeBackup,
@@ -22,6 +21,7 @@ import {
 import { type EventReceiver, startEventReceiver } from './support/receiver.js';
 import {
   ADMIN,
+  backupCreatedEvent,
   eventually,
   makeTestEnv,
   makeToken,
@@ -102,23 +102,11 @@ async function drained(h: Harness): Promise<void> {
 }
 
 function createdEvent(b: FakeBackup) {
-  return createEvent({
-    type: 'flux.backup.created',
-    source: '/flux-ops/dump',
-    subject: `${b.projectId}/${b.backupId}`,
-    data: {
-      projectId: b.projectId,
-      backupId: b.backupId,
-      kind: 'project_db',
-      sizeBytes: b.sizeBytes,
-      sha256: b.sha256,
-      createdAt: new Date().toISOString(),
-      completedAt: new Date().toISOString(),
-      tables: 1,
-      rows: 3,
-      sequences: 0,
-      serverVersion: '15.8',
-    },
+  return backupCreatedEvent(b.projectId, b.backupId, {
+    sizeBytes: b.sizeBytes,
+    sha256: b.sha256,
+    tables: 1,
+    rows: 3,
   });
 }
 

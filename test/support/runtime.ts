@@ -6,7 +6,7 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { Writable } from 'node:stream';
 import { type Config, type FunctionName, loadConfig } from '../../shared/config.js';
-import type { CloudEvent } from '../../shared/events/envelope.js';
+import { type CloudEvent, createEvent, type EventData } from '../../shared/events/envelope.js';
 import { signWebhook } from '../../shared/events/signature.js';
 import { createRuntime, type Runtime, type RuntimeOptions } from '../../shared/kit/runtime.js';
 import { createLogger } from '../../shared/log.js';
@@ -140,4 +140,32 @@ export async function eventually<T>(
       throw new Error(`condition not met within ${timeoutMs} ms${last ? `: ${String(last)}` : ''}`);
     await new Promise((r) => setTimeout(r, everyMs));
   }
+}
+
+/** A `flux.backup.created` event as dump emits it; tests override the facts they assert on. */
+export function backupCreatedEvent(
+  projectId: string,
+  backupId: string,
+  data: Partial<EventData<'flux.backup.created'>> = {},
+): CloudEvent<'flux.backup.created'> {
+  const now = new Date().toISOString();
+  return createEvent({
+    type: 'flux.backup.created',
+    source: '/flux-ops/dump',
+    subject: `${projectId}/${backupId}`,
+    data: {
+      projectId,
+      backupId,
+      kind: 'project_db',
+      sizeBytes: 1,
+      sha256: 'a'.repeat(64),
+      createdAt: now,
+      completedAt: now,
+      tables: 0,
+      rows: 0,
+      sequences: 0,
+      serverVersion: '15',
+      ...data,
+    },
+  });
 }
