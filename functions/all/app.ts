@@ -1,5 +1,6 @@
 // The all-in-one process for local use: all five functions in one Node process on FLUX_PORT, wired to
 // each other by signed events over loopback exactly as separate processes would be.
+import path from 'node:path';
 import { Hono } from 'hono';
 import { createCatalog } from '../../shared/catalog/catalog.js';
 import { type Config, type EventSink, FUNCTION_NAMES, type FunctionName } from '../../shared/config.js';
@@ -54,7 +55,11 @@ export function createAllInOne(
   const log = options.log ?? createLogger('flux-ops', { level: config.FLUX_LOG_LEVEL });
   const metrics = options.metrics ?? createRegistry();
   const registry = options.registry ?? loadFileRegistry(config.FLUX_PROJECTS_FILE);
-  const catalog = createCatalog({ root: config.FLUX_BACKUPS_LOCAL_DIR, log });
+  const catalog = createCatalog({
+    root: config.FLUX_BACKUPS_LOCAL_DIR,
+    log,
+    cacheFile: path.join(config.FLUX_STATE_DIR, 'catalog', 'all-artifacts.json'),
+  });
   const webhookSecrets =
     config.FLUX_WEBHOOK_SECRETS.length > 0 ? config.FLUX_WEBHOOK_SECRETS : [ephemeralWebhookSecret()];
   if (config.FLUX_WEBHOOK_SECRETS.length === 0)

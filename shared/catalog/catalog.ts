@@ -1,5 +1,6 @@
 // The file catalog: reads a project's backups from their files (dump, manifest, state, receipts), keeps
 // artifact validation cached by size+mtime, and writes each record atomically.
+import { readFileSync } from 'node:fs';
 import { readdir, readFile, rm, stat } from 'node:fs/promises';
 import path from 'node:path';
 import type { z } from 'zod';
@@ -116,9 +117,48 @@ function createdAtOf(entry: CatalogEntry): string {
   return entry.manifest?.createdAt ?? entry.state?.createdAt ?? new Date(0).toISOString();
 }
 
-export function createCatalog(options: { root: string; log?: Logger }): Catalog {
+export interface CatalogOptions {
+  root: string;
+  log?: Logger;
+  /**
+   * Where artifact validations are kept across restarts (under FLUX_STATE_DIR): without it the first list
+   * after a restart would re-hash every dump of a project.
+   */
+  cacheFile?: string;
+}
+
+type ArtifactCacheEntry = { sizeBytes: number; mtimeMs: number; sha256: string };
+
+function loadArtifactCache(file: string | undefined): Map<string, ArtifactCacheEntry> {
+  if (!file) return new Map();
+  try {
+    return new Map(
+      Object.entries(JSON.parse(readFileSync(file, 'utf8')) as Record<string, ArtifactCacheEntry>),
+    );
+  } catch {
+    // Missing or unreadable: validations are only a cache; they are redone from the files.
+    return new Map();
+  }
+}
+
+export function createCatalog(options: CatalogOptions): Catalog {
   const { root } = options;
-  const artifactCache = new Map<string, { sizeBytes: number; mtimeMs: number; sha256: string }>();
+  const artifactCache = loadArtifactCache(options.cacheFile);
+  let saveTimer: NodeJS.Timeout | undefined;
+  const remember = (file: string, value: ArtifactCacheEntry | undefined) => {
+    if (value) artifactCache.set(file, value);
+    else artifactCache.delete(file);
+    const cacheFile = options.cacheFile;
+    if (!cacheFile || saveTimer) return;
+    // Batched: a listing that validates many dumps writes the cache once.
+    saveTimer = setTimeout(() => {
+      saveTimer = undefined;
+      ensureDir(path.dirname(cacheFile))
+        .then(() => writeJsonAtomic(cacheFile, Object.fromEntries(artifactCache)))
+        .catch((error) => options.log?.warn({ err: error }, 'could not save the artifact validation cache'));
+    }, 200);
+    saveTimer.unref();
+  };
   const inFlightHashes = new Map<string, Promise<{ sizeBytes: number; sha256: string }>>();
 
   async function load(projectId: string, backupId: string, names: Set<string>): Promise<CatalogEntry> {
@@ -222,7 +262,7 @@ export function createCatalog(options: { root: string; log?: Logger }): Catalog 
           if (errnoOf(error) === 'ENOENT') return { status: 'missing', error: 'the dump file is missing' };
           throw error;
         }
-        artifactCache.set(file, { sizeBytes: entry.dump.sizeBytes, mtimeMs: entry.dump.mtimeMs, sha256 });
+        remember(file, { sizeBytes: entry.dump.sizeBytes, mtimeMs: entry.dump.mtimeMs, sha256 });
       }
       return sha256 === manifest.sha256
         ? { status: 'valid' }
@@ -233,7 +273,7 @@ export function createCatalog(options: { root: string; log?: Logger }): Catalog 
     },
 
     rememberArtifact(file, sizeBytes, mtimeMs, sha256) {
-      artifactCache.set(file, { sizeBytes, mtimeMs, sha256 });
+      remember(file, { sizeBytes, mtimeMs, sha256 });
     },
 
     facts(entry, artifact) {
@@ -344,7 +384,7 @@ export function createCatalog(options: { root: string; log?: Logger }): Catalog 
       const p = catalog.paths(projectId, backupId);
       // The manifest goes first: without it the backup no longer counts as complete anywhere.
       for (const file of [p.manifest, p.dump, p.verify, p.offsite, p.state]) await rm(file, { force: true });
-      artifactCache.delete(p.dump);
+      remember(p.dump, undefined);
     },
   };
   return catalog;

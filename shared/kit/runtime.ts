@@ -70,7 +70,13 @@ export function createRuntime(
   const log = options.log ?? createLogger(name, { level: config.FLUX_LOG_LEVEL });
   const metrics = options.metrics ?? createRegistry();
   const registry = options.registry ?? loadFileRegistry(config.FLUX_PROJECTS_FILE);
-  const catalog = options.catalog ?? createCatalog({ root: config.FLUX_BACKUPS_LOCAL_DIR, log });
+  const catalog =
+    options.catalog ??
+    createCatalog({
+      root: config.FLUX_BACKUPS_LOCAL_DIR,
+      log,
+      cacheFile: path.join(config.FLUX_STATE_DIR, 'catalog', `${name}-artifacts.json`),
+    });
   const webhookSecrets = options.webhookSecrets ?? config.FLUX_WEBHOOK_SECRETS;
   const sinks = () => [...config.FLUX_EVENT_SINKS, ...(options.extraSinks?.() ?? [])];
   const outbox = createOutbox({

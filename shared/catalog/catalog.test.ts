@@ -1,0 +1,103 @@
+// Artifact validation: hashed once per size+mtime, and the validation survives a restart.
+import { mkdtemp, open, rm, stat, utimes } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { eventually } from '../../test/support/runtime.js';
+import { ensureDir, hashFile, writeFileAtomic } from '../atomic.js';
+import { createCatalog } from './catalog.js';
+import { newBackupId } from './ids.js';
+import type { Manifest } from './records.js';
+
+const projectId = '550e8400-e29b-41d4-a716-446655440000';
+let dir: string;
+
+beforeAll(async () => {
+  dir = await mkdtemp(path.join(tmpdir(), 'flux-catalog-'));
+});
+afterAll(async () => rm(dir, { recursive: true, force: true }));
+
+async function backupWithDump(root: string): Promise<{ backupId: string; dump: string }> {
+  const backupId = newBackupId();
+  const catalog = createCatalog({ root });
+  const paths = catalog.paths(projectId, backupId);
+  await ensureDir(paths.dir);
+  await writeFileAtomic(paths.dump, Buffer.alloc(256 * 1024, 7));
+  const { sizeBytes, sha256 } = await hashFile(paths.dump);
+  const now = new Date().toISOString();
+  const manifest: Manifest = {
+    manifestVersion: 1,
+    backupId,
+    projectId,
+    projectHash: '550e840',
+    slug: 'p',
+    kind: 'project_db',
+    format: 'custom',
+    file: `${backupId}.dump`,
+    sizeBytes,
+    sha256,
+    createdAt: now,
+    completedAt: now,
+    source: {
+      engine: 'v1_dedicated',
+      host: 'h',
+      port: 5432,
+      database: 'd',
+      systemIdentifier: '1',
+      serverVersion: '15',
+      serverVersionNum: 150000,
+    },
+    pgDump: { version: '15', major: 15, flags: [] },
+    snapshot: { id: 's', isolation: 'repeatable read', takenAt: now },
+    schemas: [],
+    tables: [],
+    sequences: [],
+    extensions: [],
+    roles: [],
+  };
+  await catalog.writeManifest(manifest);
+  await utimes(paths.dump, ROUND_TIME, ROUND_TIME);
+  return { backupId, dump: paths.dump };
+}
+
+/** Changes one byte in place and puts the old mtime back: only a re-hash can notice. */
+async function tamperKeepingStat(file: string): Promise<void> {
+  const handle = await open(file, 'r+');
+  await handle.write(Buffer.from([8]), 0, 1, 100);
+  await handle.close();
+  await utimes(file, ROUND_TIME, ROUND_TIME);
+}
+
+/** A whole-second mtime, so putting it back is exact. */
+const ROUND_TIME = 1_790_000_000;
+
+describe('artifact validation cache', () => {
+  it('a restarted catalog reuses the saved validation instead of re-hashing every dump', async () => {
+    const root = path.join(dir, 'restart');
+    const cacheFile = path.join(dir, 'state', 'restart-artifacts.json');
+    const { backupId, dump } = await backupWithDump(root);
+    const first = createCatalog({ root, cacheFile });
+    expect(await first.checkArtifact((await first.get(projectId, backupId))!)).toEqual({ status: 'valid' });
+    await eventually(async () => (await stat(cacheFile).catch(() => undefined))?.isFile());
+    await tamperKeepingStat(dump);
+    // Same size and mtime: the saved validation answers (a re-hash would say invalid).
+    const second = createCatalog({ root, cacheFile });
+    expect(await second.checkArtifact((await second.get(projectId, backupId))!)).toEqual({ status: 'valid' });
+    // Without the saved validation the same bytes are hashed and found changed.
+    const fresh = createCatalog({ root });
+    expect((await fresh.checkArtifact((await fresh.get(projectId, backupId))!)).status).toBe('invalid');
+  });
+
+  it('a changed mtime makes the next check re-hash', async () => {
+    const root = path.join(dir, 'mtime');
+    const cacheFile = path.join(dir, 'state', 'mtime-artifacts.json');
+    const { backupId, dump } = await backupWithDump(root);
+    const catalog = createCatalog({ root, cacheFile });
+    expect((await catalog.checkArtifact((await catalog.get(projectId, backupId))!)).status).toBe('valid');
+    const handle = await open(dump, 'r+');
+    await handle.write(Buffer.from([9]), 0, 1, 100);
+    await handle.close();
+    await utimes(dump, new Date(), new Date(Date.now() + 5_000));
+    expect((await catalog.checkArtifact((await catalog.get(projectId, backupId))!)).status).toBe('invalid');
+  });
+});
