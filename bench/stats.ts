@@ -62,13 +62,14 @@ export function runOrder<K>(round: number, sides: readonly K[]): K[] {
 export async function alternate<K extends string>(
   rounds: number,
   sides: Record<K, () => Promise<number>>,
-  options: { warmup?: number } = {},
+  options: { warmup?: number; before?: (side: K) => Promise<void> } = {},
 ): Promise<Record<K, number[]>> {
   const names = Object.keys(sides) as K[];
   const out = Object.fromEntries(names.map((k) => [k, [] as number[]])) as Record<K, number[]>;
   const warmup = options.warmup ?? 0;
   for (let round = 0; round < warmup + rounds; round++) {
     for (const side of runOrder(round, names)) {
+      await options.before?.(side);
       const value = await sides[side]();
       if (round >= warmup) out[side].push(value);
     }

@@ -21,6 +21,8 @@ const SOCKET = process.env.FLUX_DOCKER_SOCKET ?? '/var/run/docker.sock';
 const INSTANCE_LABEL = 'flux-ops.verify.instance';
 /** Pause before an "idle process" fixed-cost run (longer than a local spare initdb takes). */
 const IDLE_GAP_MS = 2500;
+/** The longest a verify process may take to have its spare sandbox ready again. */
+const SETTLE_TIMEOUT_MS = 60_000;
 /** The platform roles a Flux dump's policies and grants name (what the function stubs before restoring). */
 const ROLES_SQL = [
   'CREATE ROLE anon NOLOGIN',
@@ -61,6 +63,28 @@ async function removeContainersOf(pid: number): Promise<void> {
       .getContainer(c.Id)
       .remove({ force: true, v: true })
       .catch(() => undefined);
+}
+
+/**
+ * Waits until the verify process has its spare sandbox ready again (its `flux_verify_spare_ready` gauge),
+ * so the background start of the next spare (for docker: an image copy, initdb and a server start) does
+ * not run inside the next measured side. Returns the seconds waited.
+ */
+async function settle(
+  proc: FunctionProcess,
+  driver: string,
+  header: Record<string, string>,
+): Promise<number> {
+  const started = performance.now();
+  const ready = `flux_verify_spare_ready{driver="${driver}"} 1`;
+  while (performance.now() - started < SETTLE_TIMEOUT_MS) {
+    const text = await (await fetch(`${proc.url}/metrics`, { headers: header })).text();
+    if (text.includes(ready)) return (performance.now() - started) / 1000;
+    await sleep(50);
+  }
+  throw new Error(
+    `verify (${driver}) had no spare sandbox ready after ${SETTLE_TIMEOUT_MS / 1000} s\n${proc.output().slice(-2000)}`,
+  );
 }
 
 /** The unprivileged OS user the naive cluster runs as when we are root (Postgres refuses root). */
@@ -255,7 +279,14 @@ export async function benchVerify(ctx: BenchContext): Promise<void> {
     ctx.say(
       `verify: ${drivers.join(' and ')} sandbox vs naive restore, ${options.rounds} alternating rounds`,
     );
-    const runs = await alternate(options.rounds, sides, { warmup: options.warmup });
+    ctx.note(
+      'verify: every measured side starts with the verify processes settled (spare sandbox ready, as between nightly backups); the start of the next spare is background work and not counted',
+    );
+    // Every side starts with both verify processes settled: their spares ready, nothing in the background.
+    const settleAll = async () => {
+      for (const driver of drivers) await settle(procs[driver]!, driver, ctx.token.header);
+    };
+    const runs = await alternate(options.rounds, sides, { warmup: options.warmup, before: settleAll });
     const naive = { ...summarize(runs.naive!), label: 'initdb + pg_restore' };
     const stageMedians = (list: Array<Record<string, number>>) => {
       const names = [...new Set(list.flatMap((s) => Object.keys(s)))];
@@ -282,23 +313,24 @@ export async function benchVerify(ctx: BenchContext): Promise<void> {
     }
 
     // Fixed cost: everything but the data (sandbox up, roles, transfer, list, restore of nothing, checks,
-    // teardown). "Idle": the verification arrives at a process that has been idle for a moment, as after
-    // a nightly backup (the local driver has its spare data directory ready); "back-to-back": it arrives
-    // while the previous one is being torn down (the local spare is still being initialised).
+    // teardown). "Idle": the verification arrives at a process whose spare sandbox is ready, as after a
+    // nightly backup; "back-to-back": it arrives right after the previous one (its spare may still be
+    // starting: the docker driver starts the next spare only when the previous sandbox is removed).
     ctx.say(`verify: fixed cost (empty tenant dump), ${options.rounds} rounds per case`);
-    // The docker driver keeps nothing warm between verifications, so only the local one has two cases.
-    const fixedCases: Array<{ driver: 'local' | 'docker'; idle: boolean | undefined }> = [
-      { driver: 'local', idle: true },
-      { driver: 'local', idle: false },
-      ...(drivers.includes('docker') ? [{ driver: 'docker' as const, idle: undefined }] : []),
-    ];
+    const fixedCases = drivers.flatMap((driver) => [
+      { driver, idle: true },
+      { driver, idle: false },
+    ]);
     for (const { driver, idle } of fixedCases) {
       const fixedStages: Array<Record<string, number>> = [];
       const samples: number[] = [];
       const run = verifyWith(driver, empty, emptyBackup.id, false);
       const route = `${procs[driver]!.url}/api/cli/v1/projects/${empty.hash}/backups/${emptyBackup.id}/verify`;
       for (let i = 0; i < options.warmup + options.rounds; i++) {
-        if (idle) await sleep(IDLE_GAP_MS);
+        if (idle) {
+          await settleAll();
+          await sleep(IDLE_GAP_MS);
+        }
         const s = await run();
         const receipt = (await (await fetch(route, { headers: ctx.token.header })).json()) as {
           verification?: { stages?: Record<string, number> };
@@ -309,9 +341,9 @@ export async function benchVerify(ctx: BenchContext): Promise<void> {
         }
       }
       ctx.record({
-        id: `verify.fixed.${driver}${idle === undefined ? '' : idle ? '.idle' : '.back-to-back'}`,
+        id: `verify.fixed.${driver}${idle ? '.idle' : '.back-to-back'}`,
         group: 'verify',
-        name: `verify fixed cost (${driver} sandbox, empty dump${idle === undefined ? '' : idle ? ', idle process' : ', back-to-back'})`,
+        name: `verify fixed cost (${driver} sandbox, empty dump, ${idle ? 'idle process' : 'back-to-back'})`,
         unit: 's',
         fn: summarize(samples),
         goals: driver === 'local' && idle ? [{ of: 'median', op: '<=', value: 1 }] : [],
@@ -320,7 +352,7 @@ export async function benchVerify(ctx: BenchContext): Promise<void> {
     }
     if (!dockerProblem) {
       ctx.note(
-        'verify: the docker sandbox runs with the default limits (FLUX_VERIFY_CPUS=1, FLUX_VERIFY_MEMORY_MB=1024); the naive baseline has the whole machine',
+        'verify: the docker sandbox runs with the default limits (FLUX_VERIFY_CPUS=2, FLUX_VERIFY_MEMORY_MB=1024); the naive baseline has the whole machine',
       );
     }
   } finally {

@@ -19,6 +19,7 @@ import {
 import { queryJson } from '../shared/sandbox/query.js';
 import type { Sandbox } from '../shared/sandbox/types.js';
 import { type PgCluster, startPostgres } from './support/pg.js';
+import { eventually } from './support/runtime.js';
 
 const SOCKET = process.env.FLUX_DOCKER_SOCKET ?? '/var/run/docker.sock';
 const IMAGE = process.env.FLUX_TEST_VERIFY_IMAGE ?? 'flux-ops/postgres-verify:15';
@@ -310,10 +311,14 @@ describeDocker(gate, 'docker sandbox', () => {
     it('a spare serves one verification only: renamed after its backup, same limits, then replaced', async () => {
       const spared = makeDocker({ spare: true });
       try {
+        expect(spared.spareState()).toBe('none');
         expect(await spared.status()).toMatchObject({ ok: true });
+        expect(spared.spareState()).not.toBe('none');
         const first = await theSpare();
+        await eventually(async () => spared.spareState() === 'ready' || undefined, 90_000);
         sandbox = await spared.create({ ...IDS, ttlMs: 60_000 });
         expect(sandbox.id).toBe(first);
+        expect(spared.spareState()).toBe('none');
         const info = await docker.getContainer(first).inspect();
         expect(info.Name.startsWith(`/${sandboxNamePrefix(IDS.backupId)}`)).toBe(true);
         expect(info.HostConfig).toMatchObject({
@@ -331,10 +336,12 @@ describeDocker(gate, 'docker sandbox', () => {
         expect(await dockerContainers('spares')).toEqual([]);
         // The next spare starts once the used sandbox is gone; it is another container, and the next
         // verification gets it, never the used one.
+        expect(spared.spareState()).toBe('none');
         await sandbox.destroy();
         sandbox = undefined;
         const second = await theSpare();
         expect(second).not.toBe(first);
+        await eventually(async () => spared.spareState() === 'ready' || undefined, 90_000);
         const next = await spared.create({ ...IDS, ttlMs: 60_000 });
         expect(next.id).toBe(second);
         await next.destroy();

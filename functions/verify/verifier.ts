@@ -9,7 +9,7 @@ import { MINUTE_MS } from '../../shared/config.js';
 import { AppError, isAppError } from '../../shared/errors.js';
 import type { Runtime } from '../../shared/kit/runtime.js';
 import { createLimiter } from '../../shared/limiter.js';
-import { counter, DURATION_BUCKETS_S, gauge, histogram } from '../../shared/metrics.js';
+import { counter, DURATION_BUCKETS_S, Gauge, gauge, histogram, metric } from '../../shared/metrics.js';
 import { type Artifact, openArtifact } from '../../shared/offsite/artifact.js';
 import { lazyOffsiteStore } from '../../shared/offsite/index.js';
 import { parseLastJson, queryJson, runSql, sqlError, throwIfCanceled } from '../../shared/sandbox/query.js';
@@ -164,6 +164,27 @@ export function createVerifier(rt: Runtime, options: VerifierOptions = {}): Veri
     'flux_verify_leftovers_removed_total',
     'Leftover sandboxes removed by the reaper',
     ['driver'],
+  );
+
+  // Read at scrape time: 1 while a started sandbox waits for the next verification (it then skips the
+  // sandbox start), 0 while one is being prepared or none is kept.
+  const drivers = selection.drivers;
+  metric(
+    metrics,
+    'flux_verify_spare_ready',
+    (registers) =>
+      new Gauge({
+        name: 'flux_verify_spare_ready',
+        help: 'A started sandbox is ready for the next verification (1) or not (0), per driver',
+        labelNames: ['driver'],
+        registers,
+        collect() {
+          for (const driver of drivers) {
+            if (driver.spareState() !== 'off')
+              this.set({ driver: driver.name }, driver.spareState() === 'ready' ? 1 : 0);
+          }
+        },
+      }),
   );
 
   const updateQueue = () => {

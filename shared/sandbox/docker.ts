@@ -24,6 +24,7 @@ import {
   sandboxUnavailable,
   settingsArgs,
   shortCommand,
+  spareStateOf,
   throwawaySettings,
 } from './types.js';
 
@@ -429,6 +430,8 @@ export function createDockerDriver(options: DockerDriverOptions): SandboxDriver 
         true,
       );
     },
+
+    spareState: () => spareStateOf(useSpare, spare),
 
     async reap(now = new Date()) {
       let docker: Docker;

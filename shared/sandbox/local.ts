@@ -25,6 +25,7 @@ import {
   sandboxUnavailable,
   settingsArgs,
   shortCommand,
+  spareStateOf,
   throwawaySettings,
 } from './types.js';
 
@@ -479,6 +480,8 @@ export function createLocalDriver(options: LocalDriverOptions): SandboxDriver {
         throw error;
       }
     },
+
+    spareState: () => spareStateOf(useSpare, spare),
 
     async reap(now = new Date()) {
       let names: string[];

@@ -90,8 +90,19 @@ export interface SandboxDriver {
   create(options: CreateSandboxOptions): Promise<Sandbox>;
   /** Removes sandboxes left behind past their expiry (or by a dead owner); returns how many. */
   reap(now?: Date): Promise<number>;
+  /** The warm sandbox a verification would start from: off (disabled), none, starting or ready. */
+  spareState(): SpareState;
   /** Releases background resources (spare sandboxes, timers). */
   close(): Promise<void>;
+}
+
+export type SpareState = 'off' | 'none' | 'starting' | 'ready';
+
+/** The state of a driver's spare slot (both drivers keep at most one). */
+export function spareStateOf(enabled: boolean, slot: { isReady: boolean } | undefined): SpareState {
+  if (!enabled) return 'off';
+  if (!slot) return 'none';
+  return slot.isReady ? 'ready' : 'starting';
 }
 
 /** Default settings of a throwaway server: nothing it writes must survive a crash. */
