@@ -53,6 +53,40 @@ describe('alternating runs', () => {
     expect(calls).toEqual(['fn', 'base', 'base', 'fn', 'fn', 'base']);
     expect(runs).toEqual({ fn: [3, 4], base: [2, 5] });
   });
+
+  it('run the before hook ahead of every side, and outside its measurement', async () => {
+    const calls: string[] = [];
+    const runs = await alternate(
+      1,
+      {
+        fn: async () => {
+          calls.push('fn');
+          return 1;
+        },
+        base: async () => {
+          calls.push('base');
+          return 2;
+        },
+      },
+      {
+        warmup: 1,
+        before: async (next) => {
+          calls.push(`settle:${next}`);
+        },
+      },
+    );
+    expect(calls).toEqual([
+      'settle:fn',
+      'fn',
+      'settle:base',
+      'base',
+      'settle:base',
+      'base',
+      'settle:fn',
+      'fn',
+    ]);
+    expect(runs).toEqual({ fn: [1], base: [2] });
+  });
 });
 
 describe('goals', () => {
