@@ -338,7 +338,7 @@ export const VARS = {
   FLUX_VERIFY_CPUS: {
     schema: z.coerce.number().min(0.1).max(256).default(2),
     description:
-      'Docker sandbox CPU limit. A restore keeps two processes busy (pg_restore inflating the dump, the server loading it); with one CPU they take turns.',
+      "Docker sandbox CPU limit (lowered to the engine's CPU count when above it). A restore keeps two processes busy (pg_restore inflating the dump, the server loading it); with one CPU they take turns.",
   },
   FLUX_VERIFY_PIDS: { schema: int(256, 16, 100_000), description: 'Docker sandbox pids limit.' },
   FLUX_VERIFY_AMCHECK: {

@@ -239,13 +239,19 @@ async function theSpare(): Promise<string> {
 }
 
 const makeDocker = (
-  overrides: { socketPath?: string; image?: string; spare?: boolean; concurrency?: number } = {},
+  overrides: {
+    socketPath?: string;
+    image?: string;
+    spare?: boolean;
+    concurrency?: number;
+    cpus?: number;
+  } = {},
 ) =>
   createDockerDriver({
     socketPath: overrides.socketPath ?? SOCKET,
     image: overrides.image ?? IMAGE,
     memoryMb: 512,
-    cpus: 1,
+    cpus: overrides.cpus ?? 1,
     pids: 256,
     instance,
     spare: overrides.spare ?? false,
@@ -306,6 +312,36 @@ describeDocker(gate, 'docker sandbox', () => {
       expect(settings).toEqual([
         { fsync: 'off', wal_level: 'minimal', maintenance_workers: '0', gather_workers: '0' },
       ]);
+    });
+
+    it('a CPU limit above what the engine has is lowered to it (the engine refuses more)', async () => {
+      const ncpu = (await docker.info()).NCPU as number;
+      // The engine itself refuses such a container: the clamp is what lets this default work on small hosts.
+      const refused = await docker
+        .createContainer({ Image: IMAGE, HostConfig: { NanoCpus: (ncpu + 1) * 1e9, NetworkMode: 'none' } })
+        .then(
+          async (c) => {
+            await c.remove({ force: true });
+            return undefined;
+          },
+          (error: Error) => error.message,
+        );
+      expect(refused).toMatch(/CPUs/);
+      const greedy = makeDocker({ cpus: ncpu + 1 });
+      try {
+        sandbox = await greedy.create({ ...IDS, ttlMs: 60_000 });
+        expect((await docker.getContainer(sandbox.id).inspect()).HostConfig.NanoCpus).toBe(ncpu * 1e9);
+        const [workers] = await queryJson<{ n: string }>(
+          sandbox,
+          `SELECT current_setting('max_parallel_maintenance_workers') AS n`,
+          'workers',
+        );
+        expect(workers?.n).toBe(String(ncpu - 1));
+      } finally {
+        await sandbox?.destroy();
+        sandbox = undefined;
+        await greedy.close();
+      }
     });
 
     it('a spare serves one verification only: renamed after its backup, same limits, then replaced', async () => {

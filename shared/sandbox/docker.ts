@@ -125,12 +125,17 @@ export function createDockerDriver(options: DockerDriverOptions): SandboxDriver 
   const maintenanceWorkMemMb = Math.max(64, Math.min(2048, Math.floor(options.memoryMb / 4)));
   // Parallel workers only add process start-up and coordination when they share the container's CPUs
   // with the leader (measured: a restore at FLUX_VERIFY_CPUS=1 is a few percent faster without them).
-  const extraWorkers = String(Math.max(0, Math.ceil(options.cpus) - 1));
-  const serverSettings = {
-    ...throwawaySettings(maintenanceWorkMemMb),
-    max_parallel_maintenance_workers: extraWorkers,
-    max_parallel_workers_per_gather: extraWorkers,
+  const serverSettings = (cpus: number) => {
+    const extraWorkers = String(Math.max(0, Math.ceil(cpus) - 1));
+    return {
+      ...throwawaySettings(maintenanceWorkMemMb),
+      max_parallel_maintenance_workers: extraWorkers,
+      max_parallel_workers_per_gather: extraWorkers,
+    };
   };
+  /** The engine's CPU count, asked once (undefined when it does not say). */
+  let engineCpus: Promise<number | undefined> | undefined;
+  let cpusWarned = false;
   const useSpare = options.spare ?? true;
   const sandboxTtlMs = options.sandboxTtlMs ?? DEFAULT_SANDBOX_TTL_MS;
   const spareRefreshMs = options.spareRefreshMs ?? SPARE_REFRESH_MS;
@@ -243,6 +248,28 @@ export function createDockerDriver(options: DockerDriverOptions): SandboxDriver 
     }
   }
 
+  /**
+   * FLUX_VERIFY_CPUS, but no more than the engine has: the engine refuses a container asking for more
+   * CPUs than it has, and the default (2) must work on a one-CPU host too.
+   */
+  async function cpuLimit(docker: Docker): Promise<number> {
+    engineCpus ??= docker.info().then(
+      (info: { NCPU?: unknown }) => (typeof info.NCPU === 'number' && info.NCPU > 0 ? info.NCPU : undefined),
+      () => undefined,
+    );
+    const available = await engineCpus;
+    if (available === undefined) engineCpus = undefined;
+    if (available === undefined || options.cpus <= available) return options.cpus;
+    if (!cpusWarned) {
+      cpusWarned = true;
+      log?.warn(
+        { wanted: options.cpus, available },
+        `FLUX_VERIFY_CPUS=${options.cpus} is more than the Docker engine's ${available} CPUs: sandboxes get ${available}`,
+      );
+    }
+    return available;
+  }
+
   /** Creates and starts a container and waits until its server answers; removes it again if that fails. */
   async function startContainer(
     docker: Docker,
@@ -254,11 +281,12 @@ export function createDockerDriver(options: DockerDriverOptions): SandboxDriver 
     isClaimed = false,
   ): Promise<DockerSandbox> {
     let container: ContainerHandle;
+    const cpus = await cpuLimit(docker);
     try {
       container = await docker.createContainer({
         name,
         Image: image,
-        Cmd: ['postgres', '-c', 'listen_addresses=127.0.0.1', ...settingsArgs(serverSettings)],
+        Cmd: ['postgres', '-c', 'listen_addresses=127.0.0.1', ...settingsArgs(serverSettings(cpus))],
         Env: ['POSTGRES_HOST_AUTH_METHOD=trust', 'POSTGRES_INITDB_ARGS=--no-sync'],
         Labels: {
           [LABEL.verify]: '1',
@@ -270,7 +298,7 @@ export function createDockerDriver(options: DockerDriverOptions): SandboxDriver 
           NetworkMode: 'none',
           Memory: options.memoryMb * MIB,
           MemorySwap: options.memoryMb * MIB,
-          NanoCpus: Math.round(options.cpus * 1e9),
+          NanoCpus: Math.round(cpus * 1e9),
           PidsLimit: options.pids,
           ShmSize: Math.min(256, Math.floor(options.memoryMb / 4)) * MIB,
           // The entrypoint needs to chown PGDATA and drop to the postgres user; nothing else.
