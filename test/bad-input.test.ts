@@ -37,6 +37,7 @@ import {
 import { type PgCluster, startPostgres } from './support/pg.js';
 import {
   ADMIN,
+  backupCreatedData,
   eventually,
   makeTestEnv,
   makeWebhookSecret,
@@ -221,17 +222,7 @@ function event<T extends EventType>(type: T, data: Record<string, unknown>): Clo
 }
 
 const createdData = (over: Record<string, unknown>) => ({
-  projectId: TENANT.id,
-  backupId,
-  kind: 'tenant_export',
-  sizeBytes: 1,
-  sha256: 'a'.repeat(64),
-  createdAt: new Date().toISOString(),
-  completedAt: new Date().toISOString(),
-  tables: 0,
-  rows: 0,
-  sequences: 0,
-  serverVersion: '15',
+  ...backupCreatedData(TENANT.id, backupId, { kind: 'tenant_export' }),
   ...over,
 });
 

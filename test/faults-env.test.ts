@@ -17,6 +17,7 @@ import {
   type DedupeSink,
   descendantsOf,
   type FnProcess,
+  faultsEnv,
   fillLeaving,
   hashTree,
   isAlive,
@@ -108,18 +109,10 @@ beforeAll(async () => {
       { ...copied, engine: 'v1_dedicated', databaseUrl: 'env:FAULTS_UNUSED_URL' },
     ],
   });
-  base = {
-    ...testEnv.env,
-    PATH: `${throttle.binDir}:${testEnv.env.PATH}`,
-    FLUX_LOG_LEVEL: 'info',
-    FLUX_EVENT_SINKS: JSON.stringify([{ url: sink.url, types: ['*'] }]),
-    FLUX_OUTBOX_BASE_DELAY_MS: '100',
-    FLUX_OUTBOX_MAX_DELAY_MS: '400',
-    FLUX_VERIFY_ON: 'none',
-    FLUX_REPLICATE_RECONCILE_INTERVAL_MS: String(60 * 60 * 1000),
+  base = faultsEnv(testEnv.env, throttle, sink, {
     FLUX_REPLICATE_MAX_ATTEMPTS: '2',
     FLUX_REPLICATE_RETRY_BASE_DELAY_MS: '50',
-  };
+  });
   dump = await startFunction('dump', base);
 });
 

@@ -22,6 +22,7 @@ import {
   type DedupeSink,
   descendantsOf,
   type FnProcess,
+  faultsEnv,
   freezeWhen,
   isAlive,
   killStartedFunctions,
@@ -110,19 +111,11 @@ beforeAll(async () => {
       { ...big, engine: 'v1_dedicated', databaseUrl: 'env:FAULTS_UNUSED_URL' },
     ],
   });
-  base = {
-    ...testEnv.env,
-    PATH: `${throttle.binDir}:${testEnv.env.PATH}`,
-    FLUX_LOG_LEVEL: 'info',
-    FLUX_EVENT_SINKS: JSON.stringify([{ url: sink.url, types: ['*'] }]),
-    FLUX_OUTBOX_BASE_DELAY_MS: '100',
-    FLUX_OUTBOX_MAX_DELAY_MS: '400',
+  base = faultsEnv(testEnv.env, throttle, sink, {
     FLUX_OUTBOX_MAX_ATTEMPTS: '100',
-    FLUX_VERIFY_ON: 'none',
     FLUX_VERIFY_LOCAL_DIR: verifyLocalDir(),
-    FLUX_REPLICATE_RECONCILE_INTERVAL_MS: String(60 * 60 * 1000),
     FLUX_REPLICATE_RETRY_BASE_DELAY_MS: '100',
-  };
+  });
 });
 
 afterAll(async () => {

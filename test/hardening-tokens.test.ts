@@ -27,6 +27,7 @@ import {
 import { type EventReceiver, startEventReceiver } from './support/receiver.js';
 import {
   ADMIN,
+  backupCreatedData,
   eventually,
   makeTestEnv,
   makeToken,
@@ -445,19 +446,7 @@ describe('webhook secret rotation', () => {
     await rt.outbox.start();
     const event = await rt.emit('flux.backup.created', {
       subject: `${projectId}/${NO_BACKUP}`,
-      data: {
-        projectId,
-        backupId: NO_BACKUP,
-        kind: 'project_db',
-        sizeBytes: 1,
-        sha256: 'a'.repeat(64),
-        createdAt: new Date().toISOString(),
-        completedAt: new Date().toISOString(),
-        tables: 0,
-        rows: 0,
-        sequences: 0,
-        serverVersion: '15',
-      },
+      data: backupCreatedData(projectId, NO_BACKUP),
     });
     expect(await rt.outbox.idle(20_000)).toBe(true);
     await rt.outbox.stop();

@@ -278,24 +278,29 @@ export function createLocalDriver(options: LocalDriverOptions): SandboxDriver {
     ];
   }
 
+  /** A new directory in `state`, filled by `fill`; removed again when that throws. */
+  async function filledDir(
+    state: MarkerState,
+    fill: (prepared: PreparedDir) => Promise<void>,
+  ): Promise<PreparedDir> {
+    const prepared = await makeDir(state);
+    try {
+      await fill(prepared);
+      return prepared;
+    } catch (error) {
+      await rm(prepared.dir, { recursive: true, force: true, maxRetries: 3 }).catch(() => undefined);
+      throw error;
+    }
+  }
+
+  function initdb(t: Tools, prepared: PreparedDir): Promise<void> {
+    return runAsServer(t.initdb.path, initdbArgs(prepared.data), prepared.dir, 'initdb of the local sandbox');
+  }
+
   /** The initialised data directory every sandbox of this driver is copied from (made once). */
   function templateDir(t: Tools): Promise<PreparedDir> {
     if (closed) return Promise.reject(new AppError('shutting_down', 'the local sandbox driver is closed'));
-    template ??= (async () => {
-      const prepared = await makeDir('template');
-      try {
-        await runAsServer(
-          t.initdb.path,
-          initdbArgs(prepared.data),
-          prepared.dir,
-          'initdb of the local sandbox',
-        );
-        return prepared;
-      } catch (error) {
-        await rm(prepared.dir, { recursive: true, force: true, maxRetries: 3 }).catch(() => undefined);
-        throw error;
-      }
-    })();
+    template ??= filledDir('template', (prepared) => initdb(t, prepared));
     const made = template;
     made.catch(() => {
       if (template === made) template = undefined;
@@ -307,33 +312,21 @@ export function createLocalDriver(options: LocalDriverOptions): SandboxDriver {
   async function prepareDir(t: Tools): Promise<PreparedDir> {
     const source = await templateDir(t);
     const user = await serverUser();
-    const prepared = await makeDir('spare');
-    try {
+    return filledDir('spare', async (prepared) => {
       await mkdir(prepared.socket, { mode: 0o700 });
       await mkdir(prepared.input, { mode: 0o700 });
       if (user) await chown(prepared.socket, user.uid, user.gid);
       const cp = (await which('cp', options.pathEnv)) ?? (await which('cp', '/usr/bin:/bin'));
-      if (cp) {
-        // -a keeps the 0700 modes Postgres insists on; GNU cp >= 9 reflinks where the filesystem can.
+      // -a keeps the 0700 modes Postgres insists on; GNU cp >= 9 reflinks where the filesystem can.
+      if (cp)
         await runAsServer(
           cp,
           ['-a', source.data, prepared.data],
           prepared.dir,
           'copying the sandbox template',
         );
-      } else {
-        await runAsServer(
-          t.initdb.path,
-          initdbArgs(prepared.data),
-          prepared.dir,
-          'initdb of the local sandbox',
-        );
-      }
-      return prepared;
-    } catch (error) {
-      await rm(prepared.dir, { recursive: true, force: true, maxRetries: 3 }).catch(() => undefined);
-      throw error;
-    }
+      else await initdb(t, prepared);
+    });
   }
 
   /** A started, ready sandbox (state spare until a verification claims it). */

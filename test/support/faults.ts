@@ -443,6 +443,30 @@ export async function startDedupeSink(): Promise<DedupeSink> {
 // Docker
 
 /** Whether the default engine answers and has `image` (the docker tests run only then). */
+/**
+ * The environment the fault suites start their function processes with: the throttled pg_dump first on
+ * PATH, every event to the dedupe sink, quick outbox retries, no verification triggered by events and no
+ * periodic reconcile (each test triggers what it needs). `extra` adds or overrides.
+ */
+export function faultsEnv(
+  testEnv: NodeJS.ProcessEnv,
+  throttle: ThrottledPgDump,
+  sink: DedupeSink,
+  extra: Record<string, string>,
+): NodeJS.ProcessEnv {
+  return {
+    ...testEnv,
+    PATH: `${throttle.binDir}:${testEnv.PATH}`,
+    FLUX_LOG_LEVEL: 'info',
+    FLUX_EVENT_SINKS: JSON.stringify([{ url: sink.url, types: ['*'] }]),
+    FLUX_OUTBOX_BASE_DELAY_MS: '100',
+    FLUX_OUTBOX_MAX_DELAY_MS: '400',
+    FLUX_VERIFY_ON: 'none',
+    FLUX_REPLICATE_RECONCILE_INTERVAL_MS: String(60 * 60 * 1000),
+    ...extra,
+  };
+}
+
 export async function dockerHas(image: string, host?: string): Promise<boolean> {
   const r = await execa('docker', [...(host ? ['-H', host] : []), 'image', 'inspect', image], {
     reject: false,

@@ -148,24 +148,33 @@ export function backupCreatedEvent(
   backupId: string,
   data: Partial<EventData<'flux.backup.created'>> = {},
 ): CloudEvent<'flux.backup.created'> {
-  const now = new Date().toISOString();
   return createEvent({
     type: 'flux.backup.created',
     source: '/flux-ops/dump',
     subject: `${projectId}/${backupId}`,
-    data: {
-      projectId,
-      backupId,
-      kind: 'project_db',
-      sizeBytes: 1,
-      sha256: 'a'.repeat(64),
-      createdAt: now,
-      completedAt: now,
-      tables: 0,
-      rows: 0,
-      sequences: 0,
-      serverVersion: '15',
-      ...data,
-    },
+    data: backupCreatedData(projectId, backupId, data),
   });
+}
+
+/** The data of a `flux.backup.created` event (a one-byte project_db backup unless overridden). */
+export function backupCreatedData(
+  projectId: string,
+  backupId: string,
+  data: Partial<EventData<'flux.backup.created'>> = {},
+): EventData<'flux.backup.created'> {
+  const now = new Date().toISOString();
+  return {
+    projectId,
+    backupId,
+    kind: 'project_db',
+    sizeBytes: 1,
+    sha256: 'a'.repeat(64),
+    createdAt: now,
+    completedAt: now,
+    tables: 0,
+    rows: 0,
+    sequences: 0,
+    serverVersion: '15',
+    ...data,
+  };
 }
