@@ -14,6 +14,7 @@ import { createEvent } from '../shared/events/envelope.js';
 import type { FunctionApp } from '../shared/kit/runtime.js';
 import type { Cluster, Project } from '../shared/registry.js';
 import { LOCAL_MARKER, LOCAL_SANDBOX_PREFIX, type LocalMarker } from '../shared/sandbox/local.js';
+import { descendantsOf, listProcesses } from './support/faults.js';
 import { seedProjectDb, seedTenant, tenantSchemaOf } from './support/fixtures.js';
 import { type PgCluster, quoteIdent, startPostgres } from './support/pg.js';
 import { type EventReceiver, startEventReceiver } from './support/receiver.js';
@@ -396,6 +397,46 @@ describe('the broken-fixture corpus (each fires on the broken backup only)', () 
       await fn.stop();
       await env.cleanup();
     }
+  });
+});
+
+describe('a sandbox that fails under the restore', () => {
+  it('a killed sandbox backend leaves the backup unverifiable (say so, verify again), never failed', async () => {
+    const b = await backup(slow);
+    const accepted = await verifyRequest(b, { headers: { prefer: 'respond-async' } });
+    expect(accepted.status).toBe(202);
+    // The backend loading the slow table (every row's CHECK sleeps) of this file's active sandbox.
+    const backend = await eventually(() => {
+      const procs = listProcesses();
+      for (const postmaster of procs.filter((p) => p.argv.some((a) => a.startsWith(localBase)))) {
+        const copying = descendantsOf(postmaster.pid, procs).find((c) => c.argv.join(' ').includes('COPY'));
+        if (copying) return copying;
+      }
+      return undefined;
+    }, 30_000);
+    // What the out-of-memory killer does to the biggest process in a sandbox.
+    process.kill(backend.pid, 'SIGKILL');
+    const receipt = await eventually(
+      async () => (await verifyRt.catalog.get(slow.id, b.backupId))?.verify,
+      60_000,
+    );
+    expect(receipt).toMatchObject({ status: 'unverifiable', reason: 'sandbox_server_gone' });
+    expect(receipt.error).toMatch(/went away during the restore.*says nothing about the backup/);
+    expect(rungOf(receipt, 'artifact').result).toBe('passed');
+    expect(rungOf(receipt, 'archive').result).toBe('passed');
+    expect(rungOf(receipt, 'restore')).toMatchObject({
+      result: 'could_not_verify',
+      code: 'sandbox_server_gone',
+    });
+    expect(receipt.rungs.some((r) => r.result === 'failed')).toBe(false);
+    const event = await eventually(
+      () => receiver.events('flux.backup.unverifiable').find((e) => e.data.backupId === b.backupId),
+      20_000,
+    );
+    expect(event.data).toMatchObject({ reason: 'sandbox_server_gone' });
+    expect(
+      receiver.events('flux.backup.verify_failed').filter((e) => e.data.backupId === b.backupId),
+    ).toEqual([]);
   });
 });
 

@@ -82,9 +82,46 @@ describe('restore', () => {
     ).toMatchObject({ result: 'failed', code: 'restore_errors', details: { ignored: 2 } });
   });
   it('a non-zero exit fails even without error lines', () => {
-    expect(evaluateRestore({ exitCode: 137, stderr: '' }, 1)).toMatchObject({
+    expect(evaluateRestore({ exitCode: 1, stderr: '' }, 1)).toMatchObject({
       result: 'failed',
       code: 'restore_exit_nonzero',
+    });
+  });
+  it('a sandbox that failed under the restore could not verify it: never a failed backup', () => {
+    // A backend killed (out of memory) mid-COPY: pg_restore reports it as an error, exit 1.
+    const gone =
+      'pg_restore: error: error returned by PQputCopyData: server closed the connection unexpectedly\n' +
+      '\tThis probably means the server terminated abnormally\n';
+    const r = evaluateRestore({ exitCode: 1, stderr: gone }, 1);
+    expect(r).toMatchObject({ result: 'could_not_verify', code: 'sandbox_server_gone' });
+    expect(r.message).toMatch(/says nothing about the backup/);
+    const crash =
+      'pg_restore: error: could not execute query: FATAL:  terminating connection because of crash of another server process\n';
+    expect(evaluateRestore({ exitCode: 1, stderr: crash }, 1)).toMatchObject({
+      result: 'could_not_verify',
+      code: 'sandbox_server_gone',
+    });
+    // The docker sandbox's container stopped (killed for its memory limit) before pg_restore could start.
+    expect(
+      evaluateRestore(
+        { exitCode: 126, stderr: 'the sandbox container is not running: (HTTP code 409) …' },
+        1,
+      ),
+    ).toMatchObject({ result: 'could_not_verify', code: 'sandbox_server_gone' });
+    // pg_restore itself killed (SIGKILL: 128 + 9), or an exit the engine never recorded.
+    expect(evaluateRestore({ exitCode: 137, stderr: '' }, 1)).toMatchObject({
+      result: 'could_not_verify',
+      code: 'restore_interrupted',
+    });
+    expect(evaluateRestore({ exitCode: null, stderr: '' }, 1)).toMatchObject({
+      result: 'could_not_verify',
+      code: 'restore_interrupted',
+    });
+    // What the backup itself causes still fails it, whatever the exit code.
+    const eof = 'pg_restore: error: could not read from input file: end of file\n';
+    expect(evaluateRestore({ exitCode: 137, stderr: eof }, 1)).toMatchObject({
+      result: 'failed',
+      code: 'restore_errors',
     });
   });
   it('finds error lines among the noise', () => {

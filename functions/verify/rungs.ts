@@ -15,6 +15,8 @@ export const FINDINGS = {
   archiveVersionUnsupported: 'archive_version_unsupported',
   restoreErrors: 'restore_errors',
   restoreExitNonzero: 'restore_exit_nonzero',
+  sandboxServerGone: 'sandbox_server_gone',
+  restoreInterrupted: 'restore_interrupted',
   missingSchemas: 'missing_schemas',
   missingTables: 'missing_tables',
   rowCountMismatch: 'row_count_mismatch',
@@ -128,11 +130,48 @@ export function evaluateArchive(
   return rung('archive', 'passed', FINDINGS.ok, seconds, undefined, { tocEntries: entries });
 }
 
-/** The restore: exit code AND stderr. Errors reported with exit 0 are still a failed restore. */
+/**
+ * What libpq and the server say when the sandbox server went away under a client: a backend killed
+ * (the out-of-memory killer, an operator), the server crashed or restarting.
+ */
+const SERVER_GONE_RE =
+  /server closed the connection unexpectedly|terminating connection because of crash of another server process|the database system is in recovery mode|no connection to the server|the sandbox container is not running/i;
+
+/**
+ * The restore: exit code AND stderr. Errors reported with exit 0 are still a failed restore. A sandbox
+ * that failed under the restore (its server went away, pg_restore killed by a signal, an exit nobody
+ * recorded) says nothing about the backup: that restore could not verify it.
+ */
 export function evaluateRestore(result: { exitCode: number | null; stderr: string }, seconds: number): Rung {
   const errors = errorLines(result.stderr);
   const ignored = /errors ignored on restore: (\d+)/i.exec(result.stderr);
   const ignoredCount = ignored ? Number(ignored[1]) : 0;
+  const gone = SERVER_GONE_RE.exec(result.stderr);
+  if (gone) {
+    return rung(
+      'restore',
+      'could_not_verify',
+      FINDINGS.sandboxServerGone,
+      seconds,
+      `the sandbox server went away during the restore ("${gone[0]}"): killed, or out of memory (FLUX_VERIFY_MEMORY_MB ` +
+        'limits docker sandboxes); this says nothing about the backup: verify it again',
+      { exitCode: result.exitCode, errors: errors.slice(0, 20) },
+    );
+  }
+  if (errors.length === 0 && ignoredCount === 0 && (result.exitCode === null || result.exitCode >= 128)) {
+    const how =
+      result.exitCode === null
+        ? 'ended without a recorded exit code'
+        : `was killed by signal ${result.exitCode - 128} (exit ${result.exitCode})`;
+    return rung(
+      'restore',
+      'could_not_verify',
+      FINDINGS.restoreInterrupted,
+      seconds,
+      `pg_restore ${how} and reported no error: the sandbox stopped it (out of memory?), not the backup; verify it again`,
+      { exitCode: result.exitCode },
+    );
+  }
   if (errors.length > 0 || ignoredCount > 0) {
     return rung(
       'restore',

@@ -44,6 +44,8 @@ const INPUT_DIR = '/tmp';
 /** Readiness polls (each an exec) start this soon after the container starts and back off to the max. */
 const READY_POLL_MIN_MS = 25;
 const READY_POLL_MAX_MS = 250;
+/** How long an ended exec's exit code is waited for. */
+const EXIT_CODE_WAIT_MS = 30_000;
 /** Names of spare containers; a claimed spare is renamed after its backup (labels cannot change). */
 export const SPARE_NAME_PREFIX = 'flux-verify-spare-';
 /** An unclaimed spare is replaced this often, so its expiry label always covers a whole verification. */
@@ -663,7 +665,9 @@ export function createDockerDriver(options: DockerDriverOptions): SandboxDriver 
         const status = statusCodeOf(error);
         if (status === 409 || status === 404 || status === 500) {
           // The container stopped (or was removed): the command could not run.
-          stderr.push(Buffer.from(`container not running: ${(error as Error).message.slice(0, 200)}`));
+          stderr.push(
+            Buffer.from(`the sandbox container is not running: ${(error as Error).message.slice(0, 200)}`),
+          );
           return result(126, false);
         }
         throw engineError(error, `running ${argv[0]} in the sandbox`);
@@ -699,8 +703,10 @@ export function createDockerDriver(options: DockerDriverOptions): SandboxDriver 
         });
       });
       if (canceled) return result(null, true);
-      // The stream ends a moment before the engine records the exit code.
-      for (let i = 0; i < 100; i++) {
+      // The stream ends a moment before the engine records the exit code (longer on a busy engine); an
+      // exit never recorded stays null, which no rung takes as the backup's fault.
+      const deadline = Date.now() + EXIT_CODE_WAIT_MS;
+      for (let delay = 20; Date.now() < deadline; delay = Math.min(500, delay * 2)) {
         const info = await exec.inspect().catch((error) => {
           // No answer at all: the engine went away mid-command (its stream just ended), so how the
           // command ended is unknown; that says nothing about the backup (unverifiable, not a failure).
@@ -708,7 +714,7 @@ export function createDockerDriver(options: DockerDriverOptions): SandboxDriver 
           return undefined;
         });
         if (info && !info.Running) return result(info.ExitCode ?? null, false);
-        await new Promise((r) => setTimeout(r, 20));
+        await new Promise((r) => setTimeout(r, delay));
       }
       return result(null, false);
     }
