@@ -12,8 +12,8 @@ import type { Manifest, VerifyReceipt } from '../shared/catalog/records.js';
 import type { FunctionApp } from '../shared/kit/runtime.js';
 import type { Cluster, Project } from '../shared/registry.js';
 import { describeDocker, dockerGate } from '../shared/sandbox/contract.js';
-import { createDockerDriver, LABEL, SPARE_NAME_PREFIX } from '../shared/sandbox/docker.js';
-import { seedTenant } from './support/fixtures.js';
+import { createDockerDriver, demuxLogs, LABEL, SPARE_NAME_PREFIX } from '../shared/sandbox/docker.js';
+import { seedSlowRestoreTenant, seedTenant } from './support/fixtures.js';
 import { type PgCluster, startPostgres } from './support/pg.js';
 import {
   ADMIN,
@@ -31,13 +31,18 @@ const instance = `test-verify-docker-${randomUUID()}`;
 const docker = new Docker({ socketPath: SOCKET });
 const gate = await dockerGate(SOCKET, IMAGE);
 
-const tenant = {
-  id: randomUUID(),
-  hash: randomBytes(4).toString('hex').slice(0, 7),
-  slug: 'docker-tenant',
-  engine: 'v2_shared',
-  cluster: 'shared-1',
-} as Project;
+const tenantProject = (slug: string) =>
+  ({
+    id: randomUUID(),
+    hash: randomBytes(4).toString('hex').slice(0, 7),
+    slug,
+    engine: 'v2_shared',
+    cluster: 'shared-1',
+  }) as Project;
+const tenant = tenantProject('docker-tenant');
+/** Its restore takes minutes (every row's CHECK sleeps): time to act on the sandbox mid-restore. */
+const slowTenant = tenantProject('docker-slow-tenant');
+const projects = [tenant, slowTenant];
 
 let cluster: PgCluster;
 let clusters: Cluster[];
@@ -60,9 +65,10 @@ beforeAll(async () => {
   cluster = await startPostgres();
   await cluster.createDatabase('flux');
   await seedTenant(cluster, { db: 'flux', projectId: tenant.id, rows: 100 });
+  await seedSlowRestoreTenant(cluster, { db: 'flux', projectId: slowTenant.id, rows: 3000 });
   clusters = [{ name: 'shared-1', url: cluster.url('flux'), maxConcurrentDumps: 2 }];
   base = await makeTestEnv();
-  dumpFn = createDumpApp(testRuntime('dump', base, { projects: [tenant], clusters }));
+  dumpFn = createDumpApp(testRuntime('dump', base, { projects, clusters }));
 });
 
 afterEach(async () => {
@@ -90,21 +96,37 @@ async function verifyApp(
     FLUX_VERIFY_MEMORY_MB: '512',
     ...extra,
   });
-  const rt = testRuntime('verify', env, { projects: [tenant], clusters });
+  const rt = testRuntime('verify', env, { projects, clusters });
   const fn = createVerifyApp(rt, { instance, ...options });
   started.push({ fn, env });
   return { fn, rt };
 }
 
-async function backup(): Promise<{ backupId: string; manifest: Manifest }> {
-  const res = await dumpFn.app.request(`/api/cli/v1/projects/${tenant.hash}/backups`, {
+async function backup(project: Project = tenant): Promise<{ backupId: string; manifest: Manifest }> {
+  const res = await dumpFn.app.request(`/api/cli/v1/projects/${project.hash}/backups`, {
     method: 'POST',
     headers: ADMIN.header,
   });
   expect(res.status).toBe(201);
   const { backup: b } = (await res.json()) as { backup: { id: string } };
-  const entry = await testRuntime('dump', base).catalog.get(tenant.id, b.id);
+  const entry = await testRuntime('dump', base).catalog.get(project.id, b.id);
   return { backupId: b.id, manifest: entry!.manifest! };
+}
+
+/** Runs a command in a container as the postgres user; returns its stdout. */
+async function execIn(id: string, cmd: string[]): Promise<string> {
+  const exec = await docker.getContainer(id).exec({
+    Cmd: cmd,
+    User: 'postgres',
+    Env: ['PGUSER=postgres', 'PGDATABASE=postgres'],
+    AttachStdout: true,
+    AttachStderr: true,
+  });
+  const stream = await exec.start({ hijack: true, stdin: false });
+  const chunks: Buffer[] = [];
+  stream.on('data', (c: Buffer) => chunks.push(c));
+  await new Promise((resolve) => stream.once('end', resolve));
+  return demuxLogs(Buffer.concat(chunks));
 }
 
 async function verify(
@@ -149,6 +171,43 @@ describeDocker(gate, 'verify in a docker sandbox', () => {
     const all = await ourContainers();
     expect(all).not.toContain(spare);
     expect(all.length).toBeLessThanOrEqual(1);
+  });
+
+  it('a sandbox backend killed mid-restore (as the OOM killer does) is unverifiable, never restore_failed', async () => {
+    const { fn, rt } = await verifyApp({ FLUX_VERIFY_DRIVER: 'docker' });
+    const b = await backup(slowTenant);
+    const accepted = await fn.app.request(
+      `/api/cli/v1/projects/${slowTenant.hash}/backups/${b.backupId}/verify`,
+      { method: 'POST', headers: { ...ADMIN.header, prefer: 'respond-async' } },
+    );
+    expect(accepted.status).toBe(202);
+    // The backend loading the slow table, inside the verification's container.
+    const target = await eventually(async () => {
+      const [id] = await ourContainers('sandboxes');
+      if (!id) return undefined;
+      const found = await execIn(id, [
+        'psql',
+        '-X',
+        '-A',
+        '-t',
+        '-c',
+        "SELECT pid FROM pg_stat_activity WHERE query LIKE 'COPY %' AND pid <> pg_backend_pid()",
+      ]);
+      const pid = found.trim();
+      return /^\d+$/.test(pid) ? { id, pid } : undefined;
+    }, 60_000);
+    await execIn(target.id, ['sh', '-c', `kill -9 ${target.pid}`]);
+    const receipt = await eventually(
+      async () => (await rt.catalog.get(slowTenant.id, b.backupId))?.verify,
+      60_000,
+    );
+    expect(receipt).toMatchObject({
+      status: 'unverifiable',
+      reason: 'sandbox_server_gone',
+      driver: 'docker',
+    });
+    expect(receipt.error).toMatch(/FLUX_VERIFY_MEMORY_MB/);
+    expect(receipt.rungs.some((r) => r.result === 'failed')).toBe(false);
   });
 
   it('the rungs fire inside the container too (row-count drift)', async () => {

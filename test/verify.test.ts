@@ -15,7 +15,7 @@ import type { FunctionApp } from '../shared/kit/runtime.js';
 import type { Cluster, Project } from '../shared/registry.js';
 import { LOCAL_MARKER, LOCAL_SANDBOX_PREFIX, type LocalMarker } from '../shared/sandbox/local.js';
 import { descendantsOf, listProcesses } from './support/faults.js';
-import { seedProjectDb, seedTenant, tenantSchemaOf } from './support/fixtures.js';
+import { seedProjectDb, seedSlowRestoreTenant, seedTenant, tenantSchemaOf } from './support/fixtures.js';
 import { type PgCluster, quoteIdent, startPostgres } from './support/pg.js';
 import { type EventReceiver, startEventReceiver } from './support/receiver.js';
 import {
@@ -82,21 +82,7 @@ beforeAll(async () => {
   );
   await seedTenant(cluster, { db: 'flux', projectId: empty.id, empty: true });
   // A restore that takes minutes: every restored row passes a CHECK that sleeps (not while seeding).
-  await seedTenant(cluster, { db: 'flux', projectId: slow.id, empty: true });
-  const s = quoteIdent(tenantSchemaOf(slow.id));
-  await cluster.query(
-    `CREATE FUNCTION ${s}.slow_check(v int) RETURNS boolean LANGUAGE plpgsql AS $$
-     BEGIN
-       IF current_setting('flux.fast', true) = 'on' THEN RETURN true; END IF;
-       PERFORM pg_sleep(0.05);
-       RETURN true;
-     END $$;
-     CREATE TABLE ${s}.slow (v int CHECK (${s}.slow_check(v)));
-     SET flux.fast = 'on';
-     INSERT INTO ${s}.slow SELECT generate_series(1, 3000);`,
-    [],
-    'flux',
-  );
+  await seedSlowRestoreTenant(cluster, { db: 'flux', projectId: slow.id, rows: 3000 });
   await seedProjectDb(cluster, { db: 'dedicated', rows: 50 });
 
   receiver = await startEventReceiver();

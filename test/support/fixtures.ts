@@ -194,6 +194,31 @@ export interface SeededTenant {
  * `customer_totals`, and grants to the tenant role. Data is random (md5/random, poorly compressible).
  * Fails if the tenant schema already exists.
  */
+/**
+ * An empty tenant whose one table `slow` restores slowly: every restored row passes a CHECK that sleeps
+ * 50 ms (not while seeding), so a restore of `rows` rows takes rows × 50 ms: time to act mid-restore.
+ */
+export async function seedSlowRestoreTenant(
+  cluster: PgCluster,
+  opts: { db: string; projectId: string; rows: number },
+): Promise<void> {
+  await seedTenant(cluster, { db: opts.db, projectId: opts.projectId, empty: true });
+  const s = quoteIdent(tenantSchemaOf(opts.projectId));
+  await cluster.query(
+    `CREATE FUNCTION ${s}.slow_check(v int) RETURNS boolean LANGUAGE plpgsql AS $$
+     BEGIN
+       IF current_setting('flux.fast', true) = 'on' THEN RETURN true; END IF;
+       PERFORM pg_sleep(0.05);
+       RETURN true;
+     END $$;
+     CREATE TABLE ${s}.slow (v int CHECK (${s}.slow_check(v)));
+     SET flux.fast = 'on';
+     INSERT INTO ${s}.slow SELECT generate_series(1, ${Number(opts.rows)});`,
+    [],
+    opts.db,
+  );
+}
+
 export async function seedTenant(cluster: PgCluster, opts: SeedTenantOptions): Promise<SeededTenant> {
   const rows = opts.rows ?? 1000;
   if (!Number.isInteger(rows) || rows < 0) throw new Error(`rows must be a non-negative integer: ${rows}`);
