@@ -1,9 +1,10 @@
 // replicate in-process against real files: watch + webhook + reconcile triggers, exactly-once copies,
 // failure and recovery, conflicts, partial files, constant memory. Events go to a real signed sink.
-import { chmod, mkdir, readFile, rm, writeFile } from 'node:fs/promises';
+import { chmod, mkdir, readdir, readFile, rename, rm, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { createApp } from '../functions/replicate/app.js';
+import { IDENTITY_STATE_FILE, STORE_MARKER_KEY } from '../functions/replicate/identity.js';
 import type { ReconcileSummary } from '../functions/replicate/replicator.js';
 import { hashFile, TEMP_PREFIX } from '../shared/atomic.js';
 import type { FunctionApp } from '../shared/kit/runtime.js';
@@ -326,6 +327,65 @@ describe('replicate (in-process, real files)', () => {
       status: 'replicated',
       contentSha256: first.sha256,
     });
+  });
+
+  it('an offsite mount point left unmounted gets nothing (its store marker is missing); mounted again, copies resume', async () => {
+    const h = await harness({
+      FLUX_REPLICATE_RECONCILE_INTERVAL_MS: '300',
+      FLUX_REPLICATE_MAX_ATTEMPTS: '2',
+    });
+    const first = await writeBackup(h.local, newProjectId());
+    await eventually(() => allReplicated(h, [first]));
+    // The first copy marked the store, and the replicator recorded which store it writes to.
+    const marker = JSON.parse(await readFile(path.join(h.offsite, STORE_MARKER_KEY), 'utf8')) as {
+      storeId: string;
+    };
+    const state = JSON.parse(
+      await readFile(path.join(h.env.config.FLUX_STATE_DIR, IDENTITY_STATE_FILE), 'utf8'),
+    ) as { stores: Record<string, { storeId: string }> };
+    expect(Object.values(state.stores).map((s) => s.storeId)).toEqual([marker.storeId]);
+    expect((await h.fn.app.request('/readyz')).status).toBe(200);
+
+    // The mount goes away: the store's files are elsewhere, an empty directory is left at the path.
+    const mounted = `${h.offsite}.mounted`;
+    await rename(h.offsite, mounted);
+    await mkdir(h.offsite);
+    const second = await writeBackup(h.local, newProjectId());
+    const failed = await eventually(async () => {
+      const r = await readReceipt(h.local, second);
+      return r?.status === 'failed' ? r : undefined;
+    });
+    expect(failed).toMatchObject({ reason: 'store_identity' });
+    expect(failed.error).toMatch(/marker flux-ops-store\.json is missing.*unmounted mount point/);
+    // Reconciles keep finding both backups missing there (the first one's copy too), and copy nothing.
+    await h.reconcile();
+    await h.reconcile();
+    expect(await readdir(h.offsite)).toEqual([]);
+    const ready = await h.fn.app.request('/readyz');
+    expect(ready.status).toBe(503);
+    const checks = ((await ready.json()) as { checks: Array<{ name: string; ok: boolean; detail: string }> })
+      .checks;
+    expect(checks.find((c) => c.name === 'offsite:identity')).toMatchObject({ ok: false });
+    await drained(h);
+    expect(
+      receiver.events('flux.backup.replication_failed').map((e) => (e.data as { reason: string }).reason),
+    ).toContain('store_identity');
+    expect(
+      metricValue(await h.metrics(), 'flux_replicate_failures_total', { reason: 'store_identity' }),
+    ).toBeGreaterThan(0);
+
+    // Mounted again: the next periodic reconcile copies what the store lacks.
+    await rm(h.offsite, { recursive: true });
+    await rename(mounted, h.offsite);
+    await eventually(() => allReplicated(h, [first, second]));
+    expect(await offsiteFiles(h.offsite)).toContain(`${second.projectId}/${second.backupId}.dump`);
+    expect((await h.fn.app.request('/readyz')).status).toBe(200);
+
+    // Another replicator (its own state) pointed at this store adopts its marker instead of replacing it.
+    const other = await harness({ FLUX_BACKUPS_OFFSITE_DIR: h.offsite });
+    const third = await writeBackup(other.local, newProjectId());
+    await eventually(() => allReplicated(other, [third]));
+    expect(JSON.parse(await readFile(path.join(h.offsite, STORE_MARKER_KEY), 'utf8'))).toEqual(marker);
   });
 
   it('a partial local file or a dump without its manifest is never replicated', async () => {

@@ -8,6 +8,7 @@ import { dirWritableCheck } from '../../shared/kit/readiness.js';
 import type { FunctionApp, Runtime } from '../../shared/kit/runtime.js';
 import { createOffsiteStore } from '../../shared/offsite/index.js';
 import type { OffsiteStore } from '../../shared/offsite/types.js';
+import { createStoreIdentity } from './identity.js';
 import { createReplicator } from './replicator.js';
 import { createManifestWatcher } from './watcher.js';
 
@@ -22,9 +23,11 @@ export interface ReplicateDeps {
 export function createApp(rt: Runtime, deps: ReplicateDeps = {}): FunctionApp {
   const { config, log, catalog } = rt;
   const store = deps.store ?? createOffsiteStore(config);
+  const identity = createStoreIdentity({ store, stateDir: config.FLUX_STATE_DIR });
   const replicator = createReplicator({
     catalog,
     store,
+    identity,
     log,
     metrics: rt.metrics,
     emit: rt.emit,
@@ -67,6 +70,12 @@ export function createApp(rt: Runtime, deps: ReplicateDeps = {}): FunctionApp {
         name: `offsite:${store.driver}`,
         async run() {
           return { ...(await store.check()), location: store.location };
+        },
+      },
+      {
+        name: 'offsite:identity',
+        async run() {
+          return { ...(await identity.status()), location: store.location };
         },
       },
       {

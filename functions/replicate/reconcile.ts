@@ -22,6 +22,7 @@ export const FAILURE_REASONS = [
   'dir_not_writable',
   'disk_full',
   'store_unavailable',
+  'store_identity',
   'timeout',
   'internal',
 ] as const;
@@ -106,7 +107,8 @@ export function reasonOf(error: unknown): FailureReason {
 
 /** Retrying the same copy cannot change these outcomes; the next reconcile decides (see `decide`). */
 export function isPermanent(reason: FailureReason): boolean {
-  return reason === 'conflict' || LOCAL_ARTIFACT_REASONS.has(reason);
+  // store_identity: retrying at once cannot bring a store back; the next reconcile tries again.
+  return reason === 'conflict' || reason === 'store_identity' || LOCAL_ARTIFACT_REASONS.has(reason);
 }
 
 /** Exponential backoff, jittered to [exp/2, exp], capped. */

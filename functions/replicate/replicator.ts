@@ -19,6 +19,7 @@ import type { Logger } from '../../shared/log.js';
 import { counter, DURATION_BUCKETS_S, gauge, histogram, type Registry } from '../../shared/metrics.js';
 import { dumpKeyOf, manifestKeyOf } from '../../shared/offsite/keys.js';
 import type { ContentHash, OffsiteStore } from '../../shared/offsite/types.js';
+import type { StoreIdentity } from './identity.js';
 import {
   backoffMs,
   conflictError,
@@ -79,6 +80,8 @@ export interface ReplicatorOptions {
   maxAttempts: number;
   retryBaseDelayMs: number;
   retryMaxDelayMs?: number;
+  /** Checked before every copy: the store is the one this replicator has been writing to. */
+  identity?: StoreIdentity;
 }
 
 export interface Replicator {
@@ -239,6 +242,8 @@ export function createReplicator(options: ReplicatorOptions): Replicator {
         `the local dump is ${local.size} B but its manifest says ${m.sizeBytes} B (partial or altered file); nothing was copied`,
       );
     }
+    // Not into a store that is not the one recorded (an unmounted mount point looks like an empty store).
+    await options.identity?.ensure();
     // The hash is checked while streaming: a local file that is not what the manifest says never lands.
     const dump = await copyAndProve(
       dumpKey,
