@@ -25,6 +25,7 @@ import {
   ADMIN,
   eventually,
   makeTestEnv,
+  signedEvent,
   type TestEnv,
   type TestRuntime,
   testRuntime,
@@ -218,6 +219,28 @@ describe('offsite on S3, end to end', () => {
       sha256: first.manifest.sha256,
     });
     await verify.stop();
+
+    // Triggered by replicate's own flux.backup.replicated event, verify proves the offsite copy too (the
+    // local dump is gone: a verification of the local copy could only fail).
+    const onReplicated = testRuntime(
+      'verify',
+      {
+        env: { ...env.env, FLUX_VERIFY_DRIVER: 'local' },
+        config: { ...env.config, FLUX_VERIFY_DRIVER: 'local', FLUX_VERIFY_ON: 'flux.backup.replicated' },
+      },
+      { projects: [project] },
+    );
+    const triggered = createVerifyApp(onReplicated);
+    await triggered.start();
+    const event = receiver.events('flux.backup.replicated').find((e) => e.data.backupId === first.backupId)!;
+    const delivered = await triggered.app.request('/events', signedEvent(event));
+    expect(delivered.status, await delivered.clone().text()).toBe(202);
+    const byEvent = await eventually(async () => {
+      const r = (await onReplicated.catalog.get(projectId, first.backupId))?.verify;
+      return r && r.finishedAt > receipt!.finishedAt ? r : undefined;
+    }, 60_000);
+    expect(byEvent).toMatchObject({ status: 'restore_verified', source: 'offsite' });
+    await triggered.stop();
 
     // Even with no local manifest at all, the manifest stored offsite describes the copy.
     await rm(first.paths.manifest);

@@ -10,7 +10,6 @@ import { createApp as createDumpApp } from '../functions/dump/app.js';
 import { createApp as createVerifyApp } from '../functions/verify/app.js';
 import type { BackupPaths } from '../shared/catalog/layout.js';
 import type { Manifest, VerifyReceipt } from '../shared/catalog/records.js';
-import { createEvent } from '../shared/events/envelope.js';
 import type { FunctionApp } from '../shared/kit/runtime.js';
 import type { Cluster, Project } from '../shared/registry.js';
 import { LOCAL_MARKER, LOCAL_SANDBOX_PREFIX, type LocalMarker } from '../shared/sandbox/local.js';
@@ -20,6 +19,7 @@ import { type PgCluster, quoteIdent, startPostgres } from './support/pg.js';
 import { type EventReceiver, startEventReceiver } from './support/receiver.js';
 import {
   ADMIN,
+  backupCreatedEvent,
   eventually,
   makeTestEnv,
   makeToken,
@@ -466,24 +466,14 @@ describe('the API and triggers', () => {
   it('is triggered by flux.backup.created (FLUX_VERIFY_ON) and ignores what it does not accept', async () => {
     expect(verifyFn.accepts).toEqual(['flux.backup.created']);
     const b = await backup(empty);
-    const created = createEvent({
-      type: 'flux.backup.created',
-      source: '/flux-ops/dump',
-      subject: `${empty.id}/${b.backupId}`,
-      data: {
-        projectId: empty.id,
-        projectHash: empty.hash,
-        backupId: b.backupId,
-        kind: 'tenant_export',
-        sizeBytes: b.manifest.sizeBytes,
-        sha256: b.manifest.sha256,
-        createdAt: b.manifest.createdAt,
-        completedAt: b.manifest.completedAt,
-        tables: 0,
-        rows: 0,
-        sequences: 0,
-        serverVersion: b.manifest.source.serverVersion,
-      },
+    const created = backupCreatedEvent(empty.id, b.backupId, {
+      projectHash: empty.hash,
+      kind: 'tenant_export',
+      sizeBytes: b.manifest.sizeBytes,
+      sha256: b.manifest.sha256,
+      createdAt: b.manifest.createdAt,
+      completedAt: b.manifest.completedAt,
+      serverVersion: b.manifest.source.serverVersion,
     });
     const res = await verifyFn.app.request('/events', signedEvent(created));
     expect(res.status).toBe(202);

@@ -62,10 +62,7 @@ export function createApp(rt: Runtime, options: VerifierOptions = {}): FunctionA
 
   const onBackupEvent: EventHandler = async (event: CloudEvent) => {
     const data = event.data as { projectId: string; backupId: string };
-    // An s3:// offsite store cannot be read by verify yet: a replicated event then verifies the local copy.
-    const wanted = TRIGGER_SOURCES[event.type] ?? 'local';
-    const source =
-      wanted === 'offsite' && config.FLUX_BACKUPS_OFFSITE_DIR.startsWith('s3://') ? 'local' : wanted;
+    const source = TRIGGER_SOURCES[event.type] ?? 'local';
     const started = await verifier.start({
       projectId: parseProjectId(data.projectId),
       backupId: parseBackupId(data.backupId),
