@@ -192,14 +192,17 @@ describe('offsite on S3, end to end', () => {
     expect(await openArtifact(first, 'local')).toBeUndefined();
 
     // And verify proves that offsite copy by restoring it: the receipt says which copy was proven.
-    const verifyRt = testRuntime(
-      'verify',
-      {
-        env: { ...env.env, FLUX_VERIFY_DRIVER: 'local' },
-        config: { ...env.config, FLUX_VERIFY_DRIVER: 'local', FLUX_VERIFY_ON: 'none' },
-      },
-      { projects: [project] },
-    );
+    // A verify function on this store with the local sandbox, triggered by `verifyOn`.
+    const verifyRuntime = (verifyOn: string) =>
+      testRuntime(
+        'verify',
+        {
+          env: { ...env.env, FLUX_VERIFY_DRIVER: 'local' },
+          config: { ...env.config, FLUX_VERIFY_DRIVER: 'local', FLUX_VERIFY_ON: verifyOn },
+        },
+        { projects: [project] },
+      );
+    const verifyRt = verifyRuntime('none');
     const verify = createVerifyApp(verifyRt);
     const local = await verify.app.request(`/api/cli/v1/projects/${hash}/backups/${first.backupId}/verify`, {
       method: 'POST',
@@ -222,14 +225,7 @@ describe('offsite on S3, end to end', () => {
 
     // Triggered by replicate's own flux.backup.replicated event, verify proves the offsite copy too (the
     // local dump is gone: a verification of the local copy could only fail).
-    const onReplicated = testRuntime(
-      'verify',
-      {
-        env: { ...env.env, FLUX_VERIFY_DRIVER: 'local' },
-        config: { ...env.config, FLUX_VERIFY_DRIVER: 'local', FLUX_VERIFY_ON: 'flux.backup.replicated' },
-      },
-      { projects: [project] },
-    );
+    const onReplicated = verifyRuntime('flux.backup.replicated');
     const triggered = createVerifyApp(onReplicated);
     await triggered.start();
     const event = receiver.events('flux.backup.replicated').find((e) => e.data.backupId === first.backupId)!;
