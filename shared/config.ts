@@ -334,6 +334,15 @@ export const VARS = {
     schema: z.string().default('flux.backup.created'),
     description: 'Event types that trigger a verification (comma-separated; `none` = on demand only).',
   },
+  FLUX_VERIFY_REVERIFY_AFTER_MS: {
+    schema: ms(0, 0, 366 * 24 * HOUR_MS),
+    description:
+      "Scheduled re-verification: each project's newest backup is verified again when its last verification is this old (0 = off; e.g. 604800000 for weekly).",
+  },
+  FLUX_VERIFY_REVERIFY_SOURCE: {
+    schema: z.enum(['local', 'offsite']).default('local'),
+    description: 'Which copy a scheduled re-verification restores.',
+  },
   FLUX_VERIFY_MEMORY_MB: { schema: int(1024, 64, 1024 * 1024), description: 'Docker sandbox memory limit.' },
   FLUX_VERIFY_CPUS: {
     schema: z.coerce.number().min(0.1).max(256).default(2),

@@ -8,6 +8,8 @@ import path from 'node:path';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { createApp as createDumpApp } from '../functions/dump/app.js';
 import { createApp as createVerifyApp } from '../functions/verify/app.js';
+import { createReverifySchedule } from '../functions/verify/schedule.js';
+import { createVerifier } from '../functions/verify/verifier.js';
 import type { BackupPaths } from '../shared/catalog/layout.js';
 import type { Manifest, VerifyReceipt } from '../shared/catalog/records.js';
 import type { FunctionApp } from '../shared/kit/runtime.js';
@@ -576,6 +578,76 @@ describe('limits', () => {
       await env.cleanup();
       await rm(limitedBase, { recursive: true, force: true });
     }
+  });
+});
+
+describe('scheduled re-verification', () => {
+  it("verifies a project's newest backup again once its last verification is FLUX_VERIFY_REVERIFY_AFTER_MS old", async () => {
+    // Only the empty tenant: the other projects' backups are not this test's to verify.
+    const rt = testRuntime('verify', testEnv, { projects: [empty], clusters });
+    const verifier = createVerifier(rt, { spare: false });
+    const schedule = createReverifySchedule({
+      registry: rt.registry,
+      catalog: rt.catalog,
+      verifier,
+      log: rt.log,
+      metrics: rt.metrics,
+      afterMs: 60_000,
+      source: 'local',
+    });
+    try {
+      const older = await backup(empty);
+      const b = await backup(empty);
+      const first = await verifyReceipt(b);
+      // Just verified: not due. A minute later it is, and only the newest backup is.
+      expect(await schedule.sweep(Date.now())).toMatchObject({ projects: 1, due: 0, started: 0 });
+      expect(await schedule.sweep(Date.now() + 61_000)).toMatchObject({ due: 1, started: 1 });
+      const again = await eventually(async () => {
+        const r = (await rt.catalog.get(empty.id, b.backupId))?.verify;
+        return r && r.finishedAt > first.finishedAt ? r : undefined;
+      }, 30_000);
+      expect(again).toMatchObject({ status: 'restore_verified', source: 'local' });
+      expect((await rt.catalog.get(empty.id, older.backupId))?.verify).toBeUndefined();
+      // A newest backup never verified is due once it is that old itself.
+      const fresh = await backup(empty);
+      expect(await schedule.sweep(Date.now())).toMatchObject({ due: 0 });
+      expect(await schedule.sweep(Date.now() + 61_000)).toMatchObject({ due: 1, started: 1 });
+      await eventually(async () => (await rt.catalog.get(empty.id, fresh.backupId))?.verify, 30_000);
+      expect(await rt.metrics.metrics()).toMatch(/flux_verify_scheduled_total\{result="started"\} 2/);
+    } finally {
+      schedule.stop();
+      await verifier.stop();
+    }
+  });
+
+  it('runs on its own in a started verify function (and not at all when off)', async () => {
+    const b = await backup(empty);
+    await verifyReceipt(b);
+    const env = await makeTestEnv({
+      FLUX_BACKUPS_LOCAL_DIR: testEnv.config.FLUX_BACKUPS_LOCAL_DIR,
+      FLUX_VERIFY_DRIVER: 'local',
+      FLUX_VERIFY_LOCAL_DIR: localBase,
+      FLUX_VERIFY_ON: 'none',
+      FLUX_VERIFY_REVERIFY_AFTER_MS: '1000',
+    });
+    const rt = testRuntime('verify', env, { projects: [empty], clusters });
+    const fn = createVerifyApp(rt, { spare: false });
+    const before = (await rt.catalog.get(empty.id, b.backupId))!.verify!;
+    try {
+      await fn.start();
+      const again = await eventually(async () => {
+        const r = (await rt.catalog.get(empty.id, b.backupId))?.verify;
+        return r && r.finishedAt > before.finishedAt ? r : undefined;
+      }, 30_000);
+      expect(again.status).toBe('restore_verified');
+    } finally {
+      await fn.stop();
+      await env.cleanup();
+    }
+    // The suite's own verify function has no schedule: it never re-verified anything by itself.
+    expect(await (await verifyFn.app.request('/metrics')).text()).not.toMatch(
+      /flux_verify_scheduled_total\{/,
+    );
   });
 });
 

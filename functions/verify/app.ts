@@ -11,6 +11,7 @@ import { createKit, type EventHandler, readJson } from '../../shared/kit/app.js'
 import { dirWritableCheck } from '../../shared/kit/readiness.js';
 import type { FunctionApp, Runtime } from '../../shared/kit/runtime.js';
 import { requireProjectByHash } from '../../shared/registry.js';
+import { createReverifySchedule } from './schedule.js';
 import { createVerifier, VERIFY_SOURCES, type VerifierOptions, type VerifySource } from './verifier.js';
 
 /** Events verify can be triggered by, and which copy each one verifies. */
@@ -144,6 +145,16 @@ export function createApp(rt: Runtime, options: VerifierOptions = {}): FunctionA
     });
   });
 
+  const schedule = createReverifySchedule({
+    registry,
+    catalog,
+    verifier,
+    log: rt.log,
+    metrics: rt.metrics,
+    afterMs: config.FLUX_VERIFY_REVERIFY_AFTER_MS,
+    source: config.FLUX_VERIFY_REVERIFY_SOURCE,
+  });
+
   return {
     name: 'verify',
     app,
@@ -152,8 +163,10 @@ export function createApp(rt: Runtime, options: VerifierOptions = {}): FunctionA
       await rt.inbox.start();
       await verifier.startReaper();
       await rt.outbox.start();
+      schedule.start();
     },
     async stop() {
+      schedule.stop();
       await verifier.stop();
       await rt.outbox.stop();
     },
