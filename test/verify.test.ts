@@ -594,6 +594,7 @@ describe('scheduled re-verification', () => {
       metrics: rt.metrics,
       afterMs: 60_000,
       source: 'local',
+      queueMax: 16,
     });
     try {
       const older = await backup(empty);
@@ -617,6 +618,44 @@ describe('scheduled re-verification', () => {
     } finally {
       schedule.stop();
       await verifier.stop();
+    }
+  });
+
+  it('leaves half of the queue to new backups: due work beyond that waits for the next sweep', async () => {
+    const slowBackup = await backup(slow);
+    const older = await backup(empty);
+    await backup(empty);
+    const env = await makeTestEnv({
+      FLUX_BACKUPS_LOCAL_DIR: testEnv.config.FLUX_BACKUPS_LOCAL_DIR,
+      FLUX_VERIFY_DRIVER: 'local',
+      FLUX_VERIFY_LOCAL_DIR: localBase,
+      FLUX_VERIFY_CONCURRENCY: '1',
+      FLUX_VERIFY_QUEUE_MAX: '2',
+      FLUX_SHUTDOWN_GRACE_MS: '100',
+    });
+    const rt = testRuntime('verify', env, { projects: [empty, slow], clusters });
+    const verifier = createVerifier(rt, { spare: false });
+    const schedule = createReverifySchedule({
+      registry: testRuntime('verify', env, { projects: [empty], clusters }).registry,
+      catalog: rt.catalog,
+      verifier,
+      log: rt.log,
+      metrics: rt.metrics,
+      afterMs: 60_000,
+      source: 'local',
+      queueMax: 2,
+    });
+    try {
+      // The slot is taken by a long restore and one verification waits: half the queue is in use.
+      await verifier.start({ projectId: slow.id, backupId: slowBackup.backupId });
+      await verifier.start({ projectId: empty.id, backupId: older.backupId });
+      expect(verifier.queued).toBe(1);
+      expect(await schedule.sweep(Date.now() + 61_000)).toMatchObject({ due: 1, started: 0, busy: 1 });
+      expect(verifier.queued).toBe(1);
+      expect(await rt.metrics.metrics()).toMatch(/flux_verify_scheduled_total\{result="busy"\} 1/);
+    } finally {
+      await verifier.stop();
+      await env.cleanup();
     }
   });
 

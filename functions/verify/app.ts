@@ -152,6 +152,7 @@ export function createApp(rt: Runtime, options: VerifierOptions = {}): FunctionA
     log: rt.log,
     metrics: rt.metrics,
     afterMs: config.FLUX_VERIFY_REVERIFY_AFTER_MS,
+    queueMax: config.FLUX_VERIFY_QUEUE_MAX,
     source: config.FLUX_VERIFY_REVERIFY_SOURCE,
   });
 

@@ -1,8 +1,9 @@
 // Scheduled re-verification (FLUX_VERIFY_REVERIFY_AFTER_MS, off at 0): each project's newest complete
 // backup is verified again once its last verification finished that long ago, or, never verified, once the
 // backup is that old. A dump that rots on disk, an offsite copy that changed, or a sandbox image that no
-// longer restores it then shows up without anyone asking. Scheduled work waits its turn: a full queue is
-// left for the next sweep, never answered with more load.
+// longer restores it then shows up without anyone asking. Scheduled work waits its turn: it queues into
+// half of the verify queue at most (new backups' verifications keep the other half), and what does not
+// fit is left for the next sweep.
 import type { Catalog } from '../../shared/catalog/catalog.js';
 import { isAppError } from '../../shared/errors.js';
 import type { Logger } from '../../shared/log.js';
@@ -13,7 +14,9 @@ import type { Verifier, VerifySource } from './verifier.js';
 export interface ReverifyOptions {
   registry: ProjectRegistry;
   catalog: Catalog;
-  verifier: Pick<Verifier, 'start' | 'isRunning'>;
+  verifier: Pick<Verifier, 'start' | 'isRunning' | 'queued'>;
+  /** FLUX_VERIFY_QUEUE_MAX: scheduled work queues into half of it, the rest stays free for new backups. */
+  queueMax: number;
   log: Logger;
   metrics: Registry;
   /** A verification older than this is due again; 0 = no schedule. */
@@ -76,6 +79,11 @@ export function createReverifySchedule(options: ReverifyOptions): ReverifySchedu
       }
       if (!backupId) continue;
       summary.due++;
+      if (options.queueMax > 0 && verifier.queued >= Math.ceil(options.queueMax / 2)) {
+        summary.busy++;
+        scheduled.inc({ result: 'busy' });
+        continue;
+      }
       try {
         await verifier.start({ projectId: project.id, backupId, source: options.source });
         summary.started++;

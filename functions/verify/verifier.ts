@@ -85,6 +85,8 @@ export interface Verifier {
   start(request: VerifyRequest): Promise<StartedVerification>;
   isRunning(projectId: string, backupId: string): boolean;
   readonly running: number;
+  /** Verifications waiting for a slot (FLUX_VERIFY_QUEUE_MAX at most). */
+  readonly queued: number;
   /** Sweeps leftover sandboxes now, then every REAP_INTERVAL_MS. */
   startReaper(): Promise<void>;
   reap(): Promise<number>;
@@ -610,6 +612,10 @@ export function createVerifier(rt: Runtime, options: VerifierOptions = {}): Veri
     selection,
     get running() {
       return inFlight.size;
+    },
+
+    get queued() {
+      return limiter.waiting;
     },
 
     isRunning(projectId, backupId) {
