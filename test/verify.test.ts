@@ -71,6 +71,16 @@ async function activeSandboxes(base = localBase): Promise<string[]> {
   return out;
 }
 
+/** Another verify function's environment on this suite's backups (local sandbox); `extra` adds or overrides. */
+function siblingEnv(extra: Record<string, string>): Promise<TestEnv> {
+  return makeTestEnv({
+    FLUX_BACKUPS_LOCAL_DIR: testEnv.config.FLUX_BACKUPS_LOCAL_DIR,
+    FLUX_VERIFY_DRIVER: 'local',
+    FLUX_VERIFY_LOCAL_DIR: localBase,
+    ...extra,
+  });
+}
+
 beforeAll(async () => {
   cluster = await startPostgres();
   await cluster.createDatabase('flux');
@@ -357,12 +367,7 @@ describe('the broken-fixture corpus (each fires on the broken backup only)', () 
   });
 
   it('a sandbox that cannot be had (no server tools) is unverifiable, never a pass or a failure', async () => {
-    const env = await makeTestEnv({
-      FLUX_BACKUPS_LOCAL_DIR: testEnv.config.FLUX_BACKUPS_LOCAL_DIR,
-      FLUX_VERIFY_DRIVER: 'local',
-      FLUX_VERIFY_LOCAL_DIR: localBase,
-      PATH: '/nonexistent',
-    });
+    const env = await siblingEnv({ PATH: '/nonexistent' });
     const rt = testRuntime('verify', env, { projects, clusters });
     const fn = createVerifyApp(rt);
     try {
@@ -528,9 +533,7 @@ describe('limits', () => {
     const other = await backup(empty);
     const limitedBase = await mkdtemp(path.join(tmpdir(), 'flux-verify-limits-'));
     await chmod(limitedBase, 0o755);
-    const env = await makeTestEnv({
-      FLUX_BACKUPS_LOCAL_DIR: testEnv.config.FLUX_BACKUPS_LOCAL_DIR,
-      FLUX_VERIFY_DRIVER: 'local',
+    const env = await siblingEnv({
       FLUX_VERIFY_LOCAL_DIR: limitedBase,
       FLUX_VERIFY_CONCURRENCY: '1',
       FLUX_VERIFY_QUEUE_MAX: '0',
@@ -625,10 +628,7 @@ describe('scheduled re-verification', () => {
     const slowBackup = await backup(slow);
     const older = await backup(empty);
     await backup(empty);
-    const env = await makeTestEnv({
-      FLUX_BACKUPS_LOCAL_DIR: testEnv.config.FLUX_BACKUPS_LOCAL_DIR,
-      FLUX_VERIFY_DRIVER: 'local',
-      FLUX_VERIFY_LOCAL_DIR: localBase,
+    const env = await siblingEnv({
       FLUX_VERIFY_CONCURRENCY: '1',
       FLUX_VERIFY_QUEUE_MAX: '2',
       FLUX_SHUTDOWN_GRACE_MS: '100',
@@ -662,10 +662,7 @@ describe('scheduled re-verification', () => {
   it('runs on its own in a started verify function (and not at all when off)', async () => {
     const b = await backup(empty);
     await verifyReceipt(b);
-    const env = await makeTestEnv({
-      FLUX_BACKUPS_LOCAL_DIR: testEnv.config.FLUX_BACKUPS_LOCAL_DIR,
-      FLUX_VERIFY_DRIVER: 'local',
-      FLUX_VERIFY_LOCAL_DIR: localBase,
+    const env = await siblingEnv({
       FLUX_VERIFY_ON: 'none',
       FLUX_VERIFY_REVERIFY_AFTER_MS: '1000',
     });
