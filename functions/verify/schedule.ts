@@ -48,7 +48,7 @@ export function createReverifySchedule(options: ReverifyOptions): ReverifySchedu
   const scheduled = counter(
     options.metrics,
     'flux_verify_scheduled_total',
-    'Scheduled re-verifications by result (started, busy: queue full, failed: could not start)',
+    'Scheduled re-verifications by result (started; busy: its half of the queue is full; failed: could not start)',
     ['result'],
   );
   let timer: NodeJS.Timeout | undefined;
