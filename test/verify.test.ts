@@ -9,11 +9,11 @@ import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { createApp as createDumpApp } from '../functions/dump/app.js';
 import { createApp as createVerifyApp } from '../functions/verify/app.js';
 import { createReverifySchedule } from '../functions/verify/schedule.js';
-import { createVerifier } from '../functions/verify/verifier.js';
+import { createVerifier, type Verifier } from '../functions/verify/verifier.js';
 import type { BackupPaths } from '../shared/catalog/layout.js';
 import type { Manifest, VerifyReceipt } from '../shared/catalog/records.js';
 import type { FunctionApp } from '../shared/kit/runtime.js';
-import type { Cluster, Project } from '../shared/registry.js';
+import { type Cluster, createStaticRegistry, type Project } from '../shared/registry.js';
 import { LOCAL_MARKER, LOCAL_SANDBOX_PREFIX, type LocalMarker } from '../shared/sandbox/local.js';
 import { descendantsOf, listProcesses } from './support/faults.js';
 import { seedProjectDb, seedSlowRestoreTenant, seedTenant, tenantSchemaOf } from './support/fixtures.js';
@@ -585,20 +585,23 @@ describe('limits', () => {
 });
 
 describe('scheduled re-verification', () => {
-  it("verifies a project's newest backup again once its last verification is FLUX_VERIFY_REVERIFY_AFTER_MS old", async () => {
-    // Only the empty tenant: the other projects' backups are not this test's to verify.
-    const rt = testRuntime('verify', testEnv, { projects: [empty], clusters });
-    const verifier = createVerifier(rt, { spare: false });
-    const schedule = createReverifySchedule({
-      registry: rt.registry,
+  /** A schedule over the empty tenant only (the other projects' backups are not these tests' to verify). */
+  const emptyTenantSchedule = (rt: TestRuntime, verifier: Verifier, queueMax: number) =>
+    createReverifySchedule({
+      registry: createStaticRegistry({ projects: [empty], clusters }),
       catalog: rt.catalog,
       verifier,
       log: rt.log,
       metrics: rt.metrics,
       afterMs: 60_000,
       source: 'local',
-      queueMax: 16,
+      queueMax,
     });
+
+  it("verifies a project's newest backup again once its last verification is FLUX_VERIFY_REVERIFY_AFTER_MS old", async () => {
+    const rt = testRuntime('verify', testEnv, { projects: [empty], clusters });
+    const verifier = createVerifier(rt, { spare: false });
+    const schedule = emptyTenantSchedule(rt, verifier, 16);
     try {
       const older = await backup(empty);
       const b = await backup(empty);
@@ -635,16 +638,7 @@ describe('scheduled re-verification', () => {
     });
     const rt = testRuntime('verify', env, { projects: [empty, slow], clusters });
     const verifier = createVerifier(rt, { spare: false });
-    const schedule = createReverifySchedule({
-      registry: testRuntime('verify', env, { projects: [empty], clusters }).registry,
-      catalog: rt.catalog,
-      verifier,
-      log: rt.log,
-      metrics: rt.metrics,
-      afterMs: 60_000,
-      source: 'local',
-      queueMax: 2,
-    });
+    const schedule = emptyTenantSchedule(rt, verifier, 2);
     try {
       // The slot is taken by a long restore and one verification waits: half the queue is in use.
       await verifier.start({ projectId: slow.id, backupId: slowBackup.backupId });

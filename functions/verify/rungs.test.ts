@@ -1,5 +1,6 @@
 // Each rung in both directions: the broken input fires its finding, the healthy one stays silent.
 import { describe, expect, it } from 'vitest';
+import { SANDBOX_STOPPED } from '../../shared/sandbox/types.js';
 import {
   completeRungs,
   errorLines,
@@ -103,10 +104,7 @@ describe('restore', () => {
     });
     // The docker sandbox's container stopped (killed for its memory limit) before pg_restore could start.
     expect(
-      evaluateRestore(
-        { exitCode: 126, stderr: 'the sandbox container is not running: (HTTP code 409) …' },
-        1,
-      ),
+      evaluateRestore({ exitCode: 126, stderr: `${SANDBOX_STOPPED}: (HTTP code 409) …` }, 1),
     ).toMatchObject({ result: 'could_not_verify', code: 'sandbox_server_gone' });
     // pg_restore itself killed (SIGKILL: 128 + 9), or an exit the engine never recorded.
     expect(evaluateRestore({ exitCode: 137, stderr: '' }, 1)).toMatchObject({

@@ -2,6 +2,7 @@
 // code, and from the rungs to the verification outcome. Unverifiable is never a pass and never a failure.
 import type { Manifest, Rung, RungName, RungResult, VerifyOutcome } from '../../shared/catalog/records.js';
 import { RUNG_NAMES } from '../../shared/catalog/records.js';
+import { SANDBOX_STOPPED } from '../../shared/sandbox/types.js';
 
 /** Stable finding codes, per rung (what tests, alerts and dashboards key on). */
 export const FINDINGS = {
@@ -134,8 +135,16 @@ export function evaluateArchive(
  * What libpq and the server say when the sandbox server went away under a client: a backend killed
  * (the out-of-memory killer, an operator), the server crashed or restarting.
  */
-const SERVER_GONE_RE =
-  /server closed the connection unexpectedly|terminating connection because of crash of another server process|the database system is in recovery mode|no connection to the server|the sandbox container is not running/i;
+const SERVER_GONE_RE = new RegExp(
+  [
+    'server closed the connection unexpectedly',
+    'terminating connection because of crash of another server process',
+    'the database system is in recovery mode',
+    'no connection to the server',
+    SANDBOX_STOPPED,
+  ].join('|'),
+  'i',
+);
 
 /**
  * The restore: exit code AND stderr. Errors reported with exit 0 are still a failed restore. A sandbox

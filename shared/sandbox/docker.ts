@@ -18,9 +18,12 @@ import {
   type ExecOptions,
   type ExecResult,
   parseVersionText,
+  prepareSpare,
+  SANDBOX_STOPPED,
   type Sandbox,
   type SandboxDriver,
   type SandboxVersions,
+  type SpareSlot,
   sandboxUnavailable,
   settingsArgs,
   shortCommand,
@@ -144,13 +147,7 @@ export function createDockerDriver(options: DockerDriverOptions): SandboxDriver 
   const concurrency = options.concurrency ?? 1;
   let clientPromise: Promise<Docker> | undefined;
   const live = new Set<DockerSandbox>();
-  interface SpareSlot {
-    sandbox: Promise<DockerSandbox | undefined>;
-    /** Started and ready (the promise has resolved to a sandbox). */
-    isReady: boolean;
-    timer?: NodeJS.Timeout;
-  }
-  let spare: SpareSlot | undefined;
+  let spare: SpareSlot<DockerSandbox> | undefined;
   let spareFailedAt = 0;
   /** Background preparations and removals (close() waits for them). */
   const pending = new Set<Promise<unknown>>();
@@ -349,41 +346,37 @@ export function createDockerDriver(options: DockerDriverOptions): SandboxDriver 
   function refillSpare(): void {
     if (!useSpare || closed || spare || Date.now() - spareFailedAt < SPARE_RETRY_MS) return;
     if ([...live].filter((s) => s.isClaimed).length >= concurrency) return;
-    const slot: SpareSlot = { isReady: false, sandbox: Promise.resolve(undefined) };
-    slot.sandbox = track(
-      (async () => {
-        try {
-          const docker = await client();
-          await ping(docker);
-          const info = await inspectImage(docker);
-          // No backup id label: it is not known yet (the name says it once claimed). The expiry covers
-          // the time until this spare is replaced plus a whole verification.
-          const sandbox = await startContainer(
-            docker,
-            info.Id,
-            `${SPARE_NAME_PREFIX}${randomBytes(4).toString('hex')}`,
-            {},
-            Date.now() + spareRefreshMs + sandboxTtlMs,
-            undefined,
-          );
-          slot.isReady = true;
-          slot.timer = setTimeout(() => {
-            if (spare !== slot) return;
-            spare = undefined;
-            discard(sandbox);
-            refillSpare();
-          }, spareRefreshMs);
-          slot.timer.unref();
-          return sandbox;
-        } catch (error) {
-          spareFailedAt = Date.now();
-          if (spare === slot) spare = undefined;
-          if (!closed) log?.warn({ err: error }, 'could not prepare a spare docker sandbox');
-          return undefined;
-        }
-      })(),
+    spare = prepareSpare(
+      async (slot) => {
+        const docker = await client();
+        await ping(docker);
+        const info = await inspectImage(docker);
+        // No backup id label: it is not known yet (the name says it once claimed). The expiry covers
+        // the time until this spare is replaced plus a whole verification.
+        const sandbox = await startContainer(
+          docker,
+          info.Id,
+          `${SPARE_NAME_PREFIX}${randomBytes(4).toString('hex')}`,
+          {},
+          Date.now() + spareRefreshMs + sandboxTtlMs,
+          undefined,
+        );
+        slot.timer = setTimeout(() => {
+          if (spare !== slot) return;
+          spare = undefined;
+          discard(sandbox);
+          refillSpare();
+        }, spareRefreshMs);
+        slot.timer.unref();
+        return sandbox;
+      },
+      (slot, error) => {
+        spareFailedAt = Date.now();
+        if (spare === slot) spare = undefined;
+        if (!closed) log?.warn({ err: error }, 'could not prepare a spare docker sandbox');
+      },
     );
-    spare = slot;
+    track(spare.sandbox);
   }
 
   /**
@@ -665,9 +658,7 @@ export function createDockerDriver(options: DockerDriverOptions): SandboxDriver 
         const status = statusCodeOf(error);
         if (status === 409 || status === 404 || status === 500) {
           // The container stopped (or was removed): the command could not run.
-          stderr.push(
-            Buffer.from(`the sandbox container is not running: ${(error as Error).message.slice(0, 200)}`),
-          );
+          stderr.push(Buffer.from(`${SANDBOX_STOPPED}: ${(error as Error).message.slice(0, 200)}`));
           return result(126, false);
         }
         throw engineError(error, `running ${argv[0]} in the sandbox`);

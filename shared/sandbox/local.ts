@@ -20,8 +20,10 @@ import {
   type DriverStatus,
   type ExecOptions,
   type ExecResult,
+  prepareSpare,
   type Sandbox,
   type SandboxDriver,
+  type SpareSlot,
   sandboxUnavailable,
   settingsArgs,
   shortCommand,
@@ -138,12 +140,7 @@ export function createLocalDriver(options: LocalDriverOptions): SandboxDriver {
   const useSpare = options.spare ?? true;
   /** The template's data directory, made by the first sandbox that needs it. */
   let template: Promise<PreparedDir> | undefined;
-  interface SpareSlot {
-    sandbox: Promise<LocalSandbox | undefined>;
-    /** Started and ready (the promise has resolved to a sandbox). */
-    isReady: boolean;
-  }
-  let spare: SpareSlot | undefined;
+  let spare: SpareSlot<LocalSandbox> | undefined;
   let spareFailedAt = 0;
   /** Background preparations (close() waits for them). */
   const preparing = new Set<Promise<unknown>>();
@@ -364,22 +361,15 @@ export function createLocalDriver(options: LocalDriverOptions): SandboxDriver {
   /** Starts preparing the next spare when there is none (and none failed moments ago). */
   function refillSpare(): void {
     if (!useSpare || closed || spare || Date.now() - spareFailedAt < SPARE_RETRY_MS) return;
-    const slot: SpareSlot = { isReady: false, sandbox: Promise.resolve(undefined) };
-    slot.sandbox = track(
-      (async () => {
-        try {
-          const sandbox = await startSandbox(await tools());
-          slot.isReady = true;
-          return sandbox;
-        } catch (error) {
-          spareFailedAt = Date.now();
-          if (spare === slot) spare = undefined;
-          if (!closed) log?.warn({ err: error }, 'could not prepare a spare local sandbox');
-          return undefined;
-        }
-      })(),
+    spare = prepareSpare(
+      async () => startSandbox(await tools()),
+      (slot, error) => {
+        spareFailedAt = Date.now();
+        if (spare === slot) spare = undefined;
+        if (!closed) log?.warn({ err: error }, 'could not prepare a spare local sandbox');
+      },
     );
-    spare = slot;
+    track(spare.sandbox);
   }
 
   /** The spare (waiting for it if it is still starting: it started earlier than a new one would), or a new sandbox. */
