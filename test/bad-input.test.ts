@@ -8,18 +8,13 @@
 import { randomUUID } from 'node:crypto';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { type AllInOne, createAllInOne } from '../functions/all/app.js';
-import { createApp as createDump } from '../functions/dump/app.js';
-import { createApp as createMigrate } from '../functions/migrate/app.js';
-import { createApp as createProbe } from '../functions/probe/app.js';
-import { createApp as createReplicate } from '../functions/replicate/app.js';
+import { type AllInOne, createAllInOne, FACTORIES } from '../functions/all/app.js';
 import { createRouter, type Router } from '../functions/router/app.js';
-import { createApp as createVerify } from '../functions/verify/app.js';
 import { FUNCTION_NAMES, type FunctionName } from '../shared/config.js';
 import type { ErrorCode } from '../shared/errors.js';
 import { type CloudEvent, createEvent, type EventType } from '../shared/events/envelope.js';
 import { signWebhook } from '../shared/events/signature.js';
-import type { FunctionApp, Runtime } from '../shared/kit/runtime.js';
+import type { FunctionApp } from '../shared/kit/runtime.js';
 import { silentLogger } from '../shared/log.js';
 import { createRegistry } from '../shared/metrics.js';
 import { type Cluster, createStaticRegistry, type Project } from '../shared/registry.js';
@@ -45,14 +40,6 @@ import {
   testRuntime,
   WEBHOOK_SECRET,
 } from './support/runtime.js';
-
-const FACTORIES: Record<FunctionName, (rt: Runtime) => FunctionApp> = {
-  dump: createDump,
-  replicate: createReplicate,
-  verify: createVerify,
-  probe: createProbe,
-  migrate: createMigrate,
-};
 
 const BODY_LIMIT_BYTES = 32 * 1024;
 const TEN_KB = 10 * 1024;

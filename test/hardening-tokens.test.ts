@@ -9,13 +9,12 @@ import { randomUUID } from 'node:crypto';
 import { writeFile } from 'node:fs/promises';
 import type http from 'node:http';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { FACTORIES } from '../functions/all/app.js';
 import { createApp as createDump } from '../functions/dump/app.js';
-import { createApp as createMigrate } from '../functions/migrate/app.js';
 import { createApp as createProbe } from '../functions/probe/app.js';
 import { createApp as createReplicate } from '../functions/replicate/app.js';
-import { createApp as createVerify } from '../functions/verify/app.js';
 import { FUNCTION_NAMES, type FunctionName, SCOPES, type Scope } from '../shared/config.js';
-import type { FunctionApp, Runtime } from '../shared/kit/runtime.js';
+import type { FunctionApp } from '../shared/kit/runtime.js';
 import type { Cluster, Project } from '../shared/registry.js';
 import {
   type ChildFunction,
@@ -38,14 +37,6 @@ import {
   testRuntime,
 } from './support/runtime.js';
 import { type Gateway, startHttpGateway } from './support/tls.js';
-
-const FACTORIES: Record<FunctionName, (rt: Runtime) => FunctionApp> = {
-  dump: createDump,
-  replicate: createReplicate,
-  verify: createVerify,
-  probe: createProbe,
-  migrate: createMigrate,
-};
 
 /** Routes anyone may call: liveness, readiness, metrics, and signed events (the signature is the auth). */
 const PUBLIC_ROUTES = ['GET /healthz', 'GET /readyz', 'GET /metrics', 'POST /events'];

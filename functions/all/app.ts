@@ -23,7 +23,8 @@ import { registerStatusRoutes } from '../status/page.js';
 import { createApp as createVerify } from '../verify/app.js';
 import { routeOf } from './routes.js';
 
-const FACTORIES: Record<FunctionName, (rt: Runtime) => FunctionApp> = {
+/** Each function's app factory, by name (the all-in-one mounts them all; tests build them one by one). */
+export const FACTORIES: Record<FunctionName, (rt: Runtime) => FunctionApp> = {
   dump: createDump,
   replicate: createReplicate,
   verify: createVerify,
