@@ -2,17 +2,14 @@
 // parses compose.yml, and every service, port, variable, event sink and volume in it is checked against the
 // config module and the functions themselves; the Dockerfile and the build context are checked the same way.
 // No image can be pulled here, so nothing is started.
+
 import { mkdir, mkdtemp, readdir, readFile, rm, stat, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { execa } from 'execa';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { createApp as createDump } from '../functions/dump/app.js';
-import { createApp as createMigrate } from '../functions/migrate/app.js';
-import { createApp as createProbe } from '../functions/probe/app.js';
-import { createApp as createReplicate } from '../functions/replicate/app.js';
+import { FACTORIES } from '../functions/all/app.js';
 import { UPSTREAM_VARS } from '../functions/router/app.js';
-import { createApp as createVerify } from '../functions/verify/app.js';
 import {
   type Config,
   FUNCTION_NAMES,
@@ -31,13 +28,6 @@ import { ADMIN, WEBHOOK_SECRET } from './support/runtime.js';
 const ROOT = path.resolve(import.meta.dirname, '..');
 const CI = process.env.CI === 'true';
 const INSTALL_COMPOSE = 'apt-get install -y docker-compose';
-const FACTORIES = {
-  dump: createDump,
-  replicate: createReplicate,
-  verify: createVerify,
-  probe: createProbe,
-  migrate: createMigrate,
-} as const;
 const SERVICES = [...FUNCTION_NAMES, 'router', 'volumes-init'];
 const DATA_DIR_VARS = [
   'FLUX_BACKUPS_LOCAL_DIR',

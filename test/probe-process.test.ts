@@ -1,12 +1,12 @@
 // The real probe process (functions/probe/main.ts under tsx) as an operator runs it: trust through
 // NODE_EXTRA_CA_CERTS, scheduled and on-demand probes over HTTP, and the refusals at start-up.
 import { writeFile } from 'node:fs/promises';
-import { createServer } from 'node:net';
 import path from 'node:path';
 import { execa, type ResultPromise } from 'execa';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { TenantProbe } from '../functions/probe/monitor.js';
 import { EXIT } from '../shared/errors.js';
+import { freePort } from './support/pg.js';
 import { ADMIN, eventually, makeTestEnv, type TestEnv } from './support/runtime.js';
 import { createCa, destroyCa, type Gateway, issueCert, startTlsGateway, type TestCa } from './support/tls.js';
 
@@ -15,14 +15,6 @@ const ROOT = path.resolve(import.meta.dirname, '..');
 const TSX = path.join(ROOT, 'node_modules', '.bin', 'tsx');
 const MAIN = 'functions/probe/main.ts';
 const API_HOST = 'api--bloom-atelier--0a1b2c3.flux.test';
-
-async function freePort(): Promise<number> {
-  const server = createServer();
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
-  const { port } = server.address() as { port: number };
-  await new Promise<void>((resolve) => server.close(() => resolve()));
-  return port;
-}
 
 let ca: TestCa;
 let gw: Gateway;

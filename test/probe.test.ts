@@ -3,7 +3,6 @@
 import { createHmac, randomUUID } from 'node:crypto';
 import { readdir, readFile } from 'node:fs/promises';
 import type http from 'node:http';
-import { createServer } from 'node:net';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createApp } from '../functions/probe/app.js';
@@ -12,6 +11,7 @@ import { FAILURE_REASONS } from '../functions/probe/rules.js';
 import { createEvent } from '../shared/events/envelope.js';
 import type { FunctionApp } from '../shared/kit/runtime.js';
 import type { Cluster, Project } from '../shared/registry.js';
+import { freePort } from './support/pg.js';
 import { type EventReceiver, startEventReceiver } from './support/receiver.js';
 import {
   ADMIN,
@@ -100,14 +100,6 @@ function samples(text: string, name: string): Sample[] {
 
 function sampleOf(text: string, name: string, labels: Record<string, string>): number | undefined {
   return samples(text, name).find((s) => Object.entries(labels).every(([k, v]) => s.labels[k] === v))?.value;
-}
-
-async function closedPort(): Promise<number> {
-  const server = createServer();
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
-  const { port } = server.address() as { port: number };
-  await new Promise<void>((resolve) => server.close(() => resolve()));
-  return port;
 }
 
 let ca: TestCa;
@@ -339,7 +331,7 @@ describe('probe through a TLS gateway', () => {
 
 describe('probe failures before TLS', () => {
   it('reports a refused port as connect', async () => {
-    const p = await probeApp({ FLUX_TENANT_PROBE_GATEWAY_URL: `https://127.0.0.1:${await closedPort()}` }, [
+    const p = await probeApp({ FLUX_TENANT_PROBE_GATEWAY_URL: `https://127.0.0.1:${await freePort()}` }, [
       HEALTHY,
     ]);
     const { json } = await p.run();

@@ -1,12 +1,11 @@
 // Each function as its own real process: bad config exits non-zero listing every problem, TLS
 // verification cannot be disabled, the startup line is redacted, /readyz tells the truth, SIGTERM stops.
 import { mkdir } from 'node:fs/promises';
-import type { AddressInfo } from 'node:net';
-import { createServer } from 'node:net';
 import path from 'node:path';
 import { execa } from 'execa';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { FUNCTION_NAMES } from '../shared/config.js';
+import { freePort } from './support/pg.js';
 import { ADMIN, eventually, makeTestEnv, type TestEnv, WEBHOOK_SECRET } from './support/runtime.js';
 
 let env: TestEnv;
@@ -14,14 +13,6 @@ beforeAll(async () => {
   env = await makeTestEnv();
 });
 afterAll(async () => env.cleanup());
-
-async function freePort(): Promise<number> {
-  const server = createServer();
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
-  const { port } = server.address() as AddressInfo;
-  await new Promise((resolve) => server.close(resolve));
-  return port;
-}
 
 const mainOf = (fn: string) => path.join('functions', fn, 'main.ts');
 

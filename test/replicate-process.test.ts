@@ -3,7 +3,6 @@
 // offer yet stops it at start with a clear message.
 import { type ChildProcess, spawn } from 'node:child_process';
 import { mkdir } from 'node:fs/promises';
-import { createServer } from 'node:net';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { ReconcileSummary } from '../functions/replicate/replicator.js';
@@ -16,20 +15,13 @@ import {
   readReceipt,
   writeBackup,
 } from './replicate-fixtures.js';
+import { freePort } from './support/pg.js';
 import { type EventReceiver, startEventReceiver } from './support/receiver.js';
 import { ADMIN, eventually, makeTestEnv, type TestEnv } from './support/runtime.js';
 
 const ROOT = path.resolve(import.meta.dirname, '..');
 const TSX = path.join(ROOT, 'node_modules', '.bin', 'tsx');
 const MAIN = path.join(ROOT, 'functions', 'replicate', 'main.ts');
-
-async function freePort(): Promise<number> {
-  const server = createServer();
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
-  const { port } = server.address() as { port: number };
-  await new Promise((resolve) => server.close(resolve));
-  return port;
-}
 
 interface Proc {
   child: ChildProcess;

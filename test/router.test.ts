@@ -2,6 +2,7 @@
 // function routeOf() names with Authorization and x-request-id, bodies stream both ways without buffering,
 // a function that is down answers 502 naming it, /readyz aggregates, /status is served, and the process
 // edge (functions/router/main.ts) drains in-flight work on SIGTERM.
+
 import { randomUUID } from 'node:crypto';
 import { once } from 'node:events';
 import http from 'node:http';
@@ -10,12 +11,8 @@ import path from 'node:path';
 import { type ServerType, serve } from '@hono/node-server';
 import { execa } from 'execa';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { createApp as createDump } from '../functions/dump/app.js';
-import { createApp as createMigrate } from '../functions/migrate/app.js';
-import { createApp as createProbe } from '../functions/probe/app.js';
-import { createApp as createReplicate } from '../functions/replicate/app.js';
+import { FACTORIES } from '../functions/all/app.js';
 import { createRouter, type Router, type Upstreams } from '../functions/router/app.js';
-import { createApp as createVerify } from '../functions/verify/app.js';
 import { FUNCTION_NAMES, type FunctionName } from '../shared/config.js';
 import type { FunctionApp } from '../shared/kit/runtime.js';
 import { createLogger } from '../shared/log.js';
@@ -31,13 +28,6 @@ import {
 } from './support/runtime.js';
 
 const ROOT = path.resolve(import.meta.dirname, '..');
-const FACTORIES = {
-  dump: createDump,
-  replicate: createReplicate,
-  verify: createVerify,
-  probe: createProbe,
-  migrate: createMigrate,
-} as const;
 
 const projectId = randomUUID();
 const PROJECT: Project = {
