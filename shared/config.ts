@@ -343,11 +343,14 @@ export const VARS = {
     schema: z.enum(['local', 'offsite']).default('local'),
     description: 'Which copy a scheduled re-verification restores.',
   },
-  FLUX_VERIFY_MEMORY_MB: { schema: int(1024, 64, 1024 * 1024), description: 'Docker sandbox memory limit.' },
+  FLUX_VERIFY_MEMORY_MB: {
+    schema: int(1024, 64, 1024 * 1024),
+    description: 'Memory limit of one sandbox (docker; local through cgroups where writable).',
+  },
   FLUX_VERIFY_CPUS: {
     schema: z.coerce.number().min(0.1).max(256).default(2),
     description:
-      "Docker sandbox CPU limit (lowered to the engine's CPU count when above it). A restore keeps two processes busy (pg_restore inflating the dump, the server loading it); with one CPU they take turns.",
+      "CPU limit of one sandbox (docker: lowered to the engine's CPU count when above it; local: cgroups where writable). A restore keeps two processes busy (pg_restore inflating the dump, the server loading it); with one CPU they take turns.",
   },
   FLUX_VERIFY_PIDS: { schema: int(256, 16, 100_000), description: 'Docker sandbox pids limit.' },
   FLUX_VERIFY_AMCHECK: {
@@ -361,7 +364,12 @@ export const VARS = {
   FLUX_VERIFY_LOCAL_OS_USER: {
     schema: optionalString,
     description:
-      'When running as root: OS user the local sandbox server runs as (default postgres, else nobody).',
+      'When running as root: the sandbox-only OS user the local sandbox server runs as (default flux-sandbox, created when missing; never one that other servers trust).',
+  },
+  FLUX_VERIFY_LOCAL_ISOLATION: {
+    schema: z.enum(['namespaces', 'none']).default('namespaces'),
+    description:
+      'Boundary of the local sandbox server: namespaces (mount, net, pid, ipc, uts) + chroot + cgroup limits, or none (development only; /readyz says so).',
   },
   FLUX_TENANT_PROBE_GATEWAY_URL: {
     schema: optionalString.pipe(z.url().optional()),

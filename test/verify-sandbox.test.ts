@@ -2,7 +2,7 @@
 // locally built image), plus what is particular to each: container isolation and labels, the local
 // cluster's throwaway settings and unprivileged server, and the unavailable cases.
 import { randomUUID } from 'node:crypto';
-import { chmod, mkdtemp, readdir, readFile, rm } from 'node:fs/promises';
+import { chmod, mkdtemp, readdir, readFile, readlink, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import Docker from 'dockerode';
@@ -18,6 +18,7 @@ import {
 } from '../shared/sandbox/local.js';
 import { queryJson } from '../shared/sandbox/query.js';
 import type { Sandbox } from '../shared/sandbox/types.js';
+import { isAlive, processesWith } from './support/faults.js';
 import { type PgCluster, startPostgres } from './support/pg.js';
 import { eventually } from './support/runtime.js';
 
@@ -68,6 +69,17 @@ async function localDirs(all = false): Promise<string[]> {
 }
 const localLeftovers = () => localDirs();
 
+/** The postmaster of a local sandbox (its pid as this process sees it: inside the boundary it has another). */
+function postmasterOf(dir: string): number {
+  const [postmaster] = processesWith(path.join(dir, 'data')).filter(
+    (p) => p.argv[0]?.endsWith('/postgres') && p.argv.includes('-D'),
+  );
+  if (!postmaster) throw new Error(`no postmaster serves ${dir}`);
+  return postmaster.pid;
+}
+
+const namespaceOf = (pid: number | 'self', kind: string) => readlink(`/proc/${pid}/ns/${kind}`);
+
 sandboxContract({
   name: 'local',
   makeDriver: () => createLocalDriver({ pathEnv: process.env.PATH, baseDir: localBase }),
@@ -113,17 +125,19 @@ describe('local sandbox', () => {
       'dir',
     );
     expect(dir?.d.startsWith(sandbox.id)).toBe(true);
-    const pid = Number(
-      (await readFile(path.join(sandbox.id, 'data', 'postmaster.pid'), 'utf8')).split('\n')[0],
-    );
+    const pid = postmasterOf(sandbox.id);
     const uid = Number(/^Uid:\s+(\d+)/m.exec(await readFile(`/proc/${pid}/status`, 'utf8'))?.[1]);
     expect(uid).not.toBe(0);
     if (process.getuid?.() !== 0) expect(uid).toBe(process.getuid?.());
+    // Inside its own boundary: no network, filesystem, process table or IPC shared with this process.
+    for (const kind of ['net', 'mnt', 'pid', 'ipc', 'uts']) {
+      expect(await namespaceOf(pid, kind), kind).not.toBe(await namespaceOf('self', kind));
+    }
     const dirToRemove = sandbox.id;
     await sandbox.destroy();
     sandbox = undefined;
     await expect(readdir(dirToRemove)).rejects.toMatchObject({ code: 'ENOENT' });
-    expect(() => process.kill(pid, 0)).toThrow();
+    expect(isAlive(pid)).toBe(false);
   });
 
   it('reports missing tools as unavailable with the fix, never as a broken backup', async () => {
@@ -155,16 +169,19 @@ describe('local sandbox', () => {
       child.stdout?.on('data', (b: Buffer) => resolve(b.toString().trim()));
       child.catch(reject);
     });
-    const pid = Number((await readFile(path.join(dir, 'data', 'postmaster.pid'), 'utf8')).split('\n')[0]);
-    const owner = JSON.parse(await readFile(path.join(dir, 'sandbox.json'), 'utf8')).ownerPid as number;
+    const pid = postmasterOf(dir);
+    const marker = JSON.parse(await readFile(path.join(dir, 'sandbox.json'), 'utf8')) as LocalMarker;
+    const owner = marker.ownerPid;
     expect(owner).toBe(child.pid);
+    expect(marker.serverPid).toBeGreaterThan(0);
     process.kill(owner, 'SIGKILL');
     await child;
     expect(await localLeftovers()).toEqual([dir]);
     expect(await driver.reap()).toBe(1);
     expect(await localLeftovers()).toEqual([]);
     await expect(readdir(dir)).rejects.toMatchObject({ code: 'ENOENT' });
-    expect(() => process.kill(pid, 0)).toThrow();
+    expect(isAlive(pid)).toBe(false);
+    expect(isAlive(marker.serverPid!)).toBe(false);
   });
 
   it('a process that handles SIGTERM still stops gracefully while its spare server runs', async () => {

@@ -1,5 +1,6 @@
 // The local sandbox: a throwaway cluster in a private temp directory, its own unix socket directory and
-// random port, no TCP, crash-unsafe settings, removed afterwards. initdb runs once per driver, into a
+// random port, no TCP, crash-unsafe settings, removed afterwards. The server runs inside the boundary of
+// boundary.ts (namespaces, chroot, a sandbox-only OS user, cgroup limits). initdb runs once per driver, into a
 // template directory; every sandbox starts from a copy of it (a copy costs a fraction of initdb's CPU),
 // and one spare sandbox is kept started and ready, so a verification waits for neither.
 import { randomInt } from 'node:crypto';
@@ -14,6 +15,13 @@ import { STREAM_CHUNK_BYTES } from '../atomic.js';
 import { AppError, errnoOf } from '../errors.js';
 import type { Logger } from '../log.js';
 import { requireTool, type ToolInfo, which } from '../tools.js';
+import {
+  createBoundary,
+  type IsolationMode,
+  type OsUser,
+  SANDBOX_OS_USER,
+  type Wrapped,
+} from './boundary.js';
 import {
   type CreateSandboxOptions,
   createTail,
@@ -54,18 +62,18 @@ export interface LocalDriverOptions {
   pathEnv: string | undefined;
   /** Parent of the sandbox directories (FLUX_VERIFY_LOCAL_DIR); the OS temp dir by default. */
   baseDir?: string | undefined;
-  /** OS user the server runs as when this process is root (Postgres refuses root). */
+  /** OS user the server runs as when this process is root (default flux-sandbox, created when missing). */
   osUser?: string | undefined;
+  /** The boundary around the server (default namespaces; none only for development). */
+  isolation?: IsolationMode;
+  /** Memory limit of one sandbox (MiB, cgroups); default 1024. */
+  memoryMb?: number;
+  /** CPU limit of one sandbox (cgroups); default 2. */
+  cpus?: number;
   maintenanceWorkMemMb?: number;
   /** Keep one sandbox started and ready (default true). */
   spare?: boolean;
   log?: Logger;
-}
-
-interface OsUser {
-  name: string;
-  uid: number;
-  gid: number;
 }
 
 /**
@@ -76,6 +84,8 @@ export type MarkerState = 'template' | 'spare' | 'active';
 
 export interface LocalMarker {
   ownerPid: number;
+  /** The process that runs the server (its boundary's wrapper), once started. */
+  serverPid?: number;
   state: MarkerState;
   createdAt: string;
   expiresAt: string | null;
@@ -113,6 +123,33 @@ async function lookupOsUser(name: string): Promise<OsUser | undefined> {
   return { name, uid: Number(String(uid.stdout).trim()), gid: Number(String(gid.stdout).trim()) };
 }
 
+/** Creates the sandbox-only system user (no home, no shell); tolerates a concurrent creation. */
+async function createSandboxUser(name: string): Promise<OsUser | undefined> {
+  for (let attempt = 0; attempt < 20; attempt++) {
+    const existing = await lookupOsUser(name);
+    if (existing) return existing;
+    const created = await execa(
+      'useradd',
+      [
+        '--system',
+        '--user-group',
+        '--no-create-home',
+        '--home-dir',
+        '/nonexistent',
+        '--shell',
+        '/usr/sbin/nologin',
+        name,
+      ],
+      { reject: false, cleanup: false },
+    ).catch(() => undefined);
+    if (!created) return undefined;
+    // 9: created meanwhile by someone else; 10: the passwd file is locked by a concurrent useradd.
+    if (created.exitCode !== 0 && created.exitCode !== 9 && created.exitCode !== 10) return undefined;
+    if (created.exitCode !== 0) await sleep(50 + attempt * 20);
+  }
+  return lookupOsUser(name);
+}
+
 /** Servers of every local driver in this process: stopped if the process exits without closing them. */
 const runningServers = new Set<ResultPromise>();
 let isExitHookInstalled = false;
@@ -135,8 +172,21 @@ async function writeMarker(dir: string, marker: LocalMarker): Promise<void> {
 export function createLocalDriver(options: LocalDriverOptions): SandboxDriver {
   const baseDir = options.baseDir ?? os.tmpdir();
   const log = options.log;
+  const memoryMb = options.memoryMb ?? 1024;
+  const boundary = createBoundary({
+    mode: options.isolation ?? 'namespaces',
+    pathEnv: options.pathEnv,
+    memoryMb,
+    cpus: options.cpus ?? 2,
+    log,
+  });
+  // Within the sandbox's memory limit: an index build must not be what runs the server out of it.
   const maintenanceWorkMemMb =
-    options.maintenanceWorkMemMb ?? Math.max(64, Math.min(1024, Math.floor(os.totalmem() / 2 ** 20 / 8)));
+    options.maintenanceWorkMemMb ??
+    Math.max(
+      64,
+      Math.min(1024, Math.floor(os.totalmem() / 2 ** 20 / 8), boundary.mode === 'none' ? 1024 : memoryMb / 4),
+    );
   const useSpare = options.spare ?? true;
   /** The template's data directory, made by the first sandbox that needs it. */
   let template: Promise<PreparedDir> | undefined;
@@ -167,21 +217,30 @@ export function createLocalDriver(options: LocalDriverOptions): SandboxDriver {
     return { initdb, postgres, pg_restore: pgRestore, psql };
   }
 
-  /** The unprivileged user the server runs as when we are root; undefined when we are not root. */
+  /**
+   * The sandbox-only OS user the server runs as when we are root (undefined when we are not: then a user
+   * namespace separates it). Not `postgres`: other servers on the host trust that user on their sockets.
+   */
   function serverUser(): Promise<OsUser | undefined> {
     osUserPromise ??= (async () => {
       if (process.getuid?.() !== 0) return undefined;
-      const candidates = options.osUser ? [options.osUser] : ['postgres', 'nobody'];
-      for (const name of candidates) {
-        const user = await lookupOsUser(name);
-        if (user && user.uid !== 0) return user;
+      const name = options.osUser ?? SANDBOX_OS_USER;
+      const user = options.osUser ? await lookupOsUser(name) : await createSandboxUser(name);
+      if (user && user.uid !== 0) {
+        if (name === 'postgres') {
+          log?.warn(
+            'FLUX_VERIFY_LOCAL_OS_USER=postgres: other Postgres servers on this host may trust that OS user; use a sandbox-only user',
+          );
+        }
+        return user;
       }
       throw sandboxUnavailable(
         'tools_missing',
         options.osUser
-          ? `FLUX_VERIFY_LOCAL_OS_USER=${options.osUser} is not an unprivileged OS user here; Postgres refuses to run as root`
-          : 'this process runs as root and neither a "postgres" nor a "nobody" OS user exists to run the local sandbox as ' +
-              '(Postgres refuses root): set FLUX_VERIFY_LOCAL_OS_USER, or run flux-ops as uid 1001 like the image does',
+          ? `FLUX_VERIFY_LOCAL_OS_USER=${options.osUser} is not an unprivileged OS user here (Postgres refuses root): ` +
+              `create it (useradd --system --no-create-home --shell /usr/sbin/nologin ${options.osUser}) or unset the variable`
+          : `this process runs as root and could not create the sandbox-only OS user ${SANDBOX_OS_USER} (useradd missing?): ` +
+              `create it (useradd --system --no-create-home --shell /usr/sbin/nologin ${SANDBOX_OS_USER}), or run flux-ops as uid 1001 like the image does`,
       );
     })();
     osUserPromise.catch(() => {
@@ -333,7 +392,7 @@ export function createLocalDriver(options: LocalDriverOptions): SandboxDriver {
     live.add(sandbox);
     try {
       if (closed) throw new AppError('shutting_down', 'the local sandbox driver is closed');
-      const [cmd, args] = await asServerUser(t.postgres.path, [
+      const serverArgs = [
         '-D',
         prepared.data,
         '-k',
@@ -343,8 +402,18 @@ export function createLocalDriver(options: LocalDriverOptions): SandboxDriver {
         '-c',
         'listen_addresses=',
         ...settingsArgs(throwawaySettings(maintenanceWorkMemMb)),
-      ]);
-      await sandbox.start(cmd, args, signal);
+      ];
+      let wrapped: Wrapped;
+      if (boundary.mode === 'none') {
+        const [cmd, args] = await asServerUser(t.postgres.path, serverArgs);
+        wrapped = { file: cmd, args, release: async () => undefined };
+      } else {
+        wrapped = await boundary.wrap(prepared.dir, await serverUser(), {
+          file: t.postgres.path,
+          args: serverArgs,
+        });
+      }
+      await sandbox.start(wrapped, signal);
       return sandbox;
     } catch (error) {
       await sandbox.destroy();
@@ -393,9 +462,11 @@ export function createLocalDriver(options: LocalDriverOptions): SandboxDriver {
     }
   }
 
-  async function removeLeftover(dir: string): Promise<void> {
+  async function removeLeftover(dir: string, marker: LocalMarker | undefined): Promise<void> {
+    // Inside the boundary the postmaster's pid is one of its own namespace: the wrapper's, recorded in
+    // the marker, is the one to stop (its death ends the namespace). Without a boundary, postmaster.pid.
     const pidFile = path.join(dir, 'data', 'postmaster.pid');
-    const pid = Number((await readFile(pidFile, 'utf8').catch(() => '')).split('\n')[0]);
+    const pid = marker?.serverPid ?? Number((await readFile(pidFile, 'utf8').catch(() => '')).split('\n')[0]);
     if (Number.isInteger(pid) && pid > 0 && pidAlive(pid)) {
       // Only a postmaster serving this very directory is signalled (pids get reused).
       const cmdline = await readFile(`/proc/${pid}/cmdline`, 'utf8').catch(() => '');
@@ -417,13 +488,24 @@ export function createLocalDriver(options: LocalDriverOptions): SandboxDriver {
         const t = await tools();
         const user = await serverUser();
         if (user) await asServerUser(t.postgres.path, []);
+        let isolation: string;
+        try {
+          isolation = await boundary.check(user);
+        } catch (error) {
+          return {
+            driver: DRIVER_NAME,
+            ok: false,
+            reason: 'isolation_unavailable',
+            detail: `local sandbox unavailable: ${(error as Error).message}`,
+          };
+        }
         refillSpare();
         return {
           driver: DRIVER_NAME,
           ok: true,
           detail:
             `local sandbox: postgres ${t.postgres.version}, pg_restore ${t.pg_restore.version} (${path.dirname(t.postgres.path)})` +
-            `${user ? `, server runs as OS user ${user.name}` : ''}, under ${baseDir}`,
+            `, under ${baseDir}; ${isolation}`,
           versions: {
             server: t.postgres.version,
             serverMajor: t.postgres.major,
@@ -502,7 +584,8 @@ export function createLocalDriver(options: LocalDriverOptions): SandboxDriver {
         }
         if (!stale) continue;
         try {
-          await removeLeftover(dir);
+          await removeLeftover(dir, marker);
+          await boundary.releaseLeftover(name);
           // A dead process's template is its cache, not a sandbox: removed, not counted.
           if (marker?.state !== 'template') {
             removed += 1;
@@ -537,6 +620,8 @@ export function createLocalDriver(options: LocalDriverOptions): SandboxDriver {
     #server: ResultPromise | undefined;
     #exited = false;
     #destroyed: Promise<void> | undefined;
+    #serverPid: number | undefined;
+    #release: (() => Promise<void>) | undefined;
 
     constructor(prepared: PreparedDir, t: Tools, pathEnv: string | undefined) {
       this.id = prepared.dir;
@@ -558,6 +643,7 @@ export function createLocalDriver(options: LocalDriverOptions): SandboxDriver {
     async claim(createOptions: CreateSandboxOptions): Promise<void> {
       await writeMarker(this.#prepared.dir, {
         ownerPid: process.pid,
+        ...(this.#serverPid !== undefined ? { serverPid: this.#serverPid } : {}),
         state: 'active',
         createdAt: new Date().toISOString(),
         expiresAt: new Date(Date.now() + createOptions.ttlMs).toISOString(),
@@ -566,8 +652,9 @@ export function createLocalDriver(options: LocalDriverOptions): SandboxDriver {
       });
     }
 
-    async start(cmd: string, args: string[], signal: AbortSignal | undefined): Promise<void> {
-      const server = execa(cmd, args, {
+    async start(wrapped: Wrapped, signal: AbortSignal | undefined): Promise<void> {
+      this.#release = wrapped.release;
+      const server = execa(wrapped.file, wrapped.args, {
         cwd: this.#prepared.dir,
         env: { PATH: this.#pathEnv ?? '', LANG: 'C' },
         extendEnv: false,
@@ -582,6 +669,16 @@ export function createLocalDriver(options: LocalDriverOptions): SandboxDriver {
       });
       this.#server = server;
       stopOnExit(server);
+      if (server.pid !== undefined) {
+        this.#serverPid = server.pid;
+        await writeMarker(this.#prepared.dir, {
+          ownerPid: process.pid,
+          serverPid: server.pid,
+          state: 'spare',
+          createdAt: new Date().toISOString(),
+          expiresAt: null,
+        });
+      }
       server.then(
         () => {
           this.#exited = true;
@@ -697,6 +794,7 @@ export function createLocalDriver(options: LocalDriverOptions): SandboxDriver {
           await server.catch(() => undefined);
           clearTimeout(timer);
         }
+        await this.#release?.();
         await rm(this.#prepared.dir, { recursive: true, force: true, maxRetries: 3 });
         live.delete(this);
       })();

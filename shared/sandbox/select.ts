@@ -62,6 +62,9 @@ export function createDriverSelection(
           pathEnv: env.PATH,
           baseDir: config.FLUX_VERIFY_LOCAL_DIR,
           osUser: config.FLUX_VERIFY_LOCAL_OS_USER,
+          isolation: config.FLUX_VERIFY_LOCAL_ISOLATION,
+          memoryMb: config.FLUX_VERIFY_MEMORY_MB,
+          cpus: config.FLUX_VERIFY_CPUS,
           ...(options.spare !== undefined ? { spare: options.spare } : {}),
           ...(options.log ? { log: options.log } : {}),
         });

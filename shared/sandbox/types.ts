@@ -15,6 +15,7 @@ export const UNAVAILABLE_REASONS = [
   'image_missing',
   'tools_missing',
   'sandbox_failed',
+  'isolation_unavailable',
 ] as const;
 export type UnavailableReason = (typeof UNAVAILABLE_REASONS)[number];
 
