@@ -2,7 +2,6 @@ import { describe, expect, it } from 'vitest';
 import {
   compareWithSnapshot,
   describeMismatches,
-  excludeSchemaEntry,
   isSameDatabase,
   neededMajor,
   type ServerIdentity,
@@ -145,34 +144,6 @@ describe('targetProblems', () => {
     expect(isSameDatabase(a, { ...a })).toBe(true);
     expect(isSameDatabase(a, { ...a, port: 5433 })).toBe(false);
     expect(isSameDatabase(source, { ...source, database: 'other' })).toBe(false);
-  });
-});
-
-const LIST = [
-  ';',
-  '; Selected TOC Entries:',
-  ';',
-  '7; 2615 16392 SCHEMA - t_550e8400e29b_api postgres',
-  '217; 1259 16394 TABLE t_550e8400e29b_api customers postgres',
-  '8; 2615 16500 SCHEMA - t_550e8400e29b_api_old postgres',
-  '3366; 3256 16419 POLICY t_550e8400e29b_api orders orders_owner postgres',
-].join('\n');
-
-describe('excludeSchemaEntry', () => {
-  it('comments out exactly the entry creating the schema', () => {
-    const { list, excluded } = excludeSchemaEntry(LIST, 't_550e8400e29b_api');
-    expect(excluded).toBe(1);
-    const lines = list.split('\n');
-    expect(lines[3]).toBe(';7; 2615 16392 SCHEMA - t_550e8400e29b_api postgres');
-    expect(lines.filter((l) => !l.startsWith(';'))).toEqual([
-      '217; 1259 16394 TABLE t_550e8400e29b_api customers postgres',
-      '8; 2615 16500 SCHEMA - t_550e8400e29b_api_old postgres',
-      '3366; 3256 16419 POLICY t_550e8400e29b_api orders orders_owner postgres',
-    ]);
-  });
-
-  it('reports when there is no such entry', () => {
-    expect(excludeSchemaEntry(LIST, 't_ffffffffffff_api').excluded).toBe(0);
   });
 });
 

@@ -180,24 +180,6 @@ export function targetProblems(
   return problems;
 }
 
-/**
- * Comments out the restore-list entry that creates `schema`: the migrate creates the schema itself, so
- * that it knows for certain it owns it (and may drop it on rollback). Lines look like
- * `6; 2615 16390 SCHEMA - t_0123456789ab_api postgres`.
- */
-export function excludeSchemaEntry(list: string, schema: string): { list: string; excluded: number } {
-  let excluded = 0;
-  const lines = list.split('\n').map((line) => {
-    const m = /^\s*\d+;\s+\d+\s+\d+\s+SCHEMA\s+-\s+(\S+)(?:\s|$)/.exec(line);
-    if (m && m[1] === schema) {
-      excluded += 1;
-      return `;${line}`;
-    }
-    return line;
-  });
-  return { list: lines.join('\n'), excluded };
-}
-
 export interface Mismatch {
   kind: 'missing_table' | 'unexpected_table' | 'rows' | 'missing_sequence' | 'sequence';
   name: string;

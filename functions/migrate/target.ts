@@ -6,6 +6,7 @@ import { execa } from 'execa';
 import type pg from 'pg';
 import { AppError, isAppError } from '../../shared/errors.js';
 import { libpqEnv, parsePgUrl, pgError, quoteIdent, SQLSTATE, withPgClient } from '../../shared/pg/conn.js';
+import { excludeSchemaEntry } from '../../shared/pg/restore-list.js';
 import {
   countInventory,
   readInventory,
@@ -13,7 +14,7 @@ import {
   type TableCount,
 } from '../../shared/pg/snapshot.js';
 import type { ToolInfo } from '../../shared/tools.js';
-import { AUTHENTICATOR, authenticatorMemberships, excludeSchemaEntry, stubRoles } from './plan.js';
+import { AUTHENTICATOR, authenticatorMemberships, stubRoles } from './plan.js';
 
 /** What this run created in the target: the rollback drops exactly these, nothing else. */
 export interface TargetChanges {

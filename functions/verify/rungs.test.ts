@@ -1,6 +1,5 @@
 // Each rung in both directions: the broken input fires its finding, the healthy one stays silent.
 import { describe, expect, it } from 'vitest';
-import { SANDBOX_STOPPED } from '../../shared/sandbox/types.js';
 import {
   completeRungs,
   errorLines,
@@ -14,6 +13,7 @@ import {
   outcomeOf,
   rung,
   sequencePosition,
+  tenantText,
 } from './rungs.js';
 
 const SHA = 'a'.repeat(64);
@@ -65,62 +65,63 @@ describe('archive', () => {
 });
 
 describe('restore', () => {
-  it('passes a clean exit with a clean stderr', () => {
-    expect(evaluateRestore({ exitCode: 0, stderr: '' }, 1)).toMatchObject({ result: 'passed' });
+  const up = { isServerGone: false };
+  it('passes a clean exit, whatever the restore printed', () => {
+    expect(evaluateRestore({ exitCode: 0, stderr: '' }, 1, up)).toMatchObject({ result: 'passed' });
     expect(
-      evaluateRestore({ exitCode: 0, stderr: 'pg_restore: warning: something harmless\n' }, 1),
+      evaluateRestore({ exitCode: 0, stderr: 'pg_restore: warning: something harmless\n' }, 1, up),
+    ).toMatchObject({ result: 'passed' });
+    // A tenant's function can RAISE NOTICE anything: text never fails a restore that succeeded.
+    expect(
+      evaluateRestore(
+        { exitCode: 0, stderr: 'NOTICE:  ERROR: fake failure\npg_restore: error: fake\n' },
+        1,
+        up,
+      ),
     ).toMatchObject({ result: 'passed' });
   });
-  it('errors on stderr fail the restore even with exit 0', () => {
+  it("a non-zero exit fails, quoting what it reported as the backup's text", () => {
     const stderr =
       'pg_restore: while PROCESSING TOC:\npg_restore: from TOC entry 215; 1259 16386 POLICY orders_owner\n' +
       'pg_restore: error: could not execute query: ERROR:  role "reporting" does not exist\n';
-    const r = evaluateRestore({ exitCode: 0, stderr }, 1);
-    expect(r).toMatchObject({ result: 'failed', code: 'restore_errors' });
-    expect(r.message).toMatch(/role "reporting" does not exist/);
-    expect(
-      evaluateRestore({ exitCode: 0, stderr: 'pg_restore: warning: errors ignored on restore: 2\n' }, 1),
-    ).toMatchObject({ result: 'failed', code: 'restore_errors', details: { ignored: 2 } });
-  });
-  it('a non-zero exit fails even without error lines', () => {
-    expect(evaluateRestore({ exitCode: 1, stderr: '' }, 1)).toMatchObject({
+    const r = evaluateRestore({ exitCode: 1, stderr }, 1, up);
+    expect(r).toMatchObject({ result: 'failed', code: 'restore_errors', details: { tenantText: true } });
+    expect(r.message).toMatch(
+      /«pg_restore: error: could not execute query: ERROR: {2}role "reporting" does not exist»/,
+    );
+    expect(evaluateRestore({ exitCode: 1, stderr: '' }, 1, up)).toMatchObject({
       result: 'failed',
       code: 'restore_exit_nonzero',
     });
   });
-  it('a sandbox that failed under the restore could not verify it: never a failed backup', () => {
-    // A backend killed (out of memory) mid-COPY: pg_restore reports it as an error, exit 1.
-    const gone =
-      'pg_restore: error: error returned by PQputCopyData: server closed the connection unexpectedly\n' +
-      '\tThis probably means the server terminated abnormally\n';
-    const r = evaluateRestore({ exitCode: 1, stderr: gone }, 1);
-    expect(r).toMatchObject({ result: 'could_not_verify', code: 'sandbox_server_gone' });
-    expect(r.message).toMatch(/says nothing about the backup/);
-    const crash =
-      'pg_restore: error: could not execute query: FATAL:  terminating connection because of crash of another server process\n';
-    expect(evaluateRestore({ exitCode: 1, stderr: crash }, 1)).toMatchObject({
-      result: 'could_not_verify',
-      code: 'sandbox_server_gone',
-    });
-    // The docker sandbox's container stopped (killed for its memory limit) before pg_restore could start.
-    expect(
-      evaluateRestore({ exitCode: 126, stderr: `${SANDBOX_STOPPED}: (HTTP code 409) …` }, 1),
-    ).toMatchObject({ result: 'could_not_verify', code: 'sandbox_server_gone' });
-    // pg_restore itself killed (SIGKILL: 128 + 9), or an exit the engine never recorded.
-    expect(evaluateRestore({ exitCode: 137, stderr: '' }, 1)).toMatchObject({
-      result: 'could_not_verify',
-      code: 'restore_interrupted',
-    });
-    expect(evaluateRestore({ exitCode: null, stderr: '' }, 1)).toMatchObject({
-      result: 'could_not_verify',
-      code: 'restore_interrupted',
-    });
-    // What the backup itself causes still fails it, whatever the exit code.
-    const eof = 'pg_restore: error: could not read from input file: end of file\n';
-    expect(evaluateRestore({ exitCode: 137, stderr: eof }, 1)).toMatchObject({
+  it('tenant text that reads like a dying server still fails a failed restore', () => {
+    // A tenant function raising exactly what libpq prints when the server goes away.
+    const lie =
+      'pg_restore: error: could not execute query: ERROR:  server closed the connection unexpectedly\n' +
+      '\tThis probably means the server terminated abnormally\n' +
+      'FATAL:  terminating connection because of crash of another server process\n';
+    expect(evaluateRestore({ exitCode: 1, stderr: lie }, 1, up)).toMatchObject({
       result: 'failed',
       code: 'restore_errors',
     });
+  });
+  it('a sandbox that failed under the restore could not verify it: never a failed backup', () => {
+    const r = evaluateRestore({ exitCode: 1, stderr: 'anything' }, 1, { isServerGone: true });
+    expect(r).toMatchObject({ result: 'could_not_verify', code: 'sandbox_server_gone' });
+    expect(r.message).toMatch(/says nothing about the backup/);
+    // pg_restore itself killed (SIGKILL: 128 + 9), or an exit the engine never recorded.
+    expect(evaluateRestore({ exitCode: 137, stderr: '' }, 1, up)).toMatchObject({
+      result: 'could_not_verify',
+      code: 'restore_interrupted',
+    });
+    expect(evaluateRestore({ exitCode: null, stderr: '' }, 1, up)).toMatchObject({
+      result: 'could_not_verify',
+      code: 'restore_interrupted',
+    });
+  });
+  it('bounds and flattens quoted tenant text', () => {
+    expect(tenantText('a\u001b[31mred\u0007', 100)).toBe('«a [31mred »');
+    expect(tenantText('x'.repeat(50), 10)).toBe(`«${'x'.repeat(10)}…»`);
   });
   it('finds error lines among the noise', () => {
     expect(

@@ -2,7 +2,6 @@
 // code, and from the rungs to the verification outcome. Unverifiable is never a pass and never a failure.
 import type { Manifest, Rung, RungName, RungResult, VerifyOutcome } from '../../shared/catalog/records.js';
 import { RUNG_NAMES } from '../../shared/catalog/records.js';
-import { SANDBOX_STOPPED } from '../../shared/sandbox/types.js';
 
 /** Stable finding codes, per rung (what tests, alerts and dashboards key on). */
 export const FINDINGS = {
@@ -131,43 +130,46 @@ export function evaluateArchive(
   return rung('archive', 'passed', FINDINGS.ok, seconds, undefined, { tocEntries: entries });
 }
 
-/**
- * What libpq and the server say when the sandbox server went away under a client: a backend killed
- * (the out-of-memory killer, an operator), the server crashed or restarting.
- */
-const SERVER_GONE_RE = new RegExp(
-  [
-    'server closed the connection unexpectedly',
-    'terminating connection because of crash of another server process',
-    'the database system is in recovery mode',
-    'no connection to the server',
-    SANDBOX_STOPPED,
-  ].join('|'),
-  'i',
-);
+/** At most this much of the text a restore printed goes into a finding (it is the tenant's). */
+const TENANT_TEXT_MAX = 2000;
 
 /**
- * The restore: exit code AND stderr. Errors reported with exit 0 are still a failed restore. A sandbox
- * that failed under the restore (its server went away, pg_restore killed by a signal, an exit nobody
- * recorded) says nothing about the backup: that restore could not verify it.
+ * Text the restore printed is the tenant's: its objects' names, its functions' RAISE messages. It informs
+ * the operator, bounded, with control characters flattened and marked as quoted; it never decides an outcome.
  */
-export function evaluateRestore(result: { exitCode: number | null; stderr: string }, seconds: number): Rung {
-  const errors = errorLines(result.stderr);
-  const ignored = /errors ignored on restore: (\d+)/i.exec(result.stderr);
-  const ignoredCount = ignored ? Number(ignored[1]) : 0;
-  const gone = SERVER_GONE_RE.exec(result.stderr);
-  if (gone) {
+export function tenantText(text: string, max = TENANT_TEXT_MAX): string {
+  // biome-ignore lint/suspicious/noControlCharactersInRegex: control characters are what is removed here.
+  const flat = text.replace(/[\u0000-\u0008\u000b-\u001f\u007f]/g, ' ');
+  return `«${flat.length > max ? `${flat.slice(0, max)}…` : flat}»`;
+}
+
+/**
+ * The restore, judged on what the driver observed: whether the sandbox server stayed up (a session held
+ * open through the restore, a container still running) and pg_restore's exit. A sandbox that failed under
+ * the restore, or a pg_restore killed by a signal, says nothing about the backup: that restore could not
+ * verify it. Otherwise exit 0 passes and any other exit fails. What pg_restore printed is quoted in the
+ * finding and decides nothing: a tenant's function can print anything, including what a dying server says.
+ */
+export function evaluateRestore(
+  result: { exitCode: number | null; stderr: string },
+  seconds: number,
+  observed: { isServerGone: boolean },
+): Rung {
+  const errors = errorLines(result.stderr)
+    .slice(0, 20)
+    .map((line) => tenantText(line, 300));
+  if (observed.isServerGone) {
     return rung(
       'restore',
       'could_not_verify',
       FINDINGS.sandboxServerGone,
       seconds,
-      `the sandbox server went away during the restore ("${gone[0]}"): killed, or out of memory (FLUX_VERIFY_MEMORY_MB ` +
-        'limits docker sandboxes); this says nothing about the backup: verify it again',
-      { exitCode: result.exitCode, errors: errors.slice(0, 20) },
+      'the sandbox server went away during the restore (its sessions ended): killed, or out of memory ' +
+        '(FLUX_VERIFY_MEMORY_MB limits sandboxes); this says nothing about the backup: verify it again',
+      { exitCode: result.exitCode },
     );
   }
-  if (errors.length === 0 && ignoredCount === 0 && (result.exitCode === null || result.exitCode >= 128)) {
+  if (result.exitCode === null || result.exitCode >= 128) {
     const how =
       result.exitCode === null
         ? 'ended without a recorded exit code'
@@ -177,31 +179,29 @@ export function evaluateRestore(result: { exitCode: number | null; stderr: strin
       'could_not_verify',
       FINDINGS.restoreInterrupted,
       seconds,
-      `pg_restore ${how} and reported no error: the sandbox stopped it (out of memory?), not the backup; verify it again`,
+      `pg_restore ${how}: the sandbox stopped it (out of memory?), not the backup; verify it again`,
       { exitCode: result.exitCode },
     );
   }
-  if (errors.length > 0 || ignoredCount > 0) {
+  if (result.exitCode === 0) return rung('restore', 'passed', FINDINGS.ok, seconds);
+  if (errors.length > 0) {
     return rung(
       'restore',
       'failed',
       FINDINGS.restoreErrors,
       seconds,
-      `pg_restore exited ${result.exitCode} and reported ${Math.max(errors.length, ignoredCount)} error(s): ${listed(errors.slice(0, 5))}`,
-      { exitCode: result.exitCode, errors: errors.slice(0, 20), ignored: ignoredCount },
+      `pg_restore exited ${result.exitCode}; it reported (quoted, the text may come from the backup's own objects): ${listed(errors.slice(0, 5))}`,
+      { exitCode: result.exitCode, errors, tenantText: true },
     );
   }
-  if (result.exitCode !== 0) {
-    return rung(
-      'restore',
-      'failed',
-      FINDINGS.restoreExitNonzero,
-      seconds,
-      `pg_restore exited ${result.exitCode}: ${result.stderr.trim().slice(-300) || 'no error output'}`,
-      { exitCode: result.exitCode },
-    );
-  }
-  return rung('restore', 'passed', FINDINGS.ok, seconds);
+  return rung(
+    'restore',
+    'failed',
+    FINDINGS.restoreExitNonzero,
+    seconds,
+    `pg_restore exited ${result.exitCode}: ${tenantText(result.stderr.trim().slice(-300)) || 'no error output'}`,
+    { exitCode: result.exitCode, tenantText: true },
+  );
 }
 
 export interface RestoredRelation {

@@ -19,32 +19,42 @@ describe('pre-restore roles', () => {
   });
 
   it('gives service_role BYPASSRLS, and a tenant export its auth schema with auth.uid()', () => {
-    const tenant = preRestoreSql({
-      projectId,
-      roles: [],
-      kind: 'tenant_export',
-      extensions: [{ name: 'citext', version: '1.6' }],
-    });
+    const tenant = preRestoreSql(
+      {
+        projectId,
+        roles: [],
+        kind: 'tenant_export',
+        extensions: [{ name: 'citext', version: '1.6' }],
+      },
+      { amcheck: true },
+    );
     expect(tenant).toMatch(/ALTER ROLE service_role BYPASSRLS/);
     expect(tenant).toMatch(/GRANT anon, authenticated, service_role, "t_550e8400e29b_role" TO authenticator/);
     expect(tenant).toMatch(/CREATE SCHEMA IF NOT EXISTS auth/);
     expect(tenant).toMatch(/FUNCTION auth\.uid\(\) RETURNS uuid/);
     expect(tenant).toMatch(/CREATE EXTENSION IF NOT EXISTS "citext"/);
     // A project database dump carries its own auth schema and extensions.
-    const projectDb = preRestoreSql({
-      projectId,
-      roles: [],
-      kind: 'project_db',
-      extensions: [{ name: 'citext', version: '1.6' }],
-    });
+    const projectDb = preRestoreSql(
+      {
+        projectId,
+        roles: [],
+        kind: 'project_db',
+        extensions: [{ name: 'citext', version: '1.6' }],
+      },
+      { amcheck: false },
+    );
     expect(projectDb).not.toMatch(/SCHEMA IF NOT EXISTS auth|auth\.uid/);
     expect(projectDb).not.toMatch(/EXTENSION/);
+    // amcheck goes in before the restore, in a schema of its own the tenant cannot create objects in.
+    expect(tenant).toMatch(
+      /CREATE SCHEMA flux_verify_amcheck;\s+REVOKE ALL ON SCHEMA flux_verify_amcheck FROM PUBLIC;\s+CREATE EXTENSION amcheck/,
+    );
   });
 
   it('quotes role names as literals', () => {
-    expect(preRestoreSql({ projectId, roles: ["o'brien"], kind: 'project_db', extensions: [] })).toContain(
-      "'o''brien'",
-    );
+    expect(
+      preRestoreSql({ projectId, roles: ["o'brien"], kind: 'project_db', extensions: [] }, { amcheck: true }),
+    ).toContain("'o''brien'");
   });
 });
 
@@ -55,6 +65,12 @@ describe('the read-back script', () => {
   const odd = { schema: 'we"ird', name: "it's" };
   beforeAll(async () => {
     sandbox = await driver.create({ projectId, backupId: '01J00000000000000000000009', ttlMs: 60_000 });
+    // As before a restore: the roles and amcheck first.
+    const prepared = await runSql(
+      sandbox,
+      preRestoreSql({ projectId, roles: [], kind: 'project_db', extensions: [] }, { amcheck: true }),
+    );
+    expect(prepared.failed, prepared.stderr).toBe(false);
     const made = await runSql(
       sandbox,
       `CREATE SCHEMA "we""ird";

@@ -3,7 +3,8 @@
 import { tenantRoleOf } from '../../shared/catalog/ids.js';
 import type { Manifest } from '../../shared/catalog/records.js';
 import { quoteIdent } from '../../shared/pg/conn.js';
-import { textArray } from '../../shared/sandbox/query.js';
+import { ROLE_PROBLEMS_SQL } from '../../shared/pg/restore-role.js';
+import { quoteLiteral, textArray } from '../../shared/sandbox/query.js';
 
 /** Platform roles every Flux database has (their attributes are set below). */
 export const PLATFORM_ROLES = ['anon', 'authenticated', 'service_role', 'authenticator'] as const;
@@ -16,15 +17,32 @@ export function rolesFor(manifest: Pick<Manifest, 'projectId' | 'roles'>): strin
 }
 
 /**
- * Roles (and for tenant exports the `auth` schema with `auth.uid()`) the restore needs to exist first; a
- * tenant export holds one schema, while its policies refer to platform roles and auth.uid().
+ * The role the archive is restored as: the tenant's own, unprivileged. Everything the restore creates is
+ * owned by it and every tenant expression evaluated during the restore runs with its privileges only.
+ */
+export function restoreRoleOf(manifest: Pick<Manifest, 'projectId'>): string {
+  return tenantRoleOf(manifest.projectId);
+}
+
+/** Pins the session's name lookup to the system catalog: no tenant object can shadow what we call. */
+export const PINNED_SEARCH_PATH = 'SET search_path = pg_catalog, pg_temp';
+
+/**
+ * Our own fixed statements, as the sandbox superuser, before any of the archive runs: the roles the dump
+ * expects, the restore role (LOGIN, no privilege beyond creating schemas in this database and owning
+ * `public`), amcheck in a schema of its own (installed now, while no tenant object exists that its script
+ * could resolve to), and for tenant exports the `auth` schema with `auth.uid()` and the extensions the
+ * pooled database provides around the tenant schema. Ends by refusing a restore role with privileges.
  */
 export function preRestoreSql(
   manifest: Pick<Manifest, 'projectId' | 'roles' | 'kind' | 'extensions'>,
+  options: { amcheck: boolean },
 ): string {
   const roles = rolesFor(manifest);
   const tenantRole = tenantRoleOf(manifest.projectId);
+  const restoreRole = quoteIdent(restoreRoleOf(manifest));
   const statements = [
+    PINNED_SEARCH_PATH,
     `DO $flux$ DECLARE r text; BEGIN
   FOREACH r IN ARRAY ${textArray(roles)} LOOP
     IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = r) THEN
@@ -35,7 +53,19 @@ END $flux$`,
     'ALTER ROLE service_role BYPASSRLS',
     'ALTER ROLE authenticator NOINHERIT LOGIN',
     `GRANT anon, authenticated, service_role, ${quoteIdent(tenantRole)} TO authenticator`,
+    `ALTER ROLE ${restoreRole} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS`,
+    `DO $flux$ BEGIN EXECUTE format('GRANT CREATE ON DATABASE %I TO %I', current_database(), ${quoteLiteral(restoreRoleOf(manifest))}); END $flux$`,
+    `ALTER SCHEMA public OWNER TO ${restoreRole}`,
   ];
+  if (options.amcheck) {
+    statements.push(`DO $flux$ BEGIN
+  IF EXISTS (SELECT 1 FROM pg_available_extensions WHERE name = 'amcheck') THEN
+    CREATE SCHEMA ${AMCHECK_SCHEMA};
+    REVOKE ALL ON SCHEMA ${AMCHECK_SCHEMA} FROM PUBLIC;
+    CREATE EXTENSION amcheck SCHEMA ${AMCHECK_SCHEMA};
+  END IF;
+END $flux$`);
+  }
   if (manifest.kind === 'tenant_export') {
     // The pooled database provides these around the tenant schema; the export does not carry them.
     statements.push(
@@ -46,7 +76,42 @@ END $flux$`,
       ...manifest.extensions.map((e) => `CREATE EXTENSION IF NOT EXISTS ${quoteIdent(e.name)}`),
     );
   }
+  statements.push(refusePrivilegedSql(restoreRoleOf(manifest)));
   return `${statements.join(';\n')};`;
+}
+
+/** Raises when `role` has more privilege than a tenant may have (see shared/pg/restore-role.ts). */
+function refusePrivilegedSql(role: string): string {
+  return `DO $flux$ DECLARE problems text; BEGIN
+  SELECT string_agg(q.problem, ', ') INTO problems
+    FROM (${ROLE_PROBLEMS_SQL.replace('$1', quoteLiteral(role))}) q;
+  IF problems IS NOT NULL THEN
+    RAISE EXCEPTION 'the restore role % is privileged: %', ${quoteLiteral(role)}, problems;
+  END IF;
+END $flux$`;
+}
+
+/**
+ * The extensions a project database's archive creates, created first by the superuser (the restore role may
+ * not), each in the schema the manifest recorded: a schema other than public is created for the restore
+ * role to own, and its CREATE SCHEMA entry is then left out of the restore.
+ */
+export function extensionsSql(
+  names: readonly string[],
+  manifest: Pick<Manifest, 'projectId' | 'extensions'>,
+): { sql: string; schemas: string[] } {
+  const restoreRole = quoteIdent(restoreRoleOf(manifest));
+  const schemas = new Set<string>();
+  const statements = [PINNED_SEARCH_PATH];
+  for (const name of names) {
+    const schema = manifest.extensions.find((e) => e.name === name)?.schema ?? 'public';
+    if (schema !== 'public' && schema !== 'pg_catalog' && !schemas.has(schema)) {
+      schemas.add(schema);
+      statements.push(`CREATE SCHEMA ${quoteIdent(schema)} AUTHORIZATION ${restoreRole}`);
+    }
+    statements.push(`CREATE EXTENSION IF NOT EXISTS ${quoteIdent(name)} SCHEMA ${quoteIdent(schema)}`);
+  }
+  return { sql: `${statements.join(';\n')};`, schemas: [...schemas] };
 }
 
 /** Which of `names` the sandbox cannot install. */
@@ -93,13 +158,19 @@ export interface ReadBackInput {
  * restored relations are counted or read (a missing one is the structure rung's finding, not an error);
  * amcheck's bt_index_check runs on every valid btree index, one subtransaction each, so one broken index
  * does not hide the others, and an amcheck that cannot be installed is reported, not raised.
+ *
+ * It runs as the sandbox superuser but evaluates no tenant code: names resolve in pg_catalog only, rows are
+ * counted with count(*) on tables (no view, no policy: a superuser bypasses row security), sequences are
+ * read as relations, and bt_index_check without heapallindexed compares index tuples with the opclass's
+ * built-in comparison, never re-evaluating an index expression or predicate.
  */
 export function readBackSql(input: ReadBackInput): string {
   const pair = (items: ReadonlyArray<{ schema: string; name: string }>) =>
     `${textArray(items.map((i) => i.schema))}, ${textArray(items.map((i) => i.name))}`;
-  return `CREATE FUNCTION pg_temp.flux_verify_read_back(
+  return `${PINNED_SEARCH_PATH};
+CREATE FUNCTION pg_temp.flux_verify_read_back(
     target_schemas text[], table_schemas text[], table_names text[], seq_schemas text[], seq_names text[],
-    run_amcheck boolean) RETURNS jsonb LANGUAGE plpgsql AS $fn$
+    run_amcheck boolean) RETURNS jsonb LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $fn$
 DECLARE
   t timestamptz := clock_timestamp();
   secs jsonb := '{}';
@@ -152,12 +223,12 @@ BEGIN
     IF NOT EXISTS (SELECT 1 FROM pg_available_extensions WHERE name = 'amcheck') THEN
       v_integrity := jsonb_build_object('available', false, 'error', NULL, 'indexes', '[]'::jsonb);
     ELSE
-      BEGIN
-        CREATE SCHEMA IF NOT EXISTS ${AMCHECK_SCHEMA};
-        CREATE EXTENSION IF NOT EXISTS amcheck SCHEMA ${AMCHECK_SCHEMA};
-      EXCEPTION WHEN OTHERS THEN
-        v_amcheck_error := SQLERRM;
-      END;
+      -- Installed before the restore (preRestoreSql), never after: an extension script run now could
+      -- resolve names to the tenant's objects.
+      IF NOT EXISTS (SELECT 1 FROM pg_extension e JOIN pg_namespace ns ON ns.oid = e.extnamespace
+                      WHERE e.extname = 'amcheck' AND ns.nspname = '${AMCHECK_SCHEMA}') THEN
+        v_amcheck_error := 'amcheck was not installed in ${AMCHECK_SCHEMA} before the restore';
+      END IF;
       IF v_amcheck_error IS NULL THEN
         FOR r IN SELECT ns.nspname, c.relname, c.oid
                    FROM pg_index i

@@ -12,9 +12,11 @@ import { createLimiter } from '../../shared/limiter.js';
 import { counter, DURATION_BUCKETS_S, Gauge, gauge, histogram, metric } from '../../shared/metrics.js';
 import { type Artifact, openArtifact } from '../../shared/offsite/artifact.js';
 import { lazyOffsiteStore } from '../../shared/offsite/index.js';
+import { excludeEntries, extensionEntries } from '../../shared/pg/restore-list.js';
 import { parseLastJson, queryJson, runSql, sqlError, throwIfCanceled } from '../../shared/sandbox/query.js';
 import { createDriverSelection, type DriverSelection, sandboxTtlMs } from '../../shared/sandbox/select.js';
-import type { Sandbox } from '../../shared/sandbox/types.js';
+import type { ExecResult, Sandbox } from '../../shared/sandbox/types.js';
+import { watchServer } from '../../shared/sandbox/watch.js';
 import {
   type ArchiveHeader,
   ArchiveHeaderError,
@@ -36,7 +38,14 @@ import {
   outcomeOf,
   rung,
 } from './rungs.js';
-import { missingExtensionsSelect, preRestoreSql, type ReadBack, readBackSql } from './sql.js';
+import {
+  extensionsSql,
+  missingExtensionsSelect,
+  preRestoreSql,
+  type ReadBack,
+  readBackSql,
+  restoreRoleOf,
+} from './sql.js';
 
 export const VERIFY_SOURCES = ['local', 'offsite'] as const;
 export type VerifySource = (typeof VERIFY_SOURCES)[number];
@@ -55,10 +64,15 @@ const EMPTY_READ_BACK: ReadBack = {
 /** Where the dump lands inside the sandbox. */
 const SANDBOX_DUMP_NAME = 'backup.dump';
 
-/** pg_restore flags: one transaction (WAL-skipping COPY with wal_level=minimal), nothing reaching outside. */
+/**
+ * pg_restore flags: one transaction (WAL-skipping COPY with wal_level=minimal), nothing reaching outside,
+ * and nothing that would need more privilege than the restore role has (owners, grants).
+ */
 export const RESTORE_FLAGS = [
   '--dbname=postgres',
   '--single-transaction',
+  '--no-owner',
+  '--no-acl',
   '--no-tablespaces',
   '--no-publications',
   '--no-subscriptions',
@@ -327,7 +341,11 @@ export function createVerifier(rt: Runtime, options: VerifierOptions = {}): Veri
             );
           }
         }
-        const prepared = await runSql(box, preRestoreSql(manifest), opts);
+        const prepared = await runSql(
+          box,
+          preRestoreSql(manifest, { amcheck: config.FLUX_VERIFY_AMCHECK }),
+          opts,
+        );
         throwIfCanceled(prepared, signal);
         if (prepared.failed) {
           throw unverifiableError(
@@ -384,24 +402,11 @@ export function createVerifier(rt: Runtime, options: VerifierOptions = {}): Veri
       );
       if (rungs.artifact.result !== 'passed') return;
 
-      // The restore starts alongside the listing (the archive rung) instead of after it: an archive that
-      // cannot be listed cancels it, and its result then counts for nothing (the restore rung is blocked).
-      const restoreAbort = new AbortController();
-      const restoring = stage('restore', () =>
-        box.exec(['pg_restore', ...RESTORE_FLAGS, inside], {
-          signal: AbortSignal.any([signal, restoreAbort.signal]),
-        }),
-      );
-      restoring.catch(() => undefined);
+      // The listing comes first: it is the archive rung, and it says which entries the superuser
+      // handles before the restore (a project database's extensions).
       const listed = await stage('archive', () => box.exec(['pg_restore', '--list', inside], opts));
-      const archive = listed.isCanceled ? undefined : evaluateArchive(listed, listed.seconds);
-      if (archive?.result !== 'passed') {
-        restoreAbort.abort(new AppError('shutting_down', 'the archive rung did not pass'));
-        await restoring.catch(() => undefined);
-        delete stages.restore;
-      }
       throwIfCanceled(listed, signal);
-      rungs.archive = archive!;
+      rungs.archive = evaluateArchive(listed, listed.seconds);
       if (rungs.archive.result === 'could_not_verify') {
         const needed = Math.max(manifest.pgDump.major, Math.floor(manifest.source.serverVersionNum / 10000));
         throw unverifiableError(
@@ -411,9 +416,28 @@ export function createVerifier(rt: Runtime, options: VerifierOptions = {}): Veri
       }
       if (rungs.archive.result !== 'passed') return;
 
-      const restored = await restoring;
-      throwIfCanceled(restored, signal);
-      rungs.restore = evaluateRestore(restored, restored.seconds);
+      const listFile = await stage('extensions', () => prepareExtensions(box, manifest, listed.stdout, opts));
+      if (listFile === undefined) delete stages.extensions;
+
+      // The tenant's objects are created by, and its code runs as, its own unprivileged role; whether
+      // the server stayed up meanwhile is watched, not read from what the restore printed.
+      const watch = await watchServer(box, opts);
+      let restored: ExecResult;
+      let isServerGone: boolean;
+      try {
+        restored = await stage('restore', () =>
+          box.exec(
+            ['pg_restore', ...RESTORE_FLAGS, ...(listFile ? [`--use-list=${listFile}`] : []), inside],
+            { ...opts, user: restoreRoleOf(manifest) },
+          ),
+        );
+        throwIfCanceled(restored, signal);
+        isServerGone =
+          restored.sandboxGone === true || (restored.exitCode !== 0 && !(await watch.isIntact()));
+      } finally {
+        watch.stop();
+      }
+      rungs.restore = evaluateRestore(restored, restored.seconds, { isServerGone });
       if (rungs.restore.result !== 'passed') return;
 
       await stage('checks', async () => {
@@ -556,6 +580,50 @@ export function createVerifier(rt: Runtime, options: VerifierOptions = {}): Veri
       });
     }
     return receipt;
+  }
+
+  /**
+   * A project database's archive creates its extensions: the superuser creates them first (our fixed
+   * statements, in the schemas the manifest recorded) and the restore skips those entries. Returns the
+   * restore list to use, or undefined when the archive names no extension.
+   */
+  async function prepareExtensions(
+    box: Sandbox,
+    manifest: Manifest,
+    list: string,
+    opts: { signal: AbortSignal },
+  ): Promise<string | undefined> {
+    const names = extensionEntries(list);
+    if (names.length === 0) return undefined;
+    const missing = await queryJson<{ name: string }>(
+      box,
+      missingExtensionsSelect(names),
+      'listing available extensions',
+      opts,
+    );
+    if (missing.length > 0) {
+      throw unverifiableError(
+        'extension_unavailable',
+        `the sandbox cannot install extension(s) the backup uses: ${missing.map((m) => m.name).join(', ')}; ` +
+          `use a FLUX_BACKUP_VERIFY_POSTGRES_IMAGE (or local PostgreSQL packages) that ships them`,
+      );
+    }
+    const { sql, schemas } = extensionsSql(names, manifest);
+    const created = await runSql(box, sql, opts);
+    throwIfCanceled(created, opts.signal);
+    if (created.failed) {
+      throw unverifiableError(
+        'extension_unavailable',
+        `creating the extension(s) ${names.join(', ')} in the sandbox failed: ${created.stderr.trim().slice(-400)}`,
+      );
+    }
+    const filtered = excludeEntries(list, { schemas, extensions: true }).list;
+    return box.putFile(
+      'restore.list',
+      Readable.from([Buffer.from(filtered)]),
+      Buffer.byteLength(filtered),
+      opts,
+    );
   }
 
   /** Reads back schemas, tables, counts, sequences and amcheck results in one psql call. */

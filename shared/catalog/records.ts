@@ -48,7 +48,9 @@ export const ManifestSchema = z.object({
   schemas: z.array(z.string()),
   tables: z.array(TableCountSchema),
   sequences: z.array(SequenceValueSchema),
-  extensions: z.array(z.object({ name: z.string(), version: z.string() })).default([]),
+  extensions: z
+    .array(z.object({ name: z.string(), version: z.string(), schema: z.string().optional() }))
+    .default([]),
   roles: z.array(z.string()).default([]),
   causationId: z.string().optional(),
 });

@@ -33,7 +33,7 @@ export interface Inventory {
   schemas: string[];
   tables: Array<{ schema: string; name: string }>;
   sequences: Array<{ schema: string; name: string }>;
-  extensions: Array<{ name: string; version: string }>;
+  extensions: Array<{ name: string; version: string; schema: string }>;
   roles: string[];
 }
 
@@ -49,7 +49,7 @@ export interface SnapshotFacts {
   schemas: string[];
   tables: TableCount[];
   sequences: SequenceValue[];
-  extensions: Array<{ name: string; version: string }>;
+  extensions: Array<{ name: string; version: string; schema: string }>;
   roles: string[];
 }
 
@@ -74,8 +74,10 @@ export async function readInventory(client: pg.Client, scope: DumpScope): Promis
       ORDER BY 1, 2`,
     params,
   );
-  const extensions = await client.query<{ name: string; version: string }>(
-    `SELECT extname AS name, extversion AS version FROM pg_extension WHERE extname <> 'plpgsql' ORDER BY 1`,
+  const extensions = await client.query<{ name: string; version: string; schema: string }>(
+    `SELECT e.extname AS name, e.extversion AS version, n.nspname AS schema
+       FROM pg_extension e JOIN pg_namespace n ON n.oid = e.extnamespace
+      WHERE e.extname <> 'plpgsql' ORDER BY 1`,
   );
   const roles = await client.query<{ role: string }>(
     `SELECT DISTINCT unnest(p.roles)::text AS role FROM pg_policies p

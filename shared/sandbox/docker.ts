@@ -20,6 +20,7 @@ import {
   parseVersionText,
   prepareSpare,
   SANDBOX_STOPPED,
+  SANDBOX_SUPERUSER,
   type Sandbox,
   type SandboxDriver,
   type SandboxVersions,
@@ -647,7 +648,7 @@ export function createDockerDriver(options: DockerDriverOptions): SandboxDriver 
           User: 'postgres',
           WorkingDir: INPUT_DIR,
           Env: [
-            'PGUSER=postgres',
+            `PGUSER=${opts.user ?? SANDBOX_SUPERUSER}`,
             'PGDATABASE=postgres',
             'PGAPPNAME=flux-ops-verify',
             'PGCONNECT_TIMEOUT=10',
@@ -659,7 +660,7 @@ export function createDockerDriver(options: DockerDriverOptions): SandboxDriver 
         if (status === 409 || status === 404 || status === 500) {
           // The container stopped (or was removed): the command could not run.
           stderr.push(Buffer.from(`${SANDBOX_STOPPED}: ${(error as Error).message.slice(0, 200)}`));
-          return result(126, false);
+          return { ...result(126, false), sandboxGone: true };
         }
         throw engineError(error, `running ${argv[0]} in the sandbox`);
       }

@@ -29,6 +29,7 @@ import {
   type ExecOptions,
   type ExecResult,
   prepareSpare,
+  SANDBOX_SUPERUSER,
   type Sandbox,
   type SandboxDriver,
   type SpareSlot,
@@ -45,7 +46,6 @@ export const DRIVER_NAME = 'local' as const;
 export const LOCAL_SANDBOX_PREFIX = 'flux-verify-';
 /** The file in each directory saying whose it is and what it is for. */
 export const LOCAL_MARKER = 'sandbox.json';
-const SUPERUSER = 'postgres';
 /** Readiness: postmaster.pid is re-read after this, doubling up to READY_POLL_MAX_MS (no process per poll). */
 const READY_POLL_MIN_MS = 5;
 const READY_POLL_MAX_MS = 50;
@@ -325,7 +325,7 @@ export function createLocalDriver(options: LocalDriverOptions): SandboxDriver {
       '-D',
       data,
       '-U',
-      SUPERUSER,
+      SANDBOX_SUPERUSER,
       '--auth-local=trust',
       '--auth-host=reject',
       '-E',
@@ -753,7 +753,7 @@ export function createLocalDriver(options: LocalDriverOptions): SandboxDriver {
           PATH: this.#pathEnv ?? '',
           PGHOST: this.#prepared.socket,
           PGPORT: String(this.port),
-          PGUSER: SUPERUSER,
+          PGUSER: opts.user ?? SANDBOX_SUPERUSER,
           PGDATABASE: 'postgres',
           PGAPPNAME: 'flux-ops-verify',
           PGCONNECT_TIMEOUT: '10',
@@ -780,6 +780,7 @@ export function createLocalDriver(options: LocalDriverOptions): SandboxDriver {
         stderr: tail.text(),
         seconds: (performance.now() - started) / 1000,
         isCanceled,
+        ...(this.#exited ? { sandboxGone: true } : {}),
         failed: isCanceled || exitCode !== 0,
       };
     }

@@ -30,6 +30,11 @@ export interface ExecResult {
   stderr: string;
   seconds: number;
   isCanceled: boolean;
+  /**
+   * The sandbox itself was gone when the command ended (container stopped, server exited): a fact the
+   * driver observed, never read from the command's output (which restored tenant code can write).
+   */
+  sandboxGone?: boolean;
   /** exitCode !== 0 or cancelled. */
   failed: boolean;
 }
@@ -45,9 +50,14 @@ export interface SandboxVersions {
 
 export interface ExecOptions {
   signal?: AbortSignal;
+  /** Database role the command connects as (PGUSER); the sandbox superuser when absent. */
+  user?: string;
 }
 
-/** A running disposable Postgres. Superuser `postgres`, database `postgres`, no password, no network. */
+/**
+ * A running disposable Postgres. Superuser `postgres`, database `postgres`, no password, no network. Any
+ * role with LOGIN may connect (trust): the restore connects as the tenant's unprivileged role.
+ */
 export interface Sandbox {
   readonly driver: DriverName;
   /** Container id or sandbox directory. */
@@ -101,6 +111,8 @@ export type SpareState = 'off' | 'none' | 'starting' | 'ready';
 
 /** What an exec's stderr says when its sandbox had stopped before the command could run (exit 126). */
 export const SANDBOX_STOPPED = 'the sandbox container is not running';
+/** The database superuser of every sandbox. */
+export const SANDBOX_SUPERUSER = 'postgres';
 
 /** A spare sandbox being prepared or ready (each driver keeps at most one). */
 export interface SpareSlot<S> {
