@@ -81,6 +81,44 @@ export async function requireTool(
   return info;
 }
 
+/**
+ * The first minor of each major whose pg_dump protects itself from a relation swapped for a view or
+ * foreign table while it dumps (restrict_nonsystem_relation_kind, CVE-2024-7348; August 2024 releases).
+ */
+export const RELATION_KIND_PROTECTION: Readonly<Record<number, number>> = {
+  12: 20,
+  13: 16,
+  14: 13,
+  15: 8,
+  16: 4,
+};
+const FIRST_PROTECTED_MAJOR = 17;
+
+/** Whether `version` ("15.18") has restrict_nonsystem_relation_kind (client or server alike). */
+export function hasRelationKindProtection(version: string): boolean {
+  const [major, minor] = version.split('.').map(Number) as [number, number | undefined];
+  if (major >= FIRST_PROTECTED_MAJOR) return true;
+  const first = RELATION_KIND_PROTECTION[major];
+  return first !== undefined && (minor ?? 0) >= first;
+}
+
+function protectedRelease(major: number): string {
+  const first = RELATION_KIND_PROTECTION[major];
+  return first !== undefined ? `${major}.${first}` : `${FIRST_PROTECTED_MAJOR}`;
+}
+
+/** Refuses a pg_dump that a tenant could make run its code by swapping a table for a view mid-dump. */
+export function requireRelationKindProtection(tool: ToolInfo): void {
+  if (hasRelationKindProtection(tool.version)) return;
+  throw new AppError(
+    'tool_version',
+    `${tool.name} ${tool.version} on PATH lacks restrict_nonsystem_relation_kind (CVE-2024-7348: a tenant could swap a table ` +
+      `for a view during the dump and run its code as the dumping role): install postgresql-client ${protectedRelease(tool.major)} ` +
+      'or newer in the image and rebuild it',
+    { details: { tool: tool.name, version: tool.version } },
+  );
+}
+
 /** A client tool must be at least the server's major to read it (pg_dump refuses newer servers). */
 export function requireMajorAtLeast(tool: ToolInfo, serverMajor: number): void {
   if (tool.major < serverMajor) {

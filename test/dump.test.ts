@@ -2,7 +2,7 @@
 // CLI-compatible API, and the faults an operator meets (killed pg_dump, missing/old pg_dump, full queue,
 // concurrent create, crash leftovers).
 import { randomUUID } from 'node:crypto';
-import { chmod, mkdir, readdir, readFile, writeFile } from 'node:fs/promises';
+import { chmod, mkdir, readdir, readFile, stat, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { execa } from 'execa';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -401,6 +401,24 @@ describe('dump: faults', () => {
     const body = (await res.json()) as { code: string; error: string };
     expect(body.code).toBe('tool_version');
     expect(body.error).toMatch(/14\.11 .* older than the server \(major 15\): install postgresql-client-15/);
+  });
+
+  it('a pg_dump without protection from relations swapped for views: refused, naming the release to install', async () => {
+    // 15.7 predates restrict_nonsystem_relation_kind: a tenant could turn a table into a view mid-dump and
+    // have pg_dump run its query as the dumping role.
+    const bin = await fakePgDump(
+      path.join(env.root, 'bin-unprotected'),
+      'if [ "$1" = "--version" ]; then echo "pg_dump (PostgreSQL) 15.7"; exit 0; fi\necho ran > "$(dirname "$0")/ran"',
+    );
+    const { fn } = makeDump({ PATH: `${bin}:${env.env.PATH}` });
+    const res = await create(fn, hashOf(tenantId));
+    expect(res.status).toBe(503);
+    const body = (await res.json()) as { code: string; error: string };
+    expect(body.code).toBe('tool_version');
+    expect(body.error).toMatch(
+      /15\.7 .*restrict_nonsystem_relation_kind .*install postgresql-client 15\.8 or newer/,
+    );
+    await expect(stat(path.join(bin, 'ran'))).rejects.toMatchObject({ code: 'ENOENT' });
   });
 
   it('credentials go through the environment, never argv; application_name and lock-wait-timeout are set', async () => {

@@ -9,6 +9,7 @@ import { libpqEnv, parsePgUrl, pgError, quoteIdent, SQLSTATE, withPgClient } fro
 import { excludeSchemaEntry } from '../../shared/pg/restore-list.js';
 import {
   countInventory,
+  guardTenantReads,
   readInventory,
   type SequenceValue,
   type TableCount,
@@ -217,6 +218,7 @@ export async function readTargetCounts(
         await client.query(
           `SET LOCAL statement_timeout = ${Math.max(1, Math.floor(options.statementTimeoutMs))}`,
         );
+        await guardTenantReads(client);
         const inventory = await readInventory(client, { kind: 'tenant_export', schema });
         const counts = await countInventory(client, inventory);
         await client.query('COMMIT');

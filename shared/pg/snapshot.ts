@@ -7,7 +7,7 @@ import type pg from 'pg';
 import pgLib from 'pg';
 import { adoptPendingFile, createTempFileFor, type PendingFile } from '../atomic.js';
 import { AppError, isAppError } from '../errors.js';
-import { requireMajorAtLeast, requireTool, type ToolInfo } from '../tools.js';
+import { requireMajorAtLeast, requireRelationKindProtection, requireTool, type ToolInfo } from '../tools.js';
 import { readArchiveSequences } from './archive.js';
 import { libpqEnv, parsePgUrl, pgClientConfig, pgError, quoteIdent } from './conn.js';
 
@@ -183,11 +183,48 @@ function stderrTail(stderr: unknown): string {
   return text.trim().split('\n').slice(-5).join(' | ').slice(0, 1000);
 }
 
-/** Checks that pg_dump is on PATH and new enough for the server behind `url`. */
+/** Checks that pg_dump is on PATH, new enough for the server behind `url`, and protects itself from tenants. */
 export async function preflightPgDump(pathEnv: string | undefined, serverMajor: number): Promise<ToolInfo> {
   const tool = await requireTool('pg_dump', pathEnv, serverMajor);
   requireMajorAtLeast(tool, serverMajor);
+  requireRelationKindProtection(tool);
   return tool;
+}
+
+/**
+ * Settings of every session that reads a tenant's relations with our privileges (the snapshot's counts,
+ * a target's validation): names resolve in pg_catalog only, a view or foreign table where a table was is
+ * an error instead of running its query, and row security is off, so a policy is never evaluated (for a
+ * role it would apply to, the count fails rather than silently miss rows). `restrict_nonsystem_relation_kind`
+ * exists on servers from the August 2024 minors on (see tools.ts); returns whether this server has it.
+ * Local to the caller's transaction.
+ */
+export async function guardTenantReads(client: pg.ClientBase): Promise<boolean> {
+  await client.query(
+    `SELECT pg_catalog.set_config('search_path', 'pg_catalog', true),
+            pg_catalog.set_config('row_security', 'off', true)`,
+  );
+  const restricted = await client.query(
+    `SELECT pg_catalog.set_config(name, 'view, foreign-table', true) FROM pg_catalog.pg_settings
+      WHERE name = 'restrict_nonsystem_relation_kind'`,
+  );
+  return (restricted.rowCount ?? 0) > 0;
+}
+
+/** Refuses a server that cannot protect pg_dump (and us) from a relation swapped for a view. */
+export function requireServerRelationKindProtection(
+  hasProtection: boolean,
+  serverVersion: string,
+  where: string,
+): void {
+  if (hasProtection) return;
+  throw new AppError(
+    'dependency_unavailable',
+    `${where} runs PostgreSQL ${serverVersion}, which lacks restrict_nonsystem_relation_kind (CVE-2024-7348): a tenant could ` +
+      'swap a table for a view during the dump and run its code as the dumping role; upgrade the server to the current minor ' +
+      'release of its major (August 2024 or later), then back up again',
+    { details: { serverVersion } },
+  );
 }
 
 export async function runSnapshotDump(options: SnapshotDumpOptions): Promise<SnapshotDumpResult> {
@@ -209,9 +246,11 @@ export async function runSnapshotDump(options: SnapshotDumpOptions): Promise<Sna
     // The counting queries share the dump's deadline; a cancelled dump also cancels them (below).
     await client.query(`SET LOCAL statement_timeout = ${Math.max(0, Math.floor(options.timeoutMs))}`);
     backendPid = (await client.query<{ pid: number }>('SELECT pg_backend_pid() AS pid')).rows[0]!.pid;
+    const isProtected = await guardTenantReads(client);
     const server = await serverFacts(client);
     const serverMajor = Math.floor(server.serverVersionNum / 10000);
     const tool = await preflightPgDump(options.pathEnv, serverMajor);
+    requireServerRelationKindProtection(isProtected, server.serverVersion, `${target.host}:${target.port}`);
     if (options.scope.kind === 'tenant_export') {
       const exists = await client.query('SELECT 1 FROM pg_namespace WHERE nspname = $1', [
         options.scope.schema,
