@@ -44,7 +44,8 @@ async function catalogSnapshot(cluster: PgCluster, db: string): Promise<Record<s
   try {
     return {
       schemas: await list(
-        `SELECT nspname || ':' || coalesce(nspacl::text, '') AS x FROM pg_namespace
+        // A NULL ACL means the default one: compared as what it grants, so a grant taken back compares equal.
+        `SELECT nspname || ':' || coalesce(nspacl, acldefault('n', nspowner))::text AS x FROM pg_namespace
           WHERE nspname NOT LIKE 'pg\\_%' AND nspname <> 'information_schema' ORDER BY 1`,
       ),
       relations: await list(

@@ -34,6 +34,7 @@ import {
 } from './preflight.js';
 import {
   describeChanges,
+  dropRestoreLogin,
   hasChanges,
   prepareTarget,
   type RollbackResult,
@@ -545,6 +546,8 @@ export function createMigrator(rt: Runtime): Migrator {
       const dump = await runSnapshotDump({
         url: ends.sourceUrl,
         scope: { kind: 'tenant_export', schema: ends.schema },
+        // The tenant's grants travel with it to the dedicated database.
+        includeAcl: true,
         pathEnv: rt.env.PATH,
         compression: config.FLUX_DUMP_COMPRESSION,
         lockWaitTimeoutMs: config.FLUX_DUMP_LOCK_WAIT_TIMEOUT_MS,
@@ -560,15 +563,21 @@ export function createMigrator(rt: Runtime): Migrator {
 
       enter('prepare');
       record.phase = 'prepare';
-      changes = await prepareTarget(
+      const prepared = await prepareTarget(
         ends.targetUrl,
-        { schema: ends.schema, tenantRole: ends.tenantRole, policyRoles: facts.roles },
+        {
+          schema: ends.schema,
+          tenantRole: ends.tenantRole,
+          policyRoles: facts.roles,
+          restoreLogin: `flux_restore_${runId.toLowerCase()}`,
+        },
         {
           appName: MIGRATE_APP_NAME,
           lockTimeoutMs: config.FLUX_DUMP_LOCK_WAIT_TIMEOUT_MS,
           record: (c) => saveRecord({ ...record, changes: c }),
         },
       );
+      changes = prepared.changes;
       record.changes = changes;
 
       enter('restore');
@@ -577,6 +586,8 @@ export function createMigrator(rt: Runtime): Migrator {
       if (controller.signal.aborted) throw new AppError('shutting_down', 'migrate is stopping');
       await restoreDump({
         url: ends.targetUrl,
+        login: prepared.login,
+        tenantRole: ends.tenantRole,
         dumpFile: dump.file.tmp,
         listFile,
         schema: ends.schema,
@@ -586,6 +597,10 @@ export function createMigrator(rt: Runtime): Migrator {
         timeoutMs: remaining(),
         signal: controller.signal,
       });
+
+      // The login has done its one job; the tenant's objects stay, owned by the tenant role.
+      await dropRestoreLogin(ends.targetUrl, changes, { appName: MIGRATE_APP_NAME });
+      record.changes = changes;
 
       enter('validate');
       record.phase = 'validate';

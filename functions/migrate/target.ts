@@ -1,12 +1,27 @@
 // Everything a migration does to the dedicated (target) database: the role stubs, schema auth and the
 // tenant schema (each recorded only when this run created it), the pg_restore, the validation read and
 // the rollback that drops exactly what was recorded. The source is never touched here.
+//
+// The restore runs the tenant's code (its CHECKs, generated columns, index expressions, materialized
+// views), so it runs as the tenant: pg_restore logs in as a login role made for this run alone (no
+// privilege, a member of the tenant role only, a random password that only its SCRAM verifier reaches
+// the server as) and SET ROLEs to the tenant role, which then owns what it creates, with its grants.
+import { createHash, createHmac, pbkdf2Sync, randomBytes } from 'node:crypto';
 import { writeFile } from 'node:fs/promises';
 import { execa } from 'execa';
 import type pg from 'pg';
 import { AppError, isAppError } from '../../shared/errors.js';
-import { libpqEnv, parsePgUrl, pgError, quoteIdent, SQLSTATE, withPgClient } from '../../shared/pg/conn.js';
+import {
+  libpqEnv,
+  parsePgUrl,
+  pgError,
+  quoteIdent,
+  quoteLiteral,
+  SQLSTATE,
+  withPgClient,
+} from '../../shared/pg/conn.js';
 import { excludeSchemaEntry } from '../../shared/pg/restore-list.js';
+import { assertUnprivileged } from '../../shared/pg/restore-role.js';
 import {
   countInventory,
   guardTenantReads,
@@ -20,6 +35,10 @@ import { AUTHENTICATOR, authenticatorMemberships, stubRoles } from './plan.js';
 /** What this run created in the target: the rollback drops exactly these, nothing else. */
 export interface TargetChanges {
   schema?: string | undefined;
+  /** USAGE on an existing schema `auth` granted to the tenant role by this run (its policies call auth.uid()). */
+  authUsage?: string | undefined;
+  /** The login role pg_restore connected as (also listed in `roles`): dropped after the restore. */
+  restoreLogin?: string | undefined;
   authSchema?: boolean | undefined;
   authUid?: boolean | undefined;
   roles: string[];
@@ -34,6 +53,7 @@ export function hasChanges(changes: TargetChanges): boolean {
   return Boolean(
     changes.schema ||
       changes.authSchema ||
+      changes.authUsage ||
       changes.authUid ||
       changes.roles.length > 0 ||
       changes.memberships.length > 0,
@@ -44,16 +64,34 @@ async function exists(client: pg.Client, sql: string, params: unknown[]): Promis
   return ((await client.query(sql, params)).rowCount ?? 0) > 0;
 }
 
+/** A login role pg_restore uses once: its name and password (the password is never recorded). */
+export interface RestoreLogin {
+  role: string;
+  password: string;
+}
+
+/** The SCRAM-SHA-256 verifier of `password` (RFC 5802/7677, as libpq's PQencryptPasswordConn makes it). */
+export function scramVerifier(password: string, iterations = 4096): string {
+  const salt = randomBytes(16);
+  const salted = pbkdf2Sync(password.normalize('NFKC'), salt, iterations, 32, 'sha256');
+  const clientKey = createHmac('sha256', salted).update('Client Key').digest();
+  const storedKey = createHash('sha256').update(clientKey).digest();
+  const serverKey = createHmac('sha256', salted).update('Server Key').digest();
+  return `SCRAM-SHA-256$${iterations}:${salt.toString('base64')}$${storedKey.toString('base64')}:${serverKey.toString('base64')}`;
+}
+
 /**
  * Creates, in one transaction, the missing role stubs, memberships of `authenticator`, schema `auth`
- * with `auth.uid()`, and the empty tenant schema. `record` is called with the planned changes before
- * COMMIT so a crash right after the commit still leaves a record a restart can roll back.
+ * with `auth.uid()`, the empty tenant schema owned by the tenant role, and the run's restore login. The
+ * tenant role is refused when it has more privilege than a tenant may (it runs the tenant's code).
+ * `record` is called with the planned changes before COMMIT so a crash right after the commit still
+ * leaves a record a restart can roll back.
  */
 export async function prepareTarget(
   url: string,
-  names: { schema: string; tenantRole: string; policyRoles: readonly string[] },
+  names: { schema: string; tenantRole: string; policyRoles: readonly string[]; restoreLogin: string },
   options: { appName: string; lockTimeoutMs: number; record: (changes: TargetChanges) => Promise<void> },
-): Promise<TargetChanges> {
+): Promise<{ changes: TargetChanges; login: RestoreLogin }> {
   return withPgClient(
     url,
     options.appName,
@@ -88,8 +126,34 @@ export async function prepareTarget(
           await client.query(AUTH_UID_SQL);
           changes.authUid = true;
         }
+        // The tenant's policies call auth.uid() as the tenant: an auth schema that was already there
+        // must let the tenant role in, as the source's does.
+        if (
+          !changes.authSchema &&
+          !(await exists(client, `SELECT 1 WHERE has_schema_privilege($1, 'auth', 'USAGE')`, [
+            names.tenantRole,
+          ]))
+        ) {
+          await client.query(`GRANT USAGE ON SCHEMA auth TO ${quoteIdent(names.tenantRole)}`);
+          changes.authUsage = names.tenantRole;
+        }
+        await assertUnprivileged(client, names.tenantRole, 'the dedicated database');
+        const password = randomBytes(24).toString('base64url');
+        await client.query(
+          `CREATE ROLE ${quoteIdent(names.restoreLogin)} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION ` +
+            `NOBYPASSRLS NOINHERIT CONNECTION LIMIT 4 PASSWORD ${quoteLiteral(scramVerifier(password))} ` +
+            `IN ROLE ${quoteIdent(names.tenantRole)}`,
+        );
+        changes.roles.push(names.restoreLogin);
+        changes.restoreLogin = names.restoreLogin;
+        const database = (await client.query<{ d: string }>('SELECT current_database() AS d')).rows[0]!.d;
+        await client.query(
+          `GRANT CONNECT ON DATABASE ${quoteIdent(database)} TO ${quoteIdent(names.restoreLogin)}`,
+        );
         try {
-          await client.query(`CREATE SCHEMA ${quoteIdent(names.schema)}`);
+          await client.query(
+            `CREATE SCHEMA ${quoteIdent(names.schema)} AUTHORIZATION ${quoteIdent(names.tenantRole)}`,
+          );
         } catch (error) {
           if ((error as { code?: string }).code === SQLSTATE.duplicateSchema) {
             throw new AppError(
@@ -102,7 +166,7 @@ export async function prepareTarget(
         changes.schema = names.schema;
         await options.record(changes);
         await client.query('COMMIT');
-        return changes;
+        return { changes, login: { role: names.restoreLogin, password } };
       } catch (error) {
         await client.query('ROLLBACK').catch(() => undefined);
         throw isAppError(error) ? error : pgError(error, 'preparing the target (role stubs, schemas)');
@@ -140,11 +204,15 @@ export function dbnameConninfo(database: string): string {
 }
 
 /**
- * Restores the dump into the target: the restore list minus the schema entry (this run created the
- * schema), `--no-owner --no-acl --exit-on-error`, password only in PGPASSWORD of the child's env.
+ * Restores the dump into the target as the tenant: logged in as the run's restore login, `--role` the
+ * tenant role (so the tenant owns what is created and its code runs with the tenant's privileges only),
+ * the restore list minus the schema entry (this run created the schema), `--no-owner --exit-on-error`,
+ * the archive's grants applied, password only in PGPASSWORD of the child's env.
  */
 export async function restoreDump(options: {
   url: string;
+  login: RestoreLogin;
+  tenantRole: string;
   dumpFile: string;
   listFile: string;
   schema: string;
@@ -155,7 +223,7 @@ export async function restoreDump(options: {
   signal: AbortSignal;
 }): Promise<{ seconds: number }> {
   const started = performance.now();
-  const target = parsePgUrl(options.url);
+  const target = { ...parsePgUrl(options.url), user: options.login.role, password: options.login.password };
   const run = async (args: string[]): Promise<ChildResult> => {
     const r = await execa(options.pgRestore.path, args, {
       env: { ...libpqEnv(target, options.appName), PATH: options.pathEnv ?? '' },
@@ -191,7 +259,7 @@ export async function restoreDump(options: {
   await writeFile(options.listFile, list, { mode: 0o600 });
   const restored = await run([
     '--no-owner',
-    '--no-acl',
+    `--role=${options.tenantRole}`,
     '--exit-on-error',
     `--use-list=${options.listFile}`,
     `--dbname=${dbnameConninfo(target.database)}`,
@@ -201,6 +269,39 @@ export async function restoreDump(options: {
     throw childError('pg_restore', restored, note);
   }
   return { seconds: (performance.now() - started) / 1000 };
+}
+
+/**
+ * Drops the run's restore login once the restore is over. Anything it came to own (tenant code that
+ * RESET ROLE) goes to the tenant role first, so nothing is lost with it.
+ */
+export async function dropRestoreLogin(
+  url: string,
+  changes: TargetChanges,
+  options: { appName: string },
+): Promise<void> {
+  const role = changes.restoreLogin;
+  if (!role) return;
+  await withPgClient(url, options.appName, async (client) => {
+    const present = await client.query('SELECT 1 FROM pg_roles WHERE rolname = $1', [role]);
+    if ((present.rowCount ?? 0) > 0) {
+      await client.query(
+        `SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = $1 AND pid <> pg_backend_pid()`,
+        [role],
+      );
+      const tenant = await client.query<{ r: string }>(
+        `SELECT g.rolname AS r FROM pg_auth_members m JOIN pg_roles g ON g.oid = m.roleid
+           JOIN pg_roles u ON u.oid = m.member WHERE u.rolname = $1 LIMIT 1`,
+        [role],
+      );
+      const heir = tenant.rows[0]?.r;
+      if (heir) await client.query(`REASSIGN OWNED BY ${quoteIdent(role)} TO ${quoteIdent(heir)}`);
+      await client.query(`DROP OWNED BY ${quoteIdent(role)}`);
+      await client.query(`DROP ROLE ${quoteIdent(role)}`);
+    }
+  });
+  changes.roles = changes.roles.filter((r) => r !== role);
+  changes.restoreLogin = undefined;
 }
 
 /** Exact counts and sequence values of the restored schema, read in one snapshot of the target. */
@@ -280,6 +381,14 @@ export async function rollbackTarget(
         ]);
       }
       if (changes.authUid) await step('function auth.uid()', ['DROP FUNCTION IF EXISTS auth.uid()']);
+      if (changes.authUsage) {
+        const role = changes.authUsage;
+        const present = await client.query('SELECT 1 FROM pg_roles WHERE rolname = $1', [role]);
+        if ((present.rowCount ?? 0) > 0)
+          await step(`usage on schema auth for ${role}`, [
+            `REVOKE USAGE ON SCHEMA auth FROM ${quoteIdent(role)}`,
+          ]);
+      }
       if (changes.authSchema) await step('schema auth', ['DROP SCHEMA IF EXISTS auth']);
       for (const m of changes.memberships) {
         const both = await client.query(
@@ -323,6 +432,7 @@ export function describeChanges(changes: TargetChanges): string {
   if (changes.schema) parts.push(`schema ${changes.schema}`);
   if (changes.authUid) parts.push('function auth.uid()');
   if (changes.authSchema) parts.push('schema auth');
+  if (changes.authUsage) parts.push(`usage on schema auth for ${changes.authUsage}`);
   for (const m of changes.memberships) parts.push(`membership ${m.role} in ${m.member}`);
   for (const r of changes.roles) parts.push(`role ${r}`);
   return parts.join(', ') || 'nothing';

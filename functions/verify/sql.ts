@@ -2,9 +2,9 @@
 // and the one read-back script behind the structure, volume, sequences and integrity rungs.
 import { tenantRoleOf } from '../../shared/catalog/ids.js';
 import type { Manifest } from '../../shared/catalog/records.js';
-import { quoteIdent } from '../../shared/pg/conn.js';
+import { quoteIdent, quoteLiteral } from '../../shared/pg/conn.js';
 import { ROLE_PROBLEMS_SQL } from '../../shared/pg/restore-role.js';
-import { quoteLiteral, textArray } from '../../shared/sandbox/query.js';
+import { textArray } from '../../shared/sandbox/query.js';
 
 /** Platform roles every Flux database has (their attributes are set below). */
 export const PLATFORM_ROLES = ['anon', 'authenticated', 'service_role', 'authenticator'] as const;

@@ -139,3 +139,8 @@ export async function withPgClient<T>(
 export function quoteIdent(name: string): string {
   return `"${name.replaceAll('"', '""')}"`;
 }
+
+/** A standard-conforming string literal (standard_conforming_strings is on since PostgreSQL 9.1). */
+export function quoteLiteral(value: string): string {
+  return `'${value.replaceAll("'", "''")}'`;
+}

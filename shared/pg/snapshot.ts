@@ -79,9 +79,23 @@ export async function readInventory(client: pg.Client, scope: DumpScope): Promis
        FROM pg_extension e JOIN pg_namespace n ON n.oid = e.extnamespace
       WHERE e.extname <> 'plpgsql' ORDER BY 1`,
   );
+  // Every role the restore may name: in policies, and as grantees of the objects' grants other than their
+  // owners (a migration restores the grants; the owner is whoever restores them).
   const roles = await client.query<{ role: string }>(
-    `SELECT DISTINCT unnest(p.roles)::text AS role FROM pg_policies p
-      WHERE ${scope.kind === 'tenant_export' ? 'p.schemaname = $1' : "p.schemaname NOT IN ('pg_catalog', 'information_schema')"} ORDER BY 1`,
+    `SELECT role FROM (
+       SELECT unnest(p.roles)::text AS role FROM pg_policies p
+        WHERE ${scope.kind === 'tenant_export' ? 'p.schemaname = $1' : "p.schemaname NOT IN ('pg_catalog', 'information_schema')"}
+       UNION
+       SELECT r.rolname::text FROM (
+           SELECT (aclexplode(c.relacl)).grantee, c.relowner AS owner FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+            WHERE c.relacl IS NOT NULL AND ${schemaFilter}
+           UNION ALL SELECT (aclexplode(n.nspacl)).grantee, n.nspowner FROM pg_namespace n WHERE n.nspacl IS NOT NULL AND ${schemaFilter}
+           UNION ALL SELECT (aclexplode(p.proacl)).grantee, p.proowner FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
+            WHERE p.proacl IS NOT NULL AND ${schemaFilter}
+           UNION ALL SELECT (aclexplode(t.typacl)).grantee, t.typowner FROM pg_type t JOIN pg_namespace n ON n.oid = t.typnamespace
+            WHERE t.typacl IS NOT NULL AND ${schemaFilter}
+         ) g JOIN pg_roles r ON r.oid = g.grantee WHERE g.grantee <> g.owner
+     ) q WHERE role NOT LIKE 'pg\\_%' ORDER BY 1`,
     params,
   );
   return {
@@ -147,6 +161,8 @@ export interface SnapshotDumpOptions {
   timeoutVariable?: string;
   signal?: AbortSignal;
   applicationName?: string;
+  /** Keep the objects' grants in the archive (a migration re-applies them; backups leave them out). */
+  includeAcl?: boolean;
   /**
    * Where the archive goes once complete. pg_dump writes a temp file beside it (`--file`: a seekable
    * archive gets data offsets in its TOC, so pg_restore can restore in parallel and read single entries
@@ -167,12 +183,17 @@ export interface SnapshotDumpResult {
   seconds: { total: number; counts: number };
 }
 
-export function pgDumpFlags(scope: DumpScope, compression: number, lockWaitTimeoutMs: number): string[] {
+export function pgDumpFlags(
+  scope: DumpScope,
+  compression: number,
+  lockWaitTimeoutMs: number,
+  includeAcl = false,
+): string[] {
   return [
     '--format=custom',
     `--compress=${compression}`,
     '--no-owner',
-    '--no-acl',
+    ...(includeAcl ? [] : ['--no-acl']),
     `--lock-wait-timeout=${lockWaitTimeoutMs}ms`,
     ...(scope.kind === 'tenant_export' ? [`--schema=${scope.schema}`] : []),
   ];
@@ -267,7 +288,12 @@ export async function runSnapshotDump(options: SnapshotDumpOptions): Promise<Sna
     const takenAt = new Date().toISOString();
     const inventory = await readInventory(client, options.scope);
 
-    const flags = pgDumpFlags(options.scope, options.compression, options.lockWaitTimeoutMs);
+    const flags = pgDumpFlags(
+      options.scope,
+      options.compression,
+      options.lockWaitTimeoutMs,
+      options.includeAcl,
+    );
     let tmp: string;
     try {
       tmp = await createTempFileFor(options.target);

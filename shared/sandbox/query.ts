@@ -3,16 +3,13 @@
 import { randomBytes } from 'node:crypto';
 import { Readable } from 'node:stream';
 import { AppError } from '../errors.js';
+import { quoteLiteral } from '../pg/conn.js';
 import type { ExecOptions, ExecResult, Sandbox } from './types.js';
 
 /** Above this the SQL goes in as a file (one argv string is limited to 128 KiB on Linux). */
 const INLINE_SQL_MAX_BYTES = 64 * 1024;
 
 const PSQL = ['psql', '-X', '-q', '-A', '-t', '-v', 'ON_ERROR_STOP=1'];
-
-export function quoteLiteral(value: string): string {
-  return `'${value.replaceAll("'", "''")}'`;
-}
 
 export function textArray(values: readonly string[]): string {
   return `ARRAY[${values.map(quoteLiteral).join(', ')}]::text[]`;
