@@ -26,6 +26,7 @@ const DOCKER_ENGINE = [
   'test/verify-sandbox.test.ts',
   'test/faults-kill.test.ts',
   'test/faults-env.test.ts',
+  'test/hostile-tenant.test.ts',
 ];
 
 // Integration tests start real Postgres clusters, Docker containers and TLS servers; give them room and

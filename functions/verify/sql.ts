@@ -63,6 +63,8 @@ END $flux$`,
     CREATE SCHEMA ${AMCHECK_SCHEMA};
     REVOKE ALL ON SCHEMA ${AMCHECK_SCHEMA} FROM PUBLIC;
     CREATE EXTENSION amcheck SCHEMA ${AMCHECK_SCHEMA};
+    GRANT USAGE ON SCHEMA ${AMCHECK_SCHEMA} TO ${restoreRole};
+    GRANT EXECUTE ON FUNCTION ${AMCHECK_SCHEMA}.bt_index_check(regclass) TO ${restoreRole};
   END IF;
 END $flux$`);
   }
@@ -114,6 +116,11 @@ export function extensionsSql(
   return { sql: `${statements.join(';\n')};`, schemas: [...schemas] };
 }
 
+/** After the restore, before the read-back: the restore role may count past its own tables' policies. */
+export function postRestoreSql(manifest: Pick<Manifest, 'projectId'>): string {
+  return `ALTER ROLE ${quoteIdent(restoreRoleOf(manifest))} BYPASSRLS`;
+}
+
 /** Which of `names` the sandbox cannot install. */
 export function missingExtensionsSelect(names: readonly string[]): string {
   return `SELECT n AS name FROM unnest(${textArray(names)}) AS n
@@ -159,10 +166,11 @@ export interface ReadBackInput {
  * amcheck's bt_index_check runs on every valid btree index, one subtransaction each, so one broken index
  * does not hide the others, and an amcheck that cannot be installed is reported, not raised.
  *
- * It runs as the sandbox superuser but evaluates no tenant code: names resolve in pg_catalog only, rows are
- * counted with count(*) on tables (no view, no policy: a superuser bypasses row security), sequences are
- * read as relations, and bt_index_check without heapallindexed compares index tuples with the opclass's
- * built-in comparison, never re-evaluating an index expression or predicate.
+ * It runs as the restore role, never as the superuser: planning count(*) on a table opens its indexes,
+ * which constant-folds their expressions and predicates, so tenant functions can run during any query
+ * on a tenant's table. Names resolve in pg_catalog only; the role is given BYPASSRLS after the restore
+ * (postRestoreSql) so a FORCE ROW LEVEL SECURITY policy cannot hide rows from the count — it bypasses
+ * only the policies of its own tables, in a sandbox holding nothing else.
  */
 export function readBackSql(input: ReadBackInput): string {
   const pair = (items: ReadonlyArray<{ schema: string; name: string }>) =>

@@ -41,6 +41,7 @@ import {
 import {
   extensionsSql,
   missingExtensionsSelect,
+  postRestoreSql,
   preRestoreSql,
   type ReadBack,
   readBackSql,
@@ -633,6 +634,9 @@ export function createVerifier(rt: Runtime, options: VerifierOptions = {}): Veri
     opts: { signal: AbortSignal },
   ): Promise<ReadBack> {
     if (manifest.schemas.length === 0) return EMPTY_READ_BACK;
+    const granted = await runSql(box, postRestoreSql(manifest), opts);
+    throwIfCanceled(granted, opts.signal);
+    if (granted.failed) throw sqlError('preparing the read-back', granted);
     const result = await runSql(
       box,
       readBackSql({
@@ -641,7 +645,7 @@ export function createVerifier(rt: Runtime, options: VerifierOptions = {}): Veri
         sequences: manifest.sequences,
         amcheck: config.FLUX_VERIFY_AMCHECK,
       }),
-      opts,
+      { ...opts, user: restoreRoleOf(manifest) },
     );
     throwIfCanceled(result, opts.signal);
     if (result.failed) throw sqlError('reading back the restored database', result);

@@ -5,6 +5,7 @@ import { rm, stat } from 'node:fs/promises';
 import { execa } from 'execa';
 import type pg from 'pg';
 import pgLib from 'pg';
+import { to as copyTo } from 'pg-copy-streams';
 import { adoptPendingFile, createTempFileFor, type PendingFile } from '../atomic.js';
 import { AppError, isAppError } from '../errors.js';
 import { requireMajorAtLeast, requireRelationKindProtection, requireTool, type ToolInfo } from '../tools.js';
@@ -107,18 +108,45 @@ export async function readInventory(client: pg.Client, scope: DumpScope): Promis
   };
 }
 
-/** Exact row counts and sequence values, read in the client's current snapshot. */
+/**
+ * Exact row counts and sequence values, read in the client's current snapshot, without planning a query
+ * on a tenant's table: planning one opens its indexes, and opening an index constant-folds its expressions
+ * and predicate — an IMMUTABLE tenant function called with constant arguments runs right there, as
+ * whoever plans (extended statistics and partition constraints are folded alike). `COPY <table> TO STDOUT`,
+ * the path pg_dump reads data by, plans nothing: each table with storage in the inheritance tree (itself,
+ * children, partitions) is copied, one narrow column of it, and the rows are counted as lines (COPY's
+ * text format escapes newlines inside values). The sum is what count(*) on the table returns.
+ */
 export async function countInventory(
   client: pg.Client,
   inventory: Inventory,
 ): Promise<{ tables: TableCount[]; sequences: SequenceValue[] }> {
   const tables: TableCount[] = [];
-  for (const t of inventory.tables) {
-    const r = await client.query<{ n: string }>(
-      `SELECT count(*)::text AS n FROM ${quoteIdent(t.schema)}.${quoteIdent(t.name)}`,
-    );
-    tables.push({ ...t, rows: Number(r.rows[0]!.n) });
+  const storage = await client.query<{ i: number; schema: string; name: string; col: string | null }>(
+    `WITH RECURSIVE wanted(i, s, n) AS (SELECT * FROM unnest($1::int[], $2::text[], $3::text[])),
+     tree(i, oid) AS (
+       SELECT w.i, c.oid FROM wanted w JOIN pg_namespace ns ON ns.nspname = w.s
+         JOIN pg_class c ON c.relnamespace = ns.oid AND c.relname = w.n
+       UNION SELECT t.i, h.inhrelid FROM tree t JOIN pg_inherits h ON h.inhparent = t.oid)
+     SELECT t.i, ns.nspname AS schema, c.relname AS name,
+            (SELECT a.attname FROM pg_attribute a WHERE a.attrelid = c.oid AND a.attnum > 0
+                AND NOT a.attisdropped AND a.attgenerated = '' ORDER BY a.attnum LIMIT 1) AS col
+       FROM tree t JOIN pg_class c ON c.oid = t.oid JOIN pg_namespace ns ON ns.oid = c.relnamespace
+      WHERE c.relkind = 'r' ORDER BY t.i`,
+    [
+      inventory.tables.map((_, i) => i),
+      inventory.tables.map((t) => t.schema),
+      inventory.tables.map((t) => t.name),
+    ],
+  );
+  const rows = inventory.tables.map(() => 0);
+  for (const rel of storage.rows) {
+    const columns = rel.col === null ? '' : ` (${quoteIdent(rel.col)})`;
+    rows[rel.i] =
+      (rows[rel.i] ?? 0) +
+      (await copyLines(client, `COPY ${quoteIdent(rel.schema)}.${quoteIdent(rel.name)}${columns} TO STDOUT`));
   }
+  for (const [i, t] of inventory.tables.entries()) tables.push({ ...t, rows: rows[i] ?? 0 });
   const sequences: SequenceValue[] = [];
   for (const s of inventory.sequences) {
     const r = await client.query<{ last_value: string; is_called: boolean }>(
@@ -127,6 +155,18 @@ export async function countInventory(
     sequences.push({ ...s, lastValue: r.rows[0]!.last_value, isCalled: r.rows[0]!.is_called });
   }
   return { tables, sequences };
+}
+
+const NEWLINE = 0x0a;
+
+/** Runs a `COPY … TO STDOUT` (text format) and returns how many lines (rows) it sent. */
+async function copyLines(client: pg.Client, sql: string): Promise<number> {
+  const stream = client.query(copyTo(sql));
+  let lines = 0;
+  for await (const chunk of stream as AsyncIterable<Buffer>) {
+    for (let at = chunk.indexOf(NEWLINE); at !== -1; at = chunk.indexOf(NEWLINE, at + 1)) lines += 1;
+  }
+  return lines;
 }
 
 export async function serverFacts(

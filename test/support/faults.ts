@@ -46,13 +46,21 @@ export interface FnProcess {
 const OUTPUT_MAX_CHARS = 4 * 1024 * 1024;
 const started = new Set<ChildProcess>();
 
-/** Starts `functions/<name>/main.ts` on a free port with `env` and waits until /healthz answers. */
-export async function startFunction(name: FunctionName, env: NodeJS.ProcessEnv): Promise<FnProcess> {
+/**
+ * Starts `functions/<name>/main.ts` on a free port with `env` and waits until /healthz answers; `as` runs
+ * it as another OS user (uid and primary gid, no supplementary groups), as the image runs it as uid 1001.
+ */
+export async function startFunction(
+  name: FunctionName,
+  env: NodeJS.ProcessEnv,
+  options: { as?: { uid: number; gid: number } } = {},
+): Promise<FnProcess> {
   const port = await freePort();
   const child = spawn(process.execPath, ['--import', 'tsx', path.join('functions', name, 'main.ts')], {
     cwd: ROOT,
     env: { ...env, FLUX_HOST: '127.0.0.1', [`FLUX_${name.toUpperCase()}_PORT`]: String(port) },
     stdio: ['ignore', 'pipe', 'pipe'],
+    ...(options.as ? { uid: options.as.uid, gid: options.as.gid } : {}),
   });
   started.add(child);
   let output = '';
