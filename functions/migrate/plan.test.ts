@@ -11,7 +11,8 @@ import {
   toolVersionProblems,
 } from './plan.js';
 
-const tool = (major: number) => ({ version: `${major}.3`, major });
+// A minor every supported major has released since restrict_nonsystem_relation_kind (August 2024).
+const tool = (major: number) => ({ version: `${major}.20`, major });
 
 describe('toolVersionProblems', () => {
   it('accepts tools at or above the source major', () => {
@@ -38,7 +39,19 @@ describe('toolVersionProblems', () => {
   });
 
   it('has nothing to say without a known source major', () => {
-    expect(toolVersionProblems({ pg_dump: tool(9) }, undefined, undefined)).toEqual([]);
+    expect(toolVersionProblems({ pg_dump: tool(14) }, undefined, undefined)).toEqual([]);
+  });
+
+  it('refuses a pg_dump without protection from relations swapped for views, source known or not', () => {
+    const unprotected = { version: '15.7', major: 15 };
+    for (const source of [15, undefined]) {
+      expect(toolVersionProblems({ pg_dump: unprotected, pg_restore: tool(15) }, source, source)).toEqual([
+        expect.objectContaining({
+          tool: 'pg_dump',
+          message: expect.stringMatching(/15\.7 lacks restrict_nonsystem_relation_kind/),
+        }),
+      ]);
+    }
   });
 
   it('neededMajor is the larger known major', () => {

@@ -2,7 +2,7 @@
 // stubs it needs, how the restore list skips the schema the migrate creates itself, and how the target
 // is compared with the snapshot. Plain functions over data, unit-tested beside this file.
 import type { SequenceValue, TableCount } from '../../shared/pg/snapshot.js';
-import type { ToolInfo } from '../../shared/tools.js';
+import { hasRelationKindProtection, type ToolInfo } from '../../shared/tools.js';
 
 export const MIGRATE_TOOLS = ['pg_dump', 'pg_restore', 'psql'] as const;
 export type MigrateTool = (typeof MIGRATE_TOOLS)[number];
@@ -48,6 +48,12 @@ export function toolVersionProblems(
   }
   const dump = tools.pg_dump;
   const restore = tools.pg_restore;
+  if (dump && !hasRelationKindProtection(dump.version)) {
+    problems.push({
+      tool: 'pg_dump',
+      message: `pg_dump ${dump.version} lacks restrict_nonsystem_relation_kind (CVE-2024-7348: a tenant could swap a table for a view mid-dump and run its code as the dumping role): ${fix}`,
+    });
+  }
   if (dump && restore && restore.major < dump.major) {
     problems.push({
       tool: 'pg_restore',

@@ -6,6 +6,7 @@ import { AppError, isAppError } from '../../shared/errors.js';
 import { parsePgUrl, pgError, withPgClient } from '../../shared/pg/conn.js';
 import {
   countInventory,
+  guardTenantReads,
   type Inventory,
   readInventory,
   type SequenceValue,
@@ -62,6 +63,7 @@ export async function inspectSource(
         await client.query(
           `SET LOCAL statement_timeout = ${Math.max(0, Math.floor(options.statementTimeoutMs))}`,
         );
+        await guardTenantReads(client);
         // serverFacts rolls back to this savepoint when pg_control_system() is not allowed.
         await client.query('SAVEPOINT before_identity');
         const server = await identity(client, parsePgUrl(url));

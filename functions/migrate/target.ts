@@ -21,7 +21,7 @@ import {
   withPgClient,
 } from '../../shared/pg/conn.js';
 import { excludeSchemaEntry } from '../../shared/pg/restore-list.js';
-import { assertUnprivileged } from '../../shared/pg/restore-role.js';
+import { assertUnprivileged, tenantText } from '../../shared/pg/restore-role.js';
 import {
   countInventory,
   guardTenantReads,
@@ -193,7 +193,9 @@ function childError(tool: string, result: ChildResult, timeoutNote: string): App
   if (result.isCanceled) return new AppError('shutting_down', `${tool} was cancelled (migrate is stopping)`);
   if (result.timedOut) return new AppError('timeout', `${tool} ran past ${timeoutNote} and was killed`);
   const how = result.signal ? `was killed by ${result.signal}` : `exited ${result.exitCode}`;
-  return new AppError('migrate_failed', `${tool} ${how}: ${stderrTail(result.stderr) || 'no error output'}`, {
+  // What pg_restore printed may be the tenant's own text (its objects' names, its functions' messages).
+  const said = stderrTail(result.stderr);
+  return new AppError('migrate_failed', `${tool} ${how}: ${said ? tenantText(said) : 'no error output'}`, {
     details: { exitCode: result.exitCode ?? null, signal: result.signal ?? null },
   });
 }

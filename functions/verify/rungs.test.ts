@@ -1,5 +1,6 @@
 // Each rung in both directions: the broken input fires its finding, the healthy one stays silent.
 import { describe, expect, it } from 'vitest';
+import { tenantText } from '../../shared/pg/restore-role.js';
 import {
   completeRungs,
   errorLines,
@@ -13,7 +14,6 @@ import {
   outcomeOf,
   rung,
   sequencePosition,
-  tenantText,
 } from './rungs.js';
 
 const SHA = 'a'.repeat(64);

@@ -2,6 +2,7 @@
 // code, and from the rungs to the verification outcome. Unverifiable is never a pass and never a failure.
 import type { Manifest, Rung, RungName, RungResult, VerifyOutcome } from '../../shared/catalog/records.js';
 import { RUNG_NAMES } from '../../shared/catalog/records.js';
+import { tenantText } from '../../shared/pg/restore-role.js';
 
 /** Stable finding codes, per rung (what tests, alerts and dashboards key on). */
 export const FINDINGS = {
@@ -128,19 +129,6 @@ export function evaluateArchive(
   }
   const entries = result.stdout.split('\n').filter((l) => /^\d+;/.test(l)).length;
   return rung('archive', 'passed', FINDINGS.ok, seconds, undefined, { tocEntries: entries });
-}
-
-/** At most this much of the text a restore printed goes into a finding (it is the tenant's). */
-const TENANT_TEXT_MAX = 2000;
-
-/**
- * Text the restore printed is the tenant's: its objects' names, its functions' RAISE messages. It informs
- * the operator, bounded, with control characters flattened and marked as quoted; it never decides an outcome.
- */
-export function tenantText(text: string, max = TENANT_TEXT_MAX): string {
-  // biome-ignore lint/suspicious/noControlCharactersInRegex: control characters are what is removed here.
-  const flat = text.replace(/[\u0000-\u0008\u000b-\u001f\u007f]/g, ' ');
-  return `«${flat.length > max ? `${flat.slice(0, max)}…` : flat}»`;
 }
 
 /**

@@ -3,7 +3,7 @@ import { randomBytes } from 'node:crypto';
 import { mkdir, rm, stat, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { errnoOf, isAppError, RUN_AS_UID } from '../errors.js';
-import { requireTool } from '../tools.js';
+import { requireRelationKindProtection, requireTool } from '../tools.js';
 
 export interface CheckResult {
   name: string;
@@ -58,6 +58,8 @@ export function toolCheck(
     ...(options.optional ? { optional: true } : {}),
     async run() {
       const info = await requireTool(tool, pathEnv());
+      // A pg_dump a tenant could turn against us is not ready, whatever its major.
+      if (tool === 'pg_dump') requireRelationKindProtection(info);
       return {
         ok: true,
         detail: `${info.path} (${info.version})`,

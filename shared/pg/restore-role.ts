@@ -52,3 +52,16 @@ export async function assertUnprivileged(client: pg.ClientBase, role: string, wh
     );
   }
 }
+
+/** At most this much of the text a restore printed goes into a finding (it is the tenant's). */
+const TENANT_TEXT_MAX = 2000;
+
+/**
+ * Text the restore printed is the tenant's: its objects' names, its functions' RAISE messages. It informs
+ * the operator, bounded, with control characters flattened and marked as quoted; it never decides an outcome.
+ */
+export function tenantText(text: string, max = TENANT_TEXT_MAX): string {
+  // biome-ignore lint/suspicious/noControlCharactersInRegex: control characters are what is removed here.
+  const flat = text.replace(/[\u0000-\u0008\u000b-\u001f\u007f]/g, ' ');
+  return `«${flat.length > max ? `${flat.slice(0, max)}…` : flat}»`;
+}
