@@ -17,6 +17,7 @@ import type { VerifyReceipt } from '../shared/catalog/records.js';
 import type { FunctionApp } from '../shared/kit/runtime.js';
 import type { Cluster, Project } from '../shared/registry.js';
 import { dockerGate } from '../shared/sandbox/contract.js';
+import { createDockerDriver } from '../shared/sandbox/docker.js';
 import { createDriverSelection } from '../shared/sandbox/select.js';
 import { startFunction } from './support/faults.js';
 import {
@@ -243,6 +244,8 @@ describe.skipIf(!isRoot)('verify as an unprivileged user with access to the Dock
           FLUX_VERIFY_DRIVER: driver,
           FLUX_VERIFY_LOCAL_DIR: sandboxes,
           FLUX_VERIFY_ON: 'none',
+          // Time to remove its spare sandbox on SIGTERM, as a deployment gives it.
+          FLUX_SHUTDOWN_GRACE_MS: '60000',
         },
         { as: user },
       );
@@ -266,6 +269,17 @@ describe.skipIf(!isRoot)('verify as an unprivileged user with access to the Dock
       } finally {
         await fn.stop();
         await rm(root, { recursive: true, force: true });
+        // Whatever its process left (it has exited): no other file's reaper may find it.
+        const reaper = createDockerDriver({
+          socketPath: SOCKET,
+          image: IMAGE,
+          memoryMb: 256,
+          cpus: 1,
+          pids: 64,
+          spare: false,
+        });
+        await reaper.reap().catch(() => 0);
+        await reaper.close();
       }
       expect(await trapsSprung(traps)).toEqual(untouched);
     });

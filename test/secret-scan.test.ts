@@ -351,6 +351,9 @@ function scan(sources: Array<{ where: string; text: string | Buffer }>): Leak[] 
   });
 }
 
+/** Every tool whose argv is scanned (unshare: the local sandbox's server starts through it). */
+const SCANNED_TOOLS = ['pg_dump', 'pg_restore', 'psql', 'initdb', 'postgres', 'pg_ctl', 'unshare'];
+
 async function commonSources(
   env: TestEnv,
   sink: EventReceiver,
@@ -358,9 +361,11 @@ async function commonSources(
   collected: Collected,
 ): Promise<Array<{ where: string; text: string | Buffer }>> {
   const argv = await tools.read();
-  // The wrappers saw the real work: dumps, restores, the sandbox's server, migrate's client.
-  for (const tool of ['pg_dump', 'pg_restore', 'initdb', 'postgres', 'psql'])
+  // The wrappers saw the real work: dumps, restores, migrate's client, and the sandbox's server, which
+  // starts inside its boundary (recorded as unshare's argv: inside, the record is out of its reach).
+  for (const tool of ['pg_dump', 'pg_restore', 'initdb', 'psql', 'unshare'])
     expect(argv).toMatch(new RegExp(`^${tool} `, 'm'));
+  expect(argv).toMatch(/\/postgres -D \S+\/data -k /);
   const files = await filesUnder([
     env.config.FLUX_BACKUPS_LOCAL_DIR,
     ...(env.config.FLUX_BACKUPS_OFFSITE_DIR.startsWith('s3://') ? [] : [env.config.FLUX_BACKUPS_OFFSITE_DIR]),
@@ -396,7 +401,7 @@ describe('secret scan', () => {
     const sink = await startEventReceiver([WEBHOOK_NEW]);
     cleanups.push(() => sink.close());
     const env = await scanEnv(sink);
-    const tools = await recordingTools(env.root);
+    const tools = await recordingTools(env.root, SCANNED_TOOLS);
     let child: ChildFunction | undefined;
     try {
       child = await startAllInOneProcess({ ...env.env, PATH: `${tools.bin}:${env.env.PATH}` });
@@ -430,7 +435,7 @@ describe('secret scan', () => {
       FLUX_S3_ACCESS_KEY_ID: S3RVER_KEY_ID,
       FLUX_S3_SECRET_ACCESS_KEY: S3_SECRET,
     });
-    const tools = await recordingTools(env.root);
+    const tools = await recordingTools(env.root, SCANNED_TOOLS);
     const runEnv = { ...env, env: { ...env.env, PATH: `${tools.bin}:${env.env.PATH}` } };
     const urls = {} as Record<FunctionName, string>;
     // Wired like compose.yml: dump and migrate deliver to the functions that act on their events.

@@ -540,10 +540,18 @@ describe('limits', () => {
       FLUX_VERIFY_TIMEOUT_MS: '8000',
     });
     const rt = testRuntime('verify', env, { projects, clusters });
-    const fn = createVerifyApp(rt, { spare: false });
+    const fn = createVerifyApp(rt);
     let stopped = false;
     const url = (b: MadeBackup) => `/api/cli/v1/projects/${b.project.hash}/backups/${b.backupId}/verify`;
     try {
+      // The sandbox is started and waiting, as between nightly backups: the timeout then falls inside
+      // the restore however slow the machine is at starting servers.
+      await fn.app.request('/readyz');
+      await eventually(
+        async () =>
+          /flux_verify_spare_ready\{driver="local"\} 1/.test(await (await fn.app.request('/metrics')).text()),
+        60_000,
+      );
       const accepted = await fn.app.request(url(slowBackup), {
         method: 'POST',
         headers: { ...ADMIN.header, prefer: 'respond-async' },

@@ -241,22 +241,34 @@ export function offsiteStoreContract(
     it('leaves nothing behind when cancelled or when the source fails mid-stream', async () => {
       const prefix = ns();
       const controller = new AbortController();
-      const slow = new Readable({ read() {} });
-      slow.push(randomBytes(1000));
+      // Each source fails the moment the store asks for more than its first chunk: while the put is
+      // reading it, never after the put has settled (a timer could fire after the test).
+      let slowReads = 0;
+      const slow = new Readable({
+        read() {
+          slowReads += 1;
+          if (slowReads === 1) this.push(randomBytes(1000));
+          else if (slowReads === 2) controller.abort(new Error('test cancel'));
+        },
+      });
       const aborted = store.put(`${prefix}/aborted.dump`, slow, {
         sha256: sha256Of(Buffer.alloc(1)),
         sizeBytes: 10_000,
         signal: controller.signal,
       });
-      setTimeout(() => controller.abort(new Error('test cancel')), 20);
       await expect(aborted).rejects.toThrow();
-      const broken = new Readable({ read() {} });
-      broken.push(randomBytes(1000));
+      let brokenReads = 0;
+      const broken = new Readable({
+        read() {
+          brokenReads += 1;
+          if (brokenReads === 1) this.push(randomBytes(1000));
+          else this.destroy(new Error('disk read error'));
+        },
+      });
       const failed = store.put(`${prefix}/broken.dump`, broken, {
         sha256: sha256Of(Buffer.alloc(1)),
         sizeBytes: 2000,
       });
-      setTimeout(() => broken.destroy(new Error('disk read error')), 20);
       await expect(failed).rejects.toThrow();
       expect(await keysOf(store, `${prefix}/`)).toEqual([]);
       // The key is still free for a good put.

@@ -46,6 +46,14 @@ fi
 root=$dir/${BOUNDARY_ROOT}
 mount --make-rprivate /
 mount -t tmpfs -o mode=0755,nosuid,nodev flux-sandbox "$root"
+mkdir -p "$root/proc" "$root/dev" "$root/tmp"
+mount -t proc -o nosuid,nodev,noexec proc "$root/proc"
+mount -t tmpfs -o mode=1777,nosuid,nodev tmpfs "$root/tmp"
+mount -t tmpfs -o mode=0755,nosuid tmpfs "$root/dev"
+for n in null zero full random urandom; do : > "$root/dev/$n"; mount --bind "/dev/$n" "$root/dev/$n"; done
+mkdir "$root/dev/shm"
+mount -t tmpfs -o mode=1777,nosuid,nodev tmpfs "$root/dev/shm"
+# After the tmpfs mounts: an extra directory under /tmp must not be hidden by them.
 dirs="${SYSTEM_DIRS.join(' ')}"
 if [ "$extra" != - ]; then dirs="$dirs $(printf %s "$extra" | tr : ' ')"; fi
 for d in $dirs; do
@@ -58,13 +66,6 @@ for d in $dirs; do
   # sandbox user cannot write there either way.
   mount -o remount,bind,ro "$root$d" 2>/dev/null || :
 done
-mkdir -p "$root/proc" "$root/dev" "$root/tmp"
-mount -t proc -o nosuid,nodev,noexec proc "$root/proc"
-mount -t tmpfs -o mode=1777,nosuid,nodev tmpfs "$root/tmp"
-mount -t tmpfs -o mode=0755,nosuid tmpfs "$root/dev"
-for n in null zero full random urandom; do : > "$root/dev/$n"; mount --bind "/dev/$n" "$root/dev/$n"; done
-mkdir "$root/dev/shm"
-mount -t tmpfs -o mode=1777,nosuid,nodev tmpfs "$root/dev/shm"
 mkdir -p "$root$dir" "$root/.old"
 mount --bind "$dir" "$root$dir"
 # pivot_root, not chroot: the old root is detached, so there is no path back to it, and a nested user
@@ -213,10 +214,17 @@ export function createBoundary(options: BoundaryOptions): Boundary {
       : [path.join(CGROUP_V1.memory, name), path.join(CGROUP_V1.cpu, name)];
   }
 
-  /** Read-only directories the server needs beyond the system ones: its installation, when outside /usr. */
+  /**
+   * Read-only directories the server needs beyond the system ones, when it is installed outside them: its
+   * bin directory, and the share and lib directories beside it. Never the whole prefix: it may hold
+   * anything (a checkout, the backup roots).
+   */
   async function extraDirs(file: string): Promise<string[]> {
-    const prefix = path.dirname(path.dirname(file));
-    return SYSTEM_DIRS.some((d) => prefix === d || prefix.startsWith(`${d}/`)) ? [] : [prefix];
+    const bin = path.dirname(file);
+    if (SYSTEM_DIRS.some((d) => bin === d || bin.startsWith(`${d}/`))) return [];
+    const prefix = path.dirname(bin);
+    const beside = [path.join(prefix, 'share'), path.join(prefix, 'lib')];
+    return [bin, ...(await Promise.all(beside.map(async (d) => ((await isDir(d)) ? [d] : [])))).flat()];
   }
 
   async function wrapperArgv(

@@ -5,7 +5,18 @@
 // and one spare sandbox is kept started and ready, so a verification waits for neither.
 import { randomInt } from 'node:crypto';
 import { createWriteStream } from 'node:fs';
-import { chmod, chown, mkdir, mkdtemp, readdir, readFile, rm, stat, writeFile } from 'node:fs/promises';
+import {
+  chmod,
+  chown,
+  mkdir,
+  mkdtemp,
+  readdir,
+  readFile,
+  rename,
+  rm,
+  stat,
+  writeFile,
+} from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import type { Readable } from 'node:stream';
@@ -165,8 +176,11 @@ function stopOnExit(server: ResultPromise): void {
   void server.finally(() => runningServers.delete(server)).catch(() => undefined);
 }
 
+/** Rewritten in place by rename: a reaper (or anyone) reading it never sees half a marker. */
 async function writeMarker(dir: string, marker: LocalMarker): Promise<void> {
-  await writeFile(path.join(dir, LOCAL_MARKER), `${JSON.stringify(marker)}\n`, { mode: 0o600 });
+  const tmp = path.join(dir, `.${LOCAL_MARKER}.${process.pid}.${randomInt(1e9)}`);
+  await writeFile(tmp, `${JSON.stringify(marker)}\n`, { mode: 0o600 });
+  await rename(tmp, path.join(dir, LOCAL_MARKER));
 }
 
 export function createLocalDriver(options: LocalDriverOptions): SandboxDriver {
