@@ -4,8 +4,8 @@ import path from 'node:path';
 import { Hono } from 'hono';
 import { createCatalog } from '../../shared/catalog/catalog.js';
 import { type Config, type EventSink, FUNCTION_NAMES, type FunctionName } from '../../shared/config.js';
-import { AppError } from '../../shared/errors.js';
-import { errorBody } from '../../shared/kit/app.js';
+import { answerUnroutedWith } from '../../shared/kit/app.js';
+import { allowedMethodsOf, IMPLEMENTED_METHODS } from '../../shared/kit/methods.js';
 import {
   createRuntime,
   ephemeralWebhookSecret,
@@ -105,14 +105,18 @@ export function createAllInOne(
     return c.body(await metrics.metrics());
   });
   registerStatusRoutes(app);
-  app.all('*', async (c) => {
+  const ownMethods = allowedMethodsOf(app);
+  const functionMethods = Object.fromEntries(
+    FUNCTION_NAMES.map((name) => [name, allowedMethodsOf(functions[name].app)]),
+  ) as Record<FunctionName, (path: string) => string[]>;
+  app.all('*', async function mounted(c) {
     const url = new URL(c.req.url);
     const route = routeOf(url.pathname);
-    if (!route)
-      return c.json(
-        errorBody(new AppError('not_found', `no route ${c.req.method} ${url.pathname.slice(0, 200)}`)),
-        404,
-      );
+    if (!route) return answerUnroutedWith(c, ownMethods(url.pathname), undefined);
+    // Only methods a route can serve are handed on: fetch's Request refuses TRACE and CONNECT outright,
+    // and the function's own route table answers every other method the same way its process would.
+    if (!IMPLEMENTED_METHODS.has(c.req.method))
+      return answerUnroutedWith(c, functionMethods[route.fn](route.path), undefined);
     url.pathname = route.path;
     return functions[route.fn].app.fetch(new Request(url, c.req.raw));
   });

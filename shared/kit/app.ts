@@ -8,13 +8,14 @@ import { HTTPException } from 'hono/http-exception';
 import type { ContentfulStatusCode } from 'hono/utils/http-status';
 import type { z } from 'zod';
 import type { ApiToken, Config, FunctionName, Scope } from '../config.js';
-import { AppError, isAppError } from '../errors.js';
+import { AppError, errnoOf, isAppError } from '../errors.js';
 import type { CloudEvent, EventType } from '../events/envelope.js';
 import type { Inbox } from '../events/inbox.js';
 import type { Outbox } from '../events/outbox.js';
 import type { Logger } from '../log.js';
 import { counter, DURATION_BUCKETS_S, histogram, type Registry } from '../metrics.js';
 import { createAuthenticator, createRateLimiter, requireScopeOf } from './auth.js';
+import { allowedMethodsOf, answerUnrouted } from './methods.js';
 import { type ReadyCheck, runChecks } from './readiness.js';
 
 export type AppEnv = { Variables: { requestId: string; token?: ApiToken } };
@@ -61,6 +62,32 @@ function eventIdQuery(c: Context<AppEnv>, name: 'after' | 'id'): string | undefi
 
 export function errorBody(error: AppError, requestId?: string): Record<string, unknown> {
   return { ...error.toJSON(), ...(requestId ? { requestId } : {}) };
+}
+
+/**
+ * The request's client went away: the body stream failed because the connection closed (the node
+ * server aborts the request's signal then; Node's own error for it is ECONNRESET "aborted").
+ */
+export function isClientAbort(c: Context, error: unknown): boolean {
+  if (isAppError(error)) return false;
+  return (
+    c.req.raw.signal.aborted || (errnoOf(error) === 'ECONNRESET' && (error as Error).message === 'aborted')
+  );
+}
+
+/** 405 with Allow, 204 for OPTIONS, 404 or 501 for a request no route of the door matched. */
+export function answerUnroutedWith(
+  c: Context,
+  allowed: readonly string[],
+  requestId: string | undefined,
+): Response {
+  const answer = answerUnrouted(c.req.method, c.req.path, allowed);
+  if (answer.kind === 'options') {
+    c.header('Allow', answer.allow.join(', '));
+    return c.body(null, 204);
+  }
+  if (answer.allow) c.header('Allow', answer.allow.join(', '));
+  return c.json(errorBody(answer.error, requestId), answer.error.status as ContentfulStatusCode);
 }
 
 export function respondError(c: Context<AppEnv>, error: AppError): Response {
@@ -172,6 +199,17 @@ export function createKit(options: KitOptions): Kit {
   );
 
   app.onError((error, c) => {
+    if (isClientAbort(c, error)) {
+      // The client went away mid-request (most often mid-body): its doing, not a fault of ours.
+      log.info(
+        { requestId: c.get('requestId'), method: c.req.method, route: c.req.routePath },
+        'client closed',
+      );
+      return respondError(
+        c,
+        new AppError('client_closed', 'the client closed the connection', { cause: error }),
+      );
+    }
     if (isAppError(error)) {
       if (error.status >= 500)
         log.error({ requestId: c.get('requestId'), code: error.code, err: error }, error.message);
@@ -189,9 +227,10 @@ export function createKit(options: KitOptions): Kit {
     );
   });
 
-  app.notFound((c) =>
-    respondError(c, new AppError('not_found', `no route ${c.req.method} ${c.req.path.slice(0, 200)}`)),
-  );
+  const allowedMethods = allowedMethodsOf(app);
+  app.notFound(function unrouted(c) {
+    return answerUnroutedWith(c, allowedMethods(c.req.path), c.get('requestId'));
+  });
 
   function requireScope(scope: Scope): MiddlewareHandler<AppEnv> {
     return async function bearerScope(c, next) {
