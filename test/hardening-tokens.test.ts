@@ -406,7 +406,7 @@ describe('webhook secret rotation', () => {
   const closers: Array<() => Promise<void>> = [];
 
   beforeAll(async () => {
-    env = await makeTestEnv({ FLUX_OUTBOX_MAX_ATTEMPTS: '2' });
+    env = await makeTestEnv({ FLUX_OUTBOX_RETRY_SCHEDULE_MS: '0,50' });
   });
   afterAll(async () => {
     for (const close of closers.reverse()) await close();

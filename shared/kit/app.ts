@@ -258,7 +258,9 @@ export function createKit(options: KitOptions): Kit {
 
   app.get('/readyz', async (c) => {
     const result = await runChecks(options.checks());
-    return c.json({ ...result, fn: name, outboxDepth: options.outbox.depth() }, result.ok ? 200 : 503);
+    // Sinks are reported, never a reason to be unready: a restart does not bring a receiver back.
+    const sinks = await options.outbox.sinkStates();
+    return c.json({ ...result, fn: name, outboxDepth: options.outbox.depth(), sinks }, result.ok ? 200 : 503);
   });
 
   app.get('/metrics', async (c) => {
@@ -303,7 +305,7 @@ export function createKit(options: KitOptions): Kit {
         id: d.event.id,
         type: d.event.type,
         subject: d.event.subject,
-        sink: d.sink.name ?? new URL(d.sink.url).host,
+        sink: d.sink.shown,
         attempts: d.attempts,
         lastStatus: d.lastStatus ?? null,
         lastError: d.lastError ?? null,

@@ -85,9 +85,8 @@ export function createRuntime(
     secrets: webhookSecrets,
     log,
     metrics,
-    maxAttempts: config.FLUX_OUTBOX_MAX_ATTEMPTS,
-    baseDelayMs: config.FLUX_OUTBOX_BASE_DELAY_MS,
-    maxDelayMs: config.FLUX_OUTBOX_MAX_DELAY_MS,
+    retryScheduleMs: config.FLUX_OUTBOX_RETRY_SCHEDULE_MS,
+    fn: name,
   });
   const inbox = createInbox({
     name,
