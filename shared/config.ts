@@ -299,6 +299,15 @@ export const VARS = {
       'at once, 5 s, 5 min, 30 min, 2 h, 5 h, 10 h, 10 h, about 27.6 h in all. Each delay may grow by up to ' +
       '10 % (jitter); a Retry-After asking for longer is honoured.',
   },
+  FLUX_EVENT_LOG_MAX_EVENTS: {
+    schema: int(10_000, 10, 1_000_000),
+    description:
+      'Events each function keeps in its event log under FLUX_STATE_DIR (events tail, events replay --since); the oldest go first.',
+  },
+  FLUX_EVENT_LOG_MAX_BYTES: {
+    schema: int(16 * MIB, 64 * 1024, 1024 * MIB),
+    description: 'Bytes of event log each function keeps on disk (whichever limit is reached first).',
+  },
   FLUX_BODY_LIMIT_BYTES: { schema: int(MIB, 1024, 64 * MIB), description: 'Largest accepted request body.' },
   FLUX_RATE_LIMIT_PER_MINUTE: {
     schema: int(600, 1, 1_000_000),

@@ -510,6 +510,16 @@ function casesFor(door: Door): Case[] {
       badEventId,
     );
     add(
+      `${fn} events replay: since traversal`,
+      { method: 'POST', target: at('/events/replay?since=..%2F..%2Fstate'), headers: auth },
+      { status: 400, code: 'bad_request', message: /^since=".{1,65}" is not an ISO 8601 time with a zone/s },
+    );
+    add(
+      `${fn} events replay: since without a zone`,
+      { method: 'POST', target: at('/events/replay?since=2026-12-01T10:00:00'), headers: auth },
+      { status: 400, code: 'bad_request', message: /^since="2026-12-01T10:00:00" is not an ISO 8601 time/ },
+    );
+    add(
       `${fn} events replay: Cyrillic id`,
       { method: 'POST', target: at(`/events/replay?id=${encodeURIComponent('еvt_1')}`), headers: auth },
       badEventId,

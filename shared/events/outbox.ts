@@ -11,6 +11,7 @@ import { errnoOf } from '../errors.js';
 import type { Logger } from '../log.js';
 import { counter, Gauge, gauge, metric, type Registry } from '../metrics.js';
 import { CLOUDEVENTS_CONTENT_TYPE, type CloudEvent, typeMatches } from './envelope.js';
+import type { EventLog } from './eventlog.js';
 import { signWebhook } from './signature.js';
 
 export interface SinkRef {
@@ -43,6 +44,8 @@ export interface OutboxOptions {
   fn?: string;
   concurrency?: number;
   requestTimeoutMs?: number;
+  /** Where every enqueued event is kept for tail and replay --since (else a small buffer in memory). */
+  eventLog?: EventLog;
 }
 
 export interface Outbox {
@@ -53,8 +56,10 @@ export interface Outbox {
   /** Resolves when nothing is pending or in flight (tests, shutdown). */
   idle(timeoutMs?: number): Promise<boolean>;
   depth(): number;
-  /** The most recent events enqueued by this process (oldest first), for `flux-ops events tail`. */
-  recent(): readonly CloudEvent[];
+  /** The events enqueued, oldest first, from the event log (so they outlive a restart): `events tail`. */
+  recent(): Promise<readonly CloudEvent[]>;
+  /** Sends every logged event whose time is at or after `sinceMs` again to the sinks matching it now. */
+  replaySince(sinceMs: number): Promise<{ events: number; deliveries: number }>;
   deadLetters(): Promise<Array<Delivery & { file: string }>>;
   /** Moves dead letters (all, or those of one event id) back to pending. */
   replay(eventId?: string): Promise<number>;
@@ -399,30 +404,45 @@ export function createOutbox(options: OutboxOptions): Outbox {
     return out;
   }
 
+  /** One pending delivery per sink that takes the event's type, durable before it resolves. */
+  async function deliver(event: CloudEvent): Promise<number> {
+    const sinks = options.sinks().filter((s) => typeMatches(event.type, s.types));
+    if (sinks.length === 0) return 0;
+    await ensureDir(pendingDir);
+    const now = Date.now();
+    for (const sink of sinks) {
+      const ref = sinkRefOf(sink);
+      const name = deliveryName(event, ref.id);
+      const delivery: Delivery = {
+        event,
+        sink: ref,
+        attempts: 0,
+        createdAt: new Date(now).toISOString(),
+        nextAttemptAt: now + (options.retryScheduleMs[0] ?? 0),
+      };
+      await persist(name, delivery);
+      pending.set(name, delivery);
+    }
+    updateDepth();
+    schedule();
+    return sinks.length;
+  }
+
   return {
     async enqueue(event) {
-      recentEvents.push(event);
-      if (recentEvents.length > RECENT_EVENTS) recentEvents.splice(0, recentEvents.length - RECENT_EVENTS);
-      const sinks = options.sinks().filter((s) => typeMatches(event.type, s.types));
-      if (sinks.length === 0) return 0;
-      await ensureDir(pendingDir);
-      const now = Date.now();
-      for (const sink of sinks) {
-        const ref = sinkRefOf(sink);
-        const name = deliveryName(event, ref.id);
-        const delivery: Delivery = {
-          event,
-          sink: ref,
-          attempts: 0,
-          createdAt: new Date(now).toISOString(),
-          nextAttemptAt: now + (options.retryScheduleMs[0] ?? 0),
-        };
-        await persist(name, delivery);
-        pending.set(name, delivery);
+      if (options.eventLog) await options.eventLog.append(event);
+      else {
+        recentEvents.push(event);
+        if (recentEvents.length > RECENT_EVENTS) recentEvents.splice(0, recentEvents.length - RECENT_EVENTS);
       }
-      updateDepth();
-      schedule();
-      return sinks.length;
+      return deliver(event);
+    },
+
+    async replaySince(sinceMs) {
+      const events = options.eventLog ? await options.eventLog.since(sinceMs) : [];
+      let deliveries = 0;
+      for (const event of events) deliveries += await deliver(event);
+      return { events: events.length, deliveries };
     },
 
     async start() {
@@ -463,7 +483,7 @@ export function createOutbox(options: OutboxOptions): Outbox {
 
     depth: () => pending.size,
 
-    recent: () => recentEvents,
+    recent: async () => (options.eventLog ? options.eventLog.events() : recentEvents),
 
     async deadLetters() {
       return (await loadDir(deadDir)).map(([file, d]) => ({ ...d, file }));

@@ -60,6 +60,24 @@ function eventIdQuery(c: Context<AppEnv>, name: 'after' | 'id'): string | undefi
   );
 }
 
+/** The most events one GET /events/recent returns (the newest). */
+export const RECENT_EVENTS_MAX = 1000;
+
+/** `?since=` as epoch ms: an ISO 8601 time with a zone (what the CLI sends). */
+function sinceQuery(c: Context<AppEnv>): number | undefined {
+  const value = c.req.query('since');
+  if (value === undefined || value === '') return undefined;
+  const ms = /^\d{4}-\d{2}-\d{2}T[\d:.]+(Z|[+-]\d{2}:\d{2})$/.test(value) ? Date.parse(value) : Number.NaN;
+  if (Number.isNaN(ms)) {
+    const shown = JSON.stringify(value.length > 64 ? `${value.slice(0, 64)}…` : value);
+    throw new AppError(
+      'bad_request',
+      `since=${shown} is not an ISO 8601 time with a zone, e.g. 2026-12-01T10:00:00Z`,
+    );
+  }
+  return ms;
+}
+
 export function errorBody(error: AppError, requestId?: string): Record<string, unknown> {
   return { ...error.toJSON(), ...(requestId ? { requestId } : {}) };
 }
@@ -314,19 +332,32 @@ export function createKit(options: KitOptions): Kit {
     });
   });
 
-  // Events this process emitted, newest last; `?after=<event id>` returns only later ones (for tailing).
-  app.get('/events/recent', requireScope('events'), (c) => {
+  // Events this function emitted (its event log, so they outlive a restart), newest last, at most
+  // RECENT_EVENTS_MAX; `?after=<event id>` returns only later ones (for tailing).
+  app.get('/events/recent', requireScope('events'), async (c) => {
     const after = eventIdQuery(c, 'after');
-    const recent = options.outbox.recent();
+    const recent = await options.outbox.recent();
     const index = after ? recent.findIndex((e) => e.id === after) : -1;
-    // A cursor that fell out of the buffer: everything held is newer than it, and the client is told.
+    // A cursor that fell out of the log: everything held is newer than it, and the client is told.
     return c.json({
-      events: recent.slice(index + 1),
+      events: recent.slice(index + 1).slice(-RECENT_EVENTS_MAX),
       ...(after && index < 0 ? { cursorExpired: true } : {}),
     });
   });
 
+  // Dead letters back to the outbox (all, or `?id=`'s); `?since=<time>` instead sends every logged event
+  // of that time or later again, to the sinks that take it now (receivers dedupe by webhook-id).
   app.post('/events/replay', requireScope('events'), async (c) => {
+    const since = sinceQuery(c);
+    if (since !== undefined) {
+      if (c.req.query('id') !== undefined)
+        throw new AppError(
+          'bad_request',
+          'give either since= (logged events) or id= (a dead letter), not both',
+        );
+      const { events, deliveries } = await options.outbox.replaySince(since);
+      return c.json({ ok: true, replayed: deliveries, events, since: new Date(since).toISOString() });
+    }
     const replayed = await options.outbox.replay(eventIdQuery(c, 'id'));
     return c.json({ ok: true, replayed });
   });

@@ -5,6 +5,7 @@ import path from 'node:path';
 import { type Catalog, createCatalog } from '../catalog/catalog.js';
 import type { Config, EventSink, FunctionName } from '../config.js';
 import { type CloudEvent, createEvent, type EventData, type EventType } from '../events/envelope.js';
+import { createEventLog } from '../events/eventlog.js';
 import { createInbox, type Inbox } from '../events/inbox.js';
 import { createOutbox, type Outbox } from '../events/outbox.js';
 import { createLogger, type Logger } from '../log.js';
@@ -79,7 +80,14 @@ export function createRuntime(
     });
   const webhookSecrets = options.webhookSecrets ?? config.FLUX_WEBHOOK_SECRETS;
   const sinks = () => [...config.FLUX_EVENT_SINKS, ...(options.extraSinks?.() ?? [])];
+  const eventLog = createEventLog({
+    dir: path.join(config.FLUX_STATE_DIR, 'events', name),
+    maxEvents: config.FLUX_EVENT_LOG_MAX_EVENTS,
+    maxBytes: config.FLUX_EVENT_LOG_MAX_BYTES,
+    log,
+  });
   const outbox = createOutbox({
+    eventLog,
     dir: path.join(config.FLUX_STATE_DIR, 'outbox', name),
     sinks,
     secrets: webhookSecrets,
