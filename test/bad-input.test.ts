@@ -353,6 +353,16 @@ function casesFor(door: Door): Case[] {
     // Methods: every path of the function, each method it does not serve (405 with Allow), OPTIONS (204
     // with Allow) and methods no flux-ops server implements (501).
     for (const [local, allow] of allowByPath(apps[fn].app)) {
+      // The all-in-one has one scrape path (its own /metrics): a function's /metrics is no route there.
+      if (door.name === 'all-in-one' && local === '/metrics') {
+        for (const method of ['GET', 'TRACE', 'POST'])
+          add(
+            `${fn} ${method} /metrics at the all-in-one`,
+            { method, target: door.at(fn, local) },
+            ONE_SCRAPE_PATH,
+          );
+        continue;
+      }
       const target = door.at(fn, fill(local));
       for (const method of ['TRACE', 'PUT', 'DELETE', 'PATCH', ...(allow.includes('POST') ? [] : ['POST'])])
         add(`${fn} ${method} ${local}`, { method, target, headers: auth }, notAllowed(method, allow));
@@ -568,6 +578,12 @@ const NOT_IMPLEMENTED = (method: string): Expected => ({
     `^method ${method} is not implemented by flux-ops \\(it serves GET, HEAD, POST, OPTIONS\\)$`,
   ),
 });
+const ONE_SCRAPE_PATH: Expected = {
+  status: 404,
+  code: 'not_found',
+  message:
+    /^the all-in-one process has one scrape path for all its functions: GET \/metrics \(not \/[a-z]+\/metrics\)$/,
+};
 const NO_ROUTE_FOR = (method: string): Expected => ({
   status: 404,
   code: 'not_found',

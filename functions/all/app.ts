@@ -4,7 +4,8 @@ import path from 'node:path';
 import { Hono } from 'hono';
 import { createCatalog } from '../../shared/catalog/catalog.js';
 import { type Config, type EventSink, FUNCTION_NAMES, type FunctionName } from '../../shared/config.js';
-import { answerUnroutedWith } from '../../shared/kit/app.js';
+import { AppError } from '../../shared/errors.js';
+import { answerUnroutedWith, errorBody } from '../../shared/kit/app.js';
 import { allowedMethodsOf, IMPLEMENTED_METHODS } from '../../shared/kit/methods.js';
 import {
   createRuntime,
@@ -53,7 +54,7 @@ export function createAllInOne(
   env: NodeJS.ProcessEnv,
   options: AllInOneOptions = {},
 ): AllInOne {
-  const log = options.log ?? createLogger('flux-ops', { level: config.FLUX_LOG_LEVEL });
+  const log = options.log ?? createLogger('flux-ops', { level: config.FLUX_LOG_LEVEL, fn: null });
   const metrics = options.metrics ?? createRegistry();
   const registry = options.registry ?? loadFileRegistry(config.FLUX_PROJECTS_FILE);
   const catalog = createCatalog({
@@ -100,6 +101,7 @@ export function createAllInOne(
     const ok = results.every(([, r]) => r.status === 200);
     return c.json({ ok, functions: Object.fromEntries(results) }, ok ? 200 : 503);
   });
+  // The process's one scrape path: every function's series (they share the registry) and the defaults.
   app.get('/metrics', async (c) => {
     c.header('content-type', metrics.contentType);
     return c.body(await metrics.metrics());
@@ -113,6 +115,19 @@ export function createAllInOne(
     const url = new URL(c.req.url);
     const route = routeOf(url.pathname);
     if (!route) return answerUnroutedWith(c, ownMethods(url.pathname), undefined);
+    // One scrape path per process: the functions share one registry, so a /<fn>/metrics would be the
+    // whole registry again and a scrape of two of them would count every series twice.
+    if (route.path === '/metrics' || route.path === '/metrics/') {
+      return c.json(
+        errorBody(
+          new AppError(
+            'not_found',
+            `the all-in-one process has one scrape path for all its functions: GET /metrics (not ${url.pathname.slice(0, 64)})`,
+          ),
+        ),
+        404,
+      );
+    }
     // Only methods a route can serve are handed on: fetch's Request refuses TRACE and CONNECT outright,
     // and the function's own route table answers every other method the same way its process would.
     if (!IMPLEMENTED_METHODS.has(c.req.method))
