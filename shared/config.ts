@@ -272,6 +272,11 @@ export const VARS = {
     description: 'Project and cluster registry (JSON; URLs literal or env:NAME).',
     embedded: '.flux-data/projects.json',
   },
+  FLUX_PROJECTS_FILE_POLL_MS: {
+    schema: ms(5 * SECOND_MS, 0, HOUR_MS),
+    description:
+      'How often FLUX_PROJECTS_FILE is checked for a change (0 = only on SIGHUP); a new file is validated first, a bad one is refused and the registry in use kept.',
+  },
   FLUX_API_TOKENS: {
     schema: tokenList,
     secret: true,

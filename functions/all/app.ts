@@ -15,7 +15,7 @@ import {
 } from '../../shared/kit/runtime.js';
 import { createLogger, type Logger } from '../../shared/log.js';
 import { createRegistry, type Registry } from '../../shared/metrics.js';
-import { loadFileRegistry, type ProjectRegistry } from '../../shared/registry.js';
+import { createFileRegistry, type ProjectRegistry, type ReloadableRegistry } from '../../shared/registry.js';
 import { createApp as createDump } from '../dump/app.js';
 import { createApp as createMigrate } from '../migrate/app.js';
 import { createApp as createProbe } from '../probe/app.js';
@@ -43,6 +43,8 @@ export interface AllInOne {
   app: Hono;
   functions: Record<FunctionName, FunctionApp>;
   runtimes: Record<FunctionName, Runtime>;
+  /** The registry the five functions share (reloadable when it is the file's). */
+  registry: ProjectRegistry | ReloadableRegistry;
   /** Where loopback events are sent; set once the server listens (the port may be chosen by the OS). */
   setBaseUrl(url: string): void;
   start(): Promise<void>;
@@ -56,7 +58,7 @@ export function createAllInOne(
 ): AllInOne {
   const log = options.log ?? createLogger('flux-ops', { level: config.FLUX_LOG_LEVEL, fn: null });
   const metrics = options.metrics ?? createRegistry();
-  const registry = options.registry ?? loadFileRegistry(config.FLUX_PROJECTS_FILE);
+  const registry = options.registry ?? createFileRegistry(config.FLUX_PROJECTS_FILE, { log });
   const catalog = createCatalog({
     root: config.FLUX_BACKUPS_LOCAL_DIR,
     log,
@@ -140,6 +142,7 @@ export function createAllInOne(
     app,
     functions,
     runtimes,
+    registry,
     setBaseUrl(url) {
       baseUrl = url.replace(/\/$/, '');
     },

@@ -18,4 +18,5 @@ await serveProcess({
   graceMs: config.FLUX_SHUTDOWN_GRACE_MS,
   start: all.start,
   stop: all.stop,
+  registry: all.registry,
 });

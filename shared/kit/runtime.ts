@@ -10,7 +10,7 @@ import { createInbox, type Inbox } from '../events/inbox.js';
 import { createOutbox, type Outbox } from '../events/outbox.js';
 import { createLogger, type Logger } from '../log.js';
 import { counter, createRegistry, type Registry } from '../metrics.js';
-import { loadFileRegistry, type ProjectRegistry } from '../registry.js';
+import { createFileRegistry, type ProjectRegistry } from '../registry.js';
 import type { App } from './app.js';
 
 export interface EmitInput<T extends EventType> {
@@ -70,7 +70,7 @@ export function createRuntime(
 ): Runtime {
   const log = options.log ?? createLogger(name, { level: config.FLUX_LOG_LEVEL });
   const metrics = options.metrics ?? createRegistry();
-  const registry = options.registry ?? loadFileRegistry(config.FLUX_PROJECTS_FILE);
+  const registry = options.registry ?? createFileRegistry(config.FLUX_PROJECTS_FILE, { log });
   const catalog =
     options.catalog ??
     createCatalog({

@@ -13,6 +13,7 @@ import {
 } from '../config.js';
 import { AppError, EXIT, isAppError } from '../errors.js';
 import type { Logger } from '../log.js';
+import type { ProjectRegistry, ReloadableRegistry } from '../registry.js';
 import { notImplemented } from './methods.js';
 import { createRuntime, type FunctionApp, type Runtime } from './runtime.js';
 
@@ -34,6 +35,12 @@ export interface ServeOptions {
   graceMs: number;
   start: () => Promise<void>;
   stop: () => Promise<void>;
+  /** The registry of this process: read again on SIGHUP, and watched when it is the file's. */
+  registry?: ProjectRegistry;
+}
+
+function isReloadable(registry: ProjectRegistry | undefined): registry is ReloadableRegistry {
+  return typeof (registry as Partial<ReloadableRegistry> | undefined)?.reload === 'function';
 }
 
 /** A raw HTTP/1.1 answer with a JSON error body, for requests that never reach the Hono app. */
@@ -115,6 +122,15 @@ export async function serveProcess(options: ServeOptions): Promise<ServerType> {
   // when no listener is left (execa's cleanup) kills the process mid-shutdown. `stopping` ignores repeats.
   process.on('SIGTERM', () => void shutdown('SIGTERM'));
   process.on('SIGINT', () => void shutdown('SIGINT'));
+  // SIGHUP re-reads FLUX_PROJECTS_FILE (without a listener Node would exit on it).
+  const { registry } = options;
+  if (isReloadable(registry)) {
+    const stopWatching = registry.watch(options.config.FLUX_PROJECTS_FILE_POLL_MS);
+    server.on('close', stopWatching);
+    process.on('SIGHUP', () => {
+      if (!stopping) registry.reload('SIGHUP');
+    });
+  }
   return server;
 }
 
@@ -151,5 +167,6 @@ export async function runFunction(
     graceMs: config.FLUX_SHUTDOWN_GRACE_MS,
     start: fn.start,
     stop: fn.stop,
+    registry: rt.registry,
   });
 }
