@@ -136,6 +136,18 @@ describe('outbox', () => {
     await outbox.stop();
   });
 
+  it('is not idle while an event is still being logged and persisted', async () => {
+    const rt = testRuntime('dump', env, { extraSinks: () => [{ url: receiver.url, types: ['*'] }] });
+    await rt.outbox.start();
+    const event = created();
+    // Not awaited: idle() is asked while the enqueue is still writing the event log and the delivery.
+    const enqueued = rt.outbox.enqueue(event);
+    expect(await rt.outbox.idle(10_000)).toBe(true);
+    expect(receiver.deliveries.some((d) => d.event.id === event.id)).toBe(true);
+    expect(await enqueued).toBe(1);
+    await rt.outbox.stop();
+  });
+
   it('survives a restart: what was pending is delivered by the next process', async () => {
     const first = outboxFor('ob-4');
     // Not started: the enqueue is durable but nothing is sent (as if the process died right after).

@@ -53,7 +53,7 @@ export interface Outbox {
   enqueue(event: CloudEvent): Promise<number>;
   start(): Promise<void>;
   stop(): Promise<void>;
-  /** Resolves when nothing is pending or in flight (tests, shutdown). */
+  /** Resolves when nothing is being enqueued, pending or in flight (tests, shutdown). */
   idle(timeoutMs?: number): Promise<boolean>;
   depth(): number;
   /** The events enqueued, oldest first, from the event log (so they outlive a restart): `events tail`. */
@@ -158,6 +158,9 @@ export function createOutbox(options: OutboxOptions): Outbox {
   let timer: NodeJS.Timeout | undefined;
   let stopped = true;
   const idleWaiters = new Set<() => void>();
+  /** Enqueues between their start and their deliveries being pending (the event log write, persist). */
+  let enqueuing = 0;
+  const isIdle = () => pending.size === 0 && inFlight.size === 0 && enqueuing === 0;
   const recentEvents: CloudEvent[] = [];
   const stats = new Map<string, SinkStats>();
   const statsOf = (id: string): SinkStats => {
@@ -241,7 +244,7 @@ export function createOutbox(options: OutboxOptions): Outbox {
     if (stopped) return;
     if (timer) clearTimeout(timer);
     timer = undefined;
-    if (pending.size === 0 && inFlight.size === 0) {
+    if (isIdle()) {
       for (const resolve of idleWaiters) resolve();
       idleWaiters.clear();
       return;
@@ -430,12 +433,20 @@ export function createOutbox(options: OutboxOptions): Outbox {
 
   return {
     async enqueue(event) {
-      if (options.eventLog) await options.eventLog.append(event);
-      else {
-        recentEvents.push(event);
-        if (recentEvents.length > RECENT_EVENTS) recentEvents.splice(0, recentEvents.length - RECENT_EVENTS);
+      // Counted from the first moment: an event being logged and persisted is not idle yet.
+      enqueuing += 1;
+      try {
+        if (options.eventLog) await options.eventLog.append(event);
+        else {
+          recentEvents.push(event);
+          if (recentEvents.length > RECENT_EVENTS)
+            recentEvents.splice(0, recentEvents.length - RECENT_EVENTS);
+        }
+        return await deliver(event);
+      } finally {
+        enqueuing -= 1;
+        schedule();
       }
-      return deliver(event);
     },
 
     async replaySince(sinceMs) {
@@ -467,7 +478,7 @@ export function createOutbox(options: OutboxOptions): Outbox {
     },
 
     idle(timeoutMs = 30_000) {
-      if (pending.size === 0 && inFlight.size === 0) return Promise.resolve(true);
+      if (isIdle()) return Promise.resolve(true);
       return new Promise((resolve) => {
         const done = () => {
           clearTimeout(t);
