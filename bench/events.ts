@@ -66,9 +66,7 @@ async function benchOutbox(ctx: BenchContext, receiver: EventReceiver): Promise<
       secrets: [ctx.webhookSecret],
       log,
       metrics: createRegistry({ defaultMetrics: false }),
-      maxAttempts: 5,
-      baseDelayMs: 100,
-      maxDelayMs: 1000,
+      retryScheduleMs: [0, 100, 200, 400, 800],
       concurrency: CONCURRENCY,
     });
     await outbox.start();

@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { eventLine, mergeEvents } from './events.js';
+import { eventLine, mergeEvents, sinceTime } from './events.js';
 
 describe('events output', () => {
   it('merges the functions’ events in time order, ids breaking ties', () => {
@@ -34,5 +34,19 @@ describe('events output', () => {
         data: { reason: 'dump_failed', error: 'pg_dump:\n  connection refused' },
       }),
     ).toBe('2026-01-01T00:00:00Z  flux.backup.failed  -  reason=dump_failed  pg_dump: connection refused');
+  });
+});
+
+describe('sinceTime', () => {
+  const now = Date.parse('2026-12-01T12:00:00.000Z');
+  it('takes a time with a zone, or a duration ago', () => {
+    expect(sinceTime('2026-12-01T10:00:00+01:00', now)).toBe('2026-12-01T09:00:00.000Z');
+    expect(sinceTime('30m', now)).toBe('2026-12-01T11:30:00.000Z');
+    expect(sinceTime('2h', now)).toBe('2026-12-01T10:00:00.000Z');
+    expect(sinceTime('1d', now)).toBe('2026-11-30T12:00:00.000Z');
+  });
+  it('refuses a time without a zone or anything else', () => {
+    for (const bad of ['2026-12-01T10:00:00', 'yesterday', '2w', '', '-1h'])
+      expect(() => sinceTime(bad, now), bad).toThrow(/--since is a time with a zone/);
   });
 });

@@ -1,5 +1,6 @@
-// flux-ops events tail|replay: what each function emitted (GET /<fn>/events/recent?after=<id>) and its
-// dead letters (GET /<fn>/events/dead, POST /<fn>/events/replay).
+// flux-ops events tail|replay: what each function emitted (GET /<fn>/events/recent?after=<id>, from its
+// event log, so it outlives a restart), its dead letters (GET /<fn>/events/dead, POST /<fn>/events/replay)
+// and sending logged events again (POST /<fn>/events/replay?since=<time>).
 import { FUNCTION_NAMES, type FunctionName } from '../shared/config.js';
 import { AppError } from '../shared/errors.js';
 import { typeMatches } from '../shared/events/envelope.js';
@@ -56,8 +57,9 @@ const tail: Command = {
   summary: 'print the events the functions emitted; --follow for new ones',
   help: `Usage: flux-ops events tail [--type <glob>]... [--fn <name>]... [-n <count>] [--follow]
 
-Prints the most recent events each function emitted (GET /<fn>/events/recent), oldest first; with
---follow keeps printing new ones until interrupted. --json prints one CloudEvent per line.
+Prints the most recent events each function emitted (GET /<fn>/events/recent, from each function's
+event log under FLUX_STATE_DIR, so a restart loses none), oldest first; with --follow keeps printing new
+ones until interrupted. --json prints one CloudEvent per line.
 
 Flags:
   --type <glob>     only these types, e.g. 'flux.backup.*' (repeatable)
@@ -140,25 +142,88 @@ interface DeadLetter {
   deadAt?: string;
 }
 
+const DURATION_UNITS_MS: Record<string, number> = { s: 1_000, m: 60_000, h: 3_600_000, d: 86_400_000 };
+
+/** --since as an ISO 8601 time: given as one (with a zone), or as a duration ago (30m, 2h, 1d). */
+export function sinceTime(value: string, now: number = Date.now()): string {
+  const ago = /^(\d{1,6})([smhd])$/.exec(value);
+  if (ago) return new Date(now - Number(ago[1]) * DURATION_UNITS_MS[ago[2]!]!).toISOString();
+  const at = /^\d{4}-\d{2}-\d{2}T[\d:.]+(Z|[+-]\d{2}:\d{2})$/.test(value) ? Date.parse(value) : Number.NaN;
+  if (Number.isNaN(at)) {
+    throw new AppError(
+      'bad_request',
+      'events replay: --since is a time with a zone (2026-12-01T10:00:00Z) or a duration ago (30m, 2h, 1d)',
+    );
+  }
+  return new Date(at).toISOString();
+}
+
+async function replaySince(ctx: Context, fns: readonly FunctionName[], since: string): Promise<number> {
+  const client = ctx.client();
+  const replayed: Partial<Record<FunctionName, { events: number; deliveries: number }>> = {};
+  for (const fn of fns) {
+    try {
+      const { body } = await client.json<{ replayed: number; events: number }>(
+        'POST',
+        `/${fn}/events/replay`,
+        { query: { since } },
+      );
+      replayed[fn] = { events: body.events ?? 0, deliveries: body.replayed ?? 0 };
+    } catch (error) {
+      if (!isSkippable(error)) throw error;
+      println(ctx.io.err, `flux-ops: events of ${fn} unavailable: ${(error as Error).message}`);
+    }
+  }
+  if (ctx.json) {
+    println(ctx.io.out, JSON.stringify({ since, replayed }, null, 2));
+    return 0;
+  }
+  for (const [fn, r] of Object.entries(replayed)) {
+    println(
+      ctx.io.out,
+      `${fn}: sent ${r.events} event${r.events === 1 ? '' : 's'} since ${since} again (${r.deliveries} deliver${r.deliveries === 1 ? 'y' : 'ies'})`,
+    );
+  }
+  return 0;
+}
+
 const replay: Command = {
   name: 'events replay',
-  summary: 'list dead letters and send them again',
+  summary: 'send dead letters, or every event since a time, again',
   help: `Usage: flux-ops events replay [--fn <name>] [--id <eventId>] [--dry-run]
+       flux-ops events replay --since <time> [--fn <name>]
 
 Lists the events whose delivery gave up (GET /<fn>/events/dead) and moves them back to the outbox
-(POST /<fn>/events/replay), all of them or one event's.
+(POST /<fn>/events/replay), all of them or one event's. With --since, sends every event the functions
+logged at or after that time again, to the sinks that take it now (receivers dedupe by webhook-id).
 
 Exit codes: 0 replayed (or nothing to replay); 66 --id names no dead letter; others from the errors table.
 
 Flags:
-  --fn <name>     only this function: ${FUNCTION_NAMES.join(', ')}
-  --id <eventId>  only this event's dead letters
-  --dry-run       list, do not replay`,
-  options: { fn: { type: 'string' }, id: { type: 'string' }, 'dry-run': { type: 'boolean' } },
+  --fn <name>       only this function: ${FUNCTION_NAMES.join(', ')}
+  --id <eventId>    only this event's dead letters
+  --since <time>    every logged event since: 2026-12-01T10:00:00Z, or a duration ago (30m, 2h, 1d)
+  --dry-run         list dead letters, do not replay`,
+  options: {
+    fn: { type: 'string' },
+    id: { type: 'string' },
+    since: { type: 'string' },
+    'dry-run': { type: 'boolean' },
+  },
   async run(ctx) {
     const client = ctx.client();
     const fns = functionsOf(this.name, ctx.values);
     const id = str(ctx.values, 'id');
+    const since = str(ctx.values, 'since');
+    if (since !== undefined) {
+      if (id !== undefined || bool(ctx.values, 'dry-run')) {
+        throw new AppError(
+          'bad_request',
+          `${this.name}: --since sends logged events again; --id and --dry-run are for dead letters (see them with events tail)`,
+        );
+      }
+      return replaySince(ctx, fns, sinceTime(since));
+    }
     if (id !== undefined && !/^[A-Za-z0-9._:-]{1,128}$/.test(id)) {
       throw new AppError('bad_request', `${this.name}: --id is not an event id`);
     }

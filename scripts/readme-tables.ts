@@ -76,6 +76,7 @@ function defaultOf(
   const parsed = schema.safeParse(undefined);
   if (!parsed.success || parsed.data === undefined) return '';
   const v = parsed.data;
+  if (name === 'FLUX_OUTBOX_RETRY_SCHEDULE_MS') return `\`${(v as number[]).join(',')}\``;
   if (Array.isArray(v)) return v.length === 0 ? '' : `\`${JSON.stringify(v)}\``;
   if (name === 'FLUX_PROBE_EXPECTED_STATUS') return '`200-399`';
   return `\`${String(v)}\``;

@@ -119,7 +119,10 @@ const webhookSecretList = z
 export const EventSinkSchema = z.object({
   url: z.url(),
   types: z.array(z.string().min(1)).default(['*']),
-  name: z.string().optional(),
+  name: z
+    .string()
+    .regex(/^[A-Za-z0-9._:-]{1,64}$/, 'a sink name is 1-64 letters, digits and ._:-')
+    .optional(),
 });
 export type EventSink = z.infer<typeof EventSinkSchema>;
 
@@ -146,7 +149,44 @@ const sinkList = z
       });
       return z.NEVER;
     }
+    // A name is the sink's identity in the outbox files (which never hold its URL), so it is unique.
+    const names = result.data.flatMap((s) => (s.name === undefined ? [] : [s.name]));
+    const repeated = names.find((n, i) => names.indexOf(n) !== i);
+    if (repeated !== undefined) {
+      ctx.addIssue({ code: 'custom', message: `sink name ${JSON.stringify(repeated)} is used twice` });
+      return z.NEVER;
+    }
     return result.data;
+  });
+
+/** Svix's schedule: immediately, 5 s, 5 min, 30 min, 2 h, 5 h, 10 h, 10 h (spans more than a day). */
+export const DEFAULT_RETRY_SCHEDULE_MS = [
+  0,
+  5 * SECOND_MS,
+  5 * MINUTE_MS,
+  30 * MINUTE_MS,
+  2 * HOUR_MS,
+  5 * HOUR_MS,
+  10 * HOUR_MS,
+  10 * HOUR_MS,
+] as const;
+
+const retrySchedule = z
+  .string()
+  .default(DEFAULT_RETRY_SCHEDULE_MS.join(','))
+  .transform((raw, ctx): number[] => {
+    const parts = raw.split(',').map((s) => s.trim());
+    const delays = parts.map((p) => (/^\d+$/.test(p) ? Number(p) : Number.NaN));
+    if (delays.length > 100 || delays.some((d) => !Number.isSafeInteger(d) || d > 7 * 24 * HOUR_MS)) {
+      ctx.addIssue({
+        code: 'custom',
+        message:
+          'must be 1 to 100 comma-separated delays in ms (each at most 7 days), e.g. ' +
+          DEFAULT_RETRY_SCHEDULE_MS.join(','),
+      });
+      return z.NEVER;
+    }
+    return delays;
   });
 
 const statusRanges = z
@@ -232,6 +272,11 @@ export const VARS = {
     description: 'Project and cluster registry (JSON; URLs literal or env:NAME).',
     embedded: '.flux-data/projects.json',
   },
+  FLUX_PROJECTS_FILE_POLL_MS: {
+    schema: ms(5 * SECOND_MS, 0, HOUR_MS),
+    description:
+      'How often FLUX_PROJECTS_FILE is checked for a change (0 = only on SIGHUP); a new file is validated first, a bad one is refused and the registry in use kept.',
+  },
   FLUX_API_TOKENS: {
     schema: tokenList,
     secret: true,
@@ -248,19 +293,25 @@ export const VARS = {
   },
   FLUX_EVENT_SINKS: {
     schema: sinkList,
-    description: 'JSON array of {url, types:[globs]} that receive this process’s events.',
+    description:
+      'JSON array of {url, types:[globs], name?} that receive this process’s events. The URL stays here: ' +
+      'outbox files name a sink by its name (unique) or a hash of its URL.',
   },
-  FLUX_OUTBOX_MAX_ATTEMPTS: {
-    schema: int(12, 1, 100),
-    description: 'Delivery attempts before an event becomes a dead letter.',
+  FLUX_OUTBOX_RETRY_SCHEDULE_MS: {
+    schema: retrySchedule,
+    description:
+      'Delay before each delivery attempt, comma-separated (as many attempts as entries, then a dead letter): ' +
+      'at once, 5 s, 5 min, 30 min, 2 h, 5 h, 10 h, 10 h, about 27.6 h in all. Each delay may grow by up to ' +
+      '10 % (jitter); a Retry-After asking for longer is honoured.',
   },
-  FLUX_OUTBOX_BASE_DELAY_MS: {
-    schema: ms(SECOND_MS, 10, HOUR_MS),
-    description: 'First retry delay (doubles per attempt, jittered).',
+  FLUX_EVENT_LOG_MAX_EVENTS: {
+    schema: int(10_000, 10, 1_000_000),
+    description:
+      'Events each function keeps in its event log under FLUX_STATE_DIR (events tail, events replay --since); the oldest go first.',
   },
-  FLUX_OUTBOX_MAX_DELAY_MS: {
-    schema: ms(5 * MINUTE_MS, 100, 24 * HOUR_MS),
-    description: 'Largest retry delay (Retry-After may ask for more).',
+  FLUX_EVENT_LOG_MAX_BYTES: {
+    schema: int(16 * MIB, 64 * 1024, 1024 * MIB),
+    description: 'Bytes of event log each function keeps on disk (whichever limit is reached first).',
   },
   FLUX_BODY_LIMIT_BYTES: { schema: int(MIB, 1024, 64 * MIB), description: 'Largest accepted request body.' },
   FLUX_RATE_LIMIT_PER_MINUTE: {
@@ -531,8 +582,8 @@ export function redactConfig(config: Config): Record<string, unknown> {
 }
 
 /**
- * Removes what may carry credentials from a URL: userinfo, the query, and every path segment after the
- * first (webhook URLs such as Slack's carry their secret in the path).
+ * Removes what may carry credentials from a URL: userinfo, the query, and the whole path (webhook URLs
+ * carry their secret in the path, Slack's after the first segment, others in the first segment itself).
  */
 export function redactUrl(url: string): string {
   try {
@@ -540,8 +591,7 @@ export function redactUrl(url: string): string {
     if (u.password) u.password = 'redacted';
     if (u.username) u.username = 'redacted';
     if (u.search) u.search = '?redacted';
-    const segments = u.pathname.split('/').filter(Boolean);
-    if (segments.length > 1) u.pathname = `/${segments[0]}/…`;
+    if (u.pathname !== '/' && u.pathname !== '') u.pathname = '/…';
     return u.toString().replace('%E2%80%A6', '…');
   } catch {
     return '[unparseable url]';

@@ -24,6 +24,11 @@ export const ERROR_TABLE = {
   signature_invalid: { status: 401, exit: EXIT.noPermission, summary: 'webhook signature missing or wrong' },
   forbidden: { status: 403, exit: EXIT.noPermission, summary: 'the token lacks the scope' },
   not_found: { status: 404, exit: EXIT.noInput, summary: 'no such project, backup or route' },
+  method_not_allowed: {
+    status: 405,
+    exit: EXIT.usage,
+    summary: 'the route does not serve this method (Allow lists those it does)',
+  },
   conflict: { status: 409, exit: EXIT.tempFail, summary: 'the same work is already running' },
   event_replayed: { status: 409, exit: EXIT.dataError, summary: 'this webhook-id was already received' },
   precondition_failed: { status: 412, exit: EXIT.failed, summary: 'a safety gate refused the action' },
@@ -31,6 +36,13 @@ export const ERROR_TABLE = {
   unsupported_media_type: { status: 415, exit: EXIT.usage, summary: 'wrong Content-Type' },
   unprocessable: { status: 422, exit: EXIT.dataError, summary: 'well-formed but not acceptable' },
   rate_limited: { status: 429, exit: EXIT.tempFail, summary: 'too many requests for this token' },
+  // nginx's 499: nobody reads the answer, but logs and metrics count it as the client's doing.
+  client_closed: {
+    status: 499,
+    exit: EXIT.tempFail,
+    summary: 'the client closed the connection before its request was read',
+  },
+  not_implemented: { status: 501, exit: EXIT.usage, summary: 'no flux-ops server implements the method' },
   internal: { status: 500, exit: EXIT.software, summary: 'a bug or an unexpected fault' },
   dir_not_writable: { status: 500, exit: EXIT.cantCreate, summary: 'a data directory is not writable' },
   disk_full: { status: 507, exit: EXIT.ioError, summary: 'no space left on the device' },

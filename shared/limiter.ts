@@ -16,10 +16,13 @@ export function createLimiter(options: {
 }): Limiter {
   let active = 0;
   const queue: Array<() => void> = [];
+  // A freed slot passes straight to the next waiter (active stays as it is): were it released and
+  // re-taken, a caller arriving in the microtasks before the waiter resumes would see a free slot and
+  // run beside it.
   const release = () => {
-    active -= 1;
     const next = queue.shift();
     if (next) next();
+    else active -= 1;
   };
   return {
     get active() {
@@ -50,8 +53,10 @@ export function createLimiter(options: {
           signal?.addEventListener('abort', onAbort, { once: true });
           queue.push(start);
         });
+        // The slot was handed over by release(), already counted in `active`.
+      } else {
+        active += 1;
       }
-      active += 1;
       try {
         return await fn();
       } finally {

@@ -28,6 +28,12 @@ export interface LogOptions {
   level?: string;
   /** Where lines go (tests pass a capture stream); stdout by default. */
   destination?: DestinationStream;
+  /**
+   * The `fn` every line carries (default: the logger's name). null for a process hosting several
+   * functions: each function's child logger binds its own, and pino would write a second `fn` key
+   * after the parent's rather than replace it.
+   */
+  fn?: string | null;
 }
 
 export function createLogger(name: string, options: LogOptions = {}): Logger {
@@ -35,7 +41,7 @@ export function createLogger(name: string, options: LogOptions = {}): Logger {
     {
       name,
       level: options.level ?? 'info',
-      base: { fn: name, pid: process.pid },
+      base: options.fn === null ? { pid: process.pid } : { fn: options.fn ?? name, pid: process.pid },
       timestamp: pino.stdTimeFunctions.isoTime,
       redact: { paths: REDACT_PATHS, censor: '[redacted]' },
       formatters: { level: (label) => ({ level: label }) },

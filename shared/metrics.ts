@@ -4,9 +4,24 @@ import { Counter, collectDefaultMetrics, Gauge, Histogram, Registry } from 'prom
 
 export { Counter, Gauge, Histogram, Registry } from 'prom-client';
 
+/**
+ * Names outside the flux_ prefix on purpose: prom-client's process and Node defaults as prom-client names
+ * them (stock Node dashboards), and probe's blackbox_exporter names (blackbox dashboards and alerts).
+ * Every other metric of flux-ops starts with flux_ (a test holds every registered name to this).
+ */
+export const DEFAULT_METRIC_PREFIXES = ['process_', 'nodejs_'] as const;
+export const BLACKBOX_METRIC_NAMES = [
+  'probe_success',
+  'probe_duration_seconds',
+  'probe_http_status_code',
+  'probe_ssl_earliest_cert_expiry',
+  'probe_http_duration_seconds',
+] as const;
+
 export function createRegistry(options: { defaultMetrics?: boolean } = {}): Registry {
   const registry = new Registry();
-  if (options.defaultMetrics !== false) collectDefaultMetrics({ register: registry, prefix: 'flux_ops_' });
+  // No prefix: the defaults keep the names prom-client gives them (process_cpu_seconds_total, …).
+  if (options.defaultMetrics !== false) collectDefaultMetrics({ register: registry });
   return registry;
 }
 

@@ -1,9 +1,10 @@
 // Projects and clusters behind a small interface; the file form reads FLUX_PROJECTS_FILE. Connection
 // URLs are literal or `env:NAME`, resolved at use so the file itself holds no secret.
-import { readFileSync } from 'node:fs';
+import { readFileSync, type Stats, unwatchFile, watchFile } from 'node:fs';
 import { z } from 'zod';
 import { isProjectHash, isSlug, parseProjectHash, tenantRoleOf, tenantSchemaOf } from './catalog/ids.js';
-import { AppError, errnoOf } from './errors.js';
+import { AppError, errnoOf, isAppError } from './errors.js';
+import type { Logger } from './log.js';
 
 const urlRef = z.string().min(1);
 
@@ -53,6 +54,29 @@ export interface ProjectRegistry {
   bySlug(slug: string): Project | undefined;
   cluster(name: string): Cluster | undefined;
   clusters(): Cluster[];
+  /** Where the registry came from and how its last reload went (a file registry; for /readyz). */
+  status?(): RegistryStatus;
+}
+
+export interface RegistryStatus {
+  file: string;
+  projects: number;
+  /** The file was missing when the registry in use was loaded (so it is empty). */
+  missing: boolean;
+  loadedAt: string;
+  /** The last reload that was refused since, and why: the registry in use is the older one. */
+  refused?: { at: string; reason: string; error: string };
+}
+
+export type ReloadOutcome = { ok: true; projects: number } | { ok: false; error: string };
+
+/** A file registry that can be read again: on SIGHUP, and when the file changes. */
+export interface ReloadableRegistry extends ProjectRegistry {
+  /** Reads FLUX_PROJECTS_FILE again; a file that is missing or invalid keeps the registry in use. */
+  reload(reason: string): ReloadOutcome;
+  /** Polls the file every `intervalMs` and reloads when it changed; returns the stop function. */
+  watch(intervalMs: number): () => void;
+  status(): RegistryStatus;
 }
 
 /** Resolves `env:NAME` against `env`; errors name the variable, never a value. */
@@ -129,16 +153,13 @@ export function createStaticRegistry(data: { clusters?: Cluster[]; projects?: Pr
   };
 }
 
-/**
- * Loads FLUX_PROJECTS_FILE. A missing file at the default location is an empty registry (readyz says
- * so); a file that exists but is invalid is a startup error listing the problem.
- */
-export function loadFileRegistry(file: string, options: { required?: boolean } = {}): ProjectRegistry {
+/** Reads and validates FLUX_PROJECTS_FILE; `missing` when it does not exist. Throws config_invalid. */
+function readRegistryFile(file: string): { registry: ProjectRegistry; missing: boolean } {
   let text: string;
   try {
     text = readFileSync(file, 'utf8');
   } catch (error) {
-    if (errnoOf(error) === 'ENOENT' && !options.required) return createStaticRegistry({});
+    if (errnoOf(error) === 'ENOENT') return { registry: createStaticRegistry({}), missing: true };
     throw new AppError('config_invalid', `FLUX_PROJECTS_FILE ${file}: ${(error as Error).message}`, {
       cause: error,
     });
@@ -154,7 +175,78 @@ export function loadFileRegistry(file: string, options: { required?: boolean } =
     const problems = result.error.issues.map((i) => `${i.path.join('.')}: ${i.message}`).join('; ');
     throw new AppError('config_invalid', `FLUX_PROJECTS_FILE ${file} is invalid: ${problems}`);
   }
-  return createStaticRegistry(result.data);
+  return { registry: createStaticRegistry(result.data), missing: false };
+}
+
+/**
+ * Loads FLUX_PROJECTS_FILE. A missing file is an empty registry (readyz says so) unless `required`; a
+ * file that exists but is invalid is a startup error listing the problem.
+ */
+export function loadFileRegistry(file: string, options: { required?: boolean } = {}): ProjectRegistry {
+  const { registry, missing } = readRegistryFile(file);
+  if (missing && options.required)
+    throw new AppError('config_invalid', `FLUX_PROJECTS_FILE ${file} does not exist`);
+  return registry;
+}
+
+/**
+ * FLUX_PROJECTS_FILE as a registry that reloads. The first load is as strict as loadFileRegistry; a
+ * reload validates the new file first and, when it is missing or invalid, keeps the registry in use and
+ * logs why (a typo in the file must not empty a running registry).
+ */
+export function createFileRegistry(file: string, options: { log: Logger }): ReloadableRegistry {
+  let current = readRegistryFile(file);
+  let loadedAt = new Date().toISOString();
+  let refused: RegistryStatus['refused'];
+
+  function reload(reason: string): ReloadOutcome {
+    try {
+      const next = readRegistryFile(file);
+      if (next.missing) throw new AppError('config_invalid', `FLUX_PROJECTS_FILE ${file} does not exist`);
+      current = next;
+      loadedAt = new Date().toISOString();
+      refused = undefined;
+      const projects = current.registry.list().length;
+      options.log.info({ file, reason, projects }, 'registry reloaded');
+      return { ok: true, projects };
+    } catch (error) {
+      const message = isAppError(error) ? error.message : (error as Error).message;
+      refused = { at: new Date().toISOString(), reason, error: message };
+      options.log.error(
+        { file, reason, error: message, projects: current.registry.list().length },
+        'registry reload refused: the registry in use stays until the file is fixed',
+      );
+      return { ok: false, error: message };
+    }
+  }
+
+  return {
+    list: () => current.registry.list(),
+    byHash: (hash) => current.registry.byHash(hash),
+    byId: (id) => current.registry.byId(id),
+    bySlug: (slug) => current.registry.bySlug(slug),
+    cluster: (name) => current.registry.cluster(name),
+    clusters: () => current.registry.clusters(),
+    reload,
+    watch(intervalMs) {
+      if (intervalMs <= 0) return () => undefined;
+      // Polling, not fs.watch: an editor or a config manager replaces the file by rename, which an
+      // inode watch loses; stat polling sees the new file whatever wrote it.
+      const onChange = (now: Stats, before: Stats) => {
+        if (now.mtimeMs === before.mtimeMs && now.size === before.size && now.ino === before.ino) return;
+        reload('file changed');
+      };
+      watchFile(file, { interval: intervalMs, persistent: false }, onChange);
+      return () => unwatchFile(file, onChange);
+    },
+    status: () => ({
+      file,
+      projects: current.registry.list().length,
+      missing: current.missing,
+      loadedAt,
+      ...(refused ? { refused } : {}),
+    }),
+  };
 }
 
 /** The project behind a CLI route's `:hash`, validated first; 404 names what to check. */

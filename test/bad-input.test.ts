@@ -16,14 +16,16 @@ import { type CloudEvent, createEvent, type EventType } from '../shared/events/e
 import { signWebhook } from '../shared/events/signature.js';
 import type { FunctionApp } from '../shared/kit/runtime.js';
 import { silentLogger } from '../shared/log.js';
-import { createRegistry } from '../shared/metrics.js';
+import { createRegistry, type Registry } from '../shared/metrics.js';
 import { type Cluster, createStaticRegistry, type Project } from '../shared/registry.js';
 import { seedTenant } from './support/fixtures.js';
 import {
+  abortMidBody,
   diffSnapshots,
   frontDoorPath,
   type RawRequest,
   type RawResponse,
+  rawExchange,
   rawRequest,
   routesOf,
   serveOnLoopback,
@@ -37,6 +39,7 @@ import {
   makeTestEnv,
   makeWebhookSecret,
   type TestEnv,
+  type TestRuntime,
   testRuntime,
   WEBHOOK_SECRET,
 } from './support/runtime.js';
@@ -102,6 +105,8 @@ interface Expected {
   status: number;
   code: ErrorCode;
   message: RegExp;
+  /** The Allow header the answer must carry. */
+  allow?: string;
 }
 const NO_ROUTE: Expected = { status: 404, code: 'not_found', message: /^no route (GET|POST) \// };
 const BAD_HASH: Expected = {
@@ -156,6 +161,8 @@ let env: TestEnv;
 let aioEnv: TestEnv;
 let backupId: string;
 const apps = {} as Record<FunctionName, FunctionApp>;
+const runtimes = {} as Record<FunctionName, TestRuntime>;
+let aioMetrics: Registry;
 const urls = {} as Record<FunctionName, string>;
 let router: Router;
 let all: AllInOne;
@@ -273,6 +280,9 @@ function casesFor(door: Door): Case[] {
       // An encoded traversal appended to the route never reaches a file.
       const appended = `${fill(route.path)}/..%2F..%2Fstate`;
       const landsOnBackupId = route.method === 'GET' && route.path.endsWith('/backups');
+      // A POST there lands on a GET-only route (a backup by id, a migration's status by hash): 405.
+      const landsOnGetRoute =
+        route.method === 'POST' && (route.path.endsWith('/backups') || route.path === '/api/cli/v1/migrate');
       add(
         `${id}: encoded traversal appended`,
         {
@@ -281,7 +291,11 @@ function casesFor(door: Door): Case[] {
           headers: isEvents ? { 'content-type': 'application/cloudevents+json' } : json,
           ...(route.method === 'POST' ? { body: '{}' } : {}),
         },
-        landsOnBackupId ? BAD_BACKUP_ID : NO_ROUTE,
+        landsOnBackupId
+          ? BAD_BACKUP_ID
+          : landsOnGetRoute
+            ? notAllowed('POST', 'GET, HEAD, OPTIONS')
+            : NO_ROUTE,
       );
 
       // Bodies.
@@ -334,6 +348,27 @@ function casesFor(door: Door): Case[] {
       }
 
       if (isEvents) cases.push(...eventCases(door, fn));
+    }
+
+    // Methods: every path of the function, each method it does not serve (405 with Allow), OPTIONS (204
+    // with Allow) and methods no flux-ops server implements (501).
+    for (const [local, allow] of allowByPath(apps[fn].app)) {
+      // The all-in-one has one scrape path (its own /metrics): a function's /metrics is no route there.
+      if (door.name === 'all-in-one' && local === '/metrics') {
+        for (const method of ['GET', 'TRACE', 'POST'])
+          add(
+            `${fn} ${method} /metrics at the all-in-one`,
+            { method, target: door.at(fn, local) },
+            ONE_SCRAPE_PATH,
+          );
+        continue;
+      }
+      const target = door.at(fn, fill(local));
+      for (const method of ['TRACE', 'PUT', 'DELETE', 'PATCH', ...(allow.includes('POST') ? [] : ['POST'])])
+        add(`${fn} ${method} ${local}`, { method, target, headers: auth }, notAllowed(method, allow));
+      add(`${fn} OPTIONS ${local}`, { method: 'OPTIONS', target, headers: auth }, OPTIONS_OK(allow));
+      for (const method of ['PROPFIND', 'FOO', 'MKCOL'])
+        add(`${fn} ${method} ${local}`, { method, target, headers: auth }, NOT_IMPLEMENTED(method));
     }
 
     // Route-specific fields and queries.
@@ -485,13 +520,77 @@ function casesFor(door: Door): Case[] {
       badEventId,
     );
     add(
+      `${fn} events replay: since traversal`,
+      { method: 'POST', target: at('/events/replay?since=..%2F..%2Fstate'), headers: auth },
+      { status: 400, code: 'bad_request', message: /^since=".{1,65}" is not an ISO 8601 time with a zone/s },
+    );
+    add(
+      `${fn} events replay: since without a zone`,
+      { method: 'POST', target: at('/events/replay?since=2026-12-01T10:00:00'), headers: auth },
+      { status: 400, code: 'bad_request', message: /^since="2026-12-01T10:00:00" is not an ISO 8601 time/ },
+    );
+    add(
       `${fn} events replay: Cyrillic id`,
       { method: 'POST', target: at(`/events/replay?id=${encodeURIComponent('еvt_1')}`), headers: auth },
       badEventId,
     );
   }
+  // The door's own routes (the router's and the all-in-one's health, metrics and status page) and paths
+  // no route serves.
+  if (door.fns.length > 1) {
+    for (const local of ['/healthz', '/readyz', '/metrics', '/status']) {
+      for (const method of ['TRACE', 'POST', 'DELETE'])
+        add(`door ${method} ${local}`, { method, target: local }, notAllowed(method, 'GET, HEAD, OPTIONS'));
+      add(`door OPTIONS ${local}`, { method: 'OPTIONS', target: local }, OPTIONS_OK('GET, HEAD, OPTIONS'));
+    }
+  }
+  for (const target of ['/no-such-route', '/api/cli/v1/nothing', '/events/nothing']) {
+    for (const method of ['TRACE', 'PUT', 'OPTIONS'])
+      add(`${method} ${target}`, { method, target }, NO_ROUTE_FOR(method));
+    for (const method of ['PROPFIND', 'FOO'])
+      add(`${method} ${target}`, { method, target }, NOT_IMPLEMENTED(method));
+  }
   return cases;
 }
+
+/** Each path of a function app with the Allow header it must answer other methods with. */
+function allowByPath(app: FunctionApp['app']): Map<string, string> {
+  const byPath = new Map<string, Set<string>>();
+  for (const r of routesOf(app)) {
+    const methods = byPath.get(r.path) ?? new Set(['OPTIONS']);
+    methods.add(r.method);
+    if (r.method === 'GET') methods.add('HEAD');
+    byPath.set(r.path, methods);
+  }
+  return new Map([...byPath].map(([p, methods]) => [p, [...methods].sort().join(', ')]));
+}
+
+const notAllowed = (method: string, allow: string): Expected => ({
+  status: 405,
+  code: 'method_not_allowed',
+  message: new RegExp(`^${method} is not allowed on /\\S* \\(allowed: ${allow}\\)$`),
+  allow,
+});
+const NOT_IMPLEMENTED = (method: string): Expected => ({
+  status: 501,
+  code: 'not_implemented',
+  message: new RegExp(
+    `^method ${method} is not implemented by flux-ops \\(it serves GET, HEAD, POST, OPTIONS\\)$`,
+  ),
+});
+const ONE_SCRAPE_PATH: Expected = {
+  status: 404,
+  code: 'not_found',
+  message:
+    /^the all-in-one process has one scrape path for all its functions: GET \/metrics \(not \/[a-z]+\/metrics\)$/,
+};
+const NO_ROUTE_FOR = (method: string): Expected => ({
+  status: 404,
+  code: 'not_found',
+  message: new RegExp(`^no route ${method} /`),
+});
+/** OPTIONS answers 204 with Allow and no body (the code and message are not looked at). */
+const OPTIONS_OK = (allow: string): Expected => ({ status: 204, code: 'not_found', message: /^$/, allow });
 
 /** POST /events cases for one function at one door. */
 function eventCases(door: Door, fn: FunctionName): Case[] {
@@ -708,9 +807,19 @@ async function check(door: Door, c: Case): Promise<string | undefined> {
   } catch (error) {
     return `${door.name} | ${c.name}: request failed: ${(error as Error).message}`;
   }
+  return problemsOf(door, c, res);
+}
+
+function problemsOf(door: Door, c: Case, res: RawResponse): string | undefined {
   const body = res.json ?? {};
   const problems: string[] = [];
   if (res.status !== c.expected.status) problems.push(`status ${res.status}, expected ${c.expected.status}`);
+  if (c.expected.allow !== undefined && res.headers.allow !== c.expected.allow)
+    problems.push(`Allow ${JSON.stringify(res.headers.allow)}, expected ${JSON.stringify(c.expected.allow)}`);
+  if (c.expected.status === 204) {
+    if (res.text !== '') problems.push(`a body of ${res.text.length} characters`);
+    return problems.length > 0 ? `${door.name} | ${c.name}: ${problems.join('; ')}` : undefined;
+  }
   if (body.code !== c.expected.code) problems.push(`code ${String(body.code)}, expected ${c.expected.code}`);
   if (typeof body.error !== 'string' || !c.expected.message.test(body.error))
     problems.push(
@@ -737,7 +846,8 @@ beforeAll(async () => {
   };
   env = await makeTestEnv(common);
   for (const fn of FUNCTION_NAMES) {
-    apps[fn] = FACTORIES[fn](testRuntime(fn, env, { projects: [TENANT], clusters: CLUSTERS }));
+    runtimes[fn] = testRuntime(fn, env, { projects: [TENANT], clusters: CLUSTERS });
+    apps[fn] = FACTORIES[fn](runtimes[fn]);
     await apps[fn].start();
     const served = await serveOnLoopback(apps[fn].app.fetch);
     urls[fn] = served.url;
@@ -780,9 +890,10 @@ beforeAll(async () => {
     FLUX_BACKUPS_LOCAL_DIR: env.config.FLUX_BACKUPS_LOCAL_DIR,
     FLUX_BACKUPS_OFFSITE_DIR: env.config.FLUX_BACKUPS_OFFSITE_DIR,
   });
+  aioMetrics = createRegistry({ defaultMetrics: false });
   all = createAllInOne(aioEnv.config, aioEnv.env, {
     log: silentLogger(),
-    metrics: createRegistry({ defaultMetrics: false }),
+    metrics: aioMetrics,
     registry: createStaticRegistry({ projects: [TENANT], clusters: CLUSTERS }),
   });
   const aioServed = await serveOnLoopback(all.app.fetch);
@@ -858,3 +969,90 @@ describe('bad input on every route of every front door', () => {
     expect(sent).toBeGreaterThan(1000);
   });
 });
+
+describe('methods Node answers before the app', () => {
+  it('CONNECT gets 501 not_implemented in JSON at every door, not a hang-up', async () => {
+    const problems: string[] = [];
+    for (const door of doors) {
+      for (const target of ['/healthz', 'example.com:443']) {
+        const res = await rawExchange(door.url, `CONNECT ${target} HTTP/1.1\r\nhost: ${target}\r\n\r\n`);
+        const problem = problemsOf(
+          door,
+          {
+            name: `CONNECT ${target}`,
+            request: { method: 'CONNECT', target },
+            expected: NOT_IMPLEMENTED('CONNECT'),
+          },
+          res,
+        );
+        if (problem) problems.push(problem);
+      }
+    }
+    expect(problems).toEqual([]);
+  });
+});
+
+/** `flux_http_requests_total` samples of a registry by status, for one function. */
+async function requestStatuses(registry: Registry, fn: FunctionName): Promise<Map<string, number>> {
+  const out = new Map<string, number>();
+  for (const line of (await registry.metrics()).split('\n')) {
+    const m = /^flux_http_requests_total\{(.*)\} (\d+)$/.exec(line);
+    if (!m || !m[1]!.includes(`fn="${fn}"`)) continue;
+    const status = /status="(\d+)"/.exec(m[1]!)?.[1] ?? '?';
+    out.set(status, (out.get(status) ?? 0) + Number(m[2]));
+  }
+  return out;
+}
+
+describe('a client that gives up mid-body', () => {
+  it('is counted and logged as 499 client_closed by every function, never as a 500', async () => {
+    const routes: Record<FunctionName, string> = {
+      dump: `/api/cli/v1/projects/${TENANT.hash}/backups`,
+      replicate: '/events',
+      verify: `/api/cli/v1/projects/${TENANT.hash}/backups/${backupId}/verify`,
+      probe: '/probes/run',
+      migrate: '/api/cli/v1/migrate',
+    };
+    const headers = { ...ADMIN.header, 'content-type': 'application/json' };
+    const metricsOf = (fn: FunctionName) => runtimes[fn].metrics;
+    for (const fn of FUNCTION_NAMES) {
+      const logsBefore = runtimes[fn].logs.lines.length;
+      const before = await requestStatuses(metricsOf(fn), fn);
+      await abortMidBody(urls[fn], routes[fn], headers, '{"slug":', 1000);
+      await eventually(
+        async () => (await requestStatuses(metricsOf(fn), fn)).get('499') !== before.get('499'),
+      );
+      // The only request counted since is the abandoned one, as 499.
+      expect(countsSince(before, await requestStatuses(metricsOf(fn), fn)), fn).toEqual({ '499': 1 });
+      const lines = runtimes[fn].logs.lines.slice(logsBefore);
+      expect(
+        lines.filter((l) => l.level === 'error' || l.level === 'fatal'),
+        fn,
+      ).toEqual([]);
+      expect(
+        lines.some((l) => l.msg === 'client closed'),
+        fn,
+      ).toBe(true);
+    }
+    // Through the all-in-one door the function inside counts it the same way.
+    const before = await requestStatuses(aioMetrics, 'migrate');
+    await abortMidBody(
+      doors.find((d) => d.name === 'all-in-one')!.url,
+      routes.migrate,
+      headers,
+      '{"slug":',
+      1000,
+    );
+    await eventually(
+      async () => (await requestStatuses(aioMetrics, 'migrate')).get('499') !== before.get('499'),
+    );
+    expect(countsSince(before, await requestStatuses(aioMetrics, 'migrate'))).toEqual({ '499': 1 });
+  });
+});
+
+function countsSince(before: Map<string, number>, after: Map<string, number>): Record<string, number> {
+  const out: Record<string, number> = {};
+  for (const [status, n] of after)
+    if (n !== (before.get(status) ?? 0)) out[status] = n - (before.get(status) ?? 0);
+  return out;
+}

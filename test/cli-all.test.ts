@@ -119,7 +119,7 @@ beforeAll(async () => {
     FLUX_TENANT_PROBE_GATEWAY_URL: gateway.url,
     FLUX_PROBE_INTERVAL_MS: '0',
     FLUX_PROBE_FAILURE_THRESHOLD: '1',
-    FLUX_OUTBOX_MAX_ATTEMPTS: '1',
+    FLUX_OUTBOX_RETRY_SCHEDULE_MS: '0',
     FLUX_EVENT_SINKS: JSON.stringify([
       { url: refusing.url, types: ['flux.backup.created'], name: 'refusing' },
     ]),

@@ -198,7 +198,7 @@ describe('scopes on every authenticated route of every function', () => {
     }
     expect(checked).toBe(FUNCTION_NAMES.reduce((n, fn) => n + Object.keys(REQUIRED_SCOPE[fn]).length, 0));
     // Every 401 and 403 above is a refusal that did no work: nothing was emitted anywhere.
-    for (const fn of FUNCTION_NAMES) expect(runtimes[fn].outbox.recent(), fn).toEqual([]);
+    for (const fn of FUNCTION_NAMES) expect(await runtimes[fn].outbox.recent(), fn).toEqual([]);
   });
 });
 
@@ -406,7 +406,7 @@ describe('webhook secret rotation', () => {
   const closers: Array<() => Promise<void>> = [];
 
   beforeAll(async () => {
-    env = await makeTestEnv({ FLUX_OUTBOX_MAX_ATTEMPTS: '2' });
+    env = await makeTestEnv({ FLUX_OUTBOX_RETRY_SCHEDULE_MS: '0,50' });
   });
   afterAll(async () => {
     for (const close of closers.reverse()) await close();

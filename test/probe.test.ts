@@ -286,13 +286,13 @@ describe('probe through a TLS gateway', () => {
     expect(sampleOf(text, 'probe_http_status_code', { tenant: 'rogue' })).toBe(0);
     expect(sampleOf(text, 'probe_ssl_earliest_cert_expiry', { tenant: 'rogue' })).toBeUndefined();
     expect(sampleOf(text, 'probe_http_status_code', { tenant: 'ghost' })).toBe(404);
-    const failures = samples(text, 'probe_failures_total');
+    const failures = samples(text, 'flux_probe_failures_total');
     expect(new Set(failures.map((s) => s.labels.reason))).toEqual(
       new Set(['status', 'tls_verify', 'tls_expired', 'timeout', 'body']),
     );
     for (const s of failures) expect(FAILURE_REASONS).toContain(s.labels.reason);
-    expect(sampleOf(text, 'probe_failures_total', { tenant: 'rogue', reason: 'tls_verify' })).toBe(1);
-    expect(sampleOf(text, 'probe_failures_total', { tenant: 'healthy' })).toBeUndefined();
+    expect(sampleOf(text, 'flux_probe_failures_total', { tenant: 'rogue', reason: 'tls_verify' })).toBe(1);
+    expect(sampleOf(text, 'flux_probe_failures_total', { tenant: 'healthy' })).toBeUndefined();
   });
 
   it('runs one tenant by ?project= or body slug, and serves the latest results on GET /probes', async () => {

@@ -75,9 +75,10 @@ describe('function processes', () => {
         expect(ready.status).toBe(body.ok ? 200 : 503);
         for (const check of body.checks.filter((c) => !c.ok)) expect(check.detail.length).toBeGreaterThan(10);
         expect((await fetch(`http://127.0.0.1:${port}/healthz`)).status).toBe(200);
-        expect(await (await fetch(`http://127.0.0.1:${port}/metrics`)).text()).toContain(
-          'flux_ops_process_cpu',
-        );
+        // prom-client's default metrics under the names prom-client gives them (stock Node dashboards).
+        const metrics = await (await fetch(`http://127.0.0.1:${port}/metrics`)).text();
+        expect(metrics).toMatch(/^process_cpu_user_seconds_total \d/m);
+        expect(metrics).toMatch(/^nodejs_eventloop_lag_seconds \d/m);
       } finally {
         child.kill('SIGTERM');
       }

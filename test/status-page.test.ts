@@ -165,7 +165,7 @@ describeBrowser('status page (headless Chromium, real backups)', () => {
       FLUX_LOG_LEVEL: 'warn',
     });
     all = createAllInOne(env.config, env.env, {
-      log: createLogger('flux-ops', { level: 'warn' }),
+      log: createLogger('flux-ops', { level: 'warn', fn: null }),
       metrics: createRegistry({ defaultMetrics: false }),
       registry: createStaticRegistry({ projects: PROJECTS, clusters: CLUSTERS }),
     });

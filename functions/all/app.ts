@@ -5,7 +5,8 @@ import { Hono } from 'hono';
 import { createCatalog } from '../../shared/catalog/catalog.js';
 import { type Config, type EventSink, FUNCTION_NAMES, type FunctionName } from '../../shared/config.js';
 import { AppError } from '../../shared/errors.js';
-import { errorBody } from '../../shared/kit/app.js';
+import { answerUnroutedWith, errorBody } from '../../shared/kit/app.js';
+import { allowedMethodsOf, IMPLEMENTED_METHODS } from '../../shared/kit/methods.js';
 import {
   createRuntime,
   ephemeralWebhookSecret,
@@ -14,7 +15,7 @@ import {
 } from '../../shared/kit/runtime.js';
 import { createLogger, type Logger } from '../../shared/log.js';
 import { createRegistry, type Registry } from '../../shared/metrics.js';
-import { loadFileRegistry, type ProjectRegistry } from '../../shared/registry.js';
+import { createFileRegistry, type ProjectRegistry, type ReloadableRegistry } from '../../shared/registry.js';
 import { createApp as createDump } from '../dump/app.js';
 import { createApp as createMigrate } from '../migrate/app.js';
 import { createApp as createProbe } from '../probe/app.js';
@@ -42,6 +43,8 @@ export interface AllInOne {
   app: Hono;
   functions: Record<FunctionName, FunctionApp>;
   runtimes: Record<FunctionName, Runtime>;
+  /** The registry the five functions share (reloadable when it is the file's). */
+  registry: ProjectRegistry | ReloadableRegistry;
   /** Where loopback events are sent; set once the server listens (the port may be chosen by the OS). */
   setBaseUrl(url: string): void;
   start(): Promise<void>;
@@ -53,9 +56,9 @@ export function createAllInOne(
   env: NodeJS.ProcessEnv,
   options: AllInOneOptions = {},
 ): AllInOne {
-  const log = options.log ?? createLogger('flux-ops', { level: config.FLUX_LOG_LEVEL });
+  const log = options.log ?? createLogger('flux-ops', { level: config.FLUX_LOG_LEVEL, fn: null });
   const metrics = options.metrics ?? createRegistry();
-  const registry = options.registry ?? loadFileRegistry(config.FLUX_PROJECTS_FILE);
+  const registry = options.registry ?? createFileRegistry(config.FLUX_PROJECTS_FILE, { log });
   const catalog = createCatalog({
     root: config.FLUX_BACKUPS_LOCAL_DIR,
     log,
@@ -100,19 +103,37 @@ export function createAllInOne(
     const ok = results.every(([, r]) => r.status === 200);
     return c.json({ ok, functions: Object.fromEntries(results) }, ok ? 200 : 503);
   });
+  // The process's one scrape path: every function's series (they share the registry) and the defaults.
   app.get('/metrics', async (c) => {
     c.header('content-type', metrics.contentType);
     return c.body(await metrics.metrics());
   });
   registerStatusRoutes(app);
-  app.all('*', async (c) => {
+  const ownMethods = allowedMethodsOf(app);
+  const functionMethods = Object.fromEntries(
+    FUNCTION_NAMES.map((name) => [name, allowedMethodsOf(functions[name].app)]),
+  ) as Record<FunctionName, (path: string) => string[]>;
+  app.all('*', async function mounted(c) {
     const url = new URL(c.req.url);
     const route = routeOf(url.pathname);
-    if (!route)
+    if (!route) return answerUnroutedWith(c, ownMethods(url.pathname), undefined);
+    // One scrape path per process: the functions share one registry, so a /<fn>/metrics would be the
+    // whole registry again and a scrape of two of them would count every series twice.
+    if (route.path === '/metrics' || route.path === '/metrics/') {
       return c.json(
-        errorBody(new AppError('not_found', `no route ${c.req.method} ${url.pathname.slice(0, 200)}`)),
+        errorBody(
+          new AppError(
+            'not_found',
+            `the all-in-one process has one scrape path for all its functions: GET /metrics (not ${url.pathname.slice(0, 64)})`,
+          ),
+        ),
         404,
       );
+    }
+    // Only methods a route can serve are handed on: fetch's Request refuses TRACE and CONNECT outright,
+    // and the function's own route table answers every other method the same way its process would.
+    if (!IMPLEMENTED_METHODS.has(c.req.method))
+      return answerUnroutedWith(c, functionMethods[route.fn](route.path), undefined);
     url.pathname = route.path;
     return functions[route.fn].app.fetch(new Request(url, c.req.raw));
   });
@@ -121,6 +142,7 @@ export function createAllInOne(
     app,
     functions,
     runtimes,
+    registry,
     setBaseUrl(url) {
       baseUrl = url.replace(/\/$/, '');
     },

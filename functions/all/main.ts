@@ -5,7 +5,8 @@ import { createLogger } from '../../shared/log.js';
 import { createAllInOne } from './app.js';
 
 const config = loadConfigOrExit(process.env, { profile: 'embedded' });
-const log = createLogger('flux-ops', { level: config.FLUX_LOG_LEVEL });
+// No `fn` of its own: each mounted function's child logger binds one (one `fn` per line).
+const log = createLogger('flux-ops', { level: config.FLUX_LOG_LEVEL, fn: null });
 const all = createAllInOne(config, process.env, { log });
 all.setBaseUrl(`http://127.0.0.1:${config.FLUX_PORT}`);
 await serveProcess({
@@ -17,4 +18,5 @@ await serveProcess({
   graceMs: config.FLUX_SHUTDOWN_GRACE_MS,
   start: all.start,
   stop: all.stop,
+  registry: all.registry,
 });

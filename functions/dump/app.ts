@@ -8,7 +8,7 @@ import { STREAM_CHUNK_BYTES } from '../../shared/atomic.js';
 import { parseBackupId, parseProjectHash, parseProjectId } from '../../shared/catalog/ids.js';
 import { AppError } from '../../shared/errors.js';
 import { createKit, readJson } from '../../shared/kit/app.js';
-import { dirWritableCheck, toolCheck } from '../../shared/kit/readiness.js';
+import { dirWritableCheck, registryCheck, toolCheck } from '../../shared/kit/readiness.js';
 import type { FunctionApp, Runtime } from '../../shared/kit/runtime.js';
 import { requireProjectByHash } from '../../shared/registry.js';
 import { createDumper } from './dumper.js';
@@ -31,17 +31,7 @@ export function createApp(rt: Runtime): FunctionApp {
     checks: () => [
       toolCheck('pg_dump', () => rt.env.PATH),
       dirWritableCheck(config.FLUX_BACKUPS_LOCAL_DIR, 'FLUX_BACKUPS_LOCAL_DIR'),
-      {
-        name: 'registry',
-        async run() {
-          const n = registry.list().length;
-          return {
-            ok: true,
-            detail: `${n} project${n === 1 ? '' : 's'} from ${config.FLUX_PROJECTS_FILE}`,
-            projects: n,
-          };
-        },
-      },
+      registryCheck(registry, config.FLUX_PROJECTS_FILE),
     ],
     handlers: {
       'flux.backup.requested': async (event) => {

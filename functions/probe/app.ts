@@ -6,6 +6,7 @@ import { isSlug } from '../../shared/catalog/ids.js';
 import { redactUrl } from '../../shared/config.js';
 import { AppError } from '../../shared/errors.js';
 import { createKit, readJson } from '../../shared/kit/app.js';
+import { registryCheck } from '../../shared/kit/readiness.js';
 import type { FunctionApp, Runtime } from '../../shared/kit/runtime.js';
 import { createMonitor } from './monitor.js';
 import { createProber, type Prober } from './prober.js';
@@ -59,17 +60,11 @@ export function createApp(rt: Runtime, options: ProbeAppOptions = {}): FunctionA
           return { ok: true, detail: `CA certificates from ${parts.join(', ')}`, sources: trust.sources };
         },
       },
-      {
-        name: 'registry',
-        async run() {
-          const n = monitor.targets().length;
-          return {
-            ok: true,
-            detail: `${n} tenant${n === 1 ? '' : 's'} with an apiHost in ${config.FLUX_PROJECTS_FILE}`,
-            tenants: n,
-          };
-        },
-      },
+      registryCheck(registry, config.FLUX_PROJECTS_FILE, {
+        count: () => monitor.targets().length,
+        nouns: ['tenant with an apiHost', 'tenants with an apiHost'],
+        field: 'tenants',
+      }),
     ],
     handlers: {
       // A migrated tenant moved: probe it at once rather than at the next cycle.

@@ -95,7 +95,7 @@ export function createMonitor(rt: Runtime, prober: Prober): Monitor {
     ...labels,
     'phase',
   ]);
-  const failures = counter(metrics, 'probe_failures_total', 'Failed probes by bounded reason', [
+  const failures = counter(metrics, 'flux_probe_failures_total', 'Failed probes by bounded reason', [
     ...labels,
     'reason',
   ]);

@@ -2,7 +2,7 @@
 // (with the operator's next step), and the up/down state machine that turns results into transition
 // events with flap suppression.
 
-/** The bounded `reason` label of probe_failures_total and of probe_failed events. */
+/** The bounded `reason` label of flux_probe_failures_total and of probe_failed events. */
 export const FAILURE_REASONS = [
   'dns',
   'connect',

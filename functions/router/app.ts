@@ -10,7 +10,8 @@ import type { ContentfulStatusCode } from 'hono/utils/http-status';
 import { Agent, type Dispatcher, request } from 'undici';
 import { type Config, FUNCTION_NAMES, type FunctionName, redactUrl, SECOND_MS } from '../../shared/config.js';
 import { AppError, errnoOf, isAppError } from '../../shared/errors.js';
-import { errorBody } from '../../shared/kit/app.js';
+import { answerUnroutedWith, errorBody } from '../../shared/kit/app.js';
+import { allowedMethodsOf, isRecognisedMethod, notImplemented } from '../../shared/kit/methods.js';
 import type { Logger } from '../../shared/log.js';
 import { counter, DURATION_BUCKETS_S, histogram, type Registry } from '../../shared/metrics.js';
 import { routeOf } from '../all/routes.js';
@@ -200,15 +201,14 @@ export function createRouter(options: RouterOptions): Router {
 
   registerStatusRoutes(app);
 
+  const ownMethods = allowedMethodsOf(app);
   app.all('*', async function forward(c) {
     const url = new URL(c.req.url);
     const route = routeOf(url.pathname);
-    if (!route) {
-      return c.json(
-        errorBody(new AppError('not_found', `no route ${c.req.method} ${url.pathname.slice(0, 200)}`)),
-        404,
-      );
-    }
+    if (!route) return answerUnroutedWith(c, ownMethods(url.pathname), undefined);
+    // A method no function implements is answered here; the others go on, so the function's route table
+    // says 405 or 404 as its own process would.
+    if (!isRecognisedMethod(c.req.method)) return respondUnimplemented(c);
     const offered = c.req.header('x-request-id');
     const requestId = offered && REQUEST_ID.test(offered) ? offered : randomUUID();
     const headers = forwardedHeaders(c.req.raw.headers);
@@ -307,6 +307,11 @@ export function createRouter(options: RouterOptions): Router {
       await dispatcher.destroy();
     },
   };
+}
+
+function respondUnimplemented(c: Context): Response {
+  const error = notImplemented(c.req.method);
+  return c.json(errorBody(error), error.status as ContentfulStatusCode);
 }
 
 /** A short, secret-free reason an upstream could not be reached (errno or undici code). */

@@ -1,6 +1,7 @@
 // Durable at-least-once delivery: every (event, sink) pair is a file under FLUX_STATE_DIR before it is
-// sent; retries back off (honouring Retry-After); after the last attempt it becomes a dead letter that
-// can be replayed. A restart resumes from the files.
+// sent; retries follow a schedule (FLUX_OUTBOX_RETRY_SCHEDULE_MS, honouring Retry-After); after the last
+// attempt it becomes a dead letter that can be replayed. A restart resumes from the files. The files name
+// a sink by its id, never by its URL (which may carry credentials): the URL lives in the config only.
 import { createHash } from 'node:crypto';
 import { readdir, readFile, rm } from 'node:fs/promises';
 import path from 'node:path';
@@ -8,13 +9,21 @@ import { ensureDir, fsyncDir, writeJsonAtomic } from '../atomic.js';
 import { type EventSink, redactUrl } from '../config.js';
 import { errnoOf } from '../errors.js';
 import type { Logger } from '../log.js';
-import { counter, gauge, type Registry } from '../metrics.js';
+import { counter, Gauge, gauge, metric, type Registry } from '../metrics.js';
 import { CLOUDEVENTS_CONTENT_TYPE, type CloudEvent, typeMatches } from './envelope.js';
+import type { EventLog } from './eventlog.js';
 import { signWebhook } from './signature.js';
+
+export interface SinkRef {
+  /** The sink's name, or url-<sha256 of its URL> for an unnamed one: what the outbox files record. */
+  id: string;
+  /** How logs and listings show it: its name, or its URL with credentials removed. */
+  shown: string;
+}
 
 export interface Delivery {
   event: CloudEvent;
-  sink: { url: string; name?: string | undefined };
+  sink: SinkRef;
   attempts: number;
   createdAt: string;
   nextAttemptAt: number;
@@ -29,11 +38,14 @@ export interface OutboxOptions {
   secrets: readonly string[];
   log: Logger;
   metrics: Registry;
-  maxAttempts: number;
-  baseDelayMs: number;
-  maxDelayMs: number;
+  /** Delay before each attempt (FLUX_OUTBOX_RETRY_SCHEDULE_MS); its length is the number of attempts. */
+  retryScheduleMs: readonly number[];
+  /** The function label of the per-sink metrics (default: the outbox directory's name). */
+  fn?: string;
   concurrency?: number;
   requestTimeoutMs?: number;
+  /** Where every enqueued event is kept for tail and replay --since (else a small buffer in memory). */
+  eventLog?: EventLog;
 }
 
 export interface Outbox {
@@ -41,21 +53,54 @@ export interface Outbox {
   enqueue(event: CloudEvent): Promise<number>;
   start(): Promise<void>;
   stop(): Promise<void>;
-  /** Resolves when nothing is pending or in flight (tests, shutdown). */
+  /** Resolves when nothing is being enqueued, pending or in flight (tests, shutdown). */
   idle(timeoutMs?: number): Promise<boolean>;
   depth(): number;
-  /** The most recent events enqueued by this process (oldest first), for `flux-ops events tail`. */
-  recent(): readonly CloudEvent[];
+  /** The events enqueued, oldest first, from the event log (so they outlive a restart): `events tail`. */
+  recent(): Promise<readonly CloudEvent[]>;
+  /** Sends every logged event whose time is at or after `sinceMs` again to the sinks matching it now. */
+  replaySince(sinceMs: number): Promise<{ events: number; deliveries: number }>;
   deadLetters(): Promise<Array<Delivery & { file: string }>>;
   /** Moves dead letters (all, or those of one event id) back to pending. */
   replay(eventId?: string): Promise<number>;
+  /** Each configured sink's delivery state, for /readyz. */
+  sinkStates(): Promise<SinkState[]>;
+}
+
+export interface SinkState {
+  sink: string;
+  /** ok: nothing waiting on a failure; retrying: a delivery failed and waits for its next attempt; dead_letters: some gave up. */
+  state: 'ok' | 'retrying' | 'dead_letters';
+  pending: number;
+  dead: number;
+  /** Age of the oldest delivery still waiting for this sink. */
+  lagSeconds: number;
+  lastStatus?: number;
+  lastError?: string;
+  lastDeliveredAt?: string;
 }
 
 const RECENT_EVENTS = 500;
 const PERMANENT_4XX_EXCEPTIONS = new Set([408, 425, 429]);
+/** Jitter lengthens each scheduled delay by up to this share, never shortens it. */
+export const RETRY_JITTER_RATIO = 0.1;
+/** A Retry-After beyond this is taken as this (a receiver's typo must not park an event for a year). */
+export const MAX_RETRY_AFTER_MS = 24 * 60 * 60 * 1000;
+/**
+ * The error code our inbox answers 409 with while it handles the same webhook-id (inbox.ts): the event
+ * is not yet taken, so it is retried. Any other 409 means the receiver already has it: delivered.
+ */
+export const IN_PROGRESS_CODE = 'conflict';
 
-function deliveryName(event: CloudEvent, sinkUrl: string): string {
-  const sinkKey = createHash('sha256').update(sinkUrl).digest('hex').slice(0, 12);
+export function sinkRefOf(sink: { url: string; name?: string | undefined }): SinkRef {
+  return {
+    id: sink.name ?? `url-${createHash('sha256').update(sink.url).digest('hex').slice(0, 16)}`,
+    shown: sink.name ?? redactUrl(sink.url),
+  };
+}
+
+function deliveryName(event: CloudEvent, sinkId: string): string {
+  const sinkKey = createHash('sha256').update(sinkId).digest('hex').slice(0, 12);
   return `${event.id}~${sinkKey}.json`;
 }
 
@@ -67,21 +112,65 @@ export function retryAfterMs(header: string | null, now: number = Date.now()): n
   return Number.isNaN(at) ? undefined : Math.max(0, at - now);
 }
 
-export function backoffMs(attempt: number, baseMs: number, maxMs: number): number {
-  const exp = Math.min(maxMs, baseMs * 2 ** Math.max(0, attempt - 1));
-  return Math.round(exp / 2 + Math.random() * (exp / 2));
+/**
+ * The wait before attempt `attempt + 1` after `attempt` failed: the schedule's step lengthened by jitter,
+ * or the receiver's Retry-After when longer. Undefined when the schedule is used up (a dead letter).
+ */
+export function retryDelayMs(
+  schedule: readonly number[],
+  attempt: number,
+  retryAfter: number | undefined,
+  random: () => number = Math.random,
+): number | undefined {
+  const step = schedule[attempt];
+  if (step === undefined) return undefined;
+  const jittered = Math.round(step * (1 + RETRY_JITTER_RATIO * random()));
+  return Math.max(jittered, Math.min(retryAfter ?? 0, MAX_RETRY_AFTER_MS));
 }
+
+/** The `code` of a JSON error body, if it is one. */
+function errorCodeOf(text: string): string | undefined {
+  try {
+    const code = (JSON.parse(text) as { code?: unknown }).code;
+    return typeof code === 'string' ? code : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+interface SinkStats {
+  lastStatus?: number;
+  lastError?: string;
+  lastDeliveredAt?: string;
+  dead: number;
+}
+
+// The lag gauge is read at scrape time from every outbox sharing the registry (the all-in-one's five).
+const lagSources = new WeakMap<Registry, Set<(g: Gauge) => void>>();
 
 export function createOutbox(options: OutboxOptions): Outbox {
   const pendingDir = path.join(options.dir, 'pending');
   const deadDir = path.join(options.dir, 'dead');
   const concurrency = options.concurrency ?? 8;
+  const fn = options.fn ?? path.basename(options.dir);
   const pending = new Map<string, Delivery>();
   const inFlight = new Set<string>();
   let timer: NodeJS.Timeout | undefined;
   let stopped = true;
   const idleWaiters = new Set<() => void>();
+  /** Enqueues between their start and their deliveries being pending (the event log write, persist). */
+  let enqueuing = 0;
+  const isIdle = () => pending.size === 0 && inFlight.size === 0 && enqueuing === 0;
   const recentEvents: CloudEvent[] = [];
+  const stats = new Map<string, SinkStats>();
+  const statsOf = (id: string): SinkStats => {
+    let s = stats.get(id);
+    if (!s) {
+      s = { dead: 0 };
+      stats.set(id, s);
+    }
+    return s;
+  };
 
   const deliveries = counter(
     options.metrics,
@@ -89,14 +178,63 @@ export function createOutbox(options: OutboxOptions): Outbox {
     'Event delivery attempts by result',
     ['type', 'result'],
   );
+  const sinkDeliveries = counter(
+    options.metrics,
+    'flux_events_sink_deliveries_total',
+    'Delivery attempts per sink: delivered, failed (to be retried) or dead (gave up)',
+    ['fn', 'sink', 'result'],
+  );
+  const sinkDead = gauge(options.metrics, 'flux_events_sink_dead_letters', 'Dead letters kept per sink', [
+    'fn',
+    'sink',
+  ]);
   const depthGauge = gauge(options.metrics, 'flux_events_outbox_depth', 'Deliveries waiting in the outbox', [
     'dir',
   ]);
   const deadGauge = gauge(options.metrics, 'flux_events_dead_letters', 'Deliveries kept as dead letters', [
     'dir',
   ]);
+  metric(
+    options.metrics,
+    'flux_events_sink_lag_seconds',
+    (registers) =>
+      new Gauge({
+        name: 'flux_events_sink_lag_seconds',
+        help: 'Age of the oldest delivery still waiting for each sink (0 when none waits)',
+        labelNames: ['fn', 'sink'],
+        registers,
+        collect() {
+          this.reset();
+          for (const report of lagSources.get(options.metrics) ?? []) report(this);
+        },
+      }),
+  );
+  let sources = lagSources.get(options.metrics);
+  if (!sources) {
+    sources = new Set();
+    lagSources.set(options.metrics, sources);
+  }
+  sources.add((g) => {
+    for (const [id, lag] of lagBySink()) g.set({ fn, sink: id }, lag);
+  });
+
   const label = { dir: path.basename(options.dir) };
   const updateDepth = () => depthGauge.set(label, pending.size);
+
+  function configuredSinks(): Map<string, EventSink> {
+    return new Map(options.sinks().map((s) => [sinkRefOf(s).id, s]));
+  }
+
+  function lagBySink(): Map<string, number> {
+    const now = Date.now();
+    const out = new Map<string, number>();
+    for (const id of configuredSinks().keys()) out.set(id, 0);
+    for (const d of pending.values()) {
+      const age = Math.max(0, (now - Date.parse(d.createdAt)) / 1000);
+      out.set(d.sink.id, Math.max(out.get(d.sink.id) ?? 0, age));
+    }
+    return out;
+  }
 
   async function persist(name: string, delivery: Delivery): Promise<void> {
     await writeJsonAtomic(path.join(pendingDir, name), delivery);
@@ -106,7 +244,7 @@ export function createOutbox(options: OutboxOptions): Outbox {
     if (stopped) return;
     if (timer) clearTimeout(timer);
     timer = undefined;
-    if (pending.size === 0 && inFlight.size === 0) {
+    if (isIdle()) {
       for (const resolve of idleWaiters) resolve();
       idleWaiters.clear();
       return;
@@ -129,13 +267,45 @@ export function createOutbox(options: OutboxOptions): Outbox {
     }
   }
 
+  async function bury(name: string, d: Delivery, why: string): Promise<void> {
+    deliveries.inc({ type: d.event.type, result: 'dead' });
+    sinkDeliveries.inc({ fn, sink: d.sink.id, result: 'dead' });
+    d.deadAt = new Date().toISOString();
+    await ensureDir(deadDir);
+    await writeJsonAtomic(path.join(deadDir, name), d);
+    await rm(path.join(pendingDir, name), { force: true });
+    pending.delete(name);
+    updateDepth();
+    deadGauge.inc(label);
+    statsOf(d.sink.id).dead += 1;
+    sinkDead.set({ fn, sink: d.sink.id }, statsOf(d.sink.id).dead);
+    options.log.error(
+      {
+        eventId: d.event.id,
+        type: d.event.type,
+        sink: d.sink.shown,
+        attempts: d.attempts,
+        status: d.lastStatus,
+        error: d.lastError,
+      },
+      `event delivery gave up${why}; kept as a dead letter: replay with \`flux-ops events replay\``,
+    );
+  }
+
   async function attempt(name: string, d: Delivery): Promise<void> {
+    const sink = configuredSinks().get(d.sink.id);
+    if (!sink) {
+      d.lastError = `sink ${d.sink.shown} is no longer configured (FLUX_EVENT_SINKS)`;
+      await bury(name, d, ' (its sink is no longer configured)');
+      return;
+    }
     const body = JSON.stringify(d.event);
     let status: number | undefined;
     let retryAfter: number | undefined;
     let error: string | undefined;
+    let code: string | undefined;
     try {
-      const response = await fetch(d.sink.url, {
+      const response = await fetch(sink.url, {
         method: 'POST',
         headers: {
           'content-type': CLOUDEVENTS_CONTENT_TYPE,
@@ -146,8 +316,11 @@ export function createOutbox(options: OutboxOptions): Outbox {
       });
       status = response.status;
       retryAfter = retryAfterMs(response.headers.get('retry-after'));
-      if (!response.ok) error = `HTTP ${status}: ${(await response.text().catch(() => '')).slice(0, 300)}`;
-      else await response.arrayBuffer().catch(() => undefined);
+      if (!response.ok) {
+        const text = await response.text().catch(() => '');
+        code = errorCodeOf(text);
+        error = `HTTP ${status}: ${text.slice(0, 300)}`;
+      } else await response.arrayBuffer().catch(() => undefined);
     } catch (e) {
       error =
         (e as Error).name === 'TimeoutError'
@@ -155,47 +328,41 @@ export function createOutbox(options: OutboxOptions): Outbox {
           : (((e as Error).cause as Error)?.message ?? (e as Error).message);
     }
     d.attempts += 1;
-    const sinkShown = redactUrl(d.sink.url);
-    // 2xx delivered; 409 means the receiver already has this webhook-id (idempotent: delivered).
-    if (status !== undefined && ((status >= 200 && status < 300) || status === 409)) {
+    const sinkStats = statsOf(d.sink.id);
+    if (status !== undefined) sinkStats.lastStatus = status;
+    // 2xx delivered; a 409 means the receiver already has this webhook-id (idempotent: delivered), unless
+    // it says the same id is being handled right now: then it is not taken yet and is retried.
+    const inProgress = status === 409 && code === IN_PROGRESS_CODE;
+    if (status !== undefined && ((status >= 200 && status < 300) || (status === 409 && !inProgress))) {
       deliveries.inc({ type: d.event.type, result: 'delivered' });
+      sinkDeliveries.inc({ fn, sink: d.sink.id, result: 'delivered' });
+      sinkStats.lastDeliveredAt = new Date().toISOString();
+      delete sinkStats.lastError;
       pending.delete(name);
       updateDepth();
       await rm(path.join(pendingDir, name), { force: true });
       options.log.debug(
-        { eventId: d.event.id, type: d.event.type, sink: sinkShown, status },
+        { eventId: d.event.id, type: d.event.type, sink: d.sink.shown, status },
         'event delivered',
       );
       return;
     }
     const permanent =
-      status !== undefined && status >= 400 && status < 500 && !PERMANENT_4XX_EXCEPTIONS.has(status);
+      !inProgress &&
+      status !== undefined &&
+      status >= 400 &&
+      status < 500 &&
+      !PERMANENT_4XX_EXCEPTIONS.has(status);
     d.lastError = error ?? 'unknown';
+    sinkStats.lastError = d.lastError;
     if (status !== undefined) d.lastStatus = status;
-    if (permanent || d.attempts >= options.maxAttempts) {
-      deliveries.inc({ type: d.event.type, result: 'dead' });
-      d.deadAt = new Date().toISOString();
-      await ensureDir(deadDir);
-      await writeJsonAtomic(path.join(deadDir, name), d);
-      await rm(path.join(pendingDir, name), { force: true });
-      pending.delete(name);
-      updateDepth();
-      deadGauge.inc(label);
-      options.log.error(
-        {
-          eventId: d.event.id,
-          type: d.event.type,
-          sink: sinkShown,
-          attempts: d.attempts,
-          status,
-          error: d.lastError,
-        },
-        `event delivery gave up${permanent ? ' (the receiver refused it)' : ''}; kept as a dead letter: replay with \`flux-ops events replay\``,
-      );
+    const delay = permanent ? undefined : retryDelayMs(options.retryScheduleMs, d.attempts, retryAfter);
+    if (delay === undefined) {
+      await bury(name, d, permanent ? ' (the receiver refused it)' : '');
       return;
     }
     deliveries.inc({ type: d.event.type, result: 'retry' });
-    const delay = Math.max(backoffMs(d.attempts, options.baseDelayMs, options.maxDelayMs), retryAfter ?? 0);
+    sinkDeliveries.inc({ fn, sink: d.sink.id, result: 'failed' });
     d.nextAttemptAt = Date.now() + delay;
     await persist(name, d).catch((e) =>
       options.log.error({ err: e }, 'outbox: could not persist retry state'),
@@ -204,7 +371,7 @@ export function createOutbox(options: OutboxOptions): Outbox {
       {
         eventId: d.event.id,
         type: d.event.type,
-        sink: sinkShown,
+        sink: d.sink.shown,
         attempts: d.attempts,
         status,
         error: d.lastError,
@@ -225,7 +392,14 @@ export function createOutbox(options: OutboxOptions): Outbox {
     const out: Array<[string, Delivery]> = [];
     for (const name of names) {
       try {
-        out.push([name, JSON.parse(await readFile(path.join(dir, name), 'utf8')) as Delivery]);
+        const d = JSON.parse(await readFile(path.join(dir, name), 'utf8')) as Delivery;
+        // Files of an earlier version held the sink's URL: rewritten without it on first read.
+        const legacy = d.sink as unknown as { url?: string; name?: string };
+        if (typeof legacy.url === 'string') {
+          d.sink = sinkRefOf({ url: legacy.url, name: legacy.name });
+          await writeJsonAtomic(path.join(dir, name), d);
+        }
+        out.push([name, d]);
       } catch (error) {
         options.log.error({ file: name, err: error }, 'outbox: unreadable delivery file left in place');
       }
@@ -233,35 +407,63 @@ export function createOutbox(options: OutboxOptions): Outbox {
     return out;
   }
 
+  /** One pending delivery per sink that takes the event's type, durable before it resolves. */
+  async function deliver(event: CloudEvent): Promise<number> {
+    const sinks = options.sinks().filter((s) => typeMatches(event.type, s.types));
+    if (sinks.length === 0) return 0;
+    await ensureDir(pendingDir);
+    const now = Date.now();
+    for (const sink of sinks) {
+      const ref = sinkRefOf(sink);
+      const name = deliveryName(event, ref.id);
+      const delivery: Delivery = {
+        event,
+        sink: ref,
+        attempts: 0,
+        createdAt: new Date(now).toISOString(),
+        nextAttemptAt: now + (options.retryScheduleMs[0] ?? 0),
+      };
+      await persist(name, delivery);
+      pending.set(name, delivery);
+    }
+    updateDepth();
+    schedule();
+    return sinks.length;
+  }
+
   return {
     async enqueue(event) {
-      recentEvents.push(event);
-      if (recentEvents.length > RECENT_EVENTS) recentEvents.splice(0, recentEvents.length - RECENT_EVENTS);
-      const sinks = options.sinks().filter((s) => typeMatches(event.type, s.types));
-      if (sinks.length === 0) return 0;
-      await ensureDir(pendingDir);
-      for (const sink of sinks) {
-        const name = deliveryName(event, sink.url);
-        const delivery: Delivery = {
-          event,
-          sink: { url: sink.url, name: sink.name },
-          attempts: 0,
-          createdAt: new Date().toISOString(),
-          nextAttemptAt: Date.now(),
-        };
-        await persist(name, delivery);
-        pending.set(name, delivery);
+      // Counted from the first moment: an event being logged and persisted is not idle yet.
+      enqueuing += 1;
+      try {
+        if (options.eventLog) await options.eventLog.append(event);
+        else {
+          recentEvents.push(event);
+          if (recentEvents.length > RECENT_EVENTS)
+            recentEvents.splice(0, recentEvents.length - RECENT_EVENTS);
+        }
+        return await deliver(event);
+      } finally {
+        enqueuing -= 1;
+        schedule();
       }
-      updateDepth();
-      schedule();
-      return sinks.length;
+    },
+
+    async replaySince(sinceMs) {
+      const events = options.eventLog ? await options.eventLog.since(sinceMs) : [];
+      let deliveries = 0;
+      for (const event of events) deliveries += await deliver(event);
+      return { events: events.length, deliveries };
     },
 
     async start() {
       await ensureDir(pendingDir);
       await ensureDir(deadDir);
       for (const [name, d] of await loadDir(pendingDir)) pending.set(name, d);
-      deadGauge.set(label, (await loadDir(deadDir)).length);
+      const dead = await loadDir(deadDir);
+      deadGauge.set(label, dead.length);
+      for (const [, d] of dead) statsOf(d.sink.id).dead += 1;
+      for (const [id, s] of stats) sinkDead.set({ fn, sink: id }, s.dead);
       updateDepth();
       stopped = false;
       schedule();
@@ -276,7 +478,7 @@ export function createOutbox(options: OutboxOptions): Outbox {
     },
 
     idle(timeoutMs = 30_000) {
-      if (pending.size === 0 && inFlight.size === 0) return Promise.resolve(true);
+      if (isIdle()) return Promise.resolve(true);
       return new Promise((resolve) => {
         const done = () => {
           clearTimeout(t);
@@ -292,7 +494,7 @@ export function createOutbox(options: OutboxOptions): Outbox {
 
     depth: () => pending.size,
 
-    recent: () => recentEvents,
+    recent: async () => (options.eventLog ? options.eventLog.events() : recentEvents),
 
     async deadLetters() {
       return (await loadDir(deadDir)).map(([file, d]) => ({ ...d, file }));
@@ -307,6 +509,9 @@ export function createOutbox(options: OutboxOptions): Outbox {
         await persist(name, revived);
         await rm(path.join(deadDir, name), { force: true });
         pending.set(name, revived);
+        const s = statsOf(d.sink.id);
+        s.dead = Math.max(0, s.dead - 1);
+        sinkDead.set({ fn, sink: d.sink.id }, s.dead);
         moved += 1;
       }
       if (moved > 0) {
@@ -316,6 +521,34 @@ export function createOutbox(options: OutboxOptions): Outbox {
         schedule();
       }
       return moved;
+    },
+
+    async sinkStates() {
+      const lags = lagBySink();
+      const shown = new Map<string, string>();
+      for (const [id, s] of configuredSinks()) shown.set(id, sinkRefOf(s).shown);
+      const counts = new Map<string, { pending: number; retrying: number }>();
+      for (const d of pending.values()) {
+        const c = counts.get(d.sink.id) ?? { pending: 0, retrying: 0 };
+        c.pending += 1;
+        if (d.attempts > 0) c.retrying += 1;
+        counts.set(d.sink.id, c);
+        if (!shown.has(d.sink.id)) shown.set(d.sink.id, d.sink.shown);
+      }
+      return [...shown].map(([id, name]): SinkState => {
+        const s = stats.get(id) ?? { dead: 0 };
+        const c = counts.get(id) ?? { pending: 0, retrying: 0 };
+        return {
+          sink: name,
+          state: c.retrying > 0 ? 'retrying' : s.dead > 0 ? 'dead_letters' : 'ok',
+          pending: c.pending,
+          dead: s.dead,
+          lagSeconds: Math.round((lags.get(id) ?? 0) * 1000) / 1000,
+          ...(s.lastStatus !== undefined ? { lastStatus: s.lastStatus } : {}),
+          ...(s.lastError !== undefined ? { lastError: s.lastError.slice(0, 300) } : {}),
+          ...(s.lastDeliveredAt !== undefined ? { lastDeliveredAt: s.lastDeliveredAt } : {}),
+        };
+      });
     },
   };
 }

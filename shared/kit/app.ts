@@ -8,13 +8,14 @@ import { HTTPException } from 'hono/http-exception';
 import type { ContentfulStatusCode } from 'hono/utils/http-status';
 import type { z } from 'zod';
 import type { ApiToken, Config, FunctionName, Scope } from '../config.js';
-import { AppError, isAppError } from '../errors.js';
+import { AppError, errnoOf, isAppError } from '../errors.js';
 import type { CloudEvent, EventType } from '../events/envelope.js';
 import type { Inbox } from '../events/inbox.js';
 import type { Outbox } from '../events/outbox.js';
 import type { Logger } from '../log.js';
 import { counter, DURATION_BUCKETS_S, histogram, type Registry } from '../metrics.js';
 import { createAuthenticator, createRateLimiter, requireScopeOf } from './auth.js';
+import { allowedMethodsOf, answerUnrouted } from './methods.js';
 import { type ReadyCheck, runChecks } from './readiness.js';
 
 export type AppEnv = { Variables: { requestId: string; token?: ApiToken } };
@@ -59,8 +60,52 @@ function eventIdQuery(c: Context<AppEnv>, name: 'after' | 'id'): string | undefi
   );
 }
 
+/** The most events one GET /events/recent returns (the newest). */
+export const RECENT_EVENTS_MAX = 1000;
+
+/** `?since=` as epoch ms: an ISO 8601 time with a zone (what the CLI sends). */
+function sinceQuery(c: Context<AppEnv>): number | undefined {
+  const value = c.req.query('since');
+  if (value === undefined || value === '') return undefined;
+  const ms = /^\d{4}-\d{2}-\d{2}T[\d:.]+(Z|[+-]\d{2}:\d{2})$/.test(value) ? Date.parse(value) : Number.NaN;
+  if (Number.isNaN(ms)) {
+    const shown = JSON.stringify(value.length > 64 ? `${value.slice(0, 64)}…` : value);
+    throw new AppError(
+      'bad_request',
+      `since=${shown} is not an ISO 8601 time with a zone, e.g. 2026-12-01T10:00:00Z`,
+    );
+  }
+  return ms;
+}
+
 export function errorBody(error: AppError, requestId?: string): Record<string, unknown> {
   return { ...error.toJSON(), ...(requestId ? { requestId } : {}) };
+}
+
+/**
+ * The request's client went away: the body stream failed because the connection closed (the node
+ * server aborts the request's signal then; Node's own error for it is ECONNRESET "aborted").
+ */
+export function isClientAbort(c: Context, error: unknown): boolean {
+  if (isAppError(error)) return false;
+  return (
+    c.req.raw.signal.aborted || (errnoOf(error) === 'ECONNRESET' && (error as Error).message === 'aborted')
+  );
+}
+
+/** 405 with Allow, 204 for OPTIONS, 404 or 501 for a request no route of the door matched. */
+export function answerUnroutedWith(
+  c: Context,
+  allowed: readonly string[],
+  requestId: string | undefined,
+): Response {
+  const answer = answerUnrouted(c.req.method, c.req.path, allowed);
+  if (answer.kind === 'options') {
+    c.header('Allow', answer.allow.join(', '));
+    return c.body(null, 204);
+  }
+  if (answer.allow) c.header('Allow', answer.allow.join(', '));
+  return c.json(errorBody(answer.error, requestId), answer.error.status as ContentfulStatusCode);
 }
 
 export function respondError(c: Context<AppEnv>, error: AppError): Response {
@@ -172,6 +217,17 @@ export function createKit(options: KitOptions): Kit {
   );
 
   app.onError((error, c) => {
+    if (isClientAbort(c, error)) {
+      // The client went away mid-request (most often mid-body): its doing, not a fault of ours.
+      log.info(
+        { requestId: c.get('requestId'), method: c.req.method, route: c.req.routePath },
+        'client closed',
+      );
+      return respondError(
+        c,
+        new AppError('client_closed', 'the client closed the connection', { cause: error }),
+      );
+    }
     if (isAppError(error)) {
       if (error.status >= 500)
         log.error({ requestId: c.get('requestId'), code: error.code, err: error }, error.message);
@@ -189,9 +245,10 @@ export function createKit(options: KitOptions): Kit {
     );
   });
 
-  app.notFound((c) =>
-    respondError(c, new AppError('not_found', `no route ${c.req.method} ${c.req.path.slice(0, 200)}`)),
-  );
+  const allowedMethods = allowedMethodsOf(app);
+  app.notFound(function unrouted(c) {
+    return answerUnroutedWith(c, allowedMethods(c.req.path), c.get('requestId'));
+  });
 
   function requireScope(scope: Scope): MiddlewareHandler<AppEnv> {
     return async function bearerScope(c, next) {
@@ -219,7 +276,9 @@ export function createKit(options: KitOptions): Kit {
 
   app.get('/readyz', async (c) => {
     const result = await runChecks(options.checks());
-    return c.json({ ...result, fn: name, outboxDepth: options.outbox.depth() }, result.ok ? 200 : 503);
+    // Sinks are reported, never a reason to be unready: a restart does not bring a receiver back.
+    const sinks = await options.outbox.sinkStates();
+    return c.json({ ...result, fn: name, outboxDepth: options.outbox.depth(), sinks }, result.ok ? 200 : 503);
   });
 
   app.get('/metrics', async (c) => {
@@ -264,7 +323,7 @@ export function createKit(options: KitOptions): Kit {
         id: d.event.id,
         type: d.event.type,
         subject: d.event.subject,
-        sink: d.sink.name ?? new URL(d.sink.url).host,
+        sink: d.sink.shown,
         attempts: d.attempts,
         lastStatus: d.lastStatus ?? null,
         lastError: d.lastError ?? null,
@@ -273,19 +332,32 @@ export function createKit(options: KitOptions): Kit {
     });
   });
 
-  // Events this process emitted, newest last; `?after=<event id>` returns only later ones (for tailing).
-  app.get('/events/recent', requireScope('events'), (c) => {
+  // Events this function emitted (its event log, so they outlive a restart), newest last, at most
+  // RECENT_EVENTS_MAX; `?after=<event id>` returns only later ones (for tailing).
+  app.get('/events/recent', requireScope('events'), async (c) => {
     const after = eventIdQuery(c, 'after');
-    const recent = options.outbox.recent();
+    const recent = await options.outbox.recent();
     const index = after ? recent.findIndex((e) => e.id === after) : -1;
-    // A cursor that fell out of the buffer: everything held is newer than it, and the client is told.
+    // A cursor that fell out of the log: everything held is newer than it, and the client is told.
     return c.json({
-      events: recent.slice(index + 1),
+      events: recent.slice(index + 1).slice(-RECENT_EVENTS_MAX),
       ...(after && index < 0 ? { cursorExpired: true } : {}),
     });
   });
 
+  // Dead letters back to the outbox (all, or `?id=`'s); `?since=<time>` instead sends every logged event
+  // of that time or later again, to the sinks that take it now (receivers dedupe by webhook-id).
   app.post('/events/replay', requireScope('events'), async (c) => {
+    const since = sinceQuery(c);
+    if (since !== undefined) {
+      if (c.req.query('id') !== undefined)
+        throw new AppError(
+          'bad_request',
+          'give either since= (logged events) or id= (a dead letter), not both',
+        );
+      const { events, deliveries } = await options.outbox.replaySince(since);
+      return c.json({ ok: true, replayed: deliveries, events, since: new Date(since).toISOString() });
+    }
     const replayed = await options.outbox.replay(eventIdQuery(c, 'id'));
     return c.json({ ok: true, replayed });
   });

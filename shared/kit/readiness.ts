@@ -3,6 +3,7 @@ import { randomBytes } from 'node:crypto';
 import { mkdir, rm, stat, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { errnoOf, isAppError, RUN_AS_UID } from '../errors.js';
+import type { ProjectRegistry } from '../registry.js';
 import { requireRelationKindProtection, requireTool } from '../tools.js';
 
 export interface CheckResult {
@@ -99,6 +100,53 @@ export function dirWritableCheck(dir: string, variable: string): ReadyCheck {
             '(FLUX_BACKUPS_LOCAL_DIR and FLUX_BACKUPS_OFFSITE_DIR must be writable by uid 1001 in the image)',
         };
       }
+    },
+  };
+}
+
+/**
+ * The registry as readiness reports it: never a reason to be unready (a restart would not add projects),
+ * but an empty or missing registry, or a reload that was refused, is a warning with what to do.
+ * `count` and `nouns` say what this function draws from it (projects, tenants with an apiHost).
+ */
+export function registryCheck(
+  registry: ProjectRegistry,
+  file: string,
+  options: { count?: () => number; nouns?: readonly [string, string]; field?: string } = {},
+): ReadyCheck {
+  return {
+    name: 'registry',
+    optional: true,
+    async run() {
+      const status = registry.status?.();
+      const n = options.count ? options.count() : registry.list().length;
+      const [one, many] = options.nouns ?? ['project', 'projects'];
+      const counted = `${n} ${n === 1 ? one : many}`;
+      const facts = {
+        [options.field ?? 'projects']: n,
+        ...(status ? { loadedAt: status.loadedAt } : {}),
+        ...(status?.refused ? { refused: status.refused } : {}),
+      };
+      if (status?.refused) {
+        return {
+          ok: false,
+          ...facts,
+          warning: 'reload_refused',
+          detail:
+            `${counted} from ${file} as loaded at ${status.loadedAt}; the reload at ${status.refused.at} ` +
+            `(${status.refused.reason}) was refused: ${status.refused.error}. Fix the file, then send SIGHUP ` +
+            'or wait for the next check of the file',
+        };
+      }
+      if (registry.list().length === 0) {
+        return {
+          ok: false,
+          ...facts,
+          warning: status?.missing ? 'registry_missing' : 'registry_empty',
+          detail: `${status?.missing ? `${file} does not exist` : `${file} lists no projects`}: there is nothing to back up or probe; write the projects to FLUX_PROJECTS_FILE (it is read again on change and on SIGHUP)`,
+        };
+      }
+      return { ok: true, ...facts, detail: `${counted} from ${file}` };
     },
   };
 }

@@ -5,11 +5,12 @@ import path from 'node:path';
 import { type Catalog, createCatalog } from '../catalog/catalog.js';
 import type { Config, EventSink, FunctionName } from '../config.js';
 import { type CloudEvent, createEvent, type EventData, type EventType } from '../events/envelope.js';
+import { createEventLog } from '../events/eventlog.js';
 import { createInbox, type Inbox } from '../events/inbox.js';
 import { createOutbox, type Outbox } from '../events/outbox.js';
 import { createLogger, type Logger } from '../log.js';
 import { counter, createRegistry, type Registry } from '../metrics.js';
-import { loadFileRegistry, type ProjectRegistry } from '../registry.js';
+import { createFileRegistry, type ProjectRegistry } from '../registry.js';
 import type { App } from './app.js';
 
 export interface EmitInput<T extends EventType> {
@@ -69,7 +70,7 @@ export function createRuntime(
 ): Runtime {
   const log = options.log ?? createLogger(name, { level: config.FLUX_LOG_LEVEL });
   const metrics = options.metrics ?? createRegistry();
-  const registry = options.registry ?? loadFileRegistry(config.FLUX_PROJECTS_FILE);
+  const registry = options.registry ?? createFileRegistry(config.FLUX_PROJECTS_FILE, { log });
   const catalog =
     options.catalog ??
     createCatalog({
@@ -79,15 +80,21 @@ export function createRuntime(
     });
   const webhookSecrets = options.webhookSecrets ?? config.FLUX_WEBHOOK_SECRETS;
   const sinks = () => [...config.FLUX_EVENT_SINKS, ...(options.extraSinks?.() ?? [])];
+  const eventLog = createEventLog({
+    dir: path.join(config.FLUX_STATE_DIR, 'events', name),
+    maxEvents: config.FLUX_EVENT_LOG_MAX_EVENTS,
+    maxBytes: config.FLUX_EVENT_LOG_MAX_BYTES,
+    log,
+  });
   const outbox = createOutbox({
+    eventLog,
     dir: path.join(config.FLUX_STATE_DIR, 'outbox', name),
     sinks,
     secrets: webhookSecrets,
     log,
     metrics,
-    maxAttempts: config.FLUX_OUTBOX_MAX_ATTEMPTS,
-    baseDelayMs: config.FLUX_OUTBOX_BASE_DELAY_MS,
-    maxDelayMs: config.FLUX_OUTBOX_MAX_DELAY_MS,
+    retryScheduleMs: config.FLUX_OUTBOX_RETRY_SCHEDULE_MS,
+    fn: name,
   });
   const inbox = createInbox({
     name,

@@ -1,5 +1,7 @@
 // The process edge shared by every main.ts: load config (all problems at once, non-zero exit), log it
 // redacted, serve, and stop gracefully on SIGTERM/SIGINT with a watchdog.
+import { STATUS_CODES } from 'node:http';
+import type { Duplex } from 'node:stream';
 import { type ServerType, serve } from '@hono/node-server';
 import {
   type Config,
@@ -9,8 +11,10 @@ import {
   portOf,
   redactConfig,
 } from '../config.js';
-import { EXIT, isAppError } from '../errors.js';
+import { AppError, EXIT, isAppError } from '../errors.js';
 import type { Logger } from '../log.js';
+import type { ProjectRegistry, ReloadableRegistry } from '../registry.js';
+import { notImplemented } from './methods.js';
 import { createRuntime, type FunctionApp, type Runtime } from './runtime.js';
 
 export function loadConfigOrExit(env: NodeJS.ProcessEnv, options: LoadConfigOptions = {}): Config {
@@ -31,15 +35,67 @@ export interface ServeOptions {
   graceMs: number;
   start: () => Promise<void>;
   stop: () => Promise<void>;
+  /** The registry of this process: read again on SIGHUP, and watched when it is the file's. */
+  registry?: ProjectRegistry;
+}
+
+function isReloadable(registry: ProjectRegistry | undefined): registry is ReloadableRegistry {
+  return typeof (registry as Partial<ReloadableRegistry> | undefined)?.reload === 'function';
+}
+
+/** A raw HTTP/1.1 answer with a JSON error body, for requests that never reach the Hono app. */
+function rawErrorResponse(error: AppError): string {
+  const body = JSON.stringify(error.toJSON());
+  return (
+    `HTTP/1.1 ${error.status} ${STATUS_CODES[error.status] ?? ''}\r\n` +
+    `content-type: application/json\r\ncontent-length: ${Buffer.byteLength(body)}\r\n` +
+    `connection: close\r\n\r\n${body}`
+  );
+}
+
+// Node's parser refuses what it cannot parse before any handler runs (an unknown method like FOO among
+// them) and hands CONNECT to a 'connect' listener, hanging up when there is none. Both get a JSON answer
+// here: 501 for a method, 400 for a malformed request, Node's own statuses for its size and time limits.
+function answerUnparsedRequests(server: ServerType): void {
+  server.on('clientError', (error: NodeJS.ErrnoException, socket: Duplex) => {
+    if (error.code === 'ECONNRESET' || !socket.writable) {
+      socket.destroy();
+      return;
+    }
+    const limits: Record<string, string> = {
+      HPE_HEADER_OVERFLOW: '431 Request Header Fields Too Large',
+      ERR_HTTP_REQUEST_TIMEOUT: '408 Request Timeout',
+    };
+    const limit = error.code ? limits[error.code] : undefined;
+    if (limit) socket.end(`HTTP/1.1 ${limit}\r\nconnection: close\r\n\r\n`);
+    else if (error.code === 'HPE_INVALID_METHOD') {
+      // The parser stopped before the method ended: the bytes it saw are the method, bounded.
+      const raw = (error as { rawPacket?: Buffer }).rawPacket?.toString('latin1') ?? '';
+      socket.end(rawErrorResponse(notImplemented(raw.split(/[\s/]/, 1)[0] ?? '')));
+    } else socket.end(rawErrorResponse(new AppError('bad_request', 'the request is not valid HTTP/1.1')));
+  });
+  server.on('connect', (_request: unknown, socket: Duplex) => {
+    socket.end(rawErrorResponse(notImplemented('CONNECT')));
+  });
+}
+
+/** Serves `fetch` on host:port, with JSON answers for what Node refuses before the app sees it. */
+export function listen(options: {
+  fetch: (request: Request) => Response | Promise<Response>;
+  port: number;
+  host: string;
+}): Promise<ServerType> {
+  return new Promise<ServerType>((resolve) => {
+    const s = serve({ fetch: options.fetch, port: options.port, hostname: options.host }, () => resolve(s));
+    answerUnparsedRequests(s);
+  });
 }
 
 export async function serveProcess(options: ServeOptions): Promise<ServerType> {
   const { log } = options;
   log.info({ config: redactConfig(options.config) }, 'starting');
   await options.start();
-  const server = await new Promise<ServerType>((resolve) => {
-    const s = serve({ fetch: options.fetch, port: options.port, hostname: options.host }, () => resolve(s));
-  });
+  const server = await listen(options);
   log.info({ port: options.port, host: options.host }, 'listening');
 
   let stopping = false;
@@ -66,6 +122,15 @@ export async function serveProcess(options: ServeOptions): Promise<ServerType> {
   // when no listener is left (execa's cleanup) kills the process mid-shutdown. `stopping` ignores repeats.
   process.on('SIGTERM', () => void shutdown('SIGTERM'));
   process.on('SIGINT', () => void shutdown('SIGINT'));
+  // SIGHUP re-reads FLUX_PROJECTS_FILE (without a listener Node would exit on it).
+  const { registry } = options;
+  if (isReloadable(registry)) {
+    const stopWatching = registry.watch(options.config.FLUX_PROJECTS_FILE_POLL_MS);
+    server.on('close', stopWatching);
+    process.on('SIGHUP', () => {
+      if (!stopping) registry.reload('SIGHUP');
+    });
+  }
   return server;
 }
 
@@ -102,5 +167,6 @@ export async function runFunction(
     graceMs: config.FLUX_SHUTDOWN_GRACE_MS,
     start: fn.start,
     stop: fn.stop,
+    registry: rt.registry,
   });
 }

@@ -4,12 +4,14 @@
 import { createHash } from 'node:crypto';
 import { chmod, lstat, mkdir, readdir, readFile, readlink, writeFile } from 'node:fs/promises';
 import http, { type IncomingHttpHeaders } from 'node:http';
+import net from 'node:net';
 import path from 'node:path';
-import { type ServerType, serve } from '@hono/node-server';
+import type { ServerType } from '@hono/node-server';
 import { execa, type ResultPromise } from 'execa';
 import { routeOf } from '../../functions/all/routes.js';
 import type { FunctionName } from '../../shared/config.js';
 import type { App } from '../../shared/kit/app.js';
+import { listen } from '../../shared/kit/serve.js';
 import { freePort, pgBinPath } from './pg.js';
 import { eventually } from './runtime.js';
 
@@ -129,13 +131,71 @@ export function rawRequest(base: string, request: RawRequest): Promise<RawRespon
   });
 }
 
-/** Serves a fetch handler on a random loopback port. */
+/**
+ * Bytes written to a fresh TCP connection and the answer read until the server closes it — for what
+ * node:http will not send as written (a CONNECT answered with an error). The status line and headers
+ * are parsed; the body is kept as text.
+ */
+export function rawExchange(base: string, bytes: string): Promise<RawResponse> {
+  const url = new URL(base);
+  return new Promise<RawResponse>((resolve, reject) => {
+    const socket = net.connect(Number(url.port), url.hostname);
+    const chunks: Buffer[] = [];
+    socket.on('data', (c: Buffer) => chunks.push(c));
+    socket.on('error', reject);
+    socket.on('close', () => {
+      const text = Buffer.concat(chunks).toString('utf8');
+      const [head = '', ...rest] = text.split('\r\n\r\n');
+      const [statusLine = '', ...headerLines] = head.split('\r\n');
+      const headers: IncomingHttpHeaders = {};
+      for (const line of headerLines) {
+        const i = line.indexOf(':');
+        if (i > 0) headers[line.slice(0, i).trim().toLowerCase()] = line.slice(i + 1).trim();
+      }
+      const body = rest.join('\r\n\r\n');
+      let json: Record<string, unknown> | undefined;
+      try {
+        json = JSON.parse(body) as Record<string, unknown>;
+      } catch {
+        json = undefined;
+      }
+      resolve({ status: Number(statusLine.split(' ')[1] ?? 0), headers, text: body, json });
+    });
+    socket.write(bytes);
+  });
+}
+
+/**
+ * Sends the head of a POST announcing `announcedBytes` of body, then part of the body, then closes
+ * the connection once the server has had the part: a client that gives up mid-body.
+ */
+export async function abortMidBody(
+  base: string,
+  target: string,
+  headers: Record<string, string>,
+  part: string,
+  announcedBytes: number,
+): Promise<void> {
+  const url = new URL(base);
+  const socket = net.connect(Number(url.port), url.hostname);
+  await new Promise<void>((resolve, reject) => {
+    socket.once('connect', resolve);
+    socket.once('error', reject);
+  });
+  const lines = Object.entries({ host: url.host, ...headers, 'content-length': String(announcedBytes) })
+    .map(([k, v]) => `${k}: ${v}\r\n`)
+    .join('');
+  await new Promise<void>((resolve) =>
+    socket.write(`POST ${target} HTTP/1.1\r\n${lines}\r\n${part}`, () => resolve()),
+  );
+  socket.destroy();
+}
+
+/** Serves a fetch handler on a random loopback port, as a process edge does (shared/kit/serve.ts). */
 export async function serveOnLoopback(
   fetch: (request: Request) => Response | Promise<Response>,
 ): Promise<{ server: ServerType; url: string; close(): Promise<void> }> {
-  const server = await new Promise<ServerType>((resolve) => {
-    const s = serve({ fetch, port: 0, hostname: '127.0.0.1' }, () => resolve(s));
-  });
+  const server = await listen({ fetch, port: 0, host: '127.0.0.1' });
   const { port } = server.address() as { port: number };
   return {
     server,

@@ -12,13 +12,25 @@ export interface ReceivedDelivery {
   verified: boolean;
 }
 
+/** One request as it arrived (the time is taken before the body is read) and what it was answered. */
+export interface Arrival {
+  at: number;
+  webhookId: string | undefined;
+  path: string;
+  status: number;
+}
+
 export interface EventReceiver {
   url: string;
   deliveries: ReceivedDelivery[];
+  /** Every request in order of arrival, failed ones included. */
+  arrivals: Arrival[];
   /** Verified events of one type (or all). */
   events(type?: string): CloudEvent[];
   /** Makes the next `n` requests answer `status` (with optional Retry-After). */
   failNext(n: number, status: number, retryAfter?: string): void;
+  /** Makes every request answer `status` until `failNext(0, …)`. */
+  failAll(status: number): void;
   close(): Promise<void>;
 }
 
@@ -32,11 +44,20 @@ export async function startEventReceiver(
   secrets: readonly string[] = [WEBHOOK_SECRET],
 ): Promise<EventReceiver> {
   const deliveries: ReceivedDelivery[] = [];
+  const arrivals: Arrival[] = [];
   let failures: { n: number; status: number; retryAfter?: string | undefined } = { n: 0, status: 500 };
   const server = createServer(async (req, res) => {
+    const arrival: Arrival = {
+      at: Date.now(),
+      webhookId: typeof req.headers['webhook-id'] === 'string' ? req.headers['webhook-id'] : undefined,
+      path: req.url ?? '',
+      status: 0,
+    };
+    arrivals.push(arrival);
     const body = await bodyOf(req);
     if (failures.n > 0) {
       failures.n -= 1;
+      arrival.status = failures.status;
       res.writeHead(failures.status, failures.retryAfter ? { 'retry-after': failures.retryAfter } : {});
       res.end('failing on purpose');
       return;
@@ -53,6 +74,7 @@ export async function startEventReceiver(
       return;
     }
     deliveries.push({ event, headers, verified: result.ok });
+    arrival.status = result.ok ? 202 : 401;
     res.writeHead(result.ok ? 202 : 401, { 'content-type': 'application/json' }).end('{"ok":true}');
   });
   await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
@@ -60,10 +82,14 @@ export async function startEventReceiver(
   return {
     url: `http://127.0.0.1:${port}/events`,
     deliveries,
+    arrivals,
     events: (type) =>
       deliveries.filter((d) => d.verified && (!type || d.event.type === type)).map((d) => d.event),
     failNext(n, status, retryAfter) {
       failures = { n, status, retryAfter };
+    },
+    failAll(status) {
+      failures = { n: Number.POSITIVE_INFINITY, status };
     },
     close: () =>
       new Promise<void>((resolve) => {

@@ -5,7 +5,12 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { Writable } from 'node:stream';
-import { type Config, type FunctionName, loadConfig } from '../../shared/config.js';
+import {
+  type Config,
+  DEFAULT_RETRY_SCHEDULE_MS,
+  type FunctionName,
+  loadConfig,
+} from '../../shared/config.js';
 import { type CloudEvent, createEvent, type EventData } from '../../shared/events/envelope.js';
 import { signWebhook } from '../../shared/events/signature.js';
 import { createRuntime, type Runtime, type RuntimeOptions } from '../../shared/kit/runtime.js';
@@ -36,6 +41,16 @@ export function makeWebhookSecret(): string {
   return `whsec_${randomBytes(32).toString('base64')}`;
 }
 
+/**
+ * The default delivery schedule with every delay divided by `divisor`: the same shape (at once, then
+ * sparser and sparser), short enough for a test. 10 000 gives 0, 1, 30, 180, 720 … 3600 ms (about 10 s).
+ */
+export function compressedRetrySchedule(divisor: number): string {
+  return DEFAULT_RETRY_SCHEDULE_MS.map((ms) => Math.max(ms === 0 ? 0 : 1, Math.round(ms / divisor))).join(
+    ',',
+  );
+}
+
 /** An admin token and a webhook secret every test env gets. */
 export const ADMIN = makeToken('test-admin', ['admin']);
 export const WEBHOOK_SECRET = makeWebhookSecret();
@@ -59,8 +74,7 @@ export async function makeTestEnv(extra: Record<string, string | undefined> = {}
     FLUX_API_TOKENS: ADMIN.entry,
     FLUX_WEBHOOK_SECRETS: WEBHOOK_SECRET,
     FLUX_LOG_LEVEL: 'debug',
-    FLUX_OUTBOX_BASE_DELAY_MS: '50',
-    FLUX_OUTBOX_MAX_DELAY_MS: '500',
+    FLUX_OUTBOX_RETRY_SCHEDULE_MS: compressedRetrySchedule(10_000),
     FLUX_SHUTDOWN_GRACE_MS: '0',
     ...extra,
   };
