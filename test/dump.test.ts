@@ -2,7 +2,7 @@
 // CLI-compatible API, and the faults an operator meets (killed pg_dump, missing/old pg_dump, full queue,
 // concurrent create, crash leftovers).
 import { randomUUID } from 'node:crypto';
-import { chmod, mkdir, readdir, readFile, stat, writeFile } from 'node:fs/promises';
+import { chmod, mkdir, readdir, readFile, rm, stat, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { execa } from 'execa';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -485,10 +485,20 @@ describe('dump: faults', () => {
       pid: 999999,
     });
     await writeFile(path.join(paths.dir, `.tmp-${backupId}.dump.abcdef`), 'partial');
+    await writeFile(path.join(paths.dir, `.tmp-${backupId}.manifest.json.abcdef`), '{');
+    // Receipts other functions are writing right now: theirs, not dump's to clean up.
+    const verifying = `.tmp-${backupId}.verify.json.123456`;
+    const replicating = `.tmp-${backupId}.offsite.json.123456`;
+    await writeFile(path.join(paths.dir, verifying), '{"backupId"');
+    await writeFile(path.join(paths.dir, replicating), '{"backupId"');
     await fn.start();
     const entry = await rt.catalog.get(tenantId, backupId);
     expect(entry?.state).toMatchObject({ status: 'failed', reason: 'interrupted' });
-    expect((await readdir(paths.dir)).filter((n) => n.startsWith('.tmp-'))).toEqual([]);
+    expect((await readdir(paths.dir)).filter((n) => n.startsWith('.tmp-')).sort()).toEqual(
+      [replicating, verifying].sort(),
+    );
+    await rm(path.join(paths.dir, verifying));
+    await rm(path.join(paths.dir, replicating));
     expect((await create(fn, hashOf(tenantId))).status).toBe(201);
     await fn.stop();
   });

@@ -3,9 +3,10 @@
 // then retention and events. Crash leftovers are cleaned at start-up.
 import { readdir, rm, stat } from 'node:fs/promises';
 import path from 'node:path';
-import { ensureDir, TEMP_PREFIX } from '../../shared/atomic.js';
+import { ensureDir } from '../../shared/atomic.js';
 import type { ApiBackup } from '../../shared/catalog/catalog.js';
 import { newBackupId } from '../../shared/catalog/ids.js';
+import { type CatalogFile, tempFileTarget } from '../../shared/catalog/layout.js';
 import type { Manifest } from '../../shared/catalog/records.js';
 import { AppError, fsWriteError, isAppError } from '../../shared/errors.js';
 import type { Runtime } from '../../shared/kit/runtime.js';
@@ -36,6 +37,9 @@ export interface Dumper {
   stop(): Promise<void>;
   readonly running: number;
 }
+
+/** The catalog files dump writes (and so the only ones whose temp files its recovery removes). */
+const DUMP_WRITES: ReadonlySet<CatalogFile> = new Set(['dump', 'manifest', 'state']);
 
 export function createDumper(rt: Runtime): Dumper {
   const { config, catalog, log, metrics } = rt;
@@ -274,8 +278,11 @@ export function createDumper(rt: Runtime): Dumper {
     async recover() {
       for (const projectId of await catalog.listProjects()) {
         const dir = path.join(catalog.root, projectId);
+        // Only the temp files of dump's own files (dump, manifest, state): a receipt replicate or verify is
+        // writing at this moment is theirs to finish or clean up.
         for (const name of await readdir(dir).catch(() => [] as string[])) {
-          if (name.startsWith(TEMP_PREFIX)) await rm(path.join(dir, name), { force: true });
+          const target = tempFileTarget(name);
+          if (target && DUMP_WRITES.has(target.file)) await rm(path.join(dir, name), { force: true });
         }
         for (const entry of await catalog.list(projectId)) {
           if (entry.state?.status === 'running' && !entry.manifest) {

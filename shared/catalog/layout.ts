@@ -1,6 +1,7 @@
 // Where each catalog file lives. Paths are only built from validated ids and are checked to stay under
 // their root, so no request can name a file outside the backup roots.
 import path from 'node:path';
+import { TEMP_PREFIX } from '../atomic.js';
 import { AppError } from '../errors.js';
 import { parseBackupId, parseProjectId } from './ids.js';
 
@@ -47,6 +48,17 @@ export function backupPaths(root: string, projectId: string, backupId: string): 
     verify: at(SUFFIX.verify),
     state: at(SUFFIX.state),
   };
+}
+
+/**
+ * The catalog file a temp file (`.tmp-<name>.<random>`, shared/atomic.ts) was going to become, if it is
+ * one; its writer is the writer of that file (one writer per file).
+ */
+export function tempFileTarget(name: string): { backupId: string; file: CatalogFile } | undefined {
+  if (!name.startsWith(TEMP_PREFIX)) return undefined;
+  const rest = name.slice(TEMP_PREFIX.length);
+  const dot = rest.lastIndexOf('.');
+  return dot > 0 ? parseCatalogName(rest.slice(0, dot)) : undefined;
 }
 
 /** Splits a catalog file name into its backup id and kind; undefined for anything else (temp files too). */
