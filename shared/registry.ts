@@ -118,6 +118,19 @@ export function sourceOf(
   };
 }
 
+/**
+ * Which dumps share a source's concurrency limit, and how many may run at once: a cluster's
+ * `maxConcurrentDumps` for every tenant on it, one at a time for a dedicated database.
+ */
+export function dumpAdmissionOf(
+  project: Pick<Project, 'slug'>,
+  source: { cluster?: Cluster },
+): { key: string; slots: number } {
+  return source.cluster
+    ? { key: `cluster:${source.cluster.name}`, slots: source.cluster.maxConcurrentDumps }
+    : { key: `dedicated:${project.slug}`, slots: 1 };
+}
+
 export { tenantRoleOf, tenantSchemaOf };
 
 export function createStaticRegistry(data: { clusters?: Cluster[]; projects?: Project[] }): ProjectRegistry {

@@ -470,6 +470,49 @@ describe('dump: faults', () => {
     await fn.stop();
   });
 
+  it("the cluster's dump slots are shared across processes: a dump waits while another process holds them all", async () => {
+    // Another process (here: this test's own connection) holds both of shared-1's slots, as two dumps of
+    // another dump function or a migration would.
+    const holder = await pg.connect('shared');
+    try {
+      for (const slot of [0, 1]) {
+        await holder.query('SELECT pg_advisory_lock(hashtext($1), $2)', [
+          'flux-ops:dumps:cluster:shared-1',
+          slot,
+        ]);
+      }
+      const { rt, fn } = makeDump();
+      const res = await create(fn, hashOf(emptyTenantId), { prefer: 'respond-async' });
+      expect(res.status).toBe(202);
+      const { backup } = (await res.json()) as { backup: { id: string } };
+      // The dump has asked for a slot and been refused (it polls with pg_try_advisory_lock)...
+      await eventually(async () => {
+        const asking = await pg.query<{ n: number }>(
+          `SELECT count(*)::int AS n FROM pg_stat_activity
+            WHERE application_name = 'flux-ops-dump' AND query LIKE '%pg_try_advisory_lock%'`,
+          [],
+          'shared',
+        );
+        return (asking[0]?.n ?? 0) > 0;
+      });
+      // ...so nothing is dumped while the slots are held,
+      expect((await rt.catalog.get(emptyTenantId, backup.id))?.manifest).toBeUndefined();
+      expect(
+        await pg.query(
+          `SELECT pid FROM pg_stat_activity WHERE application_name = 'flux-ops-dump' AND query LIKE 'COPY%'`,
+          [],
+          'shared',
+        ),
+      ).toEqual([]);
+      // and it completes once one is free.
+      await holder.query('SELECT pg_advisory_unlock(hashtext($1), 1)', ['flux-ops:dumps:cluster:shared-1']);
+      await eventually(async () => (await rt.catalog.get(emptyTenantId, backup.id))?.manifest);
+      await fn.stop();
+    } finally {
+      await holder.end();
+    }
+  });
+
   it('a crash mid-dump leaves nothing that counts and does not block later backups', async () => {
     const { rt, fn } = makeDump();
     const backupId = '01JDZZZZZZZZZZZZZZZZZZZZZZ';

@@ -13,7 +13,7 @@ import type { Runtime } from '../../shared/kit/runtime.js';
 import { createLimiter, type Limiter } from '../../shared/limiter.js';
 import { counter, DURATION_BUCKETS_S, gauge, histogram } from '../../shared/metrics.js';
 import { runSnapshotDump } from '../../shared/pg/snapshot.js';
-import { type Project, sourceOf } from '../../shared/registry.js';
+import { dumpAdmissionOf, type Project, sourceOf } from '../../shared/registry.js';
 import { isRetentionEnabled, selectForDeletion } from './retention.js';
 
 export interface StartedBackup {
@@ -133,6 +133,7 @@ export function createDumper(rt: Runtime): Dumper {
         queueGauge.set({ cluster: clusterKey, state: 'waiting' }, limiter.waiting);
         return runSnapshotDump({
           url: source.url,
+          admission: dumpAdmissionOf(project, source),
           scope: kind === 'tenant_export' ? { kind, schema: source.schema! } : { kind },
           pathEnv: rt.env.PATH,
           compression: config.FLUX_DUMP_COMPRESSION,

@@ -12,7 +12,7 @@ import type { Runtime } from '../../shared/kit/runtime.js';
 import { counter, DURATION_BUCKETS_S, gauge, histogram } from '../../shared/metrics.js';
 import { parsePgUrl, pgClientConfig, pgError, withPgClient } from '../../shared/pg/conn.js';
 import { runSnapshotDump } from '../../shared/pg/snapshot.js';
-import { type Project, resolveUrl, sourceOf, tenantRoleOf } from '../../shared/registry.js';
+import { dumpAdmissionOf, type Project, resolveUrl, sourceOf, tenantRoleOf } from '../../shared/registry.js';
 import { createDumper } from '../dump/dumper.js';
 import {
   compareWithSnapshot,
@@ -88,6 +88,8 @@ export interface Migrator {
 
 interface Ends {
   sourceUrl: string;
+  /** The source's dump slots, shared with every dump function dumping from it. */
+  admission: { key: string; slots: number };
   cluster: string;
   schema: string;
   tenantRole: string;
@@ -175,6 +177,7 @@ export function createMigrator(rt: Runtime): Migrator {
     const source = sourceOf(rt.registry, project, rt.env);
     return {
       sourceUrl: source.url,
+      admission: dumpAdmissionOf(project, source),
       cluster: source.cluster?.name ?? '',
       schema: source.schema!,
       tenantRole: tenantRoleOf(project.id),
@@ -545,6 +548,7 @@ export function createMigrator(rt: Runtime): Migrator {
       const dumpTarget = path.join(workDir, `${project.id}-${runId}.dump`);
       const dump = await runSnapshotDump({
         url: ends.sourceUrl,
+        admission: ends.admission,
         scope: { kind: 'tenant_export', schema: ends.schema },
         // The tenant's grants travel with it to the dedicated database.
         includeAcl: true,

@@ -201,6 +201,12 @@ export interface SnapshotDumpOptions {
   timeoutVariable?: string;
   signal?: AbortSignal;
   applicationName?: string;
+  /**
+   * The source's dump slots: this dump waits for one of `slots` session advisory locks keyed by `key` on
+   * the source server, so every process dumping from that source (dump functions, migrations) together
+   * stays within the limit; a crashed holder's lock goes with its connection.
+   */
+  admission?: { key: string; slots: number; onWaiting?: () => void };
   /** Keep the objects' grants in the archive (a migration re-applies them; backups leave them out). */
   includeAcl?: boolean;
   /**
@@ -302,6 +308,7 @@ export async function runSnapshotDump(options: SnapshotDumpOptions): Promise<Sna
   }
   let backendPid: number | undefined;
   try {
+    if (options.admission) await takeDumpSlot(client, options.admission, options.timeoutMs, options.signal);
     await client.query('BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY');
     await client.query(`SET LOCAL lock_timeout = ${Math.max(0, Math.floor(options.lockWaitTimeoutMs))}`);
     // The counting queries share the dump's deadline; a cancelled dump also cancels them (below).
@@ -452,6 +459,56 @@ export async function runSnapshotDump(options: SnapshotDumpOptions): Promise<Sna
     throw pgError(error, `dumping ${target.host}:${target.port}/${target.database}`);
   } finally {
     await client.end().catch(() => undefined);
+  }
+}
+
+/** Waits at most this long between two tries for a dump slot. */
+const SLOT_RETRY_MAX_MS = 2_000;
+
+/**
+ * Takes one of the source's dump slots (session advisory locks `(hashtext(key), slot)`), waiting with
+ * backoff while all are held; held until the client ends.
+ */
+async function takeDumpSlot(
+  client: pg.Client,
+  admission: { key: string; slots: number; onWaiting?: () => void },
+  timeoutMs: number,
+  signal: AbortSignal | undefined,
+): Promise<number> {
+  const deadline = Date.now() + timeoutMs;
+  let waited = false;
+  for (let delay = 50; ; delay = Math.min(SLOT_RETRY_MAX_MS, delay * 2)) {
+    for (let slot = 0; slot < admission.slots; slot++) {
+      const r = await client.query<{ ok: boolean }>(
+        'SELECT pg_catalog.pg_try_advisory_lock(pg_catalog.hashtext($1), $2) AS ok',
+        [`flux-ops:dumps:${admission.key}`, slot],
+      );
+      if (r.rows[0]?.ok) return slot;
+    }
+    if (!waited) {
+      waited = true;
+      admission.onWaiting?.();
+    }
+    if (signal?.aborted)
+      throw new AppError('shutting_down', 'the dump was cancelled while it waited for a slot');
+    if (Date.now() + delay > deadline) {
+      throw new AppError(
+        'timeout',
+        `all ${admission.slots} dump slot(s) of ${admission.key} stayed taken (maxConcurrentDumps, shared by every process dumping from it)`,
+        { retryAfterSeconds: 60 },
+      );
+    }
+    await new Promise<void>((resolve) => {
+      const timer = setTimeout(resolve, delay);
+      signal?.addEventListener(
+        'abort',
+        () => {
+          clearTimeout(timer);
+          resolve();
+        },
+        { once: true },
+      );
+    });
   }
 }
 
