@@ -55,6 +55,8 @@ export const DRIVER_NAME = 'local' as const;
 
 /** Prefix of every local sandbox directory (the reaper only ever touches these). */
 export const LOCAL_SANDBOX_PREFIX = 'flux-verify-';
+/** A sandbox directory while it is being made (before its marker is in). */
+const STAGING_PREFIX = `.${LOCAL_SANDBOX_PREFIX}`;
 /** The file in each directory saying whose it is and what it is for. */
 export const LOCAL_MARKER = 'sandbox.json';
 /** Readiness: postmaster.pid is re-read after this, doubling up to READY_POLL_MAX_MS (no process per poll). */
@@ -310,27 +312,34 @@ export function createLocalDriver(options: LocalDriverOptions): SandboxDriver {
   async function makeDir(state: MarkerState): Promise<PreparedDir> {
     const user = await serverUser();
     await mkdir(baseDir, { recursive: true });
-    const dir = await mkdtemp(path.join(baseDir, LOCAL_SANDBOX_PREFIX));
+    // Made under a staging name and renamed once its marker is in: a sandbox directory never exists
+    // without one, so nobody (a reaper, a test) sees one whose owner is unknown.
+    const staging = await mkdtemp(path.join(baseDir, STAGING_PREFIX));
+    const dir = path.join(
+      baseDir,
+      `${LOCAL_SANDBOX_PREFIX}${path.basename(staging).slice(STAGING_PREFIX.length)}`,
+    );
     try {
-      await writeMarker(dir, {
+      await writeMarker(staging, {
         ownerPid: process.pid,
         state,
         createdAt: new Date().toISOString(),
         expiresAt: null,
       });
-      await chmod(dir, 0o700);
-      if (user) await chown(dir, user.uid, user.gid);
-      return {
-        dir,
-        data: path.join(dir, 'data'),
-        socket: path.join(dir, 'sock'),
-        input: path.join(dir, 'in'),
-        log: path.join(dir, 'postgres.log'),
-      };
+      await chmod(staging, 0o700);
+      if (user) await chown(staging, user.uid, user.gid);
+      await rename(staging, dir);
     } catch (error) {
-      await rm(dir, { recursive: true, force: true, maxRetries: 3 }).catch(() => undefined);
+      await rm(staging, { recursive: true, force: true, maxRetries: 3 }).catch(() => undefined);
       throw error;
     }
+    return {
+      dir,
+      data: path.join(dir, 'data'),
+      socket: path.join(dir, 'sock'),
+      input: path.join(dir, 'in'),
+      log: path.join(dir, 'postgres.log'),
+    };
   }
 
   function initdbArgs(data: string): string[] {
@@ -572,8 +581,15 @@ export function createLocalDriver(options: LocalDriverOptions): SandboxDriver {
       const ours = new Set([...live].map((s) => s.id));
       let removed = 0;
       for (const name of names) {
-        if (!name.startsWith(LOCAL_SANDBOX_PREFIX)) continue;
         const dir = path.join(baseDir, name);
+        if (name.startsWith(STAGING_PREFIX)) {
+          // A directory being made right now, or one a crash left before its rename.
+          const s = await stat(dir).catch(() => undefined);
+          if (s && now.getTime() - s.mtimeMs > UNMARKED_GRACE_MS)
+            await rm(dir, { recursive: true, force: true, maxRetries: 3 }).catch(() => undefined);
+          continue;
+        }
+        if (!name.startsWith(LOCAL_SANDBOX_PREFIX)) continue;
         if (ours.has(dir)) continue;
         let marker: LocalMarker | undefined;
         try {
