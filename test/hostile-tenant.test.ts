@@ -178,6 +178,10 @@ describe('verify as root', () => {
     // The volume rung counted every corpus table the tenant filled.
     const v2Volume = receipts[0]!.rungs.find((r) => r.rung === 'volume')!;
     expect(v2Volume.details).toMatchObject({ tables: 7, rows: 24 });
+    // The v1 database's extension was created by us before the restore, in its own schema.
+    const v1Receipt = receipts[1]!;
+    expect(v1Receipt.stages.extensions).toBeGreaterThanOrEqual(0);
+    expect(v1Receipt.rungs.find((r) => r.rung === 'volume')?.details).toMatchObject({ tables: 8, rows: 26 });
     expect(await trapsSprung(traps)).toEqual(untouched);
   });
 

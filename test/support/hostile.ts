@@ -210,9 +210,19 @@ export async function seedHostileProjectDb(
   await cluster.query(`CREATE ROLE ${quoteIdent(opts.role)} LOGIN PASSWORD ${quoteLiteral(password)}`);
   await cluster.query(`CREATE DATABASE ${quoteIdent(opts.db)} OWNER ${quoteIdent(opts.role)}`);
   await createFluxRoles(cluster, opts.db);
+  // An extension in a schema of its own, as dedicated databases have them: the restore may not create it
+  // (the superuser does, first), and its schema is then left out of the tenant's restore.
+  await cluster.query(
+    `CREATE SCHEMA extensions; CREATE EXTENSION citext SCHEMA extensions;
+     GRANT USAGE ON SCHEMA extensions TO ${quoteIdent(opts.role)}`,
+    [],
+    opts.db,
+  );
   await asRole(cluster, opts.db, opts.role, password, async (client) => {
     await plantCorpus(client, 'public', opts.traps);
     await plantShadows(client, 'public', 'public');
+    await client.query(`CREATE TABLE public.emails (e extensions.citext PRIMARY KEY);
+      INSERT INTO public.emails VALUES ('A@example.test'), ('b@example.test')`);
   });
   return { role: opts.role, password };
 }
