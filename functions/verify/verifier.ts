@@ -327,21 +327,11 @@ export function createVerifier(rt: Runtime, options: VerifierOptions = {}): Veri
       // sandbox that cannot take the roles stops the transfer at once.
       const transferAbort = new AbortController();
       const preparing = stage('prepare', async () => {
-        if (manifest.extensions.length > 0) {
-          const missing = await queryJson<{ name: string }>(
-            box,
-            missingExtensionsSelect(manifest.extensions.map((e) => e.name)),
-            'listing available extensions',
-            opts,
-          );
-          if (missing.length > 0) {
-            throw unverifiableError(
-              'extension_unavailable',
-              `the sandbox cannot install extension(s) the backup uses: ${missing.map((m) => m.name).join(', ')}; ` +
-                `use a FLUX_BACKUP_VERIFY_POSTGRES_IMAGE (or local PostgreSQL packages) that ships them`,
-            );
-          }
-        }
+        await requireExtensions(
+          box,
+          manifest.extensions.map((e) => e.name),
+          opts,
+        );
         const prepared = await runSql(
           box,
           preRestoreSql(manifest, { amcheck: config.FLUX_VERIFY_AMCHECK }),
@@ -583,19 +573,13 @@ export function createVerifier(rt: Runtime, options: VerifierOptions = {}): Veri
     return receipt;
   }
 
-  /**
-   * A project database's archive creates its extensions: the superuser creates them first (our fixed
-   * statements, in the schemas the manifest recorded) and the restore skips those entries. Returns the
-   * restore list to use, or undefined when the archive names no extension.
-   */
-  async function prepareExtensions(
+  /** Refuses (unverifiable) a sandbox that cannot install every one of `names`. */
+  async function requireExtensions(
     box: Sandbox,
-    manifest: Manifest,
-    list: string,
+    names: readonly string[],
     opts: { signal: AbortSignal },
-  ): Promise<string | undefined> {
-    const names = extensionEntries(list);
-    if (names.length === 0) return undefined;
+  ): Promise<void> {
+    if (names.length === 0) return;
     const missing = await queryJson<{ name: string }>(
       box,
       missingExtensionsSelect(names),
@@ -609,6 +593,22 @@ export function createVerifier(rt: Runtime, options: VerifierOptions = {}): Veri
           `use a FLUX_BACKUP_VERIFY_POSTGRES_IMAGE (or local PostgreSQL packages) that ships them`,
       );
     }
+  }
+
+  /**
+   * A project database's archive creates its extensions: the superuser creates them first (our fixed
+   * statements, in the schemas the manifest recorded) and the restore skips those entries. Returns the
+   * restore list to use, or undefined when the archive names no extension.
+   */
+  async function prepareExtensions(
+    box: Sandbox,
+    manifest: Manifest,
+    list: string,
+    opts: { signal: AbortSignal },
+  ): Promise<string | undefined> {
+    const names = extensionEntries(list);
+    if (names.length === 0) return undefined;
+    await requireExtensions(box, names, opts);
     const { sql, schemas } = extensionsSql(names, manifest);
     const created = await runSql(box, sql, opts);
     throwIfCanceled(created, opts.signal);
