@@ -120,6 +120,9 @@ export interface Boundary {
 
 type CgroupKind = { version: 2 } | { version: 1 } | undefined;
 
+/** A sandbox directory's cgroup name (without the prefix): the directory's random part. */
+const cgroupNameOf = (dirName: string) => dirName.replace(/^flux-verify-/, '');
+
 async function isDir(p: string): Promise<boolean> {
   return (await stat(p).catch(() => undefined))?.isDirectory() ?? false;
 }
@@ -208,7 +211,7 @@ export function createBoundary(options: BoundaryOptions): Boundary {
 
   function cgroupDirsOf(dirName: string, k: CgroupKind): string[] {
     if (!k) return [];
-    const name = `${CGROUP_PREFIX}${dirName.replace(/^flux-verify-/, '')}`;
+    const name = `${CGROUP_PREFIX}${cgroupNameOf(dirName)}`;
     return k.version === 2
       ? [path.join(CGROUP_V2, name)]
       : [path.join(CGROUP_V1.memory, name), path.join(CGROUP_V1.cpu, name)];
@@ -333,7 +336,7 @@ export function createBoundary(options: BoundaryOptions): Boundary {
     async wrap(dir, user, server) {
       if (options.mode === 'none') return { ...server, release: async () => undefined };
       await mkdir(path.join(dir, BOUNDARY_ROOT), { recursive: true });
-      const groups = await makeCgroups(path.basename(dir).replace(/^flux-verify-/, ''));
+      const groups = await makeCgroups(cgroupNameOf(path.basename(dir)));
       try {
         const argv = await wrapperArgv(dir, user, server, groups.procs);
         return { ...argv, release: () => removeCgroups(groups.dirs) };
