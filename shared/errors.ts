@@ -53,6 +53,11 @@ export const ERROR_TABLE = {
   verify_failed: { status: 422, exit: EXIT.failed, summary: 'restore verification failed' },
   unverifiable: { status: 503, exit: EXIT.couldNotVerify, summary: 'restore verification could not run' },
   migrate_failed: { status: 500, exit: EXIT.failed, summary: 'the migration failed and was rolled back' },
+  restore_failed: {
+    status: 500,
+    exit: EXIT.failed,
+    summary: 'the restore failed; the live state was put back or never touched',
+  },
   tool_missing: { status: 503, exit: EXIT.unavailable, summary: 'a required tool is not on PATH' },
   tool_version: { status: 503, exit: EXIT.unavailable, summary: 'a tool is too old for the server' },
   dependency_unavailable: {

@@ -12,6 +12,18 @@ import type { Runtime } from '../../shared/kit/runtime.js';
 import { counter, DURATION_BUCKETS_S, gauge, histogram } from '../../shared/metrics.js';
 import { parsePgUrl, pgClientConfig, pgError, withPgClient } from '../../shared/pg/conn.js';
 import { runSnapshotDump } from '../../shared/pg/snapshot.js';
+import {
+  describeChanges,
+  dropRestoreLogin,
+  hasChanges,
+  prepareTarget,
+  type RestoreRunner,
+  type RollbackResult,
+  readTargetCounts,
+  restoreDump,
+  rollbackTarget,
+  type TargetChanges,
+} from '../../shared/pg/target.js';
 import { dumpAdmissionOf, type Project, resolveUrl, sourceOf, tenantRoleOf } from '../../shared/registry.js';
 import { createDumper } from '../dump/dumper.js';
 import {
@@ -32,17 +44,6 @@ import {
   type Tools,
   toolSummary,
 } from './preflight.js';
-import {
-  describeChanges,
-  dropRestoreLogin,
-  hasChanges,
-  prepareTarget,
-  type RollbackResult,
-  readTargetCounts,
-  restoreDump,
-  rollbackTarget,
-  type TargetChanges,
-} from './target.js';
 
 export interface MigrateOptions {
   dryRun: boolean;
@@ -129,6 +130,12 @@ function stateDirError(error: unknown, file: string, what: string): AppError {
 }
 
 const sum = (xs: readonly number[]) => xs.reduce((a, b) => a + b, 0);
+
+const MIGRATE_RUNNER: RestoreRunner = {
+  fn: 'migrate',
+  failCode: 'migrate_failed',
+  timeoutNote: 'the time left of FLUX_MIGRATE_TIMEOUT_MS',
+};
 
 export function createMigrator(rt: Runtime): Migrator {
   const { config, log, metrics, catalog } = rt;
@@ -600,6 +607,7 @@ export function createMigrator(rt: Runtime): Migrator {
         appName: restoreAppName,
         timeoutMs: remaining(),
         signal: controller.signal,
+        runner: MIGRATE_RUNNER,
       });
 
       // The login has done its one job; the tenant's objects stay, owned by the tenant role.

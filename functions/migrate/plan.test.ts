@@ -1,11 +1,11 @@
 import { describe, expect, it } from 'vitest';
+import { stubRoles } from '../../shared/pg/platform-roles.js';
 import {
   compareWithSnapshot,
   describeMismatches,
   isSameDatabase,
   neededMajor,
   type ServerIdentity,
-  stubRoles,
   type TargetFacts,
   targetProblems,
   toolVersionProblems,

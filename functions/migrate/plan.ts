@@ -1,6 +1,6 @@
-// Pure rules of a migration: which client tools can do it, what in the target refuses it, which role
-// stubs it needs, how the restore list skips the schema the migrate creates itself, and how the target
-// is compared with the snapshot. Plain functions over data, unit-tested beside this file.
+// Pure rules of a migration: which client tools can do it, what in the target refuses it, and how the
+// target is compared with the snapshot. Plain functions over data, unit-tested beside this file.
+import { stubRoles } from '../../shared/pg/platform-roles.js';
 import type { SequenceValue, TableCount } from '../../shared/pg/snapshot.js';
 import { hasRelationKindProtection, type ToolInfo } from '../../shared/tools.js';
 
@@ -61,39 +61,6 @@ export function toolVersionProblems(
     });
   }
   return problems;
-}
-
-export interface StubRole {
-  name: string;
-  /** CREATE ROLE options when the migrate has to create it. */
-  options: string;
-  /** BYPASSRLS roles can only be created by a superuser. */
-  needsSuperuser: boolean;
-}
-
-export const PLATFORM_ROLES = ['anon', 'authenticated', 'service_role', 'authenticator'] as const;
-export const AUTHENTICATOR = 'authenticator';
-
-/** The roles the restored schema and its policies expect in the dedicated database. */
-export function stubRoles(tenantRole: string, policyRoles: readonly string[]): StubRole[] {
-  const roles: StubRole[] = [
-    { name: 'anon', options: 'NOLOGIN', needsSuperuser: false },
-    { name: 'authenticated', options: 'NOLOGIN', needsSuperuser: false },
-    { name: 'service_role', options: 'NOLOGIN BYPASSRLS', needsSuperuser: true },
-    // No password: the operator sets one when the gateway is switched over.
-    { name: AUTHENTICATOR, options: 'NOINHERIT LOGIN', needsSuperuser: false },
-    { name: tenantRole, options: 'NOLOGIN', needsSuperuser: false },
-  ];
-  for (const role of policyRoles) {
-    if (role === 'public' || role.startsWith('pg_') || roles.some((r) => r.name === role)) continue;
-    roles.push({ name: role, options: 'NOLOGIN', needsSuperuser: false });
-  }
-  return roles;
-}
-
-/** Roles `authenticator` switches into: the platform roles and the tenant's own. */
-export function authenticatorMemberships(tenantRole: string): string[] {
-  return ['anon', 'authenticated', 'service_role', tenantRole];
 }
 
 export interface ServerIdentity {

@@ -4,6 +4,7 @@
 import type pg from 'pg';
 import { AppError, isAppError } from '../../shared/errors.js';
 import { parsePgUrl, pgError, withPgClient } from '../../shared/pg/conn.js';
+import { authenticatorMemberships, stubRoles } from '../../shared/pg/platform-roles.js';
 import {
   countInventory,
   guardTenantReads,
@@ -15,13 +16,11 @@ import {
 } from '../../shared/pg/snapshot.js';
 import { missingToolMessage, requireTool, type ToolInfo } from '../../shared/tools.js';
 import {
-  authenticatorMemberships,
   MIGRATE_TOOLS,
   type MigrateTool,
   majorOf,
   neededMajor,
   type ServerIdentity,
-  stubRoles,
   type TargetFacts,
   toolVersionProblems,
 } from './plan.js';

@@ -3,11 +3,10 @@
 import { tenantRoleOf } from '../../shared/catalog/ids.js';
 import type { Manifest } from '../../shared/catalog/records.js';
 import { quoteIdent, quoteLiteral } from '../../shared/pg/conn.js';
+/** Platform roles every Flux database has (their attributes are set below). */
+import { PLATFORM_ROLES } from '../../shared/pg/platform-roles.js';
 import { ROLE_PROBLEMS_SQL } from '../../shared/pg/restore-role.js';
 import { textArray } from '../../shared/sandbox/query.js';
-
-/** Platform roles every Flux database has (their attributes are set below). */
-export const PLATFORM_ROLES = ['anon', 'authenticated', 'service_role', 'authenticator'] as const;
 /** Schema the amcheck extension is installed into, apart from the restored objects. */
 export const AMCHECK_SCHEMA = 'flux_verify_amcheck';
 

@@ -12,11 +12,6 @@ import { createLimiter } from '../../shared/limiter.js';
 import { counter, DURATION_BUCKETS_S, Gauge, gauge, histogram, metric } from '../../shared/metrics.js';
 import { type Artifact, openArtifact } from '../../shared/offsite/artifact.js';
 import { lazyOffsiteStore } from '../../shared/offsite/index.js';
-import { excludeEntries, extensionEntries } from '../../shared/pg/restore-list.js';
-import { parseLastJson, queryJson, runSql, sqlError, throwIfCanceled } from '../../shared/sandbox/query.js';
-import { createDriverSelection, type DriverSelection, sandboxTtlMs } from '../../shared/sandbox/select.js';
-import type { ExecResult, Sandbox } from '../../shared/sandbox/types.js';
-import { watchServer } from '../../shared/sandbox/watch.js';
 import {
   type ArchiveHeader,
   ArchiveHeaderError,
@@ -24,7 +19,8 @@ import {
   HEADER_READ_BYTES,
   imageFor,
   parseArchiveHeader,
-} from './archive.js';
+} from '../../shared/pg/archive-header.js';
+import { excludeEntries, extensionEntries } from '../../shared/pg/restore-list.js';
 import {
   completeRungs,
   evaluateArchive,
@@ -37,7 +33,11 @@ import {
   FINDINGS,
   outcomeOf,
   rung,
-} from './rungs.js';
+} from '../../shared/proof/rungs.js';
+import { parseLastJson, queryJson, runSql, sqlError, throwIfCanceled } from '../../shared/sandbox/query.js';
+import { createDriverSelection, type DriverSelection, sandboxTtlMs } from '../../shared/sandbox/select.js';
+import type { ExecResult, Sandbox } from '../../shared/sandbox/types.js';
+import { watchServer } from '../../shared/sandbox/watch.js';
 import {
   extensionsSql,
   missingExtensionsSelect,

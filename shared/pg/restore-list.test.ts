@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { excludeEntries, excludeSchemaEntry, extensionEntries } from './restore-list.js';
+import { excludeEntries, extensionEntries } from './restore-list.js';
 
 const LIST = [
   ';',
@@ -11,10 +11,10 @@ const LIST = [
   '3366; 3256 16419 POLICY t_550e8400e29b_api orders orders_owner postgres',
 ].join('\n');
 
-describe('excludeSchemaEntry', () => {
+describe('excludeEntries: one schema', () => {
   it('comments out exactly the entry creating the schema', () => {
-    const { list, excluded } = excludeSchemaEntry(LIST, 't_550e8400e29b_api');
-    expect(excluded).toBe(1);
+    const { list, excluded } = excludeEntries(LIST, { schemas: ['t_550e8400e29b_api'] });
+    expect(excluded.schemas.t_550e8400e29b_api).toBe(1);
     const lines = list.split('\n');
     expect(lines[3]).toBe(';7; 2615 16392 SCHEMA - t_550e8400e29b_api postgres');
     expect(lines.filter((l) => !l.startsWith(';'))).toEqual([
@@ -25,7 +25,9 @@ describe('excludeSchemaEntry', () => {
   });
 
   it('reports when there is no such entry', () => {
-    expect(excludeSchemaEntry(LIST, 't_ffffffffffff_api').excluded).toBe(0);
+    expect(
+      excludeEntries(LIST, { schemas: ['t_ffffffffffff_api'] }).excluded.schemas.t_ffffffffffff_api,
+    ).toBe(0);
   });
 });
 

@@ -56,9 +56,3 @@ export function excludeEntries(
   });
   return { list: lines.join('\n'), excluded };
 }
-
-/** The list without the one entry creating `schema` (the restore's caller created it). */
-export function excludeSchemaEntry(list: string, schema: string): { list: string; excluded: number } {
-  const result = excludeEntries(list, { schemas: [schema] });
-  return { list: result.list, excluded: result.excluded.schemas[schema] ?? 0 };
-}

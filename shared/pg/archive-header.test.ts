@@ -5,7 +5,7 @@ import {
   checkCompatibility,
   minRestoreMajorFor,
   parseArchiveHeader,
-} from './archive.js';
+} from './archive-header.js';
 
 /** Builds a custom-format header the way pg_dump's WriteHead does. */
 function header(options: { major?: number; minor?: number; rev?: number; strings?: boolean } = {}): Buffer {

@@ -1,6 +1,7 @@
-// Everything a migration does to the dedicated (target) database: the role stubs, schema auth and the
-// tenant schema (each recorded only when this run created it), the pg_restore, the validation read and
-// the rollback that drops exactly what was recorded. The source is never touched here.
+// Everything a restore of a tenant's archive into a real server does there (a migration's dedicated
+// database, a restore's target): the role stubs, schema auth and the tenant schema (each recorded only
+// when this run created it), the pg_restore, the validation read and the rollback that drops exactly
+// what was recorded.
 //
 // The restore runs the tenant's code (its CHECKs, generated columns, index expressions, materialized
 // views), so it runs as the tenant: pg_restore logs in as a login role made for this run alone (no
@@ -10,27 +11,19 @@ import { createHash, createHmac, pbkdf2Sync, randomBytes } from 'node:crypto';
 import { writeFile } from 'node:fs/promises';
 import { execa } from 'execa';
 import type pg from 'pg';
-import { AppError, isAppError } from '../../shared/errors.js';
-import {
-  libpqEnv,
-  parsePgUrl,
-  pgError,
-  quoteIdent,
-  quoteLiteral,
-  SQLSTATE,
-  withPgClient,
-} from '../../shared/pg/conn.js';
-import { excludeSchemaEntry } from '../../shared/pg/restore-list.js';
-import { assertUnprivileged, tenantText } from '../../shared/pg/restore-role.js';
+import { AppError, isAppError } from '../errors.js';
+import type { ToolInfo } from '../tools.js';
+import { libpqEnv, parsePgUrl, pgError, quoteIdent, quoteLiteral, SQLSTATE, withPgClient } from './conn.js';
+import { AUTHENTICATOR, authenticatorMemberships, stubRoles } from './platform-roles.js';
+import { type ExcludedEntries, excludeEntries } from './restore-list.js';
+import { assertUnprivileged, tenantText } from './restore-role.js';
 import {
   countInventory,
   guardTenantReads,
   readInventory,
   type SequenceValue,
   type TableCount,
-} from '../../shared/pg/snapshot.js';
-import type { ToolInfo } from '../../shared/tools.js';
-import { AUTHENTICATOR, authenticatorMemberships, stubRoles } from './plan.js';
+} from './snapshot.js';
 
 /** What this run created in the target: the rollback drops exactly these, nothing else. */
 export interface TargetChanges {
@@ -189,13 +182,23 @@ function stderrTail(text: string): string {
   return text.trim().split('\n').slice(-5).join(' | ').slice(0, 1500);
 }
 
-function childError(tool: string, result: ChildResult, timeoutNote: string): AppError {
-  if (result.isCanceled) return new AppError('shutting_down', `${tool} was cancelled (migrate is stopping)`);
-  if (result.timedOut) return new AppError('timeout', `${tool} ran past ${timeoutNote} and was killed`);
+/** Who runs a restore, for its errors: the function and the code a failed child is reported with. */
+export interface RestoreRunner {
+  fn: string;
+  failCode: 'migrate_failed' | 'restore_failed';
+  /** What bounds the child's time, named in a timeout error. */
+  timeoutNote: string;
+}
+
+export function childError(tool: string, result: ChildResult, runner: RestoreRunner): AppError {
+  if (result.isCanceled)
+    return new AppError('shutting_down', `${tool} was cancelled (${runner.fn} is stopping)`);
+  if (result.timedOut)
+    return new AppError('timeout', `${tool} ran past ${runner.timeoutNote} and was killed`);
   const how = result.signal ? `was killed by ${result.signal}` : `exited ${result.exitCode}`;
   // What pg_restore printed may be the tenant's own text (its objects' names, its functions' messages).
   const said = stderrTail(result.stderr);
-  return new AppError('migrate_failed', `${tool} ${how}: ${said ? tenantText(said) : 'no error output'}`, {
+  return new AppError(runner.failCode, `${tool} ${how}: ${said ? tenantText(said) : 'no error output'}`, {
     details: { exitCode: result.exitCode ?? null, signal: result.signal ?? null },
   });
 }
@@ -208,8 +211,9 @@ export function dbnameConninfo(database: string): string {
 /**
  * Restores the dump into the target as the tenant: logged in as the run's restore login, `--role` the
  * tenant role (so the tenant owns what is created and its code runs with the tenant's privileges only),
- * the restore list minus the schema entry (this run created the schema), `--no-owner --exit-on-error`,
- * the archive's grants applied, password only in PGPASSWORD of the child's env.
+ * the restore list minus what the caller created itself (the tenant schema, which must be in the list
+ * exactly once; extensions and their schemas), `--no-owner --exit-on-error`, the archive's grants applied,
+ * password only in PGPASSWORD of the child's env.
  */
 export async function restoreDump(options: {
   url: string;
@@ -217,12 +221,16 @@ export async function restoreDump(options: {
   tenantRole: string;
   dumpFile: string;
   listFile: string;
-  schema: string;
+  /** The tenant schema this run created (v2); absent for a whole database. */
+  schema?: string | undefined;
+  /** More entries the caller handled as superuser beforehand. */
+  exclude?: ExcludedEntries;
   pgRestore: ToolInfo;
   pathEnv: string | undefined;
   appName: string;
   timeoutMs: number;
   signal: AbortSignal;
+  runner: RestoreRunner;
 }): Promise<{ seconds: number }> {
   const started = performance.now();
   const target = { ...parsePgUrl(options.url), user: options.login.role, password: options.login.password };
@@ -246,16 +254,20 @@ export async function restoreDump(options: {
       stdout: typeof r.stdout === 'string' ? r.stdout : '',
     };
   };
-  const note = `the time left of FLUX_MIGRATE_TIMEOUT_MS`;
   const listed = await run(['--list', options.dumpFile]);
   if (listed.exitCode !== 0 || listed.timedOut || listed.isCanceled) {
-    throw childError('pg_restore --list', listed, note);
+    throw childError('pg_restore --list', listed, options.runner);
   }
-  const { list, excluded } = excludeSchemaEntry(listed.stdout, options.schema);
-  if (excluded !== 1) {
+  const schemas = [...(options.schema ? [options.schema] : []), ...(options.exclude?.schemas ?? [])];
+  const { list, excluded } = excludeEntries(listed.stdout, {
+    schemas,
+    extensions: options.exclude?.extensions ?? false,
+  });
+  const schemaEntries = options.schema ? (excluded.schemas[options.schema] ?? 0) : 1;
+  if (schemaEntries !== 1) {
     throw new AppError(
-      'migrate_failed',
-      `the dump's restore list has ${excluded} entries creating schema ${options.schema} (expected 1); nothing was restored`,
+      options.runner.failCode,
+      `the dump's restore list has ${schemaEntries} entries creating schema ${options.schema} (expected 1); nothing was restored`,
     );
   }
   await writeFile(options.listFile, list, { mode: 0o600 });
@@ -268,7 +280,7 @@ export async function restoreDump(options: {
     options.dumpFile,
   ]);
   if (restored.exitCode !== 0 || restored.timedOut || restored.isCanceled) {
-    throw childError('pg_restore', restored, note);
+    throw childError('pg_restore', restored, options.runner);
   }
   return { seconds: (performance.now() - started) / 1000 };
 }

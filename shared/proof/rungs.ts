@@ -1,8 +1,8 @@
 // Rung evaluation: pure functions from what the sandbox reported to a rung result with a stable finding
 // code, and from the rungs to the verification outcome. Unverifiable is never a pass and never a failure.
-import type { Manifest, Rung, RungName, RungResult, VerifyOutcome } from '../../shared/catalog/records.js';
-import { RUNG_NAMES } from '../../shared/catalog/records.js';
-import { tenantText } from '../../shared/pg/restore-role.js';
+import type { Manifest, Rung, RungName, RungResult, VerifyOutcome } from '../catalog/records.js';
+import { RUNG_NAMES } from '../catalog/records.js';
+import { tenantText } from '../pg/restore-role.js';
 
 /** Stable finding codes, per rung (what tests, alerts and dashboards key on). */
 export const FINDINGS = {

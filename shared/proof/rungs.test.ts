@@ -1,6 +1,6 @@
 // Each rung in both directions: the broken input fires its finding, the healthy one stays silent.
 import { describe, expect, it } from 'vitest';
-import { tenantText } from '../../shared/pg/restore-role.js';
+import { tenantText } from '../pg/restore-role.js';
 import {
   completeRungs,
   errorLines,
