@@ -1,6 +1,6 @@
 # syntax=docker/dockerfile:1
 # flux-ops: one image for every function. FLUX_FUNCTION picks the process a container runs
-# (dump, replicate, verify, probe, migrate, router, or all for the all-in-one), always as uid 1001.
+# (dump, replicate, verify, probe, migrate, restore, router, or all for the all-in-one), always as uid 1001.
 #
 #   docker build -t flux-ops:local .
 #   docker build --build-arg PG_MAJOR=18 -t flux-ops:local .    # tenants on a newer server
@@ -84,4 +84,4 @@ HEALTHCHECK --interval=30s --timeout=5s --start-period=30s --retries=3 \
 
 # tini is PID 1: it forwards SIGTERM to node (graceful stop) and reaps the tools' orphaned children.
 ENTRYPOINT ["/usr/bin/tini", "--"]
-CMD ["sh", "-c", "case \"${FLUX_FUNCTION:-}\" in dump|replicate|verify|probe|migrate|router|all) exec node \"dist/functions/${FLUX_FUNCTION}/main.js\" ;; *) echo \"flux-ops: set FLUX_FUNCTION to dump, replicate, verify, probe, migrate, router or all (got '${FLUX_FUNCTION:-}')\" >&2; exit 78 ;; esac"]
+CMD ["sh", "-c", "case \"${FLUX_FUNCTION:-}\" in dump|replicate|verify|probe|migrate|restore|router|all) exec node \"dist/functions/${FLUX_FUNCTION}/main.js\" ;; *) echo \"flux-ops: set FLUX_FUNCTION to dump, replicate, verify, probe, migrate, restore, router or all (got '${FLUX_FUNCTION:-}')\" >&2; exit 78 ;; esac"]

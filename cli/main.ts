@@ -14,9 +14,11 @@ import { type ApiClient, ApiError, createClient, resolveEndpoint } from './http.
 import { MIGRATE_COMMANDS } from './migrate.js';
 import { flushed, type Io, println } from './output.js';
 import { PROBE_COMMANDS } from './probe.js';
+import { RESTORE_COMMANDS } from './restore.js';
 
 export const COMMANDS: readonly Command[] = [
   ...BACKUP_COMMANDS,
+  ...RESTORE_COMMANDS,
   ...MIGRATE_COMMANDS,
   ...PROBE_COMMANDS,
   ...EVENTS_COMMANDS,

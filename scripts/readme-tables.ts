@@ -7,7 +7,11 @@ import { ERROR_TABLE } from '../shared/errors.js';
 import { EVENT_TYPES, type EventType } from '../shared/events/envelope.js';
 
 export const EVENT_DOCS: Record<EventType, { from: string; when: string; to: string }> = {
-  'flux.backup.requested': { from: 'a scheduler', when: 'asks for a backup of a project', to: 'dump' },
+  'flux.backup.requested': {
+    from: 'a scheduler, restore (safety backup)',
+    when: 'asks for a backup of a project',
+    to: 'dump',
+  },
   'flux.backup.created': {
     from: 'dump',
     when: 'a backup is complete (manifest written)',
@@ -63,6 +67,26 @@ export const EVENT_DOCS: Record<EventType, { from: string; when: string; to: str
   'flux.migrate.failed': {
     from: 'migrate',
     when: 'a phase failed; the target was rolled back',
+    to: 'operators',
+  },
+  'flux.restore.started': {
+    from: 'restore',
+    when: 'a restore begins to change a server (in_place: the drain signal, lockWrites)',
+    to: 'gateway, operators',
+  },
+  'flux.restore.completed': {
+    from: 'restore',
+    when: 'the restored copy is proven against the manifest (and live, in_place)',
+    to: 'gateway, operators',
+  },
+  'flux.restore.failed': {
+    from: 'restore',
+    when: 'a stage failed or the process died; the live copy was put back (rolledBack)',
+    to: 'gateway, operators',
+  },
+  'flux.restore.previous_dropped': {
+    from: 'restore',
+    when: 'the copy an in-place restore set aside was dropped (expired or asked)',
     to: 'operators',
   },
 };

@@ -14,13 +14,14 @@ export const SCOPES = [
   'backups:write',
   'verify',
   'migrate',
+  'restore',
   'probe',
   'events',
   'admin',
 ] as const;
 export type Scope = (typeof SCOPES)[number];
 
-export const FUNCTION_NAMES = ['dump', 'replicate', 'verify', 'probe', 'migrate'] as const;
+export const FUNCTION_NAMES = ['dump', 'replicate', 'verify', 'probe', 'migrate', 'restore'] as const;
 export type FunctionName = (typeof FUNCTION_NAMES)[number];
 
 const port = (fallback: number) => z.coerce.number().int().min(1).max(65535).default(fallback);
@@ -233,10 +234,11 @@ export const VARS = {
   FLUX_VERIFY_PORT: { schema: port(8083), description: 'Port of the verify function.' },
   FLUX_PROBE_PORT: { schema: port(8084), description: 'Port of the probe function.' },
   FLUX_MIGRATE_PORT: { schema: port(8085), description: 'Port of the migrate function.' },
+  FLUX_RESTORE_PORT: { schema: port(8086), description: 'Port of the restore function.' },
   FLUX_FUNCTION: {
     schema: z.enum(['router', 'all', ...FUNCTION_NAMES]).optional(),
     description:
-      'The process a container of the image runs (dump … migrate, router, all): entrypoint and healthcheck.',
+      'The process a container of the image runs (dump … restore, router, all): entrypoint and healthcheck.',
   },
   FLUX_DUMP_URL: { schema: upstream('http://dump:8081'), description: 'Where the router reaches dump.' },
   FLUX_REPLICATE_URL: {
@@ -251,6 +253,10 @@ export const VARS = {
   FLUX_MIGRATE_URL: {
     schema: upstream('http://migrate:8085'),
     description: 'Where the router reaches migrate.',
+  },
+  FLUX_RESTORE_URL: {
+    schema: upstream('http://restore:8086'),
+    description: 'Where the router reaches restore.',
   },
   FLUX_STATE_DIR: {
     schema: dir('/srv/flux/state'),
@@ -463,6 +469,15 @@ export const VARS = {
     schema: ms(6 * HOUR_MS, SECOND_MS),
     description: 'Whole-migration limit; children killed and target rolled back.',
   },
+  FLUX_RESTORE_TIMEOUT_MS: {
+    schema: ms(6 * HOUR_MS, SECOND_MS),
+    description: 'Whole-restore limit (safety backup included); children killed, the live state put back.',
+  },
+  FLUX_RESTORE_KEEP_PREVIOUS_HOURS: {
+    schema: int(24, 0, 24 * 365),
+    description:
+      'Hours an in-place restore keeps the copy it replaced (0: drop it once the restore is proven).',
+  },
   FLUX_S3_ENDPOINT: {
     schema: optionalString,
     description: 'S3-compatible endpoint URL (for s3:// offsite).',
@@ -598,6 +613,16 @@ export function redactUrl(url: string): string {
   }
 }
 
+/** The variable naming each function's base URL in a split deployment (defaults are the compose service names). */
+export const UPSTREAM_VARS = {
+  dump: 'FLUX_DUMP_URL',
+  replicate: 'FLUX_REPLICATE_URL',
+  verify: 'FLUX_VERIFY_URL',
+  probe: 'FLUX_PROBE_URL',
+  migrate: 'FLUX_MIGRATE_URL',
+  restore: 'FLUX_RESTORE_URL',
+} as const satisfies Record<FunctionName, VarName>;
+
 export function portOf(config: Config, fn: FunctionName | 'all'): number {
   switch (fn) {
     case 'all':
@@ -612,6 +637,8 @@ export function portOf(config: Config, fn: FunctionName | 'all'): number {
       return config.FLUX_PROBE_PORT;
     case 'migrate':
       return config.FLUX_MIGRATE_PORT;
+    case 'restore':
+      return config.FLUX_RESTORE_PORT;
   }
 }
 

@@ -151,9 +151,11 @@ const JSON_BODY_ROUTES = new Set([
   'verify POST /api/cli/v1/projects/:hash/backups/:backupId/verify',
   'probe POST /probes/run',
   'migrate POST /api/cli/v1/migrate',
+  'restore POST /api/cli/v1/projects/:hash/backups/:backupId/restore',
 ]);
 const BODYLESS_POST_ROUTES = new Set(FUNCTION_NAMES.map((fn) => `${fn} POST /events/replay`));
 BODYLESS_POST_ROUTES.add('replicate POST /replicate/run');
+BODYLESS_POST_ROUTES.add('restore POST /api/cli/v1/projects/:hash/restores/:restoreId/drop-previous');
 const PUBLIC_GET_ROUTES = new Set(['/healthz', '/readyz', '/metrics']);
 
 let pg: PgCluster;
@@ -1012,6 +1014,7 @@ describe('a client that gives up mid-body', () => {
       verify: `/api/cli/v1/projects/${TENANT.hash}/backups/${backupId}/verify`,
       probe: '/probes/run',
       migrate: '/api/cli/v1/migrate',
+      restore: `/api/cli/v1/projects/${TENANT.hash}/backups/${backupId}/restore`,
     };
     const headers = { ...ADMIN.header, 'content-type': 'application/json' };
     const metricsOf = (fn: FunctionName) => runtimes[fn].metrics;

@@ -9,13 +9,13 @@ import path from 'node:path';
 import { execa } from 'execa';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { FACTORIES } from '../functions/all/app.js';
-import { UPSTREAM_VARS } from '../functions/router/app.js';
 import {
   type Config,
   FUNCTION_NAMES,
   type FunctionName,
   loadConfig,
   portOf,
+  UPSTREAM_VARS,
   VARS,
 } from '../shared/config.js';
 import { RUN_AS_UID } from '../shared/errors.js';
@@ -42,6 +42,7 @@ const NEEDS: Record<FunctionName, Array<(typeof DATA_DIR_VARS)[number]>> = {
   verify: ['FLUX_BACKUPS_LOCAL_DIR', 'FLUX_BACKUPS_OFFSITE_DIR', 'FLUX_VERIFY_LOCAL_DIR'],
   probe: [],
   migrate: ['FLUX_BACKUPS_LOCAL_DIR'],
+  restore: ['FLUX_BACKUPS_LOCAL_DIR'],
 };
 
 /** The CLI's own variables (the upstream flux CLI's names): read by the client, never by a service. */

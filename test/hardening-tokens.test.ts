@@ -78,6 +78,12 @@ const REQUIRED_SCOPE: Record<FunctionName, Record<string, Scope>> = {
     'POST /api/cli/v1/migrate': 'migrate',
     'GET /api/cli/v1/migrate/:hash': 'migrate',
   },
+  restore: {
+    ...KIT_ROUTES,
+    'POST /api/cli/v1/projects/:hash/backups/:backupId/restore': 'restore',
+    'GET /api/cli/v1/projects/:hash/restores/:restoreId': 'restore',
+    'POST /api/cli/v1/projects/:hash/restores/:restoreId/drop-previous': 'restore',
+  },
 };
 
 const NARROW_SCOPES = SCOPES.filter((s): s is Exclude<Scope, 'admin'> => s !== 'admin');
@@ -670,7 +676,8 @@ describe('limits', () => {
           posts += 1;
         }
       }
-      expect(posts).toBe(FUNCTION_NAMES.length * 3);
+      // The kit's two (events, replay) and one of each function's own; restore has two (restore, drop-previous).
+      expect(posts).toBe(FUNCTION_NAMES.length * 3 + 1);
     } finally {
       for (const s of served) await s.close();
       for (const fn of FUNCTION_NAMES) await apps[fn].stop();

@@ -17,6 +17,7 @@ import { createApp as createDump } from '../functions/dump/app.js';
 import { createApp as createMigrate } from '../functions/migrate/app.js';
 import { createApp as createProbe } from '../functions/probe/app.js';
 import { createApp as createReplicate } from '../functions/replicate/app.js';
+import { createApp as createRestore } from '../functions/restore/app.js';
 import { createRouter, type Router } from '../functions/router/app.js';
 import { createApp as createVerify } from '../functions/verify/app.js';
 import { type EventSink, FUNCTION_NAMES, type FunctionName } from '../shared/config.js';
@@ -228,6 +229,16 @@ async function runFlows(base: string, sink: EventReceiver): Promise<Collected> {
   // Verify (a real restore into a local throwaway cluster).
   const verified = await call('POST', `${backups(TENANT)}/${backupId}/verify`, { headers: as(ADMIN) });
   expect(verified.json).toMatchObject({ ok: true, restoreVerificationStatus: 'restore_verified' });
+
+  // A restore beside the live tenant: a real pg_restore into a new database, proven against the manifest.
+  const restored = await call('POST', `${backups(TENANT)}/${backupId}/restore`, {
+    headers: jsonHeaders(ADMIN),
+    body: JSON.stringify({ targetName: `scan_${randomUUID().slice(0, 8)}` }),
+  });
+  expect(restored.json, JSON.stringify(restored.json)).toMatchObject({
+    ok: true,
+    restore: { status: 'completed' },
+  });
 
   // A dump that fails: the project's URL carries a wrong password.
   const failed = await call('POST', backups(BROKEN), { headers: as(ADMIN) });
@@ -456,6 +467,7 @@ describe('secret scan', () => {
       verify: createVerify,
       probe: createProbe,
       migrate: createMigrate,
+      restore: createRestore,
     };
     const runtimes: TestRuntime[] = [];
     const apps: FunctionApp[] = [];

@@ -1,4 +1,4 @@
-// The all-in-one process for local use: all five functions in one Node process on FLUX_PORT, wired to
+// The all-in-one process for local use: all six functions in one Node process on FLUX_PORT, wired to
 // each other by signed events over loopback exactly as separate processes would be.
 import path from 'node:path';
 import { Hono } from 'hono';
@@ -20,6 +20,7 @@ import { createApp as createDump } from '../dump/app.js';
 import { createApp as createMigrate } from '../migrate/app.js';
 import { createApp as createProbe } from '../probe/app.js';
 import { createApp as createReplicate } from '../replicate/app.js';
+import { createApp as createRestore } from '../restore/app.js';
 import { registerStatusRoutes } from '../status/page.js';
 import { createApp as createVerify } from '../verify/app.js';
 import { routeOf } from './routes.js';
@@ -31,6 +32,7 @@ export const FACTORIES: Record<FunctionName, (rt: Runtime) => FunctionApp> = {
   verify: createVerify,
   probe: createProbe,
   migrate: createMigrate,
+  restore: createRestore,
 };
 
 export interface AllInOneOptions {
@@ -43,7 +45,7 @@ export interface AllInOne {
   app: Hono;
   functions: Record<FunctionName, FunctionApp>;
   runtimes: Record<FunctionName, Runtime>;
-  /** The registry the five functions share (reloadable when it is the file's). */
+  /** The registry the six functions share (reloadable when it is the file's). */
   registry: ProjectRegistry | ReloadableRegistry;
   /** Where loopback events are sent; set once the server listens (the port may be chosen by the OS). */
   setBaseUrl(url: string): void;
@@ -87,6 +89,7 @@ export function createAllInOne(
       catalog,
       webhookSecrets,
       extraSinks: () => loopbackSinks(name),
+      peerUrl: (fn) => `${baseUrl}/${fn}`,
     });
     functions[name] = FACTORIES[name](runtimes[name]);
   }

@@ -14,12 +14,19 @@ describe('front-door routing', () => {
       'verify',
       '/api/cli/v1/projects/0a1b2c3/backups/01J/verify',
     ],
+    [
+      '/api/cli/v1/projects/0a1b2c3/backups/01J/restore',
+      'restore',
+      '/api/cli/v1/projects/0a1b2c3/backups/01J/restore',
+    ],
+    ['/api/cli/v1/projects/0a1b2c3/restores/01J', 'restore', '/api/cli/v1/projects/0a1b2c3/restores/01J'],
     ['/api/cli/v1/migrate', 'migrate', '/api/cli/v1/migrate'],
     ['/api/ops/v1/status', 'dump', '/api/ops/v1/status'],
     ['/probes/run', 'probe', '/probes/run'],
     ['/replicate/events', 'replicate', '/events'],
     ['/verify/readyz', 'verify', '/readyz'],
     ['/dump', 'dump', '/'],
+    ['/restore/readyz', 'restore', '/readyz'],
   ])('%s → %s %s', (path, fn, inner) => {
     expect(routeOf(path)).toEqual({ fn, path: inner });
   });

@@ -9,6 +9,7 @@ export interface Route {
 }
 
 const VERIFY_ROUTE = /^\/api\/cli\/v1\/projects\/[^/]+\/backups\/[^/]+\/verify\/?$/;
+const RESTORE_ROUTE = /^\/api\/cli\/v1\/projects\/[^/]+\/(backups\/[^/]+\/restore|restores(\/.*)?)\/?$/;
 
 export function routeOf(pathname: string): Route | undefined {
   // /<fn>/... reaches one function's own surface (its /readyz, /metrics, /events, extra routes).
@@ -19,6 +20,7 @@ export function routeOf(pathname: string): Route | undefined {
   if (pathname === '/api/cli/v1/migrate' || pathname === '/api/cli/v1/migrate/')
     return { fn: 'migrate', path: pathname };
   if (VERIFY_ROUTE.test(pathname)) return { fn: 'verify', path: pathname };
+  if (RESTORE_ROUTE.test(pathname)) return { fn: 'restore', path: pathname };
   if (pathname.startsWith('/api/cli/v1/projects/') || pathname.startsWith('/api/ops/v1/'))
     return { fn: 'dump', path: pathname };
   if (pathname === '/probes' || pathname.startsWith('/probes/')) return { fn: 'probe', path: pathname };

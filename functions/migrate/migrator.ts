@@ -4,13 +4,13 @@
 // A run record under FLUX_STATE_DIR lets a restarted process roll back a run a crash interrupted.
 import { readdir, readFile, rm } from 'node:fs/promises';
 import path from 'node:path';
-import pg from 'pg';
 import { ensureDir, writeJsonAtomic } from '../../shared/atomic.js';
 import { newBackupId } from '../../shared/catalog/ids.js';
 import { AppError, ERROR_TABLE, errnoOf, fsWriteError, isAppError } from '../../shared/errors.js';
 import type { Runtime } from '../../shared/kit/runtime.js';
 import { counter, DURATION_BUCKETS_S, gauge, histogram } from '../../shared/metrics.js';
-import { parsePgUrl, pgClientConfig, pgError, withPgClient } from '../../shared/pg/conn.js';
+import { parsePgUrl, pgError, withPgClient } from '../../shared/pg/conn.js';
+import { takeSessionLease } from '../../shared/pg/lease.js';
 import { runSnapshotDump } from '../../shared/pg/snapshot.js';
 import {
   describeChanges,
@@ -328,29 +328,12 @@ export function createMigrator(rt: Runtime): Migrator {
   }
 
   /** Cross-process guard: a session advisory lock in the target, held for the whole run. */
-  async function lockTarget(url: string, project: Project): Promise<() => Promise<void>> {
-    const client = new pg.Client(pgClientConfig(parsePgUrl(url), `${MIGRATE_APP_NAME}-lease`));
-    client.on('error', () => undefined);
-    try {
-      await client.connect();
-      const r = await client.query<{ ok: boolean }>(
-        'SELECT pg_try_advisory_lock(hashtextextended($1, 0)) AS ok',
-        [`flux-ops-migrate:${project.id}`],
-      );
-      if (!r.rows[0]?.ok) {
-        throw new AppError(
-          'conflict',
-          `a migration of ${project.slug} into this dedicated database is running in another migrate process; wait for it to finish`,
-          { retryAfterSeconds: 60 },
-        );
-      }
-    } catch (error) {
-      await client.end().catch(() => undefined);
-      throw isAppError(error) ? error : pgError(error, 'taking the migration lease in the target');
-    }
-    return async () => {
-      await client.end().catch(() => undefined);
-    };
+  function lockTarget(url: string, project: Project): Promise<() => Promise<void>> {
+    return takeSessionLease(url, `flux-ops-migrate:${project.id}`, {
+      appName: `${MIGRATE_APP_NAME}-lease`,
+      busy: `a migration of ${project.slug} into this dedicated database is running in another migrate process; wait for it to finish`,
+      what: 'taking the migration lease in the target',
+    });
   }
 
   async function planAnswer(project: Project, options: MigrateOptions): Promise<MigrateAnswer> {

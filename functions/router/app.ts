@@ -8,7 +8,14 @@ import { getConnInfo } from '@hono/node-server/conninfo';
 import { type Context, Hono } from 'hono';
 import type { ContentfulStatusCode } from 'hono/utils/http-status';
 import { Agent, type Dispatcher, request } from 'undici';
-import { type Config, FUNCTION_NAMES, type FunctionName, redactUrl, SECOND_MS } from '../../shared/config.js';
+import {
+  type Config,
+  FUNCTION_NAMES,
+  type FunctionName,
+  redactUrl,
+  SECOND_MS,
+  UPSTREAM_VARS,
+} from '../../shared/config.js';
 import { AppError, errnoOf, isAppError } from '../../shared/errors.js';
 import { answerUnroutedWith, errorBody } from '../../shared/kit/app.js';
 import { allowedMethodsOf, isRecognisedMethod, notImplemented } from '../../shared/kit/methods.js';
@@ -16,15 +23,6 @@ import type { Logger } from '../../shared/log.js';
 import { counter, DURATION_BUCKETS_S, histogram, type Registry } from '../../shared/metrics.js';
 import { routeOf } from '../all/routes.js';
 import { registerStatusRoutes } from '../status/page.js';
-
-/** The variable naming each function's base URL (defaults are the compose service names). */
-export const UPSTREAM_VARS = {
-  dump: 'FLUX_DUMP_URL',
-  replicate: 'FLUX_REPLICATE_URL',
-  verify: 'FLUX_VERIFY_URL',
-  probe: 'FLUX_PROBE_URL',
-  migrate: 'FLUX_MIGRATE_URL',
-} as const satisfies Record<FunctionName, keyof Config>;
 
 export type Upstreams = Record<FunctionName, string>;
 

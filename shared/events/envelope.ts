@@ -101,6 +101,40 @@ export const EVENT_DATA = {
     phase: z.string(),
     ...failure,
   }),
+  'flux.restore.started': z.looseObject({
+    projectId: z.uuid(),
+    slug: z.string(),
+    backupId: id,
+    restoreId: id,
+    mode: z.enum(['new', 'in_place']),
+    /** The drain signal, as migrate's lockWrites: the gateway stops the tenant's writes until completed/failed. */
+    lockWrites: z.boolean(),
+  }),
+  'flux.restore.completed': z.looseObject({
+    projectId: z.uuid(),
+    slug: z.string(),
+    backupId: id,
+    restoreId: id,
+    mode: z.enum(['new', 'in_place']),
+    seconds: z.number(),
+  }),
+  'flux.restore.failed': z.looseObject({
+    projectId: z.uuid(),
+    slug: z.string(),
+    backupId: id,
+    restoreId: id,
+    stage: z.string(),
+    rolledBack: z.boolean(),
+    ...failure,
+  }),
+  'flux.restore.previous_dropped': z.looseObject({
+    projectId: z.uuid(),
+    slug: z.string(),
+    restoreId: id,
+    /** The schema or database the in-place restore had set aside. */
+    previous: z.string(),
+    reason: z.string(),
+  }),
 } as const;
 
 export type EventType = keyof typeof EVENT_DATA;

@@ -3,7 +3,7 @@
 import { randomBytes } from 'node:crypto';
 import path from 'node:path';
 import { type Catalog, createCatalog } from '../catalog/catalog.js';
-import type { Config, EventSink, FunctionName } from '../config.js';
+import { type Config, type EventSink, type FunctionName, UPSTREAM_VARS } from '../config.js';
 import { type CloudEvent, createEvent, type EventData, type EventType } from '../events/envelope.js';
 import { createEventLog } from '../events/eventlog.js';
 import { createInbox, type Inbox } from '../events/inbox.js';
@@ -34,6 +34,8 @@ export interface Runtime {
   inbox: Inbox;
   emit: Emit;
   webhookSecrets: readonly string[];
+  /** The base URL another function of this deployment answers on (the all-in-one: its own loopback mount). */
+  peerUrl(fn: FunctionName): string;
 }
 
 /** What each function's createApp returns: the Hono app plus its background lifecycle. */
@@ -55,6 +57,8 @@ export interface RuntimeOptions {
   /** Extra sinks beyond FLUX_EVENT_SINKS (the all-in-one process adds its loopback wiring). */
   extraSinks?: () => readonly EventSink[];
   webhookSecrets?: readonly string[];
+  /** Where other functions are reached (default: FLUX_<FN>_URL, the split deployment's service names). */
+  peerUrl?: (fn: FunctionName) => string;
 }
 
 /** In the embedded profile with no configured secret, loopback events are signed with a per-run secret. */
@@ -122,5 +126,6 @@ export function createRuntime(
     }
     return event;
   };
-  return { name, config, env, log, metrics, registry, catalog, outbox, inbox, emit, webhookSecrets };
+  const peerUrl = options.peerUrl ?? ((fn: FunctionName) => config[UPSTREAM_VARS[fn]].replace(/\/+$/, ''));
+  return { name, config, env, log, metrics, registry, catalog, outbox, inbox, emit, webhookSecrets, peerUrl };
 }

@@ -1,0 +1,529 @@
+// The restore function's work: the gate and the plan, one run per project at a time (here and across
+// processes, by a lease on the project's server), runs in flight with their progress, the crash recovery
+// at start, and the sweep that drops set-aside copies once FLUX_RESTORE_KEEP_PREVIOUS_HOURS have passed.
+import { open, rm } from 'node:fs/promises';
+import path from 'node:path';
+import type { CatalogEntry } from '../../shared/catalog/catalog.js';
+import { classify } from '../../shared/catalog/classifier.js';
+import { newBackupId } from '../../shared/catalog/ids.js';
+import type { Manifest } from '../../shared/catalog/records.js';
+import { MINUTE_MS } from '../../shared/config.js';
+import { AppError, isAppError } from '../../shared/errors.js';
+import type { Runtime } from '../../shared/kit/runtime.js';
+import { openArtifact, readOffsiteManifest } from '../../shared/offsite/artifact.js';
+import { lazyOffsiteStore } from '../../shared/offsite/index.js';
+import { canRead, HEADER_READ_BYTES, parseArchiveHeader } from '../../shared/pg/archive-header.js';
+import { withPgClient } from '../../shared/pg/conn.js';
+import { takeSessionLease } from '../../shared/pg/lease.js';
+import type { Project } from '../../shared/registry.js';
+import { requireTool, type ToolInfo } from '../../shared/tools.js';
+import { type Ends, endsOf, requireOwnServer, whereOf } from './ends.js';
+import { restoreMetrics } from './metrics.js';
+import { asideNameOf, planSteps, type RestoreBody, restoredNameOf, stagingNameOf, totalsOf } from './plan.js';
+import { createRecordStore, type RestoreRecord, writeReceipt } from './record.js';
+import { undoRun } from './rollback.js';
+import { dropPrevious, executeRun, type RestoreProgress } from './run.js';
+import { databaseExists, maintenanceUrl, RESTORE_APP_NAME } from './server.js';
+
+export interface StartedRestore {
+  record: RestoreRecord;
+  done: Promise<RestoreRecord>;
+}
+
+export interface Restorer {
+  plan(project: Project, backupId: string, body: RestoreBody): Promise<Record<string, unknown>>;
+  start(project: Project, backupId: string, body: RestoreBody): Promise<StartedRestore>;
+  get(restoreId: string): Promise<(RestoreRecord & { progress?: RestoreProgress }) | undefined>;
+  dropPrevious(project: Project, restoreId: string): Promise<RestoreRecord>;
+  recover(): Promise<void>;
+  sweep(now?: Date): Promise<number>;
+  stop(): Promise<void>;
+  readonly running: number;
+}
+
+const SWEEP_EVERY_MS = MINUTE_MS;
+
+export function createRestorer(rt: Runtime): Restorer {
+  const { config, catalog, log } = rt;
+  const metrics = restoreMetrics(rt.metrics);
+  const baseDir = path.join(config.FLUX_STATE_DIR, 'restore');
+  const records = createRecordStore(path.join(baseDir, 'runs'));
+  const workDir = path.join(baseDir, 'work');
+  const store = lazyOffsiteStore(config);
+  const leases = new Set<string>();
+  const inFlight = new Map<
+    string,
+    { controller: AbortController; progress: RestoreProgress; done: Promise<unknown> }
+  >();
+  let stopping = false;
+  let sweepTimer: NodeJS.Timeout | undefined;
+
+  /** The backup and its manifest: from the local catalog, or from the offsite store when asked. */
+  async function backupOf(project: Project, backupId: string, source: 'local' | 'offsite') {
+    const entry = await catalog.get(project.id, backupId);
+    let manifest: Manifest | undefined = entry?.manifest;
+    if (!manifest && source === 'offsite')
+      manifest = await readOffsiteManifest(store(), project.id, backupId);
+    if (!manifest) {
+      throw new AppError(
+        'not_found',
+        `no complete backup ${backupId} for project ${project.slug}${source === 'offsite' ? ' locally or offsite' : ''}: list them with flux-ops backup list -p ${project.slug}`,
+      );
+    }
+    if (manifest.projectId !== project.id)
+      throw new AppError('not_found', `backup ${backupId} is not a backup of ${project.slug}`);
+    return { entry, manifest };
+  }
+
+  /** The gate of an in-place restore: the chosen backup itself must be artifact-valid and restore-verified. */
+  async function gateOf(project: Project, entry: CatalogEntry | undefined, source: 'local' | 'offsite') {
+    if (!entry) {
+      return {
+        passes: false,
+        tier: 'not_restore_verified',
+        message: 'the backup is known only from the offsite store and has no verification here',
+        next: `flux-ops catalog rebuild --from offsite, then flux-ops backup verify -p ${project.slug} --source offsite`,
+      };
+    }
+    const artifact = await catalog.checkArtifact(entry);
+    const facts = catalog.facts(entry, artifact);
+    // An offsite copy is proven while it streams; only the local file must be valid beforehand.
+    const trust = classify(
+      source === 'offsite' ? { ...facts, artifact: 'valid' } : facts,
+      new Date(),
+      project.slug,
+    );
+    return {
+      passes: trust.tier === 'restorable',
+      tier: trust.tier,
+      message: trust.message,
+      ...(trust.next ? { next: trust.next } : {}),
+    };
+  }
+
+  async function pgRestoreTool(): Promise<ToolInfo> {
+    return requireTool('pg_restore', rt.env.PATH);
+  }
+
+  /** The archive's format version against this process's pg_restore: a clear refusal before anything is touched. */
+  async function requireReadable(
+    manifest: Manifest,
+    entry: CatalogEntry | undefined,
+    source: 'local' | 'offsite',
+  ) {
+    const tool = await pgRestoreTool();
+    let head: Buffer;
+    if (source === 'local' && entry) {
+      const handle = await open(entry.paths.dump, 'r').catch(() => undefined);
+      if (!handle) {
+        throw new AppError(
+          'not_found',
+          `the local dump of backup ${manifest.backupId} is missing: restore from the offsite copy ("source": "offsite")`,
+        );
+      }
+      try {
+        const { buffer, bytesRead } = await handle.read(
+          Buffer.alloc(HEADER_READ_BYTES),
+          0,
+          HEADER_READ_BYTES,
+          0,
+        );
+        head = buffer.subarray(0, bytesRead);
+      } finally {
+        await handle.close();
+      }
+    } else {
+      const artifact = await openArtifact(
+        { projectId: manifest.projectId, backupId: manifest.backupId, manifest },
+        'offsite',
+        { store },
+      );
+      if (!artifact) throw new AppError('not_found', `backup ${manifest.backupId} has no offsite copy`);
+      head = await artifact.readHead(HEADER_READ_BYTES);
+    }
+    let header: ReturnType<typeof parseArchiveHeader>;
+    try {
+      header = parseArchiveHeader(head);
+    } catch (error) {
+      throw new AppError(
+        'artifact_invalid',
+        `backup ${manifest.backupId} is not a readable archive: ${(error as Error).message}`,
+      );
+    }
+    if (!canRead(tool.major, header.version, manifest.pgDump.major)) {
+      throw new AppError(
+        'tool_version',
+        `the archive (format ${header.versionText}, written by pg_dump ${manifest.pgDump.version}) is newer than this process's ` +
+          `pg_restore ${tool.version}: install the PostgreSQL ${manifest.pgDump.major} client tools (or newer) in the restore image and restart it; nothing was touched`,
+        { details: { archive: header.versionText, pgRestore: tool.version } },
+      );
+    }
+    return { tool, header };
+  }
+
+  async function serverVersionOf(url: string): Promise<string> {
+    return withPgClient(
+      url,
+      RESTORE_APP_NAME,
+      async (c) => {
+        return (await c.query<{ v: string }>(`SELECT current_setting('server_version') AS v`)).rows[0]!.v;
+      },
+      'connecting to the restore target',
+    );
+  }
+
+  function namesOf(ends: Ends, body: RestoreBody, restoreId: string, at: Date) {
+    if (body.mode === 'new') {
+      const base = ends.engine === 'v2_shared' ? ends.schema! : ends.liveDatabase;
+      return { newDatabase: body.targetName ?? restoredNameOf(base, at) };
+    }
+    if (ends.engine === 'v2_shared') return { aside: asideNameOf(ends.schema!, restoreId) };
+    return {
+      staging: stagingNameOf(ends.liveDatabase, restoreId),
+      aside: asideNameOf(ends.liveDatabase, restoreId),
+    };
+  }
+
+  function checkRequest(project: Project, body: RestoreBody, ends: Ends) {
+    if (body.mode === 'in_place') requireOwnServer(ends, project.slug);
+    if (body.mode === 'in_place' && body.targetName)
+      throw new AppError(
+        'unprocessable',
+        'targetName is for "mode": "new"; an in-place restore keeps the live names',
+      );
+  }
+
+  async function sweep(now = new Date()): Promise<number> {
+    let dropped = 0;
+    for (const record of await records.list()) {
+      if (record.status !== 'completed' || !record.previous || record.previousDroppedAt) continue;
+      if (Date.parse(record.previous.dropAfter) > now.getTime()) continue;
+      const project = rt.registry.byId(record.projectId);
+      if (!project) continue;
+      try {
+        await dropPrevious(
+          { rt, records, ends: endsOf(rt.registry, project, rt.env, undefined) },
+          record,
+          'expired',
+        );
+        metrics.previousDropped.inc({ reason: 'expired' });
+        dropped += 1;
+      } catch (error) {
+        log.warn({ err: error, restoreId: record.restoreId }, 'could not drop an expired previous copy');
+      }
+    }
+    return dropped;
+  }
+
+  return {
+    get running() {
+      return inFlight.size;
+    },
+
+    async plan(project, backupId, body) {
+      const ends = endsOf(rt.registry, project, rt.env, body.targetUrl);
+      checkRequest(project, body, ends);
+      const { entry, manifest } = await backupOf(project, backupId, body.source);
+      const gate = await gateOf(project, entry, body.source);
+      const problems: Array<{ code: string; message: string }> = [];
+      let archive: Record<string, unknown> | undefined;
+      try {
+        const { tool, header } = await requireReadable(manifest, entry, body.source);
+        archive = { format: header.versionText, pgDump: manifest.pgDump.version, pgRestore: tool.version };
+      } catch (error) {
+        if (!isAppError(error)) throw error;
+        problems.push({ code: error.code, message: error.message });
+      }
+      let targetServer: string | undefined;
+      try {
+        targetServer = await serverVersionOf(ends.targetUrl);
+      } catch (error) {
+        problems.push({
+          code: isAppError(error) ? error.code : 'internal',
+          message: (error as Error).message,
+        });
+      }
+      const names = namesOf(ends, body, 'PLANNEDRESTOREID00000000', new Date());
+      if (body.mode === 'in_place' && !gate.passes && !body.skipBackupCheck)
+        problems.push({ code: 'backup_gate', message: `backup gate: ${gate.message}` });
+      const ageSeconds = Math.round((Date.now() - Date.parse(manifest.completedAt)) / 1000);
+      return {
+        ok: problems.length === 0,
+        dryRun: true,
+        plan: {
+          mode: body.mode,
+          source: body.source,
+          engine: ends.engine,
+          cluster: ends.cluster ?? null,
+          target: { ...whereOf(ends.targetUrl), ref: ends.targetRef, serverVersion: targetServer ?? null },
+          ...(ends.schema ? { schema: ends.schema } : {}),
+          ...names,
+          backup: {
+            id: manifest.backupId,
+            createdAt: manifest.createdAt,
+            ageSeconds,
+            tier: gate.tier,
+            gate:
+              body.mode === 'in_place'
+                ? body.skipBackupCheck
+                  ? 'skipped'
+                  : gate.passes
+                    ? 'passes'
+                    : 'refused'
+                : 'not_needed',
+            ...totalsOf(manifest),
+          },
+          archive: archive ?? null,
+          steps: planSteps({
+            mode: body.mode,
+            engine: ends.engine,
+            slug: project.slug,
+            liveDatabase: ends.liveDatabase,
+            schema: ends.schema,
+            keepPreviousHours: config.FLUX_RESTORE_KEEP_PREVIOUS_HOURS,
+            lockWrites: body.lockWrites,
+            ...names,
+          }),
+        },
+        problems,
+      };
+    },
+
+    async start(project, backupId, body) {
+      if (stopping) throw new AppError('shutting_down', 'restore is stopping; retry against the new process');
+      const ends = endsOf(rt.registry, project, rt.env, body.targetUrl);
+      checkRequest(project, body, ends);
+      if (body.mode === 'in_place' && !body.yes) {
+        metrics.runs.inc({ mode: body.mode, outcome: 'refused', reason: 'precondition_failed' });
+        throw new AppError(
+          'precondition_failed',
+          `an in-place restore replaces the live data of ${project.slug}: confirm with --yes ("yes": true); see the plan first with --dry-run. Nothing was done`,
+        );
+      }
+      const { entry, manifest } = await backupOf(project, backupId, body.source);
+      if (body.mode === 'in_place' && !body.skipBackupCheck) {
+        const gate = await gateOf(project, entry, body.source);
+        if (!gate.passes) {
+          metrics.runs.inc({ mode: body.mode, outcome: 'refused', reason: 'precondition_failed' });
+          throw new AppError(
+            'precondition_failed',
+            `backup gate: ${gate.message} (tier ${gate.tier}); an in-place restore needs a restore-verified backup` +
+              `${gate.next ? `; next: ${gate.next}` : ''}; or pass --skip-backup-check. Nothing was done`,
+            { details: { tier: gate.tier, ...(gate.next ? { next: gate.next } : {}) } },
+          );
+        }
+      }
+      const { tool } = await requireReadable(manifest, entry, body.source);
+      if (body.mode === 'new') {
+        const name = namesOf(ends, body, 'X', new Date()).newDatabase!;
+        if (await databaseExists(maintenanceUrl(ends.targetUrl, [name]), name)) {
+          throw new AppError(
+            'conflict',
+            `database ${name} already exists on the target: choose another name ("targetName", --target-name) or drop it; nothing was changed`,
+          );
+        }
+      }
+      if (leases.has(project.id)) {
+        throw new AppError(
+          'conflict',
+          `a restore of ${project.slug} is already running; wait for it to finish`,
+          {
+            retryAfterSeconds: 60,
+          },
+        );
+      }
+      leases.add(project.id);
+      let release: (() => Promise<void>) | undefined;
+      try {
+        release = await takeSessionLease(ends.serverUrl, `flux-ops-restore:${project.id}`, {
+          appName: `${RESTORE_APP_NAME}-lease`,
+          busy: `a restore of ${project.slug} is running in another restore process; wait for it to finish`,
+          what: 'taking the restore lease on the project server',
+        });
+      } catch (error) {
+        leases.delete(project.id);
+        throw error;
+      }
+      const restoreId = newBackupId();
+      const now = new Date().toISOString();
+      const record: RestoreRecord = {
+        restoreId,
+        projectId: project.id,
+        slug: project.slug,
+        backupId: manifest.backupId,
+        mode: body.mode,
+        source: body.source,
+        engine: project.engine,
+        status: 'running',
+        stage: 'plan',
+        startedAt: now,
+        updatedAt: now,
+        targetRef: ends.targetRef,
+        database: ends.liveDatabase,
+        ...(ends.schema ? { schema: ends.schema } : {}),
+        stages: [],
+      };
+      try {
+        await records.save(record);
+      } catch (error) {
+        leases.delete(project.id);
+        await release();
+        throw error;
+      }
+      const controller = new AbortController();
+      const progress: RestoreProgress = {
+        stage: 'plan',
+        bytes: 0,
+        totalBytes: manifest.sizeBytes,
+        stageStartedAt: Date.now(),
+      };
+      const timer = setTimeout(
+        () => controller.abort(new AppError('timeout', 'the restore ran past FLUX_RESTORE_TIMEOUT_MS')),
+        config.FLUX_RESTORE_TIMEOUT_MS,
+      );
+      metrics.running.set(inFlight.size + 1);
+      const done = (async () => {
+        try {
+          const final = await executeRun({
+            rt,
+            records,
+            metrics,
+            workDir,
+            store,
+            project,
+            ends,
+            entry,
+            manifest,
+            body,
+            record,
+            progress,
+            pgRestore: tool,
+            signal: controller.signal,
+            deadline: Date.now() + config.FLUX_RESTORE_TIMEOUT_MS,
+          });
+          await writeReceipt(catalog.root, final).catch((error) =>
+            log.error({ err: error, restoreId }, 'could not write the restore receipt'),
+          );
+          return final;
+        } finally {
+          clearTimeout(timer);
+          inFlight.delete(restoreId);
+          leases.delete(project.id);
+          metrics.running.set(inFlight.size);
+          await release?.();
+        }
+      })();
+      inFlight.set(restoreId, { controller, progress, done });
+      return { record, done };
+    },
+
+    async get(restoreId) {
+      const record = await records.read(restoreId);
+      if (!record) return undefined;
+      const running = inFlight.get(restoreId);
+      return running ? { ...record, progress: { ...running.progress } } : record;
+    },
+
+    async dropPrevious(project, restoreId) {
+      const record = await records.read(restoreId);
+      if (!record || record.projectId !== project.id)
+        throw new AppError('not_found', `no restore ${restoreId} of ${project.slug}`);
+      if (!record.previous)
+        throw new AppError(
+          'unprocessable',
+          `restore ${restoreId} set nothing aside (it was ${record.mode}, ${record.status})`,
+        );
+      const ends = endsOf(rt.registry, project, rt.env, undefined);
+      await dropPrevious({ rt, records, ends }, record, 'requested');
+      metrics.previousDropped.inc({ reason: 'requested' });
+      return record;
+    },
+
+    async recover() {
+      for (const record of await records.list()) {
+        if (record.status !== 'running' || inFlight.has(record.restoreId)) continue;
+        const project = rt.registry.byId(record.projectId);
+        let message: string;
+        let ok = false;
+        let switched = false;
+        if (!project) {
+          message = `project ${record.slug} is gone from the registry; check its server by hand (record ${record.restoreId})`;
+        } else {
+          try {
+            const ends = endsOf(
+              rt.registry,
+              project,
+              rt.env,
+              record.targetRef === 'registry' ? undefined : record.targetRef,
+            );
+            const undo = await undoRun(record, ends);
+            ({ ok, message } = undo);
+            switched = undo.switched === true;
+          } catch (error) {
+            message = `could not put things back: ${(error as Error).message}`;
+          }
+        }
+        if (switched) {
+          // The switch had committed: the restored database was proven before it; the run is complete.
+          record.status = 'completed';
+          record.stage = 'done';
+          record.previous = {
+            kind: 'database',
+            name: record.aside!,
+            dropAfter: new Date(
+              Date.now() + config.FLUX_RESTORE_KEEP_PREVIOUS_HOURS * 3_600_000,
+            ).toISOString(),
+          };
+          await records.save(record);
+          await writeReceipt(catalog.root, record).catch(() => undefined);
+          log.warn(
+            { restoreId: record.restoreId },
+            'an interrupted in-place restore had switched: completed',
+          );
+          continue;
+        }
+        record.status = 'failed';
+        record.reason = 'interrupted';
+        record.rolledBack = ok;
+        record.error = `the restore process stopped during the ${record.stage} stage (crash or kill); ${message}`;
+        await records.save(record);
+        await writeReceipt(catalog.root, record).catch(() => undefined);
+        metrics.runs.inc({ mode: record.mode, outcome: 'failed', reason: 'interrupted' });
+        log.warn({ restoreId: record.restoreId, ok, message }, 'put back an interrupted restore');
+        await rt.emit('flux.restore.failed', {
+          subject: `${record.projectId}/${record.backupId}`,
+          data: {
+            projectId: record.projectId,
+            slug: record.slug,
+            backupId: record.backupId,
+            restoreId: record.restoreId,
+            stage: record.stage,
+            rolledBack: ok,
+            reason: 'interrupted',
+            error: record.error.slice(0, 4000),
+          },
+        });
+      }
+      await rm(workDir, { recursive: true, force: true }).catch(() => undefined);
+      sweepTimer = setInterval(() => {
+        void sweep().catch((error) => log.warn({ err: error }, 'sweep of previous copies failed'));
+      }, SWEEP_EVERY_MS);
+      sweepTimer.unref();
+      await sweep().catch((error) => log.warn({ err: error }, 'sweep of previous copies failed'));
+    },
+
+    sweep,
+
+    async stop() {
+      stopping = true;
+      if (sweepTimer) clearInterval(sweepTimer);
+      const graceEnds = Date.now() + config.FLUX_SHUTDOWN_GRACE_MS;
+      while (inFlight.size > 0 && Date.now() < graceEnds) await new Promise((r) => setTimeout(r, 50));
+      for (const run of inFlight.values())
+        run.controller.abort(
+          new AppError('shutting_down', 'restore is stopping (SIGTERM) and cancelled this run'),
+        );
+      await Promise.allSettled([...inFlight.values()].map((r) => r.done));
+    },
+  };
+}
