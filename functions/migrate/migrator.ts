@@ -4,13 +4,12 @@
 // A run record under FLUX_STATE_DIR lets a restarted process roll back a run a crash interrupted.
 import { readdir, readFile, rm } from 'node:fs/promises';
 import path from 'node:path';
-import pg from 'pg';
 import { ensureDir, writeJsonAtomic } from '../../shared/atomic.js';
 import { newBackupId } from '../../shared/catalog/ids.js';
 import { AppError, ERROR_TABLE, errnoOf, fsWriteError, isAppError } from '../../shared/errors.js';
 import type { Runtime } from '../../shared/kit/runtime.js';
 import { counter, DURATION_BUCKETS_S, gauge, histogram } from '../../shared/metrics.js';
-import { parsePgUrl, pgClientConfig, pgError, withPgClient } from '../../shared/pg/conn.js';
+import { connectPgClient, parsePgUrl, pgError, withPgClient } from '../../shared/pg/conn.js';
 import { runSnapshotDump } from '../../shared/pg/snapshot.js';
 import { dumpAdmissionOf, type Project, resolveUrl, sourceOf, tenantRoleOf } from '../../shared/registry.js';
 import { createDumper } from '../dump/dumper.js';
@@ -322,10 +321,12 @@ export function createMigrator(rt: Runtime): Migrator {
 
   /** Cross-process guard: a session advisory lock in the target, held for the whole run. */
   async function lockTarget(url: string, project: Project): Promise<() => Promise<void>> {
-    const client = new pg.Client(pgClientConfig(parsePgUrl(url), `${MIGRATE_APP_NAME}-lease`));
-    client.on('error', () => undefined);
+    const client = await connectPgClient(parsePgUrl(url), `${MIGRATE_APP_NAME}-lease`).catch(
+      (error: unknown) => {
+        throw pgError(error, 'taking the migration lease in the target');
+      },
+    );
     try {
-      await client.connect();
       const r = await client.query<{ ok: boolean }>(
         'SELECT pg_try_advisory_lock(hashtextextended($1, 0)) AS ok',
         [`flux-ops-migrate:${project.id}`],
