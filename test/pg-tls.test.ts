@@ -18,6 +18,7 @@ import { createCa, destroyCa, type IssuedCert, issueCert, type TestCa } from './
 const SSL_OF_SESSION = 'SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()';
 const TLS_ONLY_ROLE = 'tls_only';
 const TLS_ONLY_PASSWORD = 'tls-only-pw';
+const CERT_ROLE = 'cert_only';
 
 let ca: TestCa;
 let rogueCa: TestCa;
@@ -26,6 +27,7 @@ let rogue: PgCluster; // certificate from `rogueCa` for localhost and 127.0.0.1
 let plain: PgCluster; // no TLS at all
 let fake: CapturingServer;
 let emptyHome: string;
+let clientCert: IssuedCert; // from `ca`, CN cert_only: the only way that role logs in
 
 /** Turns TLS on in a running cluster (ssl is reloadable): key and certificate in its data directory. */
 async function enableTls(cluster: PgCluster, cert: IssuedCert, extra: Record<string, string> = {}) {
@@ -180,14 +182,27 @@ beforeAll(async () => {
     issueCert(rogueCa, { hosts: ['localhost'], ips: ['127.0.0.1'] }),
   ]);
   [good, rogue, plain] = await Promise.all([startPostgres(), startPostgres(), startPostgres()]);
-  await Promise.all([enableTls(good, goodCert), enableTls(rogue, rogueCert, { log_connections: 'on' })]);
-  // A role the server admits only over TLS (plaintext attempts are rejected by pg_hba), for sslmode=allow.
+  clientCert = await issueCert(ca, { hosts: [CERT_ROLE] });
+  await fsp.chmod(clientCert.keyPath, 0o600);
+  const caInData = path.join(good.dataDir, 'client-ca.crt');
+  await fsp.copyFile(ca.certPath, caInData);
+  const owner = await fsp.stat(good.dataDir);
+  await fsp.chown(caInData, owner.uid, owner.gid);
+  await Promise.all([
+    enableTls(good, goodCert, { ssl_ca_file: 'client-ca.crt' }),
+    enableTls(rogue, rogueCert, { log_connections: 'on' }),
+  ]);
+  // A role the server admits only over TLS (plaintext attempts are rejected by pg_hba), for sslmode=allow,
+  // and one it admits only with a client certificate from `ca`.
   await good.query(`CREATE ROLE ${TLS_ONLY_ROLE} LOGIN PASSWORD '${TLS_ONLY_PASSWORD}'`);
+  await good.query(`CREATE ROLE ${CERT_ROLE} LOGIN`);
   const hba = path.join(good.dataDir, 'pg_hba.conf');
   await fsp.writeFile(
     hba,
     `hostnossl all ${TLS_ONLY_ROLE} 127.0.0.1/32 reject\n` +
       `hostssl all ${TLS_ONLY_ROLE} 127.0.0.1/32 scram-sha-256\n` +
+      `hostssl all ${CERT_ROLE} 127.0.0.1/32 cert\n` +
+      `host all ${CERT_ROLE} 127.0.0.1/32 reject\n` +
       (await fsp.readFile(hba, 'utf8')),
   );
   await good.query('SELECT pg_reload_conf()');
@@ -318,6 +333,18 @@ describe('prefer, allow, disable', () => {
       /pg_hba\.conf rejects connection.*no encryption/,
     );
     expect((await viaPsql(url('disable'))).stderr).toMatch(/pg_hba\.conf rejects connection.*no encryption/);
+  });
+});
+
+describe('client certificates', () => {
+  it('sslcert and sslkey log in a role the server admits only by certificate, from both ends', async () => {
+    const base = `postgres://${CERT_ROLE}@localhost:${good.port}/postgres?sslmode=verify-full&sslrootcert=${ca.certPath}`;
+    const url = `${base}&sslcert=${clientCert.certPath}&sslkey=${clientCert.keyPath}`;
+    expect(await viaNode(url, 'SELECT current_user AS who')).toEqual({ who: CERT_ROLE });
+    expect((await viaPsql(url, 'SELECT current_user')).stdout).toBe(CERT_ROLE);
+    // Without the certificate the same role is refused: the certificate is what let it in above.
+    expect((await refusedViaNode(base)).code).toBe('dependency_unavailable');
+    expect((await viaPsql(base, 'SELECT current_user')).exitCode).not.toBe(0);
   });
 });
 

@@ -211,6 +211,17 @@ describe('sslmode → node-postgres attempts (libpq semantics)', () => {
     expect(refusal(() => attempts(`?sslmode=require&sslcert=${crt}`)).message).toContain('add sslkey=');
   });
 
+  it('a private key others can read is refused, as libpq refuses it', () => {
+    const open = path.join(dir, 'open.key');
+    fs.writeFileSync(open, KEY_PEM, { mode: 0o644 });
+    fs.chmodSync(open, 0o644);
+    const e = refusal(() => attempts(`?sslmode=require&sslcert=${crt}&sslkey=${open}`));
+    expect(e.message).toContain(`chmod 600 ${open}`);
+    expect(
+      refusal(() => libpqEnv(parsePgUrl(url(`?sslcert=${crt}&sslkey=${open}`)), 'test', home())).code,
+    ).toBe('config_invalid');
+  });
+
   it('a Unix socket never uses TLS, as in libpq', () => {
     const t = parsePgUrl('postgres://app@/db?host=/var/run/postgresql&sslmode=verify-full');
     expect(pgClientAttempts(t, 'test', home()).map((a) => a.ssl)).toEqual([false]);

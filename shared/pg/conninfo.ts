@@ -2,9 +2,9 @@
 // PgTarget both node-postgres and the libpq tools are configured from. Pure: no file is read here.
 // https://www.postgresql.org/docs/current/libpq-connect.html#LIBPQ-CONNSTRING-URIS
 //
-// Not pg-connection-string: it hands the URL to WHATWG URL, which rejects multi-host URLs; it decodes the
-// database name with decodeURI (libpq percent-decodes everything); and it reads certificate files while
-// parsing, treating sslrootcert=system as a file name. Its libpq-compat sslmode table is not libpq's either
+// Not pg-connection-string (2.14): it hands the URL to WHATWG URL, which rejects multi-host URLs; it decodes
+// the database name with decodeURI and query values as forms ('+' → space), where libpq decodes %XX only;
+// and it reads certificate files while parsing, treating sslrootcert=system as a file name. Its libpq-compat sslmode table is not libpq's either
 // (see tls.ts), so the TLS options are built in tls.ts.
 import { AppError } from '../errors.js';
 

@@ -82,6 +82,7 @@ export function resolveTlsFiles(target: PgTarget, options: TlsOptions = {}): Tls
       if (exists(fallback)) files[param] = fallback;
     }
   }
+  if (files.sslkey !== undefined) requirePrivateKeyMode(files.sslkey);
   if (files.sslcert !== undefined && files.sslkey === undefined) {
     throw new AppError(
       'config_invalid',
@@ -100,6 +101,23 @@ export function resolveTlsFiles(target: PgTarget, options: TlsOptions = {}): Tls
     );
   }
   return files;
+}
+
+/**
+ * libpq refuses a private key others can read (0600 or less if ours, 0640 or less if root's): checked here
+ * too, so node-postgres does not connect where pg_dump would then fail.
+ */
+function requirePrivateKeyMode(file: string): void {
+  const st = fs.statSync(file);
+  const uid = process.geteuid?.();
+  const tooOpen = (st.uid === uid && (st.mode & 0o077) !== 0) || (st.uid === 0 && (st.mode & 0o037) !== 0);
+  if (tooOpen) {
+    throw new AppError(
+      'config_invalid',
+      `the database URL's sslkey ${file} has mode 0${(st.mode & 0o777).toString(8)}, which libpq refuses for ` +
+        `a private key: chmod 600 ${file}`,
+    );
+  }
 }
 
 function readPem(file: string, param: string): string {
