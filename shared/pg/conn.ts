@@ -110,30 +110,24 @@ function libpqWouldRetry(error: unknown): boolean {
   );
 }
 
-const SESSION_CHECKS: Partial<
-  Record<TargetSessionAttrs, { sql: string; want: boolean; is: string; fix: string }>
-> = {
+const SESSION_CHECKS: Partial<Record<TargetSessionAttrs, { sql: string; is: string; fix: string }>> = {
   'read-write': {
     sql: "SELECT current_setting('transaction_read_only') = 'off' AS ok",
-    want: true,
     is: 'read-only',
     fix: 'point the URL at the primary',
   },
   'read-only': {
     sql: "SELECT current_setting('transaction_read_only') = 'on' AS ok",
-    want: true,
     is: 'read-write',
     fix: 'point the URL at a standby or a read-only server',
   },
   primary: {
     sql: 'SELECT NOT pg_is_in_recovery() AS ok',
-    want: true,
     is: 'a standby',
     fix: 'point the URL at the primary',
   },
   standby: {
     sql: 'SELECT pg_is_in_recovery() AS ok',
-    want: true,
     is: 'a primary',
     fix: 'point the URL at a standby',
   },
@@ -145,7 +139,7 @@ async function checkSession(client: pg.Client, target: PgTarget): Promise<void> 
   const check = attrs ? SESSION_CHECKS[attrs] : undefined;
   if (!check) return; // any, prefer-standby: with one host, whatever it is
   const r = await client.query<{ ok: boolean }>(check.sql);
-  if (r.rows[0]?.ok !== check.want) {
+  if (r.rows[0]?.ok !== true) {
     throw new AppError(
       'dependency_unavailable',
       `the server at ${target.host}:${target.port} is ${check.is}, but the URL says target_session_attrs=${attrs}: ${check.fix}`,
