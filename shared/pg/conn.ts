@@ -1,67 +1,181 @@
-// Connection strings turned into pg client options and libpq environment variables. Passwords travel
-// only in PGPASSWORD (child env) or the client config, never in argv or logs.
+// Connections from one URL with libpq's meaning on both ends: node-postgres client options and the libpq
+// environment of child tools (pg_dump, pg_restore, psql). Passwords travel only in PGPASSWORD (child env) or
+// the client config, never in argv, logs or error messages.
 import pg from 'pg';
-import { AppError } from '../errors.js';
+import { AppError, isAppError } from '../errors.js';
+import { isSocketHost, type PgTarget, parsePgUrl, type TargetSessionAttrs } from './conninfo.js';
+import { isTlsError, isTlsVerifyError, nodeTlsOptions, resolveTlsFiles, type TlsOptions } from './tls.js';
 
-export interface PgTarget {
-  host: string;
-  port: number;
-  user: string;
-  password?: string;
-  database: string;
-  sslmode?: string;
-}
+export type { PgHost, PgTarget, SslMode, TargetSessionAttrs } from './conninfo.js';
+export { parsePgUrl } from './conninfo.js';
+export type { TlsOptions } from './tls.js';
 
-export function parsePgUrl(url: string): PgTarget {
-  let u: URL;
-  try {
-    u = new URL(url);
-  } catch {
-    throw new AppError('config_invalid', 'a database URL is not a valid postgres:// URL (value not shown)');
-  }
-  if (u.protocol !== 'postgres:' && u.protocol !== 'postgresql:') {
-    throw new AppError('config_invalid', `a database URL has protocol ${u.protocol}; expected postgres://`);
-  }
-  const socketHost = u.searchParams.get('host');
-  const target: PgTarget = {
-    host: socketHost ?? (decodeURIComponent(u.hostname) || 'localhost'),
-    port: u.port ? Number(u.port) : 5432,
-    user: decodeURIComponent(u.username) || 'postgres',
-    database: decodeURIComponent(u.pathname.replace(/^\//, '')) || 'postgres',
-  };
-  if (u.password) target.password = decodeURIComponent(u.password);
-  const sslmode = u.searchParams.get('sslmode');
-  if (sslmode) target.sslmode = sslmode;
-  return target;
-}
-
-/** libpq environment for a child process (pg_dump, pg_restore, psql). */
-export function libpqEnv(target: PgTarget, applicationName: string): Record<string, string> {
-  return {
-    PGHOST: target.host,
-    PGPORT: String(target.port),
+/**
+ * libpq environment for a child process (pg_dump, pg_restore, psql): every host and port of the URL, sslmode
+ * and the certificate files libpq would use (checked first, see resolveTlsFiles), options and
+ * target_session_attrs. The password only as PGPASSWORD.
+ */
+export function libpqEnv(
+  target: PgTarget,
+  applicationName: string,
+  options: TlsOptions = {},
+): Record<string, string> {
+  const files = resolveTlsFiles(target, options);
+  const env: Record<string, string> = {
+    PGHOST: target.hosts.map((h) => h.host).join(','),
+    PGPORT: target.hosts.map((h) => String(h.port)).join(','),
     PGUSER: target.user,
     PGDATABASE: target.database,
     PGAPPNAME: applicationName,
-    PGCONNECT_TIMEOUT: '10',
-    ...(target.password !== undefined ? { PGPASSWORD: target.password } : {}),
-    ...(target.sslmode ? { PGSSLMODE: target.sslmode } : {}),
+    PGCONNECT_TIMEOUT: String(target.connectTimeoutSeconds),
+    PGSSLMODE: target.sslmode,
   };
+  if (files.sslrootcert !== undefined) env.PGSSLROOTCERT = files.sslrootcert;
+  if (files.sslcrl !== undefined) env.PGSSLCRL = files.sslcrl;
+  if (files.sslcert !== undefined) env.PGSSLCERT = files.sslcert;
+  if (files.sslkey !== undefined) env.PGSSLKEY = files.sslkey;
+  if (target.options !== undefined) env.PGOPTIONS = target.options;
+  if (target.targetSessionAttrs !== undefined) env.PGTARGETSESSIONATTRS = target.targetSessionAttrs;
+  if (target.password !== undefined) env.PGPASSWORD = target.password;
+  return env;
 }
 
-export function pgClientConfig(target: PgTarget, applicationName: string): pg.ClientConfig {
-  return {
-    host: target.host,
-    port: target.port,
+/** node-postgres connects to one host: a multi-host URL is refused, never narrowed to its first host. */
+function singleHost(target: PgTarget) {
+  const [only, ...more] = target.hosts;
+  if (!only || more.length > 0) {
+    throw new AppError(
+      'config_invalid',
+      `a database URL names ${target.hosts.length} hosts (${target.host}); flux-ops opens its own sessions ` +
+        'with node-postgres, which connects to one host: put the one server this URL is for in it (the ' +
+        'primary, or a proxy or virtual IP in front of the cluster)',
+    );
+  }
+  return only;
+}
+
+/**
+ * The node-postgres configurations libpq's sslmode tries, in order: `allow` plaintext then TLS, `prefer`
+ * (libpq's default) TLS then plaintext, the other modes one attempt. node-postgres cannot fall back within
+ * one connection as libpq does, so connectPgClient opens a second one where libpq would retry.
+ */
+export function pgClientAttempts(
+  target: PgTarget,
+  applicationName: string,
+  options: TlsOptions = {},
+): pg.ClientConfig[] {
+  const { host, port } = singleHost(target);
+  const files = resolveTlsFiles(target, options);
+  const base: pg.ClientConfig = {
+    host,
+    port,
     user: target.user,
     password: target.password,
     database: target.database,
     application_name: applicationName,
-    connectionTimeoutMillis: 10_000,
-    ...(target.sslmode && target.sslmode !== 'disable'
-      ? { ssl: { rejectUnauthorized: target.sslmode === 'verify-full' } }
-      : {}),
+    connectionTimeoutMillis: target.connectTimeoutSeconds * 1000,
+    ...(target.options !== undefined ? { options: target.options } : {}),
   };
+  // ssl is always given: left undefined, node-postgres would read PGSSLMODE from this process's env.
+  const plain = { ...base, ssl: false };
+  // libpq never uses TLS on a Unix socket, whatever the sslmode.
+  if (target.sslmode === 'disable' || isSocketHost(host)) return [plain];
+  const tls = { ...base, ssl: nodeTlsOptions(target.sslmode, files) };
+  if (target.sslmode === 'allow') return [plain, tls];
+  if (target.sslmode === 'prefer') return [tls, plain];
+  return [tls];
+}
+
+/**
+ * node-postgres configuration of the first (for allow/prefer: the first of two) connection attempt;
+ * connect with connectPgClient or withPgClient, which make the second where libpq would.
+ */
+export function pgClientConfig(
+  target: PgTarget,
+  applicationName: string,
+  options: TlsOptions = {},
+): pg.ClientConfig {
+  return pgClientAttempts(target, applicationName, options)[0]!;
+}
+
+/** Whether libpq, after `error` on one attempt, makes the next (fe-connect.c: allow/prefer retries). */
+function libpqWouldRetry(error: unknown): boolean {
+  if (error instanceof pg.DatabaseError) return true; // an ErrorResponse during startup, e.g. pg_hba
+  if (isTlsError(error)) return true;
+  // node-postgres' own errors for the server's answer to SSLRequest carry no code.
+  const message = (error as { message?: unknown })?.message;
+  return (
+    message === 'The server does not support SSL connections' ||
+    message === 'There was an error establishing an SSL connection'
+  );
+}
+
+const SESSION_CHECKS: Partial<Record<TargetSessionAttrs, { sql: string; is: string; fix: string }>> = {
+  'read-write': {
+    sql: "SELECT current_setting('transaction_read_only') = 'off' AS ok",
+    is: 'read-only',
+    fix: 'point the URL at the primary',
+  },
+  'read-only': {
+    sql: "SELECT current_setting('transaction_read_only') = 'on' AS ok",
+    is: 'read-write',
+    fix: 'point the URL at a standby or a read-only server',
+  },
+  primary: {
+    sql: 'SELECT NOT pg_is_in_recovery() AS ok',
+    is: 'a standby',
+    fix: 'point the URL at the primary',
+  },
+  standby: {
+    sql: 'SELECT pg_is_in_recovery() AS ok',
+    is: 'a primary',
+    fix: 'point the URL at a standby',
+  },
+};
+
+/** target_session_attrs on one host, checked as libpq checks each host it tries. */
+async function checkSession(client: pg.Client, target: PgTarget): Promise<void> {
+  const attrs = target.targetSessionAttrs;
+  const check = attrs ? SESSION_CHECKS[attrs] : undefined;
+  if (!check) return; // any, prefer-standby: with one host, whatever it is
+  const r = await client.query<{ ok: boolean }>(check.sql);
+  if (r.rows[0]?.ok !== true) {
+    throw new AppError(
+      'dependency_unavailable',
+      `the server at ${target.host}:${target.port} is ${check.is}, but the URL says target_session_attrs=${attrs}: ${check.fix}`,
+    );
+  }
+}
+
+/**
+ * A connected client for `target` with libpq's attempt order; the caller ends it. Failures are thrown as
+ * they come (AppError for a refused URL, else the driver's error): translate with pgError.
+ */
+export async function connectPgClient(
+  target: PgTarget,
+  applicationName: string,
+  options: TlsOptions = {},
+): Promise<pg.Client> {
+  const attempts = pgClientAttempts(target, applicationName, options);
+  for (const [i, config] of attempts.entries()) {
+    const client = new pg.Client(config);
+    client.on('error', () => undefined);
+    try {
+      await client.connect();
+    } catch (error) {
+      await client.end().catch(() => undefined);
+      if (i + 1 < attempts.length && libpqWouldRetry(error)) continue;
+      throw error;
+    }
+    try {
+      await checkSession(client, target);
+    } catch (error) {
+      await client.end().catch(() => undefined);
+      throw error;
+    }
+    return client;
+  }
+  throw new AppError('internal', 'no connection attempt was made');
 }
 
 /** SQLSTATE classes we act on (https://www.postgresql.org/docs/current/errcodes-appendix.html). */
@@ -82,9 +196,44 @@ export const SQLSTATE = {
 
 /** Translates a pg connection/query error into an AppError without echoing connection details. */
 export function pgError(error: unknown, what: string): AppError {
+  if (isAppError(error)) return error;
   const e = error as { code?: string; message?: string };
   const code = e?.code;
-  if (code === SQLSTATE.invalidPassword || code === SQLSTATE.invalidAuthorization) {
+  if (isTlsVerifyError(error)) {
+    return new AppError(
+      'dependency_unavailable',
+      `${what}: the server's TLS certificate failed verification (${code}: ${e.message}), so nothing was sent ` +
+        "to it: the server is not the one the URL's sslrootcert (and under verify-full its host name) vouches " +
+        'for. Fix the server certificate or sslrootcert; do not lower sslmode to get past this',
+      { cause: error },
+    );
+  }
+  if (e?.message === 'The server does not support SSL connections') {
+    return new AppError(
+      'dependency_unavailable',
+      `${what}: the server does not accept TLS, which the URL's sslmode requires: turn on ssl in the server`,
+      { cause: error },
+    );
+  }
+  if (isTlsError(error)) {
+    return new AppError(
+      'dependency_unavailable',
+      `${what}: the TLS handshake failed (${code}: ${e.message})`,
+      {
+        cause: error,
+      },
+    );
+  }
+  if (code === SQLSTATE.invalidAuthorization) {
+    // pg_hba.conf's verdict, e.g. "… rejects connection …, no encryption"; it names no secret.
+    return new AppError(
+      'dependency_unavailable',
+      `${what}: the server refused the connection (${e.message}): check the URL's user, database and sslmode ` +
+        "against the server's pg_hba.conf",
+      { cause: error },
+    );
+  }
+  if (code === SQLSTATE.invalidPassword) {
     return new AppError(
       'dependency_unavailable',
       `${what}: authentication failed (check the credentials of the URL)`,
@@ -121,12 +270,10 @@ export async function withPgClient<T>(
   fn: (client: pg.Client) => Promise<T>,
   what = 'connecting to Postgres',
 ): Promise<T> {
-  const client = new pg.Client(pgClientConfig(parsePgUrl(url), applicationName));
-  client.on('error', () => undefined);
+  let client: pg.Client;
   try {
-    await client.connect();
+    client = await connectPgClient(parsePgUrl(url), applicationName);
   } catch (error) {
-    await client.end().catch(() => undefined);
     throw pgError(error, what);
   }
   try {

@@ -1,8 +1,7 @@
 // A cross-process lease on a server: a session advisory lock keyed by a string, held by one connection
 // for as long as the work runs (Postgres releases it when the session ends, so a killed holder frees it).
-import pg from 'pg';
 import { AppError, isAppError } from '../errors.js';
-import { parsePgUrl, pgClientConfig, pgError } from './conn.js';
+import { connectPgClient, parsePgUrl, pgError } from './conn.js';
 
 /** Takes the lease or throws `conflict` with `busy` as its message; returns the release. */
 export async function takeSessionLease(
@@ -10,10 +9,10 @@ export async function takeSessionLease(
   key: string,
   options: { appName: string; busy: string; what: string },
 ): Promise<() => Promise<void>> {
-  const client = new pg.Client(pgClientConfig(parsePgUrl(url), options.appName));
-  client.on('error', () => undefined);
+  const client = await connectPgClient(parsePgUrl(url), options.appName).catch((error: unknown) => {
+    throw pgError(error, options.what);
+  });
   try {
-    await client.connect();
     const r = await client.query<{ ok: boolean }>(
       'SELECT pg_try_advisory_lock(hashtextextended($1, 0)) AS ok',
       [key],

@@ -4,13 +4,12 @@
 import { rm, stat } from 'node:fs/promises';
 import { execa } from 'execa';
 import type pg from 'pg';
-import pgLib from 'pg';
 import { to as copyTo } from 'pg-copy-streams';
 import { adoptPendingFile, createTempFileFor, type PendingFile } from '../atomic.js';
 import { AppError, isAppError } from '../errors.js';
 import { requireMajorAtLeast, requireRelationKindProtection, requireTool, type ToolInfo } from '../tools.js';
 import { readArchiveSequences } from './archive.js';
-import { libpqEnv, parsePgUrl, pgClientConfig, pgError, quoteIdent } from './conn.js';
+import { connectPgClient, libpqEnv, parsePgUrl, pgError, quoteIdent } from './conn.js';
 
 export interface DumpScope {
   kind: 'project_db' | 'tenant_export';
@@ -298,12 +297,10 @@ export async function runSnapshotDump(options: SnapshotDumpOptions): Promise<Sna
   const started = performance.now();
   const target = parsePgUrl(options.url);
   const appName = options.applicationName ?? 'flux-ops-dump';
-  const client = new pgLib.Client(pgClientConfig(target, appName));
-  client.on('error', () => undefined);
+  let client: pg.Client;
   try {
-    await client.connect();
+    client = await connectPgClient(target, appName);
   } catch (error) {
-    await client.end().catch(() => undefined);
     throw pgError(error, `connecting to ${target.host}:${target.port}/${target.database}`);
   }
   let backendPid: number | undefined;
@@ -518,14 +515,13 @@ async function cancelBackend(
   appName: string,
   pid: number,
 ): Promise<void> {
-  const other = new pgLib.Client(pgClientConfig(target, `${appName}-cancel`));
-  other.on('error', () => undefined);
+  let other: pg.Client | undefined;
   try {
-    await other.connect();
+    other = await connectPgClient(target, `${appName}-cancel`);
     await other.query('SELECT pg_cancel_backend($1)', [pid]);
   } catch {
     // The server may be gone (that may be why we are here); ending the client is all that is left.
   } finally {
-    await other.end().catch(() => undefined);
+    await other?.end().catch(() => undefined);
   }
 }
