@@ -553,7 +553,7 @@ describeDockerBuild('.dockerignore', () => {
 
 /**
  * The event types a function's code emits: `emit('flux.…'` in functions/<fn>/ and in the other functions'
- * modules it imports (migrate takes its dump-only backups with dump's dumper), tests excluded.
+ * modules it imports (none should: functions ask each other over HTTP or with events), tests excluded.
  */
 async function emittedBy(fn: FunctionName): Promise<Set<string>> {
   const dir = path.join(ROOT, 'functions', fn);

@@ -2,7 +2,9 @@
 // dedicated target cluster with one database per tenant. Every test compares catalog snapshots of the
 // servers before and after, so "touches nothing" and "rolled back" are facts, not hopes.
 import { randomUUID } from 'node:crypto';
+import type { AddressInfo } from 'node:net';
 import path from 'node:path';
+import { type ServerType, serve } from '@hono/node-server';
 import type pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createApp as createDumpApp } from '../functions/dump/app.js';
@@ -106,6 +108,7 @@ describe('migrate on real source and target clusters', () => {
   let rt: TestRuntime;
   let fn: FunctionApp;
   const others: FunctionApp[] = [];
+  const closers: Array<() => Promise<void>> = [];
   const tenants: Record<string, Tenant> = {};
   let projects: Project[];
   let clusters: Cluster[];
@@ -167,13 +170,23 @@ describe('migrate on real source and target clusters', () => {
       // The lease test holds a table lock while a migration waits on it.
       FLUX_DUMP_LOCK_WAIT_TIMEOUT_MS: '120000',
     });
-    rt = testRuntime('migrate', testEnv, { projects, clusters });
+    // A dump-only migration asks the dump function for its backup, over HTTP as a separate process would.
+    const dump = createDumpApp(testRuntime('dump', testEnv, { projects, clusters }));
+    await dump.start();
+    others.push(dump);
+    const dumpServer = await new Promise<ServerType>((resolve) => {
+      const s = serve({ fetch: dump.app.fetch, port: 0, hostname: '127.0.0.1' }, () => resolve(s));
+    });
+    closers.push(() => new Promise<void>((resolve) => dumpServer.close(() => resolve())));
+    const dumpUrl = `http://127.0.0.1:${(dumpServer.address() as AddressInfo).port}`;
+    rt = testRuntime('migrate', testEnv, { projects, clusters, peerUrl: () => dumpUrl });
     fn = createApp(rt);
     await fn.start();
   });
 
   afterAll(async () => {
     for (const app of [fn, ...others]) await app?.stop().catch(() => undefined);
+    for (const close of closers) await close();
     await receiver?.close();
     await Promise.all([source?.destroy(), target?.destroy()]);
     await testEnv?.cleanup();

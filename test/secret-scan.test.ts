@@ -455,11 +455,7 @@ describe('secret scan', () => {
         ['replicate', ['flux.backup.created']],
         ['verify', ['flux.backup.created']],
       ],
-      migrate: [
-        ['probe', ['flux.migrate.completed']],
-        ['replicate', ['flux.backup.created']],
-        ['verify', ['flux.backup.created']],
-      ],
+      migrate: [['probe', ['flux.migrate.completed']]],
     };
     const factories: Record<FunctionName, (rt: Runtime) => FunctionApp> = {
       dump: createDump,

@@ -7,6 +7,7 @@ import path from 'node:path';
 import { ensureDir, writeJsonAtomic } from '../../shared/atomic.js';
 import { newBackupId } from '../../shared/catalog/ids.js';
 import { AppError, ERROR_TABLE, errnoOf, fsWriteError, isAppError } from '../../shared/errors.js';
+import { requestBackup } from '../../shared/kit/peer.js';
 import type { Runtime } from '../../shared/kit/runtime.js';
 import { counter, DURATION_BUCKETS_S, gauge, histogram } from '../../shared/metrics.js';
 import { parsePgUrl, pgError, withPgClient } from '../../shared/pg/conn.js';
@@ -25,7 +26,6 @@ import {
   type TargetChanges,
 } from '../../shared/pg/target.js';
 import { dumpAdmissionOf, type Project, resolveUrl, sourceOf, tenantRoleOf } from '../../shared/registry.js';
-import { createDumper } from '../dump/dumper.js';
 import {
   compareWithSnapshot,
   describeMismatches,
@@ -139,7 +139,6 @@ const MIGRATE_RUNNER: RestoreRunner = {
 
 export function createMigrator(rt: Runtime): Migrator {
   const { config, log, metrics, catalog } = rt;
-  const dumper = createDumper(rt);
   const leases = new Set<string>();
   const controllers = new Set<AbortController>();
   const inFlight = new Set<Promise<unknown>>();
@@ -515,11 +514,18 @@ export function createMigrator(rt: Runtime): Migrator {
       log.info({ projectId: project.id, runId, ...options }, 'migration started');
 
       if (options.dumpOnly) {
-        // The dump function's own mechanism: a catalogued tenant_export backup, replicated and verified
-        // like any other (bounded by FLUX_DUMP_TIMEOUT_MS and cancelled by stop like any dump).
-        const started = await dumper.start(project, { causedBy: startedEvent.id });
-        record.backupId = started.backupId;
-        const { manifest } = await started.done;
+        // Dump's own backup, asked of the dump function as any other process would (a signed
+        // flux.backup.requested): catalogued, replicated and verified like any other backup.
+        const { manifest } = await requestBackup(rt, project, {
+          reason: 'migrate_dump_only',
+          causedBy: startedEvent.id,
+          signal: controller.signal,
+          timeoutMs: remaining(),
+          onAccepted: async (backupId) => {
+            record.backupId = backupId;
+            await saveRecord(record);
+          },
+        });
         enter('dump');
         const rows = sum(manifest.tables.map((t) => t.rows));
         return await succeed({
@@ -890,7 +896,6 @@ export function createMigrator(rt: Runtime): Migrator {
       for (const c of controllers) {
         c.abort(new AppError('shutting_down', 'migrate is stopping (SIGTERM) and cancelled this run'));
       }
-      await dumper.stop();
       await Promise.allSettled([...inFlight]);
     },
   };
