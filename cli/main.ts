@@ -7,6 +7,7 @@ import { fileURLToPath } from 'node:url';
 import { AppError, EXIT, isAppError } from '../shared/errors.js';
 import { COMMON_HELP, parse, readTokenFile, str } from './args.js';
 import { BACKUP_COMMANDS } from './backup.js';
+import { CATALOG_COMMANDS } from './catalog.js';
 import { type Command, type Context, Failure } from './command.js';
 import { DOCTOR_COMMANDS } from './doctor.js';
 import { EVENTS_COMMANDS } from './events.js';
@@ -17,6 +18,7 @@ import { PROBE_COMMANDS } from './probe.js';
 
 export const COMMANDS: readonly Command[] = [
   ...BACKUP_COMMANDS,
+  ...CATALOG_COMMANDS,
   ...MIGRATE_COMMANDS,
   ...PROBE_COMMANDS,
   ...EVENTS_COMMANDS,
