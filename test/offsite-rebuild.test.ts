@@ -28,6 +28,7 @@ import {
   ADMIN,
   eventually,
   makeTestEnv,
+  makeToken,
   makeWebhookSecret,
   type TestEnv,
   WEBHOOK_SECRET,
@@ -37,6 +38,8 @@ const ROOT = path.resolve(import.meta.dirname, '..');
 const BIN = path.join(ROOT, 'bin', 'flux-ops.mjs');
 const MAIN = path.join(ROOT, 'functions', 'all', 'main.ts');
 const MANIFEST_KEY = makeWebhookSecret();
+const WRITER = makeToken('writer', ['backups:write']);
+const READER = makeToken('reader', ['backups:read']);
 const S3_SECRET = `flux-rebuild-s3-${randomBytes(8).toString('hex')}`;
 const PREFIX = 'flux/dr';
 
@@ -201,13 +204,13 @@ async function startFresh(env: TestEnv, local: string, extra: Record<string, str
   };
 }
 
-async function cli(base: string, args: string[]): Promise<Cli> {
+async function cli(base: string, args: string[], token = ADMIN.token): Promise<Cli> {
   const r = await execa(process.execPath, [BIN, ...args], {
     env: {
       PATH: process.env.PATH ?? '',
       HOME: process.env.HOME ?? '/tmp',
       FLUX_API_BASE: base,
-      FLUX_API_TOKEN: ADMIN.token,
+      FLUX_API_TOKEN: token,
     },
     extendEnv: false,
     reject: false,
@@ -258,6 +261,7 @@ describe.each([
       FLUX_PROBE_INTERVAL_MS: '0',
       FLUX_REPLICATE_RECONCILE_INTERVAL_MS: String(60 * 60 * 1000),
       FLUX_WEBHOOK_SECRETS: WEBHOOK_SECRET,
+      FLUX_API_TOKENS: [ADMIN, WRITER, READER].map((t) => t.entry).join(','),
     });
     store.bind(env);
 
@@ -387,7 +391,11 @@ describe.each([
 
   it('rebuilds the catalog from the manifests: tampered ones invalid and not written, no dump copied', async () => {
     const base = fresh!.base;
-    const r = await cli(base, ['catalog', 'rebuild', '--from', 'offsite', '--json']);
+    // backups:write is enough (and needed): a reader may list, not rebuild.
+    const denied = await cli(base, ['catalog', 'rebuild', '--from', 'offsite'], READER.token);
+    expect(denied.exitCode).toBe(77);
+    expect(denied.stderr).toMatch(/lacks the "backups:write" scope/);
+    const r = await cli(base, ['catalog', 'rebuild', '--from', 'offsite', '--json'], WRITER.token);
     // Exit 1: some manifests were refused; the rest is rebuilt.
     expect(r.exitCode, r.stderr).toBe(1);
     const summary = JSON.parse(r.stdout) as {

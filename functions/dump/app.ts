@@ -13,7 +13,7 @@ import { dirWritableCheck, registryCheck, toolCheck } from '../../shared/kit/rea
 import type { FunctionApp, Runtime } from '../../shared/kit/runtime.js';
 import { requireProjectByHash } from '../../shared/registry.js';
 import { createDumper } from './dumper.js';
-import { manifestCheckFor, offsiteRow, scanOffsite } from './offsite-catalog.js';
+import { listOffsite } from './offsite-catalog.js';
 import { downloadFromOffsite, lazyOffsiteStore, parseArtifactSource } from './offsite-source.js';
 import { createCatalogRebuilder } from './rebuild.js';
 
@@ -93,22 +93,7 @@ export function createApp(rt: Runtime): FunctionApp {
   app.get('/api/cli/v1/projects/:hash/backups', requireScope('backups:read'), async (c) => {
     const project = requireProjectByHash(registry, c.req.param('hash'));
     if (parseArtifactSource(c.req.query('source')) === 'offsite') {
-      // Listed: authentic and untagged manifests (a backup made before the keys were); refused: forged ones.
-      const check = manifestCheckFor(config.FLUX_MANIFEST_SECRETS, { allowUnsigned: true });
-      const scanned = await scanOffsite(offsiteStore(), { projectIds: [project.id], check });
-      const found = scanned.get(project.id) ?? [];
-      const backups = [];
-      for (const backup of found) {
-        if (backup.manifest)
-          backups.push(
-            await offsiteRow(catalog, { ...backup, manifest: backup.manifest }, config.FLUX_MANIFEST_SECRETS),
-          );
-      }
-      // Refused manifests are no backups: they are named beside the list, never shaped like a row.
-      const invalid = found
-        .filter((b) => !b.manifest)
-        .map((b) => ({ id: b.backupId, key: b.manifestKey, error: b.invalid ?? 'not a valid manifest' }));
-      return c.json({ backups, invalid, store: offsiteStore().location });
+      return c.json(await listOffsite(catalog, offsiteStore(), project.id, config.FLUX_MANIFEST_SECRETS));
     }
     const entries = await catalog.list(project.id);
     const backups = [];

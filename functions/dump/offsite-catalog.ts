@@ -195,3 +195,34 @@ export async function offsiteRow(
           : null,
   };
 }
+
+/**
+ * `GET …/backups?source=offsite`: authentic and untagged manifests (a backup made before the keys were)
+ * are rows; refused ones (forged, misplaced, not a manifest) are named beside them, never shaped like one.
+ */
+export async function listOffsite(
+  catalog: Catalog,
+  store: OffsiteStore,
+  projectId: string,
+  secrets: readonly string[],
+): Promise<{
+  backups: OffsiteApiBackup[];
+  invalid: Array<{ id: string; key: string; error: string }>;
+  store: string;
+}> {
+  const check = manifestCheckFor(secrets, { allowUnsigned: true });
+  const found = (await scanOffsite(store, { projectIds: [projectId], check })).get(projectId) ?? [];
+  const backups: OffsiteApiBackup[] = [];
+  const invalid: Array<{ id: string; key: string; error: string }> = [];
+  for (const backup of found) {
+    if (backup.manifest)
+      backups.push(await offsiteRow(catalog, { ...backup, manifest: backup.manifest }, secrets));
+    else
+      invalid.push({
+        id: backup.backupId,
+        key: backup.manifestKey,
+        error: backup.invalid ?? 'not a valid manifest',
+      });
+  }
+  return { backups, invalid, store: store.location };
+}

@@ -94,10 +94,13 @@ export function createCatalogRebuilder(options: {
       check: manifestCheckFor(options.secrets, { allowUnsigned: request.allowUnsigned === true }),
     });
     for (const [projectId, backups] of scanned) {
-      if (request.onlyEmpty && (await catalog.list(projectId)).length > 0) {
+      // One listing per project, not one directory read per backup.
+      const locals = await catalog.list(projectId);
+      if (request.onlyEmpty && locals.length > 0) {
         summary.skippedProjects += 1;
         continue;
       }
+      const localById = new Map(locals.map((e) => [e.backupId, e]));
       summary.projects += 1;
       for (const backup of backups) {
         const { backupId } = backup;
@@ -110,7 +113,7 @@ export function createCatalogRebuilder(options: {
           });
           continue;
         }
-        const local = await catalog.get(projectId, backupId);
+        const local = localById.get(backupId);
         if (local?.manifest) {
           if (isDeepStrictEqual(local.manifest, backup.manifest)) summary.manifests.present += 1;
           else {
