@@ -477,6 +477,30 @@ describe.each([
     const t = body.projects.find((p) => p.id === tenant.id)!;
     expect(t).toMatchObject({ tier: 'artifact_pending', trustworthy: false });
     expect(t.next).toContain('--source offsite');
+
+    // Verify reads the offsite copy of the rebuilt backup; the tier stays artifact_pending (no local
+    // artifact) and moves the operator on to a new backup instead of verifying again.
+    const verified = await cli(base, [
+      'backup',
+      'verify',
+      '-p',
+      tenant.slug,
+      '--latest',
+      '--source',
+      'offsite',
+    ]);
+    expect(verified.exitCode, verified.stderr).toBe(0);
+    const after = (
+      await api<{
+        projects: Array<{ id: string; tier: string; next?: string; message: string; trustworthy: boolean }>;
+      }>(base, '/api/ops/v1/status')
+    ).body.projects.find((p) => p.id === tenant.id)!;
+    expect(after).toMatchObject({
+      tier: 'artifact_pending',
+      trustworthy: false,
+      next: `flux-ops backup create -p ${tenant.slug}`,
+    });
+    expect(after.message).toMatch(/restore-verified: restore or download it with --source offsite/);
   });
 
   it('downloads from offsite with the CLI (--latest from the store) and the SHA-256 matches; a flipped byte is refused', async () => {
@@ -514,6 +538,24 @@ describe.each([
     expect(v1.exitCode, v1.stderr).toBe(0);
     expect(JSON.parse(v1.stdout)).toMatchObject({ ok: true, backupId: ledgerId, source: 'offsite' });
     expect(sha256Of(await readFile(v1File))).toBe(made.get(ledgerId)!.sha256);
+
+    // The forged manifest is not served from either: its tag vouches for nothing.
+    const forgedFile = path.join(out, 'forged.dump');
+    const forged = await cli(base, [
+      'backup',
+      'download',
+      '-p',
+      tenant.slug,
+      '--id',
+      tenantOld,
+      '--source',
+      'offsite',
+      '-o',
+      forgedFile,
+    ]);
+    expect(forged.exitCode).toBe(1);
+    expect(forged.stderr).toMatch(/authentication tag/);
+    await expect(stat(forgedFile)).rejects.toThrow();
 
     // One byte flipped in the offsite dump: the checked stream cuts the download, nothing lands.
     const key = `${ledger.id}/${ledgerId}.dump`;

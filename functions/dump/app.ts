@@ -13,7 +13,7 @@ import { dirWritableCheck, registryCheck, toolCheck } from '../../shared/kit/rea
 import type { FunctionApp, Runtime } from '../../shared/kit/runtime.js';
 import { requireProjectByHash } from '../../shared/registry.js';
 import { createDumper } from './dumper.js';
-import { listOffsite } from './offsite-catalog.js';
+import { listOffsite, manifestCheckFor } from './offsite-catalog.js';
 import { downloadFromOffsite, lazyOffsiteStore, parseArtifactSource } from './offsite-source.js';
 import { createCatalogRebuilder } from './rebuild.js';
 
@@ -120,7 +120,8 @@ export function createApp(rt: Runtime): FunctionApp {
       const entry = await catalog.get(project.id, backupId);
       if (parseArtifactSource(c.req.query('source')) === 'offsite') {
         const store = offsiteStore();
-        return downloadFromOffsite(c, { store, project, backupId, manifest: entry?.manifest });
+        const check = manifestCheckFor(config.FLUX_MANIFEST_SECRETS, { allowUnsigned: true });
+        return downloadFromOffsite(c, { store, project, backupId, manifest: entry?.manifest, check });
       }
       if (!entry?.manifest)
         throw new AppError('not_found', `no complete backup ${backupId} for project ${project.slug}`);
