@@ -20,14 +20,24 @@ import {
 import { createProgress } from './progress.js';
 import {
   type ApiBackup,
+  type BackupSource,
+  fetchBackupList,
   fetchStatus,
-  listBackups,
   type ProjectStatus,
   resolveBackup,
   resolveProject,
 } from './project.js';
 
 const backupsPath = (hash: string) => `/api/cli/v1/projects/${hash}/backups`;
+
+/** --source local|offsite (undefined when not given). */
+export function sourceOf(command: string, values: Parameters<typeof str>[0]): BackupSource | undefined {
+  const source = str(values, 'source');
+  if (source !== undefined && source !== 'local' && source !== 'offsite') {
+    throw new AppError('bad_request', `${command}: --source must be local or offsite`);
+  }
+  return source;
+}
 
 /** restore column: our outcome (with `unverifiable`) when the server gives it, else the upstream status. */
 const restoreOf = (b: ApiBackup) => b.restoreVerificationOutcome ?? b.restoreVerificationStatus ?? '-';
@@ -130,27 +140,42 @@ Flags:
 const list: Command = {
   name: 'backup list',
   summary: "list a project's backups, newest first",
-  help: `Usage: flux-ops backup list -p <slug> [--hash <7hex>]
+  help: `Usage: flux-ops backup list -p <slug> [--hash <7hex>] [--source local|offsite]
+
+With --source offsite the list is read from the offsite store's manifests, not the local catalog (a fresh
+host whose local catalog is empty): ARTIFACT is the local copy (missing when there is none), OFFSITE what
+the store holds. Manifests the store holds but that were refused (not a manifest, another backup's) are
+named on stderr.
 
 Flags:
   -p, --project <slug>  the project
-  --hash <7hex>         the project's hash (skips the slug lookup)`,
-  options: PROJECT_OPTIONS,
+  --hash <7hex>         the project's hash (skips the slug lookup)
+  --source <where>      local (default) or offsite`,
+  options: { ...PROJECT_OPTIONS, source: { type: 'string' } },
   async run(ctx) {
     const client = ctx.client();
+    const source = sourceOf(this.name, ctx.values) ?? 'local';
     const project = await resolveProject(client, projectRef(this.name, ctx.values, true)!);
-    const backups = await listBackups(client, project);
+    const answer = await fetchBackupList(client, project, source);
+    const { backups } = answer;
     if (ctx.json) {
-      printJson(ctx.io, { backups });
+      printJson(ctx.io, source === 'offsite' ? answer : { backups });
       return 0;
+    }
+    for (const refused of answer.invalid ?? []) {
+      println(ctx.io.err, `flux-ops: refused offsite manifest of backup ${refused.id}: ${refused.error}`);
     }
     if (backups.length === 0) {
       println(
         ctx.io.out,
-        `no backups of ${project.slug}; create one: flux-ops backup create -p ${project.slug}`,
+        source === 'offsite'
+          ? `no backups of ${project.slug} in the offsite store ${answer.store ?? ''}`.trimEnd()
+          : `no backups of ${project.slug}; create one: flux-ops backup create -p ${project.slug}`,
       );
       return 0;
     }
+    if (source === 'offsite')
+      println(ctx.io.err, `backups of ${project.slug} in ${answer.store ?? 'the offsite store'}:`);
     const now = new Date();
     println(
       ctx.io.out,
@@ -181,10 +206,14 @@ const download: Command = {
   name: 'backup download',
   summary: 'download a backup, checking its SHA-256',
   help: `Usage: flux-ops backup download -p <slug> (--id <backupId> | --latest) [-o <file>] [--force]
+                              [--source local|offsite]
 
 Streams the dump to a temporary file beside <file> with progress, checks its SHA-256 against the
 X-Flux-Checksum-Sha256 header, and only then renames it into place. On a mismatch the temporary file is
 deleted and the exit code is 1. Without -o the file is ./<slug>-<backupId>.dump; -o may name a directory.
+With --source offsite the bytes come from the offsite copy (the server cuts a copy that is not the
+manifest's short), and --latest is the newest backup the offsite store holds, so it works on a fresh host
+whose local catalog is empty.
 
 Flags:
   -p, --project <slug>  the project
@@ -192,24 +221,32 @@ Flags:
   --id <backupId>       the backup
   --latest              the newest completed backup
   -o, --output <file>   where to write it
-  --force               replace <file> if it exists`,
+  --force               replace <file> if it exists
+  --source <where>      local (default) or offsite: which copy to download`,
   options: {
     ...PROJECT_OPTIONS,
     ...BACKUP_OPTIONS,
     output: { type: 'string', short: 'o' },
     force: { type: 'boolean' },
+    source: { type: 'string' },
   },
   async run(ctx) {
     const client = ctx.client();
     const ref = backupRef(this.name, ctx.values);
+    const source = sourceOf(this.name, ctx.values);
     const project = await resolveProject(client, projectRef(this.name, ctx.values, true)!);
-    const { id } = await resolveBackup(client, project, ref, { needFile: true });
+    const { id } = await resolveBackup(client, project, ref, {
+      needFile: true,
+      ...(source ? { source } : {}),
+    });
     const target = await targetOf(str(ctx.values, 'output'), project.slug, id);
     if (!bool(ctx.values, 'force') && (await stat(target).catch(() => undefined))) {
       throw new AppError('bad_request', `${target} exists; pass --force to replace it`);
     }
     const at = `${backupsPath(project.hash)}/${id}`;
-    const answer = await client.stream(`${at}/download`, { signal: ctx.signal });
+    const answer = await client.stream(`${at}/download${source ? `?source=${source}` : ''}`, {
+      signal: ctx.signal,
+    });
     const total = Number(headerOf(answer.headers, 'content-length') ?? Number.NaN);
     let expected = headerOf(answer.headers, 'x-flux-checksum-sha256')?.toLowerCase();
     const progress = createProgress({
@@ -253,7 +290,7 @@ Flags:
     }
     progress.done();
     try {
-      if (!expected) {
+      if (!expected && source !== 'offsite') {
         // An older or foreign server without the header: fall back to the checksum its catalog records.
         const { backup } = (await client.json<{ backup: ApiBackup }>('GET', at)).body;
         expected = backup.checksumSha256 ?? undefined;
@@ -287,6 +324,7 @@ Flags:
       printJson(ctx.io, {
         ok: true,
         backupId: id,
+        source: source ?? 'local',
         path: target,
         sizeBytes: pending.sizeBytes,
         sha256: pending.sha256,
@@ -295,7 +333,7 @@ Flags:
     } else {
       println(
         ctx.io.out,
-        `downloaded backup ${id} of ${project.slug} to ${target}: ${humanBytes(pending.sizeBytes)} in ` +
+        `downloaded backup ${id} of ${project.slug}${source === 'offsite' ? ' (offsite copy)' : ''} to ${target}: ${humanBytes(pending.sizeBytes)} in ` +
           `${preciseDuration(seconds * 1000)} (${humanRate(pending.sizeBytes / Math.max(seconds, 0.001))}), sha256 ${pending.sha256} verified`,
       );
     }
@@ -340,10 +378,7 @@ Flags:
   async run(ctx) {
     const client = ctx.client();
     const ref = backupRef(this.name, ctx.values);
-    const source = str(ctx.values, 'source');
-    if (source !== undefined && source !== 'local' && source !== 'offsite') {
-      throw new AppError('bad_request', `${this.name}: --source must be local or offsite`);
-    }
+    const source = sourceOf(this.name, ctx.values);
     const project = await resolveProject(client, projectRef(this.name, ctx.values, true)!);
     const { id } = await resolveBackup(client, project, ref);
     const at = `${backupsPath(project.hash)}/${id}/verify`;

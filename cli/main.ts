@@ -7,6 +7,7 @@ import { fileURLToPath } from 'node:url';
 import { AppError, EXIT, isAppError } from '../shared/errors.js';
 import { COMMON_HELP, parse, readTokenFile, str } from './args.js';
 import { BACKUP_COMMANDS } from './backup.js';
+import { CATALOG_COMMANDS } from './catalog.js';
 import { type Command, type Context, Failure } from './command.js';
 import { DOCTOR_COMMANDS } from './doctor.js';
 import { EVENTS_COMMANDS } from './events.js';
@@ -19,6 +20,7 @@ import { RESTORE_COMMANDS } from './restore.js';
 export const COMMANDS: readonly Command[] = [
   ...BACKUP_COMMANDS,
   ...RESTORE_COMMANDS,
+  ...CATALOG_COMMANDS,
   ...MIGRATE_COMMANDS,
   ...PROBE_COMMANDS,
   ...EVENTS_COMMANDS,

@@ -87,30 +87,57 @@ export async function resolveProject(
   return { slug: found.slug, hash: found.hash };
 }
 
-export async function listBackups(client: ApiClient, project: ResolvedProject): Promise<ApiBackup[]> {
-  const answer = await client.json<{ backups: ApiBackup[] }>(
-    'GET',
-    `/api/cli/v1/projects/${project.hash}/backups`,
-  );
-  return answer.body.backups ?? [];
+export type BackupSource = 'local' | 'offsite';
+
+/** The offsite list's answer: rows from the store's manifests, and the manifests it refused. */
+export interface BackupList {
+  backups: ApiBackup[];
+  invalid?: Array<{ id: string; key: string; error: string }>;
+  store?: string;
 }
 
-/** --id as given, or --latest: the newest completed backup (with its file present when `needFile`). */
+export async function fetchBackupList(
+  client: ApiClient,
+  project: ResolvedProject,
+  source: BackupSource = 'local',
+): Promise<BackupList> {
+  const answer = await client.json<BackupList>('GET', `/api/cli/v1/projects/${project.hash}/backups`, {
+    ...(source === 'offsite' ? { query: { source } } : {}),
+  });
+  return { ...answer.body, backups: answer.body.backups ?? [] };
+}
+
+export async function listBackups(
+  client: ApiClient,
+  project: ResolvedProject,
+  source: BackupSource = 'local',
+): Promise<ApiBackup[]> {
+  return (await fetchBackupList(client, project, source)).backups;
+}
+
+/**
+ * --id as given, or --latest: the newest completed backup (with its file present when `needFile`: the
+ * local file, or with `source: 'offsite'` the offsite copy, picked from the store's own list, so a
+ * fresh host whose local catalog is empty still finds it).
+ */
 export async function resolveBackup(
   client: ApiClient,
   project: ResolvedProject,
   ref: BackupRef,
-  options: { needFile?: boolean } = {},
+  options: { needFile?: boolean; source?: BackupSource } = {},
 ): Promise<{ id: string; backup?: ApiBackup }> {
   if ('id' in ref) return { id: ref.id };
-  const backups = await listBackups(client, project);
-  const newest = backups.find(
-    (b) => b.status === 'completed' && (!options.needFile || b.localArtifactStatus !== 'missing'),
-  );
+  const offsite = options.source === 'offsite';
+  const backups = await listBackups(client, project, offsite ? 'offsite' : 'local');
+  const hasFile = (b: ApiBackup) =>
+    offsite ? b.offsiteStatus === 'replicated' : b.localArtifactStatus !== 'missing';
+  const newest = backups.find((b) => b.status === 'completed' && (!options.needFile || hasFile(b)));
   if (!newest) {
+    const where = offsite ? ' in the offsite store' : '';
+    const file = options.needFile ? (offsite ? ' with its offsite copy' : ' with its file present') : '';
     throw new AppError(
       'not_found',
-      `project ${project.slug} has no completed backup${options.needFile ? ' with its file present' : ''}; create one: flux-ops backup create -p ${project.slug}`,
+      `project ${project.slug} has no completed backup${where}${file}; create one: flux-ops backup create -p ${project.slug}`,
     );
   }
   return { id: newest.id, backup: newest };

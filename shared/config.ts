@@ -293,6 +293,12 @@ export const VARS = {
     secret: true,
     description: 'Standard Webhooks secrets whsec_…, comma-separated; the first signs, any verifies.',
   },
+  FLUX_MANIFEST_SECRETS: {
+    schema: webhookSecretList,
+    secret: true,
+    description:
+      'Keys (whsec_…, comma-separated, as FLUX_WEBHOOK_SECRETS) that authenticate manifests: dump tags each with the first (HMAC-SHA256), any verifies; a catalog rebuilt from offsite refuses a manifest no key matches. Keep them with the offsite credentials: a replacement host needs them.',
+  },
   FLUX_WEBHOOK_TOLERANCE_MS: {
     schema: ms(5 * MINUTE_MS, SECOND_MS, HOUR_MS),
     description: 'Allowed clock skew/age of a signed event.',
@@ -352,6 +358,11 @@ export const VARS = {
   FLUX_RETENTION_KEEP_DAYS: {
     schema: int(0, 0, 100_000),
     description: 'Backups younger than this are kept (0 = no age rule).',
+  },
+  FLUX_CATALOG_REBUILD_AT_START: {
+    schema: bool(false),
+    description:
+      'At start-up, dump rebuilds the local catalog of every project whose local directory is empty from the offsite store’s manifests (a fresh host after the old one was lost); dumps stay offsite.',
   },
   FLUX_REPLICATE_RECONCILE_INTERVAL_MS: {
     schema: ms(5 * MINUTE_MS, 100),

@@ -148,6 +148,7 @@ interface Door {
 /** POST routes that read a JSON body, and those that read none (only the size limit applies to them). */
 const JSON_BODY_ROUTES = new Set([
   'dump POST /api/cli/v1/projects/:hash/backups',
+  'dump POST /api/ops/v1/catalog/rebuild',
   'verify POST /api/cli/v1/projects/:hash/backups/:backupId/verify',
   'probe POST /probes/run',
   'migrate POST /api/cli/v1/migrate',

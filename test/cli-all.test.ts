@@ -366,7 +366,7 @@ describe('doctor --remote', () => {
       findings: Array<{ area: string; name: string; status: string }>;
     };
     expect(new Set(report.findings.map((f) => f.area))).toEqual(
-      new Set(['dump', 'replicate', 'verify', 'probe', 'migrate']),
+      new Set(['dump', 'replicate', 'verify', 'probe', 'migrate', 'restore']),
     );
     expect(report.findings).toContainEqual(
       expect.objectContaining({ area: 'dump', name: 'tool:pg_dump', status: 'ok' }),

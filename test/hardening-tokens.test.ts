@@ -57,6 +57,7 @@ const REQUIRED_SCOPE: Record<FunctionName, Record<string, Scope>> = {
     'GET /api/cli/v1/projects/:hash/backups/:backupId': 'backups:read',
     'GET /api/cli/v1/projects/:hash/backups/:backupId/download': 'backups:read',
     'GET /api/ops/v1/status': 'backups:read',
+    'POST /api/ops/v1/catalog/rebuild': 'backups:write',
   },
   replicate: {
     ...KIT_ROUTES,
@@ -676,8 +677,9 @@ describe('limits', () => {
           posts += 1;
         }
       }
-      // The kit's two (events, replay) and one of each function's own; restore has two (restore, drop-previous).
-      expect(posts).toBe(FUNCTION_NAMES.length * 3 + 1);
+      // Three POST routes each (/events, /events/replay, its own); dump also rebuilds the catalog, and
+      // restore also drops a previous copy.
+      expect(posts).toBe(FUNCTION_NAMES.length * 3 + 2);
     } finally {
       for (const s of served) await s.close();
       for (const fn of FUNCTION_NAMES) await apps[fn].stop();

@@ -427,6 +427,60 @@ describe('replicate (in-process, real files)', () => {
     ).toEqual(['artifact_invalid', 'artifact_invalid']);
   });
 
+  it('a manifest whose local dump is missing (a rebuilt catalog): proven offsite gets its receipt, else it stays pending, never a failure', async () => {
+    const h = await harness();
+    const projectId = newProjectId();
+    // Replicated normally, then the host is lost: the manifest comes back from the store, the dump does not.
+    const rebuilt = await writeBackup(h.local, projectId);
+    await eventually(() => allReplicated(h, [rebuilt]));
+    const offsiteManifest = await readFile(
+      path.join(h.offsite, projectId, `${rebuilt.backupId}.manifest.json`),
+    );
+    for (const suffix of ['.dump', '.manifest.json', '.offsite.json']) {
+      await rm(path.join(h.local, projectId, `${rebuilt.backupId}${suffix}`));
+    }
+    await writeFile(rebuilt.manifest, offsiteManifest);
+    // A manifest with no copy anywhere, and one whose offsite copy has other bytes of the same size.
+    const nowhere = await writeBackup(h.local, projectId, { withManifest: false });
+    const forged = await writeBackup(h.local, projectId, { withManifest: false });
+    await mkdir(path.join(h.offsite, projectId), { recursive: true });
+    const forgedBytes = Buffer.alloc(forged.sizeBytes, 7);
+    await writeFile(path.join(h.offsite, projectId, `${forged.backupId}.dump`), forgedBytes);
+    for (const b of [nowhere, forged]) {
+      await rm(b.dump);
+      await completeBackup(b);
+    }
+
+    // The arrival alone: replicate re-hashes the offsite copy and writes its normal receipt.
+    const receipt = await eventually(async () => {
+      const r = await readReceipt(h.local, rebuilt);
+      return r?.status === 'replicated' ? r : undefined;
+    });
+    expect(receipt).toMatchObject({ contentSha256: rebuilt.sha256, sizeBytes: rebuilt.sizeBytes });
+    expect(receipt.lagSeconds).toBeUndefined();
+    const summary = await h.reconcile();
+    expect(summary.results).toMatchObject({ failed: 0, skipped: 2 });
+    await drained(h);
+    expect(await readReceipt(h.local, nowhere)).toBeUndefined();
+    expect(await readReceipt(h.local, forged)).toBeUndefined();
+    expect(receiver.events('flux.backup.replication_failed')).toHaveLength(0);
+    const replicated = receiver.events('flux.backup.replicated');
+    expect(replicated.map((e) => (e.data as { backupId: string }).backupId)).toContain(rebuilt.backupId);
+    expect(
+      replicated.find((e) => e.data.backupId === rebuilt.backupId && e.data.created === false),
+    ).toBeDefined();
+    // Nothing copied for the others, and the forged copy is left as it was (no manifest put beside it).
+    const files = await offsiteFiles(h.offsite);
+    expect(files.filter((f) => f.includes(nowhere.backupId))).toEqual([]);
+    expect(files.filter((f) => f.includes(forged.backupId))).toEqual([
+      `${projectId}/${forged.backupId}.dump`,
+    ]);
+    expect(sha256Of(await readFile(path.join(h.offsite, projectId, `${forged.backupId}.dump`)))).toBe(
+      sha256Of(forgedBytes),
+    );
+    expect(h.rt.logs.text()).toContain('local dump missing: nothing to copy');
+  });
+
   it('POST /replicate/run needs a backups:write token and returns the scan summary', async () => {
     const reader = makeToken('reader', ['backups:read']);
     const h = await harness({ FLUX_API_TOKENS: `${ADMIN.entry},${reader.entry}` }, { start: false });

@@ -1,5 +1,6 @@
 // dump: pg_dump backups of a project into the catalog, the CLI-compatible backups API (create, list,
-// show, download) and the trust status of every project.
+// show, download; list and download also from the offsite copy), the trust status of every project,
+// and the catalog rebuilt from the offsite store's manifests (dump is the manifests' one writer).
 import { createReadStream } from 'node:fs';
 import { stat } from 'node:fs/promises';
 import { Readable } from 'node:stream';
@@ -12,14 +13,28 @@ import { dirWritableCheck, registryCheck, toolCheck } from '../../shared/kit/rea
 import type { FunctionApp, Runtime } from '../../shared/kit/runtime.js';
 import { requireProjectByHash } from '../../shared/registry.js';
 import { createDumper } from './dumper.js';
+import { listOffsite, manifestCheckFor } from './offsite-catalog.js';
 import { downloadFromOffsite, lazyOffsiteStore, parseArtifactSource } from './offsite-source.js';
+import { createCatalogRebuilder } from './rebuild.js';
 
 const CreateBody = z.object({ kind: z.enum(['project_db', 'tenant_export']).optional() }).loose();
+const RebuildBody = z.object({
+  from: z.literal('offsite'),
+  projectHash: z.string().optional(),
+  allowUnsigned: z.boolean().optional(),
+});
 
 export function createApp(rt: Runtime): FunctionApp {
   const dumper = createDumper(rt);
   const { catalog, registry, config } = rt;
   const offsiteStore = lazyOffsiteStore(config);
+  const rebuilder = createCatalogRebuilder({
+    catalog,
+    store: offsiteStore,
+    log: rt.log,
+    metrics: rt.metrics,
+    secrets: config.FLUX_MANIFEST_SECRETS,
+  });
 
   const kit = createKit({
     name: 'dump',
@@ -77,6 +92,9 @@ export function createApp(rt: Runtime): FunctionApp {
 
   app.get('/api/cli/v1/projects/:hash/backups', requireScope('backups:read'), async (c) => {
     const project = requireProjectByHash(registry, c.req.param('hash'));
+    if (parseArtifactSource(c.req.query('source')) === 'offsite') {
+      return c.json(await listOffsite(catalog, offsiteStore(), project.id, config.FLUX_MANIFEST_SECRETS));
+    }
     const entries = await catalog.list(project.id);
     const backups = [];
     for (const entry of entries) backups.push(catalog.toApi(entry, await catalog.checkArtifact(entry)));
@@ -102,7 +120,8 @@ export function createApp(rt: Runtime): FunctionApp {
       const entry = await catalog.get(project.id, backupId);
       if (parseArtifactSource(c.req.query('source')) === 'offsite') {
         const store = offsiteStore();
-        return downloadFromOffsite(c, { store, project, backupId, manifest: entry?.manifest });
+        const check = manifestCheckFor(config.FLUX_MANIFEST_SECRETS, { allowUnsigned: true });
+        return downloadFromOffsite(c, { store, project, backupId, manifest: entry?.manifest, check });
       }
       if (!entry?.manifest)
         throw new AppError('not_found', `no complete backup ${backupId} for project ${project.slug}`);
@@ -122,6 +141,19 @@ export function createApp(rt: Runtime): FunctionApp {
       return c.body(Readable.toWeb(stream) as ReadableStream, 200);
     },
   );
+
+  // backups:write, not admin: the rebuild only adds manifests of the deployment's own backups (the same kind
+  // of catalog write as creating a backup), never replaces or removes one and copies no dump.
+  app.post('/api/ops/v1/catalog/rebuild', requireScope('backups:write'), async (c) => {
+    const body = await readJson(c, RebuildBody);
+    const projectIds = body.projectHash ? [requireProjectByHash(registry, body.projectHash).id] : undefined;
+    return c.json(
+      await rebuilder.rebuild({
+        ...(projectIds ? { projectIds } : {}),
+        ...(body.allowUnsigned ? { allowUnsigned: true } : {}),
+      }),
+    );
+  });
 
   app.get('/api/ops/v1/status', requireScope('backups:read'), async (c) => {
     const projects = [];
@@ -145,6 +177,12 @@ export function createApp(rt: Runtime): FunctionApp {
       await rt.inbox.start();
       await dumper.recover();
       await rt.outbox.start();
+      if (config.FLUX_CATALOG_REBUILD_AT_START) {
+        // In the background: a slow or unreachable store must not hold the process's start.
+        void rebuilder
+          .rebuild({ onlyEmpty: true })
+          .catch((error) => rt.log.error({ err: error }, 'start-up catalog rebuild from offsite failed'));
+      }
     },
     async stop() {
       await dumper.stop();

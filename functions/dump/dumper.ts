@@ -7,6 +7,7 @@ import { ensureDir } from '../../shared/atomic.js';
 import type { ApiBackup } from '../../shared/catalog/catalog.js';
 import { newBackupId } from '../../shared/catalog/ids.js';
 import { type CatalogFile, tempFileTarget } from '../../shared/catalog/layout.js';
+import { signManifest } from '../../shared/catalog/manifest-auth.js';
 import type { Manifest } from '../../shared/catalog/records.js';
 import { AppError, fsWriteError, isAppError } from '../../shared/errors.js';
 import type { Runtime } from '../../shared/kit/runtime.js';
@@ -158,7 +159,7 @@ export function createDumper(rt: Runtime): Dumper {
       const s = await stat(paths.dump);
       catalog.rememberArtifact(paths.dump, s.size, s.mtimeMs, result.file.sha256);
       const f = result.facts;
-      const manifest: Manifest = {
+      const facts: Manifest = {
         manifestVersion: 1,
         backupId,
         projectId: project.id,
@@ -190,6 +191,8 @@ export function createDumper(rt: Runtime): Dumper {
         roles: f.roles,
         ...(causedBy ? { causationId: causedBy } : {}),
       };
+      // Tagged, so a copy edited where it is stored (offsite) is told apart from the one written here.
+      const manifest = signManifest(facts, config.FLUX_MANIFEST_SECRETS);
       // The manifest is the last write: its arrival means "complete" to every reader.
       await catalog.writeManifest(manifest);
       await rm(paths.state, { force: true });

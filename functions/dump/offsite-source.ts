@@ -19,6 +19,8 @@ export interface OffsiteDownload {
   backupId: string;
   /** The local manifest when there is one; otherwise the one stored offsite is used. */
   manifest?: Manifest | undefined;
+  /** Refuses a stored manifest that is not authentic (offsite-catalog.ts manifestCheckFor). */
+  check?: (manifest: Manifest) => string | undefined;
 }
 
 export async function downloadFromOffsite(c: Context, request: OffsiteDownload): Promise<Response> {
@@ -28,6 +30,17 @@ export async function downloadFromOffsite(c: Context, request: OffsiteDownload):
     throw new AppError(
       'not_found',
       `no complete backup ${backupId} for project ${project.slug}, locally or in ${store.location}`,
+    );
+  }
+  // The stored manifest names the hash the bytes are held to: a forged one would vouch for forged bytes.
+  const refused = request.manifest ? undefined : request.check?.(manifest);
+  if (refused) {
+    throw new AppError(
+      'artifact_invalid',
+      `the offsite manifest of backup ${backupId}: ${refused}; not served`,
+      {
+        details: { source: 'offsite', reason: 'manifest_not_authentic' },
+      },
     );
   }
   const artifact = await openArtifact({ projectId: project.id, backupId, manifest }, 'offsite', { store });

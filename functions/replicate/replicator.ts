@@ -7,6 +7,7 @@ import { createReadStream } from 'node:fs';
 import { stat } from 'node:fs/promises';
 import type { Readable } from 'node:stream';
 import { setTimeout as sleep } from 'node:timers/promises';
+import { isDeepStrictEqual } from 'node:util';
 import { hashFile, STREAM_CHUNK_BYTES } from '../../shared/atomic.js';
 import type { Catalog, CatalogEntry } from '../../shared/catalog/catalog.js';
 import { isProjectHash } from '../../shared/catalog/ids.js';
@@ -17,6 +18,7 @@ import type { Emit } from '../../shared/kit/runtime.js';
 import { createLimiter } from '../../shared/limiter.js';
 import type { Logger } from '../../shared/log.js';
 import { counter, DURATION_BUCKETS_S, gauge, histogram, type Registry } from '../../shared/metrics.js';
+import { readOffsiteManifest } from '../../shared/offsite/artifact.js';
 import { dumpKeyOf, manifestKeyOf } from '../../shared/offsite/keys.js';
 import type { ContentHash, OffsiteStore } from '../../shared/offsite/types.js';
 import type { StoreIdentity } from './identity.js';
@@ -49,7 +51,9 @@ export type ReplicateResult =
   | { outcome: 'already' }
   | { outcome: 'conflict'; receipt: OffsiteReceipt }
   | { outcome: 'failed'; reason: FailureReason; error: string; receipt?: OffsiteReceipt }
-  | { outcome: 'skipped'; reason: 'no_manifest' | 'stopping' };
+  | { outcome: 'skipped'; reason: 'no_manifest' | 'stopping' }
+  /** The local dump is missing and no matching offsite copy could be proven: left pending, no receipt. */
+  | { outcome: 'skipped'; reason: 'local_dump_missing'; detail: string };
 
 export interface ReconcileSummary {
   trigger: Trigger;
@@ -128,6 +132,8 @@ export function createReplicator(options: ReplicatorOptions): Replicator {
   const { catalog, store, log, metrics, emit } = options;
   const retryMaxDelayMs = options.retryMaxDelayMs ?? 5 * MINUTE_MS;
   const jobs = new Map<string, Job>();
+  /** Offsite copies of backups without a local dump that failed their proof, by key: not re-hashed until they change. */
+  const failedOffsiteProofs = new Map<string, { seen: string; why: string }>();
   const controller = new AbortController();
   // Every queued job and copy listens on this one signal: thousands of listeners are expected.
   setMaxListeners(0, controller.signal);
@@ -276,6 +282,81 @@ export function createReplicator(options: ReplicatorOptions): Replicator {
     return { receipt, created: dump.created };
   }
 
+  /**
+   * A manifest whose local dump is missing (a catalog rebuilt from the offsite store after the host was
+   * lost, or a dump removed by hand): there is nothing to copy, and that is no replication failure. When
+   * the offsite copy exists, is re-hashed to the manifest's size and SHA-256 (the same proof a copy gets)
+   * and the offsite manifest is this one, the normal `replicated` receipt is written: the store does hold
+   * a proven copy, which is what the receipt says. Otherwise the backup stays pending with the reason
+   * logged and no receipt: a failure receipt would raise `replication_failed` for a copy nobody can make,
+   * and the next reconcile looks again (a copy that failed its proof is not re-hashed until it changes).
+   */
+  async function proveOffsiteOnly(
+    entry: CatalogEntry & { manifest: NonNullable<CatalogEntry['manifest']> },
+    attempt: number,
+  ): Promise<{ receipt: OffsiteReceipt } | { pending: string }> {
+    const m = entry.manifest;
+    const dumpKey = dumpKeyOf(entry.projectId, entry.backupId);
+    const manifestKey = manifestKeyOf(entry.projectId, entry.backupId);
+    const at = `${store.location}/${dumpKey}`;
+    try {
+      await options.identity?.ensure();
+      const head = await store.head(dumpKey);
+      if (!head)
+        return { pending: `the local dump is missing and ${at} does not exist: nothing to copy or prove` };
+      if (head.sizeBytes !== m.sizeBytes) {
+        return {
+          pending: `the local dump is missing and ${at} is ${head.sizeBytes} B, not the manifest's ${m.sizeBytes} B`,
+        };
+      }
+      const seen = `${head.sizeBytes}:${head.modifiedAt}`;
+      const failed = failedOffsiteProofs.get(dumpKey);
+      if (failed?.seen === seen) return { pending: failed.why };
+      const proof = await store.hash(dumpKey, controller.signal);
+      if (!proof || proof.sha256 !== m.sha256 || proof.sizeBytes !== m.sizeBytes) {
+        const why =
+          `the local dump is missing and ${at} ${proof ? `hashes to ${proof.sha256.slice(0, 12)}…` : 'vanished while read'}, ` +
+          `not the manifest's ${m.sha256.slice(0, 12)}…`;
+        failedOffsiteProofs.set(dumpKey, { seen, why });
+        return { pending: why };
+      }
+      failedOffsiteProofs.delete(dumpKey);
+      const offsiteManifest = await readOffsiteManifest(store, entry.projectId, entry.backupId);
+      if (!offsiteManifest) {
+        // The manifest beside the copy is ours to put there (it is the local file, not the missing dump).
+        await copyAndProve(
+          manifestKey,
+          () => createReadStream(entry.paths.manifest),
+          await hashFile(entry.paths.manifest),
+        );
+      } else if (!isDeepStrictEqual(offsiteManifest, m)) {
+        return {
+          pending: `the local dump is missing and the offsite manifest ${manifestKey} differs from the local one`,
+        };
+      }
+      const receipt: OffsiteReceipt = {
+        backupId: entry.backupId,
+        projectId: entry.projectId,
+        status: 'replicated',
+        store: store.location,
+        key: dumpKey,
+        contentSha256: proof.sha256,
+        sizeBytes: proof.sizeBytes,
+        manifestSha256: m.sha256,
+        attempts: attempt,
+        at: new Date().toISOString(),
+        // No lagSeconds: the local manifest arrived from the store, long after the copy was made.
+      };
+      await catalog.writeOffsiteReceipt(receipt);
+      return { receipt };
+    } catch (error) {
+      if (controller.signal.aborted) throw error;
+      return {
+        pending: `the local dump is missing and the offsite copy could not be proven: ${errorText(error)}`,
+      };
+    }
+  }
+
   async function run(request: ReplicateRequest, job: Job): Promise<ReplicateResult> {
     const { projectId, backupId } = request;
     const subject = `${projectId}/${backupId}`;
@@ -300,6 +381,12 @@ export function createReplicator(options: ReplicatorOptions): Replicator {
             return { kind: 'already' as const };
           }
           attempts = attempt;
+          if (!entry.dump) {
+            const proven = await proveOffsiteOnly({ ...entry, manifest: entry.manifest }, attempt);
+            return 'pending' in proven
+              ? { kind: 'pending' as const, detail: proven.pending }
+              : { kind: 'copied' as const, receipt: proven.receipt, created: false };
+          }
           return {
             kind: 'copied' as const,
             ...(await attemptCopy({ ...entry, manifest: entry.manifest }, attempt)),
@@ -307,8 +394,15 @@ export function createReplicator(options: ReplicatorOptions): Replicator {
         }, controller.signal);
         if (outcome.kind === 'no_manifest') return { outcome: 'skipped', reason: 'no_manifest' };
         if (outcome.kind === 'already') return { outcome: 'already' };
+        if (outcome.kind === 'pending') {
+          log.warn(
+            { projectId, backupId, trigger: request.trigger, reason: outcome.detail },
+            'local dump missing: nothing to copy; the backup stays pending offsite (no failure receipt)',
+          );
+          return { outcome: 'skipped', reason: 'local_dump_missing', detail: outcome.detail };
+        }
         const { receipt, created } = outcome;
-        lag.observe(receipt.lagSeconds ?? 0);
+        if (receipt.lagSeconds !== undefined) lag.observe(receipt.lagSeconds);
         log.info(
           {
             projectId,

@@ -64,6 +64,33 @@ describe('trust classifier', () => {
     expect(trust.message).toMatch(/not a pass/);
   });
 
+  it('a backup only the offsite store holds (rebuilt catalog): never restorable, next names --source offsite', () => {
+    const rebuilt: BackupFacts = {
+      ...healthy,
+      artifact: 'missing',
+      restore: 'pending',
+      offsite: 'replicated',
+    };
+    const trust = classify(rebuilt, now, 'bloom');
+    expect(trust).toMatchObject({ tier: 'artifact_pending', trustworthy: false });
+    expect(trust.labels).toEqual({
+      artifactValidated: false,
+      restoreVerified: false,
+      offsiteReplicated: true,
+    });
+    expect(trust.next).toBe(`flux-ops backup verify -p bloom --id ${healthy.backupId} --source offsite`);
+    // Verified from the offsite copy: still not restorable (no local artifact), and no verify loop.
+    const verified = classify({ ...rebuilt, restore: 'restore_verified' }, now, 'bloom');
+    expect(verified).toMatchObject({ tier: 'artifact_pending', trustworthy: false });
+    expect(verified.labels.restoreVerified).toBe(false);
+    expect(verified.message).toMatch(/--source offsite/);
+    expect(verified.next).toBe('flux-ops backup create -p bloom');
+    // Offsite not proven (yet): the plain missing-artifact message.
+    expect(classify({ ...rebuilt, offsite: 'pending' }, now).message).toMatch(
+      /^the local dump file is missing:/,
+    );
+  });
+
   it('names the next command with the project slug', () => {
     expect(classify(undefined, now, 'bloom-atelier').next).toBe('flux-ops backup create -p bloom-atelier');
     expect(classify({ ...healthy, restore: 'skipped' }, now, 'bloom').next).toContain(

@@ -83,6 +83,19 @@ export function classify(newest: BackupFacts | undefined, now: Date = new Date()
       ...(newest.status === 'failed' ? { next: create } : {}),
     };
   }
+  if (newest.artifact === 'missing' && newest.offsite === 'replicated') {
+    // Only the offsite copy is left (a catalog rebuilt from the store, or a lost local file). It is never
+    // `restorable` here: the local artifact is gone, whatever a verify of the offsite copy found.
+    const verified = newest.restore === 'restore_verified';
+    return {
+      ...base,
+      tier: 'artifact_pending',
+      message: verified
+        ? 'the local dump file is missing; the offsite copy is proven and restore-verified: restore or download it with --source offsite, and create a new backup to be restorable locally again'
+        : 'the local dump file is missing; the offsite copy is proven: verify it with --source offsite before relying on it',
+      next: verified ? create : `${verify} --source offsite`,
+    };
+  }
   if (newest.artifact !== 'valid') {
     const why = {
       pending: 'the artifact has not been validated yet',

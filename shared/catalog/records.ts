@@ -53,6 +53,8 @@ export const ManifestSchema = z.object({
     .default([]),
   roles: z.array(z.string()).default([]),
   causationId: z.string().optional(),
+  /** HMAC-SHA256 tag over the rest (manifest-auth.ts), present when dump had FLUX_MANIFEST_SECRETS. */
+  auth: z.object({ alg: z.literal('hmac-sha256'), tag: z.string().min(1) }).optional(),
 });
 export type Manifest = z.infer<typeof ManifestSchema>;
 
