@@ -581,6 +581,82 @@ describe.each([
     await expect(stat(cutFile)).rejects.toThrow();
   });
 
+  it('restores from the offsite copy with the CLI: the tenant beside the live one; the v1 database in place, refused while its copy is tampered', async () => {
+    const base = fresh!.base;
+    const target = `dr_${_driver}_tenant`;
+    const beside = await cli(base, [
+      'backup',
+      'restore',
+      '-p',
+      tenant.slug,
+      '--latest',
+      '--source',
+      'offsite',
+      '--target-name',
+      target,
+      '--json',
+    ]);
+    expect(beside.exitCode, beside.stderr).toBe(0);
+    expect(JSON.parse(beside.stdout).restore).toMatchObject({
+      status: 'completed',
+      mode: 'new',
+      source: 'offsite',
+      backupId: tenantNew,
+      created: target,
+    });
+    const schema = `t_${tenant.id.replaceAll('-', '').slice(0, 12)}_api`;
+    const counts = await pg.query<{ n: number }>(
+      `SELECT (SELECT count(*) FROM ${schema}.customers)::int + (SELECT count(*) FROM ${schema}.orders)::int AS n`,
+      [],
+      target,
+    );
+    const manifest = made.get(tenantNew)!;
+    expect(counts[0]!.n).toBe(manifest.tables.reduce((n, t) => n + t.rows, 0));
+
+    // In place, from the store, with upstream flux's confirmation flag; the rebuilt backup was never
+    // verified here, so the gate is skipped on purpose. The download test above flipped a byte of this
+    // copy: it is refused while streaming, before anything is touched.
+    const args = [
+      'backup',
+      'restore',
+      '--hash',
+      hashOf(ledger.id),
+      '--id',
+      ledgerId,
+      '--in-place',
+      '--yes-i-know-this-can-overwrite-data',
+      '--skip-backup-check',
+      '--source',
+      'offsite',
+    ];
+    const databases = async () =>
+      (await pg.query<{ d: string }>('SELECT datname AS d FROM pg_database ORDER BY 1')).map((r) => r.d);
+    const before = {
+      dbs: await databases(),
+      users: await pg.query('SELECT * FROM public.users ORDER BY id', [], 'ledger'),
+    };
+    const refused = await cli(base, args);
+    expect(refused.exitCode, refused.stderr).toBe(1);
+    expect(refused.stderr).toMatch(/not the manifest's/);
+    expect({
+      dbs: await databases(),
+      users: await pg.query('SELECT * FROM public.users ORDER BY id', [], 'ledger'),
+    }).toEqual(before);
+    // The copy put right again (the same byte flipped back): the restore goes through.
+    const key = `${ledger.id}/${ledgerId}.dump`;
+    const bytes = await store.read(key);
+    const middle = Math.floor(bytes.length / 2);
+    bytes[middle] = bytes[middle]! ^ 0xff;
+    await store.write(key, bytes);
+    await pg.query(`DELETE FROM public.todos`, [], 'ledger');
+    const inPlace = await cli(base, args);
+    expect(inPlace.exitCode, inPlace.stderr).toBe(0);
+    expect(inPlace.stdout).toMatch(/restored backup .* \(in_place\)/);
+    expect(inPlace.stdout).toMatch(/undo: flux-ops backup restore/);
+    const todos = await pg.query<{ n: number }>('SELECT count(*)::int AS n FROM public.todos', [], 'ledger');
+    expect(todos[0]!.n).toBe(made.get(ledgerId)!.tables.find((t) => t.name === 'todos')!.rows);
+  });
+
   it('a fresh process with FLUX_CATALOG_REBUILD_AT_START rebuilds an empty catalog on its own', async () => {
     const dir = path.join(env.root, 'at-start-backups');
     const started = await startFresh(env, dir, { FLUX_CATALOG_REBUILD_AT_START: 'true' });

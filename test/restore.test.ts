@@ -2,8 +2,9 @@
 // backed up, verified (local sandbox), damaged, and restored — beside the live copy (which stays byte for
 // byte as it was) and in place (gated, a safety backup first, proven against the manifest, undoable) —
 // and every refusal leaves the servers as they were.
+import { spawn } from 'node:child_process';
 import { randomUUID } from 'node:crypto';
-import { chmod, mkdtemp, readdir, readFile, rm } from 'node:fs/promises';
+import { chmod, mkdtemp, readdir, readFile, rm, stat, utimes, writeFile } from 'node:fs/promises';
 import type { AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
@@ -15,7 +16,7 @@ import { silentLogger } from '../shared/log.js';
 import { createRegistry } from '../shared/metrics.js';
 import { createStaticRegistry, type Project } from '../shared/registry.js';
 import { seedProjectDb, seedSlowRestoreTenant, seedTenant } from './support/fixtures.js';
-import { type PgCluster, pgBinPath, startPostgres } from './support/pg.js';
+import { freePort, type PgCluster, pgBinPath, startPostgres } from './support/pg.js';
 import { type EventReceiver, startEventReceiver } from './support/receiver.js';
 import { ADMIN, eventually, makeTestEnv, makeToken, type TestEnv } from './support/runtime.js';
 
@@ -407,6 +408,19 @@ describe('restore of a v2 tenant', () => {
       expect(res.status, `${route} ${JSON.stringify(body)}: ${JSON.stringify(res.body)}`).toBe(status);
       expect(res.body.error).toMatch(message);
     }
+    // One byte flipped in the local dump, its size and mtime kept: re-hashed before anything, refused.
+    const dump = path.join(env.config.FLUX_BACKUPS_LOCAL_DIR, other.id, `${backupId}.dump`);
+    const { mtime, atime } = await stat(dump);
+    const bytes = await readFile(dump);
+    bytes[bytes.length >> 1] = bytes[bytes.length >> 1]! ^ 0xff;
+    await writeFile(dump, bytes);
+    await utimes(dump, atime, mtime);
+    const tampered = await restore(other, backupId, { targetName: 'tampered_local' });
+    expect(tampered.status).toBe(422);
+    expect(tampered.body.error).toMatch(/not the manifest's/);
+    bytes[bytes.length >> 1] = bytes[bytes.length >> 1]! ^ 0xff;
+    await writeFile(dump, bytes);
+    await utimes(dump, atime, mtime);
     // Another project's backup id under this project: not found, never restored.
     const foreign = await restore(other, (await backupAndVerify(beside)) as string, {});
     expect(foreign.status).toBe(404);
@@ -495,5 +509,110 @@ describe('restore of a v1 database', () => {
       `SELECT datallowconn AS a FROM pg_database WHERE datname = 'dedicated_app'`,
     );
     expect(allow[0]!.a).toBe(true);
+  });
+});
+
+describe('a restore process killed with SIGKILL mid-restore', () => {
+  const crash = { id: randomUUID(), slug: 'crash-tenant' };
+  const schema = `t_${crash.id.replaceAll('-', '').slice(0, 12)}_api`;
+  const MAIN = path.resolve(import.meta.dirname, '../functions/all/main.ts');
+
+  async function startChild(root: string, port: number) {
+    const projectsFile = path.join(root, 'projects.json');
+    await writeFile(
+      projectsFile,
+      JSON.stringify({
+        clusters: [{ name: 'shared-1', url: 'env:TEST_SHARED_URL', maxConcurrentDumps: 2 }],
+        projects: [{ ...crash, hash: hashOf(crash.id), engine: 'v2_shared', cluster: 'shared-1' }],
+      }),
+    );
+    const child = spawn(process.execPath, ['--import', 'tsx', MAIN], {
+      cwd: path.resolve(import.meta.dirname, '..'),
+      env: {
+        ...env.env,
+        FLUX_HOST: '127.0.0.1',
+        FLUX_PORT: String(port),
+        FLUX_BACKUPS_LOCAL_DIR: path.join(root, 'backups'),
+        FLUX_BACKUPS_OFFSITE_DIR: path.join(root, 'offsite'),
+        FLUX_STATE_DIR: path.join(root, 'state'),
+        FLUX_PROJECTS_FILE: projectsFile,
+        FLUX_VERIFY_ON: 'none',
+        FLUX_LOG_LEVEL: 'info',
+      },
+      stdio: ['ignore', 'ignore', 'ignore'],
+    });
+    const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()));
+    const url = `http://127.0.0.1:${port}`;
+    await eventually(async () => (await fetch(`${url}/healthz`).catch(() => undefined))?.ok, 60_000, 100);
+    return { child, url, exited };
+  }
+
+  it('leaves the live tenant as it was after the next start, and nothing half-restored', async () => {
+    // 150 rows that restore at 50 ms each: seconds in which the live schema is set aside.
+    await seedSlowRestoreTenant(cluster, { db: SHARED_DB, projectId: crash.id, rows: 150 });
+    const root = await mkdtemp(path.join(tmpdir(), 'flux-restore-crash-'));
+    const port = await freePort();
+    let first = await startChild(root, port);
+    try {
+      const call = (
+        method: 'GET' | 'POST',
+        route: string,
+        body?: unknown,
+        headers: Record<string, string> = {},
+      ) =>
+        fetch(`${first.url}${route}`, {
+          method,
+          headers: { ...ADMIN.header, 'content-type': 'application/json', ...headers },
+          ...(body ? { body: JSON.stringify(body) } : {}),
+        }).then(async (r) => ({ status: r.status, body: (await r.json()) as Body }));
+      const h = hashOf(crash.id);
+      const created = await call('POST', `/api/cli/v1/projects/${h}/backups`, {});
+      expect(created.status).toBe(201);
+      const backupId = created.body.backup.id as string;
+      await cluster.query(`DELETE FROM ${schema}.slow WHERE v > 100`, [], SHARED_DB);
+      const before = await rawDump(SHARED_DB, schema);
+      const started = await call(
+        'POST',
+        `/api/cli/v1/projects/${h}/backups/${backupId}/restore`,
+        { mode: 'in_place', yes: true, skipBackupCheck: true },
+        { prefer: 'respond-async' },
+      );
+      expect(started.status).toBe(202);
+      const restoreId = started.body.restore.id as string;
+      // pg_restore is running: the live schema is set aside and a half-restored one stands in its place.
+      await eventually(
+        async () =>
+          (
+            await processesOf(
+              (argv) =>
+                argv[0]?.endsWith('/pg_restore') === true &&
+                argv.includes('--no-owner') &&
+                argv.some((a) => a.includes(backupId)),
+            )
+          ).length > 0,
+      );
+      expect((await schemas(SHARED_DB)).filter((s) => s.startsWith(schema))).toHaveLength(2);
+      first.child.kill('SIGKILL');
+      await first.exited;
+
+      first = await startChild(root, port);
+      const record = await eventually(async () => {
+        const r = await call('GET', `/api/cli/v1/projects/${h}/restores/${restoreId}`);
+        return r.body.restore?.status === 'failed' ? r.body.restore : undefined;
+      });
+      expect(record).toMatchObject({ reason: 'interrupted', rolledBack: true });
+      expect(record.error).toMatch(/stopped during the restore stage/);
+      expect(await rawDump(SHARED_DB, schema)).toBe(before);
+      expect((await schemas(SHARED_DB)).filter((s) => s.startsWith(schema))).toEqual([schema]);
+      const roles = await cluster.query<{ r: string }>(
+        `SELECT rolname AS r FROM pg_roles WHERE rolname = $1`,
+        [`flux_restore_${restoreId.toLowerCase()}`],
+      );
+      expect(roles).toEqual([]);
+    } finally {
+      first.child.kill('SIGTERM');
+      await first.exited;
+      await rm(root, { recursive: true, force: true });
+    }
   });
 });

@@ -1,13 +1,13 @@
-// The backup's bytes as a file pg_restore can read: the local catalog file, proven against the manifest
-// first, or the offsite copy streamed into a work file under FLUX_STATE_DIR, hashed on the way and refused
+// The backup's bytes as a file pg_restore can read: the local catalog file, re-hashed against the
+// manifest first, or the offsite copy streamed into a work file under FLUX_STATE_DIR, hashed on the way and refused
 // (the file removed) on any difference from the manifest.
 import { createWriteStream } from 'node:fs';
 import { rm } from 'node:fs/promises';
 import path from 'node:path';
 import { Transform } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
-import { ensureDir, STREAM_CHUNK_BYTES } from '../../shared/atomic.js';
-import type { Catalog, CatalogEntry } from '../../shared/catalog/catalog.js';
+import { ensureDir, hashFile, STREAM_CHUNK_BYTES } from '../../shared/atomic.js';
+import type { CatalogEntry } from '../../shared/catalog/catalog.js';
 import type { Manifest } from '../../shared/catalog/records.js';
 import { AppError, errnoOf, fsWriteError } from '../../shared/errors.js';
 import { checkedStream, openArtifact } from '../../shared/offsite/artifact.js';
@@ -25,7 +25,6 @@ export async function fetchArtifact(input: {
   entry: CatalogEntry | undefined;
   manifest: Manifest;
   source: 'local' | 'offsite';
-  catalog: Catalog;
   store: () => OffsiteStore;
   workDir: string;
   restoreId: string;
@@ -35,22 +34,30 @@ export async function fetchArtifact(input: {
   const { manifest } = input;
   if (input.source === 'local') {
     if (!input.entry) throw new AppError('internal', 'a local restore needs the catalog entry');
-    const check = await input.catalog.checkArtifact(input.entry);
-    if (check.status !== 'valid') {
+    const file = input.entry.paths.dump;
+    // Re-hashed now, not taken from a cached validation: size and mtime do not prove the bytes.
+    let proof: { sha256: string; sizeBytes: number };
+    try {
+      proof = await hashFile(file, input.signal);
+    } catch (error) {
+      if (errnoOf(error) === 'ENOENT') {
+        throw new AppError(
+          'not_found',
+          `the local dump of backup ${manifest.backupId} is missing: restore from the offsite copy with "source": "offsite" (flux-ops backup restore --source offsite)`,
+        );
+      }
+      throw error;
+    }
+    if (proof.sha256 !== manifest.sha256 || proof.sizeBytes !== manifest.sizeBytes) {
       throw new AppError(
-        check.status === 'missing' ? 'not_found' : 'artifact_invalid',
-        `the local dump of backup ${manifest.backupId} is ${check.status}${check.error ? ` (${check.error})` : ''}: ` +
-          'restore from the offsite copy with "source": "offsite" (flux-ops backup restore --source offsite)',
-        { details: { artifactStatus: check.status } },
+        'artifact_invalid',
+        `the local dump of backup ${manifest.backupId} is ${proof.sizeBytes} B with sha256 ${proof.sha256.slice(0, 12)}…, not the manifest's ` +
+          `${manifest.sizeBytes} B ${manifest.sha256.slice(0, 12)}…; refused, nothing was restored: restore from the offsite copy ("source": "offsite")`,
+        { details: { artifactStatus: 'invalid' } },
       );
     }
     input.onBytes?.(manifest.sizeBytes, manifest.sizeBytes);
-    return {
-      file: input.entry.paths.dump,
-      location: input.entry.paths.dump,
-      bytes: manifest.sizeBytes,
-      discard: async () => undefined,
-    };
+    return { file, location: file, bytes: manifest.sizeBytes, discard: async () => undefined };
   }
   const store = input.store();
   const artifact = await openArtifact(

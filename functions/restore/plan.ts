@@ -76,8 +76,8 @@ export function stagingNameOf(live: string, restoreId: string): string {
 export const STAGES = [
   'plan',
   'gate',
-  'safety_backup',
   'fetch',
+  'safety_backup',
   'set_aside',
   'prepare',
   'restore',
@@ -91,8 +91,8 @@ export type Stage = (typeof STAGES)[number];
 export function stagesOf(mode: RestoreMode, engine: Project['engine']): Stage[] {
   if (mode === 'new') return ['plan', 'fetch', 'prepare', 'restore', 'validate', 'done'];
   return engine === 'v2_shared'
-    ? ['plan', 'gate', 'safety_backup', 'fetch', 'set_aside', 'prepare', 'restore', 'validate', 'done']
-    : ['plan', 'gate', 'safety_backup', 'fetch', 'prepare', 'restore', 'validate', 'switch', 'done'];
+    ? ['plan', 'gate', 'fetch', 'safety_backup', 'set_aside', 'prepare', 'restore', 'validate', 'done']
+    : ['plan', 'gate', 'fetch', 'safety_backup', 'prepare', 'restore', 'validate', 'switch', 'done'];
 }
 
 export interface PlanInput {
@@ -127,6 +127,7 @@ export function planSteps(input: PlanInput): string[] {
       : `drop ${input.aside} once the restore is proven (FLUX_RESTORE_KEEP_PREVIOUS_HOURS=0)`;
   const common = [
     'check the backup gate (artifact valid and restore-verified) unless skipBackupCheck',
+    'read the backup and prove it against the manifest (sha256 while streaming for an offsite copy)',
     `take a safety backup of the live state through dump (it undoes this restore)`,
   ];
   const drain = input.lockWrites ? ' with the drain signal (lockWrites)' : '';

@@ -19,9 +19,17 @@ import type { Project } from '../../shared/registry.js';
 import { requireTool, type ToolInfo } from '../../shared/tools.js';
 import { type Ends, endsOf, requireOwnServer, whereOf } from './ends.js';
 import { restoreMetrics } from './metrics.js';
-import { asideNameOf, planSteps, type RestoreBody, restoredNameOf, stagingNameOf, totalsOf } from './plan.js';
+import {
+  asideNameOf,
+  planSteps,
+  type RestoreBody,
+  restoredNameOf,
+  stagesOf,
+  stagingNameOf,
+  totalsOf,
+} from './plan.js';
 import { createRecordStore, type RestoreRecord, writeReceipt } from './record.js';
-import { undoRun } from './rollback.js';
+import { recoverRun, sweepPrevious } from './recovery.js';
 import { dropPrevious, executeRun, type RestoreProgress } from './run.js';
 import { databaseExists, maintenanceUrl, RESTORE_APP_NAME } from './server.js';
 
@@ -193,26 +201,8 @@ export function createRestorer(rt: Runtime): Restorer {
       );
   }
 
-  async function sweep(now = new Date()): Promise<number> {
-    let dropped = 0;
-    for (const record of await records.list()) {
-      if (record.status !== 'completed' || !record.previous || record.previousDroppedAt) continue;
-      if (Date.parse(record.previous.dropAfter) > now.getTime()) continue;
-      const project = rt.registry.byId(record.projectId);
-      if (!project) continue;
-      try {
-        await dropPrevious(
-          { rt, records, ends: endsOf(rt.registry, project, rt.env, undefined) },
-          record,
-          'expired',
-        );
-        metrics.previousDropped.inc({ reason: 'expired' });
-        dropped += 1;
-      } catch (error) {
-        log.warn({ err: error, restoreId: record.restoreId }, 'could not drop an expired previous copy');
-      }
-    }
-    return dropped;
+  function sweep(now = new Date()): Promise<number> {
+    return sweepPrevious({ rt, records, metrics }, now);
   }
 
   return {
@@ -274,6 +264,7 @@ export function createRestorer(rt: Runtime): Restorer {
             ...totalsOf(manifest),
           },
           archive: archive ?? null,
+          stages: stagesOf(body.mode, ends.engine),
           steps: planSteps({
             mode: body.mode,
             engine: ends.engine,
@@ -442,67 +433,7 @@ export function createRestorer(rt: Runtime): Restorer {
     async recover() {
       for (const record of await records.list()) {
         if (record.status !== 'running' || inFlight.has(record.restoreId)) continue;
-        const project = rt.registry.byId(record.projectId);
-        let message: string;
-        let ok = false;
-        let switched = false;
-        if (!project) {
-          message = `project ${record.slug} is gone from the registry; check its server by hand (record ${record.restoreId})`;
-        } else {
-          try {
-            const ends = endsOf(
-              rt.registry,
-              project,
-              rt.env,
-              record.targetRef === 'registry' ? undefined : record.targetRef,
-            );
-            const undo = await undoRun(record, ends);
-            ({ ok, message } = undo);
-            switched = undo.switched === true;
-          } catch (error) {
-            message = `could not put things back: ${(error as Error).message}`;
-          }
-        }
-        if (switched) {
-          // The switch had committed: the restored database was proven before it; the run is complete.
-          record.status = 'completed';
-          record.stage = 'done';
-          record.previous = {
-            kind: 'database',
-            name: record.aside!,
-            dropAfter: new Date(
-              Date.now() + config.FLUX_RESTORE_KEEP_PREVIOUS_HOURS * 3_600_000,
-            ).toISOString(),
-          };
-          await records.save(record);
-          await writeReceipt(catalog.root, record).catch(() => undefined);
-          log.warn(
-            { restoreId: record.restoreId },
-            'an interrupted in-place restore had switched: completed',
-          );
-          continue;
-        }
-        record.status = 'failed';
-        record.reason = 'interrupted';
-        record.rolledBack = ok;
-        record.error = `the restore process stopped during the ${record.stage} stage (crash or kill); ${message}`;
-        await records.save(record);
-        await writeReceipt(catalog.root, record).catch(() => undefined);
-        metrics.runs.inc({ mode: record.mode, outcome: 'failed', reason: 'interrupted' });
-        log.warn({ restoreId: record.restoreId, ok, message }, 'put back an interrupted restore');
-        await rt.emit('flux.restore.failed', {
-          subject: `${record.projectId}/${record.backupId}`,
-          data: {
-            projectId: record.projectId,
-            slug: record.slug,
-            backupId: record.backupId,
-            restoreId: record.restoreId,
-            stage: record.stage,
-            rolledBack: ok,
-            reason: 'interrupted',
-            error: record.error.slice(0, 4000),
-          },
-        });
+        await recoverRun({ rt, records, metrics }, record);
       }
       await rm(workDir, { recursive: true, force: true }).catch(() => undefined);
       sweepTimer = setInterval(() => {

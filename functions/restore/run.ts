@@ -103,6 +103,24 @@ export async function executeRun(ctx: RunContext): Promise<RestoreRecord> {
     } catch (error) {
       throw fsWriteError(error, ctx.workDir, 'creating the restore work directory under FLUX_STATE_DIR');
     }
+    // The copy is read and proven first: a tampered or missing one is refused before anything happens.
+    await enter('fetch');
+    ctx.progress.totalBytes = manifest.sizeBytes;
+    const artifact = await fetchArtifact({
+      entry: ctx.entry,
+      manifest,
+      source: record.source,
+      store: ctx.store,
+      workDir: ctx.workDir,
+      restoreId: record.restoreId,
+      signal: ctx.signal,
+      onBytes: (bytes) => {
+        ctx.progress.bytes = bytes;
+      },
+    });
+    fetched = artifact;
+    record.bytes = artifact.bytes;
+    ctx.metrics.bytes.inc({ source: record.source }, artifact.bytes);
     if (record.mode === 'in_place') {
       await enter('safety_backup');
       const safety = await requestBackup(rt, project, {
@@ -117,25 +135,6 @@ export async function executeRun(ctx: RunContext): Promise<RestoreRecord> {
       record.safetyBackupId = safety.backupId;
       log.info({ safetyBackupId: safety.backupId }, 'safety backup of the live state taken');
     }
-
-    await enter('fetch');
-    ctx.progress.totalBytes = manifest.sizeBytes;
-    const artifact = await fetchArtifact({
-      entry: ctx.entry,
-      manifest,
-      source: record.source,
-      catalog: rt.catalog,
-      store: ctx.store,
-      workDir: ctx.workDir,
-      restoreId: record.restoreId,
-      signal: ctx.signal,
-      onBytes: (bytes) => {
-        ctx.progress.bytes = bytes;
-      },
-    });
-    fetched = artifact;
-    record.bytes = artifact.bytes;
-    ctx.metrics.bytes.inc({ source: record.source }, artifact.bytes);
 
     const started = await rt.emit('flux.restore.started', {
       subject,
