@@ -12,9 +12,8 @@ import {
   OWNER_STALE_MS,
   type OwnerRecord,
   ownerLockTargets,
-  type PidLookup,
-  type ProcessIdentity,
 } from './owner-lock.js';
+import type { PidLookup, ProcessIdentity } from './process-identity.js';
 
 const SELF: ProcessIdentity = { pid: 100, host: 'node-a', bootId: 'boot-1', pidNamespace: 'pid:[1]' };
 const HOLDER: OwnerRecord = {

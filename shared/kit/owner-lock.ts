@@ -2,14 +2,21 @@
 // root, taken before a process touches either, so a second process of the same function (or a second
 // all-in-one) refuses to start instead of recovering, sweeping or writing under the first one's feet.
 import { randomBytes } from 'node:crypto';
-import { readFileSync, readlinkSync, unlinkSync } from 'node:fs';
+import { readFileSync, unlinkSync } from 'node:fs';
 import { link, mkdir, open, readFile, rm, stat, utimes } from 'node:fs/promises';
-import { hostname } from 'node:os';
 import path from 'node:path';
 import { fsyncDir } from '../atomic.js';
 import type { Config, FunctionName } from '../config.js';
 import { AppError, errnoOf } from '../errors.js';
 import type { Logger } from '../log.js';
+import {
+  currentIdentity,
+  lookupPid,
+  type PidLookup,
+  type ProcessIdentity,
+  procStat,
+  readOr,
+} from './process-identity.js';
 
 const SECOND_MS = 1000;
 /** How often a held lock's mtime is refreshed (the heartbeat another pid namespace judges it by). */
@@ -39,16 +46,6 @@ export interface OwnerRecord {
   startedAt: string;
   nonce: string;
 }
-
-export interface ProcessIdentity {
-  pid: number;
-  host: string;
-  bootId: string | null;
-  pidNamespace: string | null;
-}
-
-/** What this host knows of a pid now: undefined when no such process runs (or it is a zombie). */
-export type PidLookup = (pid: number) => { startTicks: string | null } | undefined;
 
 export type Verdict = { live: true; why: string } | { live: false; why: string };
 
@@ -110,43 +107,6 @@ export function parseOwnerRecord(raw: string): OwnerRecord | undefined {
   } catch {
     return undefined;
   }
-}
-
-function readOr<T>(read: () => T, fallback: T): T {
-  try {
-    return read();
-  } catch {
-    return fallback;
-  }
-}
-
-/** Start time and state of a pid from /proc/<pid>/stat (the command may hold spaces and parentheses). */
-export function procStat(pid: number): { state: string; startTicks: string } | undefined {
-  const text = readOr(() => readFileSync(`/proc/${pid}/stat`, 'utf8'), '');
-  if (!text) return undefined;
-  const fields = text.slice(text.lastIndexOf(')') + 2).split(' ');
-  // Fields after the command start at field 3 (state); starttime is field 22.
-  return { state: fields[0] ?? '', startTicks: fields[19] ?? '' };
-}
-
-export const lookupPid: PidLookup = (pid) => {
-  try {
-    process.kill(pid, 0);
-  } catch (error) {
-    if (errnoOf(error) !== 'EPERM') return undefined;
-  }
-  const s = procStat(pid);
-  if (s && (s.state === 'Z' || s.state === 'X')) return undefined;
-  return { startTicks: s?.startTicks ?? null };
-};
-
-export function currentIdentity(): ProcessIdentity {
-  return {
-    pid: process.pid,
-    host: hostname(),
-    bootId: readOr(() => readFileSync('/proc/sys/kernel/random/boot_id', 'utf8').trim(), null),
-    pidNamespace: readOr(() => readlinkSync('/proc/self/ns/pid'), null),
-  };
 }
 
 export interface OwnerLockTarget {
@@ -288,7 +248,8 @@ async function acquireOne(
     startedAt: new Date().toISOString(),
     nonce: randomBytes(8).toString('hex'),
   };
-  // Written whole first and linked into place (O_EXCL semantics): a reader never sees half a lock.
+  // A lock file, not flock(2) (Node has none, and a file names its holder): written whole, then link()ed
+  // into place, which fails when the name exists (O_EXCL semantics), so a reader never sees half a lock.
   const tmp = `${target.file}.${self.pid}.${record.nonce}.new`;
   await writeDurable(tmp, `${JSON.stringify(record)}\n`);
   try {

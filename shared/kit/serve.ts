@@ -114,12 +114,12 @@ export function listenError(error: unknown, port: number, host: string, portVari
     );
   if (errno === 'EACCES')
     return new AppError(
-      'conflict',
+      'config_invalid',
       `this process may not listen on ${at}: set ${portVariable} to a port above 1023`,
       { cause: error },
     );
   if (errno === 'EADDRNOTAVAIL')
-    return new AppError('conflict', `FLUX_HOST=${host} is no address of this host: fix FLUX_HOST`, {
+    return new AppError('config_invalid', `FLUX_HOST=${host} is no address of this host: fix FLUX_HOST`, {
       cause: error,
     });
   return new AppError('internal', `cannot listen on ${at}: ${(error as Error)?.message ?? String(error)}`, {
