@@ -19,6 +19,7 @@ import {
   VARS,
 } from '../shared/config.js';
 import { RUN_AS_UID } from '../shared/errors.js';
+import { ownerLockTargets } from '../shared/kit/owner-lock.js';
 import { createRuntime } from '../shared/kit/runtime.js';
 import { createLogger } from '../shared/log.js';
 import { createRegistry } from '../shared/metrics.js';
@@ -389,6 +390,11 @@ describeCompose('compose.yml', () => {
       const mountedData = s.mounts.filter((m) => dataTargets.includes(m.target)).map((m) => m.target);
       expect(mountedData.sort(), fn).toEqual(
         ['FLUX_STATE_DIR', ...NEEDS[fn]].map((v) => config[v as keyof Config]).sort(),
+      );
+      // The owner lock of the backup root is taken exactly where the root is mounted (writable).
+      const locksRoot = ownerLockTargets(config, [fn]).some((t) => t.variable === 'FLUX_BACKUPS_LOCAL_DIR');
+      expect(locksRoot, `${fn} locks FLUX_BACKUPS_LOCAL_DIR`).toBe(
+        NEEDS[fn].includes('FLUX_BACKUPS_LOCAL_DIR'),
       );
       const projects = s.mounts.find((m) => m.target === config.FLUX_PROJECTS_FILE);
       expect(projects?.readOnly, `${fn}: FLUX_PROJECTS_FILE mounted read-only`).toBe(true);

@@ -128,7 +128,12 @@ afterAll(async () => {
 describe('full disk', () => {
   it('under FLUX_BACKUPS_LOCAL_DIR: 507 disk_full saying what to do, partial removed, earlier backups intact', async () => {
     const fs = await smallFs('small-local');
-    const fn = await startFunction('dump', { ...base, FLUX_BACKUPS_LOCAL_DIR: fs.dir });
+    // A second dump process beside the suite's: its own state dir (one owner per function per directory).
+    const fn = await startFunction('dump', {
+      ...base,
+      FLUX_BACKUPS_LOCAL_DIR: fs.dir,
+      FLUX_STATE_DIR: path.join(testEnv.root, 'small-local-state'),
+    });
     const earlier = await fn.fetch(`/api/cli/v1/projects/${small.hash}/backups`, { method: 'POST' });
     expect(earlier.status).toBe(201);
     await fillLeaving(fs.dir, LEAVE_BYTES);
@@ -198,7 +203,11 @@ describe('full disk', () => {
     );
     expect(event.data).toMatchObject({ reason: 'disk_full' });
     // As the HTTP API lists them (a dump process on the same local dir).
-    const lister = await startFunction('dump', { ...base, FLUX_BACKUPS_LOCAL_DIR: local });
+    const lister = await startFunction('dump', {
+      ...base,
+      FLUX_BACKUPS_LOCAL_DIR: local,
+      FLUX_STATE_DIR: path.join(testEnv.root, 'lister-state'),
+    });
     const backups = await list(lister, copied);
     expect(backups.map((b) => [b.id, b.status, b.offsiteStatus])).toEqual([
       [bigger.backupId, 'completed', 'failed'],

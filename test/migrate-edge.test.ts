@@ -228,7 +228,9 @@ describe('migrate preflight, readiness, process edge and crash recovery', () => 
     envs.push(testEnv);
     await writeFile(testEnv.config.FLUX_PROJECTS_FILE, JSON.stringify({ projects: [project], clusters }));
     const port = await freePort();
-    const child = execa(path.resolve('node_modules/.bin/tsx'), ['functions/migrate/main.ts'], {
+    // `node --import tsx`, not the tsx CLI, whose signal relay SIGKILLs main.ts when it has not reported
+    // the relayed SIGTERM back within 30 ms (a loaded machine): the test signals the process itself.
+    const child = execa(process.execPath, ['--import', 'tsx', 'functions/migrate/main.ts'], {
       env: {
         ...testEnv.env,
         FLUX_HOST: '127.0.0.1',

@@ -11,9 +11,10 @@ import { ADMIN, eventually, makeTestEnv, type TestEnv } from './support/runtime.
 import { createCa, destroyCa, type Gateway, issueCert, startTlsGateway, type TestCa } from './support/tls.js';
 
 const ROOT = path.resolve(import.meta.dirname, '..');
-// What `npx tsx` resolves to, started directly so the test owns (and signals) the process itself.
-const TSX = path.join(ROOT, 'node_modules', '.bin', 'tsx');
-const MAIN = 'functions/probe/main.ts';
+// `node --import tsx`, not the tsx CLI: the CLI runs main.ts in a child and relays a signal to it, and
+// SIGKILLs that child when it has not reported the signal back within 30 ms (often missed on a loaded
+// machine, exit 143 instead of a clean stop). The test signals the very process whose handlers decide.
+const NODE_ARGS = ['--import', 'tsx', 'functions/probe/main.ts'];
 const API_HOST = 'api--bloom-atelier--0a1b2c3.flux.test';
 
 let ca: TestCa;
@@ -30,9 +31,16 @@ interface Child {
 /** Starts main.ts with `env` on a free port and waits until it answers /healthz. */
 async function startProbe(env: Record<string, string | undefined>): Promise<Child> {
   const port = await freePort();
-  const child = execa(TSX, [MAIN], {
+  const child = execa(process.execPath, NODE_ARGS, {
     cwd: ROOT,
-    env: { ...testEnv.env, FLUX_HOST: '127.0.0.1', FLUX_PROBE_PORT: String(port), ...env },
+    env: {
+      ...testEnv.env,
+      FLUX_HOST: '127.0.0.1',
+      FLUX_PROBE_PORT: String(port),
+      // Two probe processes at once: each its own state dir (one owner per function per directory).
+      FLUX_STATE_DIR: path.join(testEnv.root, `state-${port}`),
+      ...env,
+    },
     extendEnv: false,
     reject: false,
     stdin: 'ignore',
@@ -122,7 +130,7 @@ describe('probe process', () => {
   });
 
   it('refuses to start with NODE_TLS_REJECT_UNAUTHORIZED=0', async () => {
-    const result = await execa(TSX, [MAIN], {
+    const result = await execa(process.execPath, NODE_ARGS, {
       cwd: ROOT,
       env: { ...testEnv.env, NODE_TLS_REJECT_UNAUTHORIZED: '0', FLUX_PROBE_PORT: String(await freePort()) },
       extendEnv: false,
@@ -136,7 +144,7 @@ describe('probe process', () => {
 
   it('refuses to start when FLUX_PROBE_CA_FILE cannot be read', async () => {
     const missing = path.join(testEnv.root, 'no-such-ca.pem');
-    const result = await execa(TSX, [MAIN], {
+    const result = await execa(process.execPath, NODE_ARGS, {
       cwd: ROOT,
       env: { ...testEnv.env, FLUX_PROBE_CA_FILE: missing, FLUX_PROBE_PORT: String(await freePort()) },
       extendEnv: false,

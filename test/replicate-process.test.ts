@@ -20,8 +20,9 @@ import { type EventReceiver, startEventReceiver } from './support/receiver.js';
 import { ADMIN, eventually, makeTestEnv, type TestEnv } from './support/runtime.js';
 
 const ROOT = path.resolve(import.meta.dirname, '..');
-const TSX = path.join(ROOT, 'node_modules', '.bin', 'tsx');
-const MAIN = path.join(ROOT, 'functions', 'replicate', 'main.ts');
+// `node --import tsx`, not the tsx CLI: the CLI runs main.ts in a child and SIGKILLs it when it has not
+// reported a relayed SIGTERM back within 30 ms (often missed on a loaded machine: exit 143, not 0).
+const NODE_ARGS = ['--import', 'tsx', path.join(ROOT, 'functions', 'replicate', 'main.ts')];
 
 interface Proc {
   child: ChildProcess;
@@ -31,7 +32,7 @@ interface Proc {
 }
 
 function spawnReplicate(env: NodeJS.ProcessEnv): Proc {
-  const child = spawn(TSX, [MAIN], { cwd: ROOT, env, stdio: ['ignore', 'pipe', 'pipe'] });
+  const child = spawn(process.execPath, NODE_ARGS, { cwd: ROOT, env, stdio: ['ignore', 'pipe', 'pipe'] });
   let output = '';
   child.stdout?.on('data', (d) => {
     output += d.toString();

@@ -10,6 +10,7 @@ import { type CatalogFile, tempFileTarget } from '../../shared/catalog/layout.js
 import { signManifest } from '../../shared/catalog/manifest-auth.js';
 import type { Manifest } from '../../shared/catalog/records.js';
 import { AppError, fsWriteError, isAppError } from '../../shared/errors.js';
+import { createChildPids } from '../../shared/kit/child-pids.js';
 import type { Runtime } from '../../shared/kit/runtime.js';
 import { createLimiter, type Limiter } from '../../shared/limiter.js';
 import { counter, DURATION_BUCKETS_S, gauge, histogram } from '../../shared/metrics.js';
@@ -48,6 +49,11 @@ export function createDumper(rt: Runtime): Dumper {
   const limiters = new Map<string, Limiter>();
   const controllers = new Set<AbortController>();
   const progress = new Map<string, DumpProgress>();
+  // pg_dump pids while they run: a pg_dump whose dump process was kill -9'd is killed at the next start.
+  const children = createChildPids({
+    dir: path.join(config.FLUX_STATE_DIR, 'children', rt.name),
+    log,
+  });
   let stopping = false;
 
   const outcomes = counter(metrics, 'flux_dump_backups_total', 'Backups by outcome', [
@@ -142,6 +148,7 @@ export function createDumper(rt: Runtime): Dumper {
           timeoutMs: config.FLUX_DUMP_TIMEOUT_MS,
           signal: controller.signal,
           target: paths.dump,
+          children,
           fsError: (error, file) => fsWriteError(error, file, 'writing the dump'),
           onProgress: (n) => {
             live.bytes = n;
@@ -280,6 +287,9 @@ export function createDumper(rt: Runtime): Dumper {
     progress: (backupId) => progress.get(backupId),
 
     async recover() {
+      // First the pg_dumps a crashed predecessor left running: they would go on writing (and holding their
+      // snapshot on the source) while their temp files are removed below.
+      await children.reap();
       for (const projectId of await catalog.listProjects()) {
         const dir = path.join(catalog.root, projectId);
         // Only the temp files of dump's own files (dump, manifest, state): a receipt replicate or verify is

@@ -10,8 +10,10 @@ const config = loadConfigOrExit(process.env);
 const log = createLogger('router', { level: config.FLUX_LOG_LEVEL });
 const router = createRouter({ upstreams: upstreamsOf(config), log, metrics: createRegistry() });
 await serveProcess({
+  name: 'router',
   fetch: router.app.fetch,
   port: config.FLUX_PORT,
+  portVariable: 'FLUX_PORT',
   host: config.FLUX_HOST,
   log,
   config,

@@ -2,7 +2,7 @@
 // redacted, serve, and stop gracefully on SIGTERM/SIGINT with a watchdog.
 import { STATUS_CODES } from 'node:http';
 import type { Duplex } from 'node:stream';
-import { type ServerType, serve } from '@hono/node-server';
+import { createAdaptorServer, type ServerType } from '@hono/node-server';
 import {
   type Config,
   type FunctionName,
@@ -11,10 +11,11 @@ import {
   portOf,
   redactConfig,
 } from '../config.js';
-import { AppError, EXIT, isAppError } from '../errors.js';
-import type { Logger } from '../log.js';
+import { AppError, EXIT, errnoOf, isAppError } from '../errors.js';
+import { createLogger, type Logger } from '../log.js';
 import type { ProjectRegistry, ReloadableRegistry } from '../registry.js';
 import { notImplemented } from './methods.js';
+import { acquireOwnerLocks } from './owner-lock.js';
 import { createRuntime, type FunctionApp, type Runtime } from './runtime.js';
 
 export function loadConfigOrExit(env: NodeJS.ProcessEnv, options: LoadConfigOptions = {}): Config {
@@ -27,8 +28,12 @@ export function loadConfigOrExit(env: NodeJS.ProcessEnv, options: LoadConfigOpti
 }
 
 export interface ServeOptions {
+  /** The process's name in a start-up error line (`flux-ops <name>: …`). */
+  name: string;
   fetch: (request: Request) => Response | Promise<Response>;
   port: number;
+  /** The variable the port comes from (a port in use names it). */
+  portVariable: string;
   host: string;
   log: Logger;
   config: Config;
@@ -85,18 +90,62 @@ export function listen(options: {
   port: number;
   host: string;
 }): Promise<ServerType> {
-  return new Promise<ServerType>((resolve) => {
-    const s = serve({ fetch: options.fetch, port: options.port, hostname: options.host }, () => resolve(s));
-    answerUnparsedRequests(s);
+  return new Promise<ServerType>((resolve, reject) => {
+    const server = createAdaptorServer({ fetch: options.fetch, hostname: options.host });
+    answerUnparsedRequests(server);
+    // Until it listens, a bind failure (port in use) is the caller's to report, not an uncaught 'error'.
+    server.once('error', reject);
+    server.listen(options.port, options.host, () => {
+      server.off('error', reject);
+      resolve(server);
+    });
+  });
+}
+
+/** A bind failure as one line an operator can act on: the port, the host and the variable to change. */
+export function listenError(error: unknown, port: number, host: string, portVariable: string): AppError {
+  const errno = errnoOf(error);
+  const at = `port ${port} on ${host}`;
+  if (errno === 'EADDRINUSE')
+    return new AppError(
+      'conflict',
+      `${at} is already in use (is this function already running?): stop that process, or set ${portVariable} to a free port`,
+      { cause: error },
+    );
+  if (errno === 'EACCES')
+    return new AppError(
+      'config_invalid',
+      `this process may not listen on ${at}: set ${portVariable} to a port above 1023`,
+      { cause: error },
+    );
+  if (errno === 'EADDRNOTAVAIL')
+    return new AppError('config_invalid', `FLUX_HOST=${host} is no address of this host: fix FLUX_HOST`, {
+      cause: error,
+    });
+  return new AppError('internal', `cannot listen on ${at}: ${(error as Error)?.message ?? String(error)}`, {
+    cause: error,
   });
 }
 
 export async function serveProcess(options: ServeOptions): Promise<ServerType> {
   const { log } = options;
   log.info({ config: redactConfig(options.config) }, 'starting');
+  // Bound before start-up work (recovery, outbox, watchers): a port in use stops the process having
+  // done nothing. Requests that arrive while it starts wait for start-up to finish.
+  let started = false;
+  let markStarted!: () => void;
+  const ready = new Promise<void>((resolve) => {
+    markStarted = resolve;
+  });
+  const fetch = (request: Request) =>
+    started ? options.fetch(request) : ready.then(() => options.fetch(request));
+  let server: ServerType;
+  try {
+    server = await listen({ fetch, port: options.port, host: options.host });
+  } catch (error) {
+    exitWithStartupError(options.name, listenError(error, options.port, options.host, options.portVariable));
+  }
   await options.start();
-  const server = await listen(options);
-  log.info({ port: options.port, host: options.host }, 'listening');
 
   let stopping = false;
   const shutdown = async (signal: string) => {
@@ -131,6 +180,11 @@ export async function serveProcess(options: ServeOptions): Promise<ServerType> {
       if (!stopping) registry.reload('SIGHUP');
     });
   }
+  // Signal handlers are in place before the first request is answered (a test, or an orchestrator,
+  // may send SIGTERM as soon as /healthz answers).
+  log.info({ port: options.port, host: options.host }, 'listening');
+  started = true;
+  markStarted();
   return server;
 }
 
@@ -150,17 +204,22 @@ export async function runFunction(
   build: (rt: Runtime, config: Config) => FunctionApp,
 ): Promise<void> {
   const config = loadConfigOrExit(process.env);
+  const log = createLogger(name, { level: config.FLUX_LOG_LEVEL });
   let rt: Runtime;
   let fn: FunctionApp;
   try {
-    rt = createRuntime(name, config, process.env);
+    // Before anything touches FLUX_STATE_DIR or the backup root: a second process of this function exits here.
+    await acquireOwnerLocks(config, [name], { log });
+    rt = createRuntime(name, config, process.env, { log });
     fn = build(rt, config);
   } catch (error) {
     exitWithStartupError(name, error);
   }
   await serveProcess({
+    name,
     fetch: fn.app.fetch,
     port: portOf(config, name),
+    portVariable: `FLUX_${name.toUpperCase()}_PORT`,
     host: config.FLUX_HOST,
     log: rt.log,
     config,

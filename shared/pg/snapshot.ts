@@ -7,6 +7,7 @@ import type pg from 'pg';
 import { to as copyTo } from 'pg-copy-streams';
 import { adoptPendingFile, createTempFileFor, type PendingFile } from '../atomic.js';
 import { AppError, isAppError } from '../errors.js';
+import type { ChildPids } from '../kit/child-pids.js';
 import { requireMajorAtLeast, requireRelationKindProtection, requireTool, type ToolInfo } from '../tools.js';
 import { readArchiveSequences } from './archive.js';
 import { connectPgClient, libpqEnv, parsePgUrl, pgError, quoteIdent } from './conn.js';
@@ -218,6 +219,8 @@ export interface SnapshotDumpOptions {
   fsError: (error: unknown, path: string) => AppError;
   /** Bytes written so far, about twice a second. */
   onProgress?: (bytes: number) => void;
+  /** Where pg_dump's pid is recorded while it runs, so a restart after a kill -9 of this process reaps it. */
+  children?: ChildPids;
 }
 
 export interface SnapshotDumpResult {
@@ -304,6 +307,7 @@ export async function runSnapshotDump(options: SnapshotDumpOptions): Promise<Sna
     throw pgError(error, `connecting to ${target.host}:${target.port}/${target.database}`);
   }
   let backendPid: number | undefined;
+  let file: PendingFile | undefined;
   try {
     if (options.admission) await takeDumpSlot(client, options.admission, options.timeoutMs, options.signal);
     await client.query('BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY');
@@ -355,6 +359,8 @@ export async function runSnapshotDump(options: SnapshotDumpOptions): Promise<Sna
       forceKillAfterDelay: 5_000,
       reject: false,
     });
+    const childPid = child.pid;
+    if (childPid !== undefined) await options.children?.record(childPid, 'pg_dump');
     const progress = options.onProgress
       ? setInterval(() => {
           stat(tmp).then(
@@ -371,6 +377,7 @@ export async function runSnapshotDump(options: SnapshotDumpOptions): Promise<Sna
     }));
     countsPromise.catch(() => undefined);
     const result = await child.finally(() => clearInterval(progress));
+    if (childPid !== undefined) await options.children?.forget(childPid);
     if (result.failed) {
       await rm(tmp, { force: true });
       if (result.isCanceled)
@@ -396,38 +403,26 @@ export async function runSnapshotDump(options: SnapshotDumpOptions): Promise<Sna
         { details: { exitCode: result.exitCode ?? null, signal: result.signal ?? null } },
       );
     }
-    let file: PendingFile;
     try {
       file = await adoptPendingFile(options.target, tmp, options.signal);
     } catch (error) {
       await rm(tmp, { force: true });
       throw options.fsError(error, options.target);
     }
-    let counts: Awaited<typeof countsPromise>;
-    try {
-      counts = await countsPromise;
-    } catch (error) {
-      await file.discard();
-      throw error;
-    }
+    const counts = await countsPromise;
     // Sequence values as the archive holds them (see archive.ts): exact for the restore comparison.
     let sequences = counts.sequences;
     if (sequences.length > 0) {
-      try {
-        const pgRestore = await requireTool('pg_restore', options.pathEnv, serverMajor);
-        const fromArchive = await readArchiveSequences(pgRestore.path, file.tmp, options.pathEnv);
-        const qualified = await client.query<{ q: string }>(
-          `SELECT format('%I.%I', s.schema, s.name) AS q FROM unnest($1::text[], $2::text[]) AS s(schema, name)`,
-          [sequences.map((x) => x.schema), sequences.map((x) => x.name)],
-        );
-        sequences = sequences.map((seq, i) => {
-          const archived = fromArchive.find((a) => a.qualified === qualified.rows[i]?.q);
-          return archived ? { ...seq, lastValue: archived.lastValue, isCalled: archived.isCalled } : seq;
-        });
-      } catch (error) {
-        await file.discard();
-        throw error;
-      }
+      const pgRestore = await requireTool('pg_restore', options.pathEnv, serverMajor);
+      const fromArchive = await readArchiveSequences(pgRestore.path, file.tmp, options.pathEnv);
+      const qualified = await client.query<{ q: string }>(
+        `SELECT format('%I.%I', s.schema, s.name) AS q FROM unnest($1::text[], $2::text[]) AS s(schema, name)`,
+        [sequences.map((x) => x.schema), sequences.map((x) => x.name)],
+      );
+      sequences = sequences.map((seq, i) => {
+        const archived = fromArchive.find((a) => a.qualified === qualified.rows[i]?.q);
+        return archived ? { ...seq, lastValue: archived.lastValue, isCalled: archived.isCalled } : seq;
+      });
     }
     await client.query('COMMIT');
     return {
@@ -449,6 +444,9 @@ export async function runSnapshotDump(options: SnapshotDumpOptions): Promise<Sna
       seconds: { total: (performance.now() - started) / 1000, counts: counts.seconds },
     };
   } catch (error) {
+    // Every failure after pg_dump finished (counts, sequences, a server gone before COMMIT) removes the
+    // archive: the caller only commits what is returned.
+    await file?.discard();
     // A query still counting in this transaction would hold the ROLLBACK (and the caller) until it ends.
     if (backendPid !== undefined) await cancelBackend(target, appName, backendPid);
     await client.query('ROLLBACK').catch(() => undefined);

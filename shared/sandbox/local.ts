@@ -208,9 +208,12 @@ export function createLocalDriver(options: LocalDriverOptions): SandboxDriver {
   let template: Promise<PreparedDir> | undefined;
   let spare: SpareSlot<LocalSandbox> | undefined;
   let spareFailedAt = 0;
-  /** Background preparations (close() waits for them). */
+  /** Background preparations (close() cancels them, then waits for them). */
   const preparing = new Set<Promise<unknown>>();
   let closed = false;
+  // Aborted by close(): an initdb, copy or server start still running (a spare being prepared) is
+  // killed rather than waited for, so a stop does not last as long as a start-up on a loaded machine.
+  const closing = new AbortController();
   const live = new Set<LocalSandbox>();
   let osUserPromise: Promise<OsUser | undefined> | undefined;
 
@@ -295,7 +298,11 @@ export function createLocalDriver(options: LocalDriverOptions): SandboxDriver {
       reject: false,
       cleanup: false,
       timeout: 120_000,
+      cancelSignal: closing.signal,
+      forceKillAfterDelay: 2_000,
     });
+    if (result.isCanceled)
+      throw new AppError('shutting_down', `${what} was cancelled: the driver is closing`);
     if (result.exitCode !== 0) {
       const user = await serverUser();
       throw sandboxUnavailable(
@@ -454,7 +461,7 @@ export function createLocalDriver(options: LocalDriverOptions): SandboxDriver {
   function refillSpare(): void {
     if (!useSpare || closed || spare || Date.now() - spareFailedAt < SPARE_RETRY_MS) return;
     spare = prepareSpare(
-      async () => startSandbox(await tools()),
+      async () => startSandbox(await tools(), closing.signal),
       (slot, error) => {
         spareFailedAt = Date.now();
         if (spare === slot) spare = undefined;
@@ -631,6 +638,7 @@ export function createLocalDriver(options: LocalDriverOptions): SandboxDriver {
     async close() {
       closed = true;
       spare = undefined;
+      closing.abort(new AppError('shutting_down', 'the local sandbox driver is closed'));
       await Promise.all([...preparing]);
       await Promise.all([...live].map((s) => s.destroy()));
       live.clear();
