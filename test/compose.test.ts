@@ -43,7 +43,7 @@ const NEEDS: Record<FunctionName, Array<(typeof DATA_DIR_VARS)[number]>> = {
   verify: ['FLUX_BACKUPS_LOCAL_DIR', 'FLUX_BACKUPS_OFFSITE_DIR', 'FLUX_VERIFY_LOCAL_DIR'],
   probe: [],
   migrate: ['FLUX_BACKUPS_LOCAL_DIR'],
-  restore: ['FLUX_BACKUPS_LOCAL_DIR'],
+  restore: ['FLUX_BACKUPS_LOCAL_DIR', 'FLUX_BACKUPS_OFFSITE_DIR'],
 };
 
 /** The CLI's own variables (the upstream flux CLI's names): read by the client, never by a service. */

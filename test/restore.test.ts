@@ -421,6 +421,17 @@ describe('restore of a v2 tenant', () => {
     bytes[bytes.length >> 1] = bytes[bytes.length >> 1]! ^ 0xff;
     await writeFile(dump, bytes);
     await utimes(dump, atime, mtime);
+    // An archive newer than this process's pg_restore reads (format 1.16 is PostgreSQL 17's): a clear
+    // refusal naming the tools to install, before anything is read or created.
+    const original = await readFile(dump);
+    const newer = Buffer.from(original);
+    newer[6] = 16;
+    await writeFile(dump, newer);
+    const tooNew = await restore(other, backupId, { targetName: 'too_new' });
+    await writeFile(dump, original);
+    expect(tooNew.status).toBe(503);
+    expect(tooNew.body).toMatchObject({ code: 'tool_version' });
+    expect(tooNew.body.error).toMatch(/newer than this process's pg_restore .*install the PostgreSQL/);
     // Another project's backup id under this project: not found, never restored.
     const foreign = await restore(other, (await backupAndVerify(beside)) as string, {});
     expect(foreign.status).toBe(404);
