@@ -102,6 +102,12 @@ async function drained(h: Harness): Promise<void> {
   expect(await h.rt.outbox.idle(30_000)).toBe(true);
 }
 
+/** True when replicate has no job left (queued, copying or waiting to retry). */
+async function idle(h: Harness): Promise<boolean> {
+  const res = await h.fn.app.request('/replicate/status', { headers: ADMIN.header });
+  return ((await res.json()) as { pending: number }).pending === 0;
+}
+
 function createdEvent(b: FakeBackup) {
   return backupCreatedEvent(b.projectId, b.backupId, {
     sizeBytes: b.sizeBytes,
@@ -458,7 +464,16 @@ describe('replicate (in-process, real files)', () => {
     });
     expect(receipt).toMatchObject({ contentSha256: rebuilt.sha256, sizeBytes: rebuilt.sizeBytes });
     expect(receipt.lagSeconds).toBeUndefined();
+    // The arrivals of the other two leave them pending. Only once those jobs have settled does the scan
+    // start jobs of its own for them (it counts a backup still being looked at as in flight instead).
+    await eventually(async () => {
+      const pending = h.rt.logs.lines
+        .filter((l) => l.reason !== undefined && String(l.msg).startsWith('local dump missing'))
+        .map((l) => l.backupId);
+      return pending.includes(nowhere.backupId) && pending.includes(forged.backupId) && (await idle(h));
+    });
     const summary = await h.reconcile();
+    expect(summary.inFlight).toBe(0);
     expect(summary.results).toMatchObject({ failed: 0, skipped: 2 });
     await drained(h);
     expect(await readReceipt(h.local, nowhere)).toBeUndefined();
