@@ -562,6 +562,8 @@ export function createReplicator(options: ReplicatorOptions): Replicator {
     }
     if (existing) {
       // The job has read the files already and may act on what they were: one follow-up looks again.
+      // A webhook still names the copy in flight as its outcome (it announced this very backup).
+      existing.causedBy ??= req.causedBy;
       const queued = existing.followUp;
       if (queued) {
         queued.request.causedBy ??= req.causedBy;
