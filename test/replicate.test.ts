@@ -429,7 +429,9 @@ describe('replicate (in-process, real files)', () => {
     expect(await readReceipt(h.local, noManifest)).toBeUndefined();
     // Nothing offsite: no dump, no manifest, no temp leftover of the refused stream.
     expect(await offsiteFiles(h.offsite)).toEqual([]);
-    // A bad local file is not retried every scan (it cannot get better by itself).
+    // A bad local file is not retried every scan (it cannot get better by itself). The failure receipt
+    // is written before the job emits its event: the scan waits for the jobs to settle.
+    await eventually(() => idle(h));
     const again = await h.reconcile();
     expect(again.skipped.gave_up).toBe(2);
     expect(again.results.failed).toBe(0);
