@@ -102,6 +102,12 @@ async function drained(h: Harness): Promise<void> {
   expect(await h.rt.outbox.idle(30_000)).toBe(true);
 }
 
+/** True when replicate has no job left (queued, copying or waiting to retry). */
+async function idle(h: Harness): Promise<boolean> {
+  const res = await h.fn.app.request('/replicate/status', { headers: ADMIN.header });
+  return ((await res.json()) as { pending: number }).pending === 0;
+}
+
 function createdEvent(b: FakeBackup) {
   return backupCreatedEvent(b.projectId, b.backupId, {
     sizeBytes: b.sizeBytes,
@@ -161,7 +167,14 @@ describe('replicate (in-process, real files)', () => {
     expect(files.some((f) => path.basename(f).startsWith(TEMP_PREFIX))).toBe(false);
 
     // None twice: a second scan finds nothing to do, and each backup was copied and announced once.
-    const again = await h.reconcile();
+    // Receipts are written before their jobs settle (the event is emitted after): a scan that began
+    // before that (the periodic one this call may join) counts the backups still announced as in flight.
+    await eventually(() => idle(h));
+    const settledAt = new Date().toISOString();
+    const again = await eventually(async () => {
+      const summary = await h.reconcile();
+      return summary.startedAt > settledAt ? summary : undefined;
+    });
     expect(again.backups).toBe(1000);
     expect(again.skipped.replicated).toBe(1000);
     expect(Object.values(again.gaps).reduce((a, b) => a + b, 0)).toBe(0);
@@ -416,7 +429,9 @@ describe('replicate (in-process, real files)', () => {
     expect(await readReceipt(h.local, noManifest)).toBeUndefined();
     // Nothing offsite: no dump, no manifest, no temp leftover of the refused stream.
     expect(await offsiteFiles(h.offsite)).toEqual([]);
-    // A bad local file is not retried every scan (it cannot get better by itself).
+    // A bad local file is not retried every scan (it cannot get better by itself). The failure receipt
+    // is written before the job emits its event: the scan waits for the jobs to settle.
+    await eventually(() => idle(h));
     const again = await h.reconcile();
     expect(again.skipped.gave_up).toBe(2);
     expect(again.results.failed).toBe(0);
@@ -458,7 +473,16 @@ describe('replicate (in-process, real files)', () => {
     });
     expect(receipt).toMatchObject({ contentSha256: rebuilt.sha256, sizeBytes: rebuilt.sizeBytes });
     expect(receipt.lagSeconds).toBeUndefined();
+    // The arrivals of the other two leave them pending. Only once those jobs have settled does the scan
+    // start jobs of its own for them (it counts a backup still being looked at as in flight instead).
+    await eventually(async () => {
+      const pending = h.rt.logs.lines
+        .filter((l) => l.reason !== undefined && String(l.msg).startsWith('local dump missing'))
+        .map((l) => l.backupId);
+      return pending.includes(nowhere.backupId) && pending.includes(forged.backupId) && (await idle(h));
+    });
     const summary = await h.reconcile();
+    expect(summary.inFlight).toBe(0);
     expect(summary.results).toMatchObject({ failed: 0, skipped: 2 });
     await drained(h);
     expect(await readReceipt(h.local, nowhere)).toBeUndefined();

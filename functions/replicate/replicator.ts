@@ -1,7 +1,8 @@
 // Replication: copies each complete backup (dump, then its manifest) to the offsite store and proves
 // the copy by re-reading it, then writes the local `.offsite.json` receipt last. One job per backup at a
-// time (concurrent triggers join it), bounded copies in flight, retries with backoff, a failure receipt
-// and event when attempts run out. The reconcile scan compares every local manifest with its receipt.
+// time (triggers join it until it reads the backup's files, later ones queue one follow-up), bounded
+// copies in flight, retries with backoff, a failure receipt and event when attempts run out. The
+// reconcile scan compares every local manifest with its receipt.
 import { setMaxListeners } from 'node:events';
 import { createReadStream } from 'node:fs';
 import { stat } from 'node:fs/promises';
@@ -110,6 +111,13 @@ const errorText = (error: unknown) => truncate(error instanceof Error ? error.me
 interface Job {
   promise: Promise<ReplicateResult>;
   causedBy: string | undefined;
+  /**
+   * Set while the job acts on files it has read: a trigger from now on may be about a change it never saw
+   * (a manifest rewritten while the last copy was still emitting its event), so it cannot just join.
+   */
+  hasReadLedger: boolean;
+  /** The one job queued behind this one for such triggers; it reads the files afresh once this settles. */
+  followUp?: { request: ReplicateRequest; promise: Promise<ReplicateResult> };
 }
 
 function emptySummary(trigger: Trigger): ReconcileSummary {
@@ -369,6 +377,7 @@ export function createReplicator(options: ReplicatorOptions): Replicator {
         const outcome = await limiter.run(async () => {
           updateJobGauges();
           // Read the ledger inside the job: a copy that finished a moment ago is not redone.
+          job.hasReadLedger = true;
           entry = await catalog.get(projectId, backupId);
           if (!entry?.manifest) return { kind: 'no_manifest' as const };
           const r = entry.offsite;
@@ -446,6 +455,8 @@ export function createReplicator(options: ReplicatorOptions): Replicator {
           { projectId, backupId, attempt, reason, err: errorText(error), retryInMs: delay },
           'offsite copy failed; will retry',
         );
+        // The next attempt reads the files again: triggers until then can join this job.
+        job.hasReadLedger = false;
         try {
           await sleep(delay, undefined, { signal: controller.signal });
         } catch {
@@ -544,12 +555,33 @@ export function createReplicator(options: ReplicatorOptions): Replicator {
     if (stopping) return Promise.resolve({ outcome: 'skipped', reason: 'stopping' });
     const key = `${req.projectId}/${req.backupId}`;
     const existing = jobs.get(key);
-    if (existing) {
+    if (existing && !existing.hasReadLedger) {
       // Watch and webhook firing for the same backup: one copy; the event becomes its cause.
       existing.causedBy ??= req.causedBy;
       return existing.promise;
     }
-    const job: Job = { causedBy: req.causedBy, promise: Promise.resolve({ outcome: 'already' }) };
+    if (existing) {
+      // The job has read the files already and may act on what they were: one follow-up looks again.
+      // A webhook still names the copy in flight as its outcome (it announced this very backup).
+      existing.causedBy ??= req.causedBy;
+      const queued = existing.followUp;
+      if (queued) {
+        queued.request.causedBy ??= req.causedBy;
+        if (req.force) queued.request.force = true;
+        return queued.promise;
+      }
+      const followUp = { ...req };
+      existing.followUp = {
+        request: followUp,
+        promise: existing.promise.then(() => request(followUp)),
+      };
+      return existing.followUp.promise;
+    }
+    const job: Job = {
+      causedBy: req.causedBy,
+      hasReadLedger: false,
+      promise: Promise.resolve({ outcome: 'already' }),
+    };
     job.promise = run(req, job)
       .catch((error): ReplicateResult => {
         log.error({ err: error, key }, 'replication job crashed');
