@@ -24,6 +24,8 @@ export interface BenchOptions {
   smallBackups: number;
   /** Database size for the verify benchmark (MB); its -Z1 dump is about half of it. */
   verifyMb: number;
+  /** Database size for the restore benchmark (MB; the verify fixture, so shared when both run). */
+  restoreMb: number;
   tenants: number;
   events: number;
   e2eRuns: number;
@@ -40,6 +42,7 @@ export function defaultOptions(quick: boolean): BenchOptions {
         replicateMb: 128,
         smallBackups: 200,
         verifyMb: 60,
+        restoreMb: 60,
         tenants: 1000,
         events: 500,
         e2eRuns: 3,
@@ -53,6 +56,7 @@ export function defaultOptions(quick: boolean): BenchOptions {
         replicateMb: 1024,
         smallBackups: 1000,
         verifyMb: 700,
+        restoreMb: 700,
         tenants: 1000,
         events: 2000,
         e2eRuns: 5,

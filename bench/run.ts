@@ -17,6 +17,7 @@ import {
   terminalTable,
   writeReport,
 } from './report.js';
+import { benchRestore } from './restore.js';
 import { dropCaches, ROOT, releaseAll, runnerDescription, useBuiltRunner } from './support.js';
 import { benchVerify } from './verify.js';
 
@@ -24,6 +25,7 @@ const MODULES: Array<[Group, (ctx: BenchContext) => Promise<void>]> = [
   ['dump', benchDump],
   ['replicate', benchReplicate],
   ['verify', benchVerify],
+  ['restore', benchRestore],
   ['probe', benchProbe],
   ['events', benchEvents],
 ];
@@ -48,9 +50,10 @@ function parseOptions(argv: string[]): { options: BenchOptions; out: string; tsx
   if (values.help) {
     say(
       [
-        'usage: npm run bench -- [--quick] [--only dump,replicate,verify,probe,events] [--rounds N] [--warmup N]',
+        'usage: npm run bench -- [--quick] [--only dump,replicate,verify,restore,probe,events] [--rounds N] [--warmup N]',
         '                        [--dump-mb 500] [--tsx] [--out bench/results.json]',
         '  --quick     small sizes (about 50/100 MB databases, a 128 MiB backup), 3 rounds',
+        '  --only restore  mode new vs createdb + pg_restore, and the in-place windows (v2 and v1)',
         '  --dump-mb   the smaller dump database size in MB (the second is double)',
         '  --tsx       run the functions from their TypeScript sources through tsx instead of a build',
       ].join('\n'),
