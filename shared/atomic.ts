@@ -163,22 +163,6 @@ export async function createTempFileFor(target: string): Promise<string> {
   return tmp;
 }
 
-/** Streams `source` into `target` atomically (temp, fsync, rename, fsync dir), hashing on the way. */
-export async function writeStreamAtomic(
-  target: string,
-  source: Readable,
-  options: { signal?: AbortSignal; onProgress?: (bytes: number) => void } = {},
-): Promise<StreamedFile> {
-  const pending = await streamToPendingFile(target, source, options);
-  try {
-    await pending.commit();
-  } catch (error) {
-    await pending.discard();
-    throw error;
-  }
-  return { sizeBytes: pending.sizeBytes, sha256: pending.sha256 };
-}
-
 /** Hashes a file by streaming it in 1 MiB chunks (never read whole). */
 export async function hashFile(file: string, signal?: AbortSignal): Promise<StreamedFile> {
   const hash = createHash('sha256');

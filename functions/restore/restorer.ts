@@ -1,18 +1,24 @@
 // The restore function's work: the gate and the plan, one run per project at a time (here and across
 // processes, by a lease on the project's server), runs in flight with their progress, the crash recovery
 // at start, and the sweep that drops set-aside copies once FLUX_RESTORE_KEEP_PREVIOUS_HOURS have passed.
-import { open, rm } from 'node:fs/promises';
+import { rm } from 'node:fs/promises';
 import path from 'node:path';
 import type { CatalogEntry } from '../../shared/catalog/catalog.js';
 import { classify } from '../../shared/catalog/classifier.js';
 import { newBackupId } from '../../shared/catalog/ids.js';
 import type { Manifest } from '../../shared/catalog/records.js';
 import { MINUTE_MS } from '../../shared/config.js';
-import { AppError, isAppError } from '../../shared/errors.js';
+import { AppError, errnoOf, isAppError } from '../../shared/errors.js';
 import type { Runtime } from '../../shared/kit/runtime.js';
 import { openArtifact, readOffsiteManifest } from '../../shared/offsite/artifact.js';
 import { lazyOffsiteStore } from '../../shared/offsite/index.js';
-import { canRead, HEADER_READ_BYTES, parseArchiveHeader } from '../../shared/pg/archive-header.js';
+import {
+  type ArchiveHeader,
+  canRead,
+  HEADER_READ_BYTES,
+  parseArchiveHeader,
+  readArchiveHeader,
+} from '../../shared/pg/archive-header.js';
 import { withPgClient } from '../../shared/pg/conn.js';
 import { takeSessionLease } from '../../shared/pg/lease.js';
 import type { Project } from '../../shared/registry.js';
@@ -120,39 +126,26 @@ export function createRestorer(rt: Runtime): Restorer {
     source: 'local' | 'offsite',
   ) {
     const tool = await pgRestoreTool();
-    let head: Buffer;
-    if (source === 'local' && entry) {
-      const handle = await open(entry.paths.dump, 'r').catch(() => undefined);
-      if (!handle) {
+    let header: ArchiveHeader;
+    try {
+      if (source === 'local' && entry) header = await readArchiveHeader(entry.paths.dump);
+      else {
+        const artifact = await openArtifact(
+          { projectId: manifest.projectId, backupId: manifest.backupId, manifest },
+          'offsite',
+          { store },
+        );
+        if (!artifact) throw new AppError('not_found', `backup ${manifest.backupId} has no offsite copy`);
+        header = parseArchiveHeader(await artifact.readHead(HEADER_READ_BYTES));
+      }
+    } catch (error) {
+      if (isAppError(error)) throw error;
+      if (errnoOf(error) === 'ENOENT') {
         throw new AppError(
           'not_found',
           `the local dump of backup ${manifest.backupId} is missing: restore from the offsite copy ("source": "offsite")`,
         );
       }
-      try {
-        const { buffer, bytesRead } = await handle.read(
-          Buffer.alloc(HEADER_READ_BYTES),
-          0,
-          HEADER_READ_BYTES,
-          0,
-        );
-        head = buffer.subarray(0, bytesRead);
-      } finally {
-        await handle.close();
-      }
-    } else {
-      const artifact = await openArtifact(
-        { projectId: manifest.projectId, backupId: manifest.backupId, manifest },
-        'offsite',
-        { store },
-      );
-      if (!artifact) throw new AppError('not_found', `backup ${manifest.backupId} has no offsite copy`);
-      head = await artifact.readHead(HEADER_READ_BYTES);
-    }
-    let header: ReturnType<typeof parseArchiveHeader>;
-    try {
-      header = parseArchiveHeader(head);
-    } catch (error) {
       throw new AppError(
         'artifact_invalid',
         `backup ${manifest.backupId} is not a readable archive: ${(error as Error).message}`,

@@ -1,13 +1,8 @@
-// What a restore does to a real server beyond the shared restore machinery (shared/pg/target.ts): databases
-// created, switched and dropped, the live schema set aside and put back, the grants carried over, and a
-// project database prepared for a restore by its owner. Only our own fixed statements run here, as the
-// URL's (administrative) user; no tenant relation is read or planned.
-import { randomBytes } from 'node:crypto';
 import type pg from 'pg';
 import { AppError, isAppError } from '../../shared/errors.js';
-import { parsePgUrl, pgError, quoteIdent, quoteLiteral, withPgClient } from '../../shared/pg/conn.js';
+import { parsePgUrl, pgError, quoteIdent, withPgClient } from '../../shared/pg/conn.js';
 import { assertUnprivileged } from '../../shared/pg/restore-role.js';
-import { type RestoreLogin, scramVerifier, type TargetChanges } from '../../shared/pg/target.js';
+import { createRestoreLogin, type RestoreLogin, type TargetChanges } from '../../shared/pg/target.js';
 
 export const RESTORE_APP_NAME = 'flux-ops-restore';
 
@@ -288,18 +283,10 @@ export async function prepareDatabase(
           `CREATE EXTENSION IF NOT EXISTS ${quoteIdent(ext.name)} SCHEMA ${quoteIdent(schema)}`,
         );
       }
-      const password = randomBytes(24).toString('base64url');
-      await client.query(
-        `CREATE ROLE ${quoteIdent(names.restoreLogin)} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION ` +
-          `NOBYPASSRLS NOINHERIT CONNECTION LIMIT 4 PASSWORD ${quoteLiteral(scramVerifier(password))} ` +
-          `IN ROLE ${quoteIdent(names.owner)}`,
-      );
-      changes.roles.push(names.restoreLogin);
-      changes.restoreLogin = names.restoreLogin;
-      await client.query(`GRANT CONNECT ON DATABASE ${quoteIdent(db)} TO ${quoteIdent(names.restoreLogin)}`);
+      const login = await createRestoreLogin(client, names.restoreLogin, names.owner, changes);
       await options.record(changes);
       await client.query('COMMIT');
-      return { changes, login: { role: names.restoreLogin, password }, extensionSchemas };
+      return { changes, login, extensionSchemas };
     } catch (error) {
       await client.query('ROLLBACK').catch(() => undefined);
       throw isAppError(error) ? error : pgError(error, 'preparing the restored database (roles, extensions)');

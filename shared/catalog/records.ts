@@ -6,7 +6,6 @@ const sha256 = z.string().regex(/^[0-9a-f]{64}$/);
 const isoTime = z.string();
 
 export const BACKUP_KINDS = ['project_db', 'tenant_export'] as const;
-export type BackupKind = (typeof BACKUP_KINDS)[number];
 
 export const TableCountSchema = z.object({
   schema: z.string(),

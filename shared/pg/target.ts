@@ -74,6 +74,30 @@ export function scramVerifier(password: string, iterations = 4096): string {
 }
 
 /**
+ * The run's restore login, inside the caller's transaction: no privilege, a member of `memberOf` only (it
+ * SET ROLEs there), a random password only its SCRAM verifier reaches the server as, CONNECT on this
+ * database. Recorded in `changes` so a rollback drops it.
+ */
+export async function createRestoreLogin(
+  client: pg.ClientBase,
+  name: string,
+  memberOf: string,
+  changes: TargetChanges,
+): Promise<RestoreLogin> {
+  const password = randomBytes(24).toString('base64url');
+  await client.query(
+    `CREATE ROLE ${quoteIdent(name)} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION ` +
+      `NOBYPASSRLS NOINHERIT CONNECTION LIMIT 4 PASSWORD ${quoteLiteral(scramVerifier(password))} ` +
+      `IN ROLE ${quoteIdent(memberOf)}`,
+  );
+  changes.roles.push(name);
+  changes.restoreLogin = name;
+  const database = (await client.query<{ d: string }>('SELECT current_database() AS d')).rows[0]!.d;
+  await client.query(`GRANT CONNECT ON DATABASE ${quoteIdent(database)} TO ${quoteIdent(name)}`);
+  return { role: name, password };
+}
+
+/**
  * Creates, in one transaction, the missing role stubs, memberships of `authenticator`, schema `auth`
  * with `auth.uid()`, the empty tenant schema owned by the tenant role, and the run's restore login. The
  * tenant role is refused when it has more privilege than a tenant may (it runs the tenant's code).
@@ -131,18 +155,7 @@ export async function prepareTarget(
           changes.authUsage = names.tenantRole;
         }
         await assertUnprivileged(client, names.tenantRole, 'the dedicated database');
-        const password = randomBytes(24).toString('base64url');
-        await client.query(
-          `CREATE ROLE ${quoteIdent(names.restoreLogin)} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION ` +
-            `NOBYPASSRLS NOINHERIT CONNECTION LIMIT 4 PASSWORD ${quoteLiteral(scramVerifier(password))} ` +
-            `IN ROLE ${quoteIdent(names.tenantRole)}`,
-        );
-        changes.roles.push(names.restoreLogin);
-        changes.restoreLogin = names.restoreLogin;
-        const database = (await client.query<{ d: string }>('SELECT current_database() AS d')).rows[0]!.d;
-        await client.query(
-          `GRANT CONNECT ON DATABASE ${quoteIdent(database)} TO ${quoteIdent(names.restoreLogin)}`,
-        );
+        const login = await createRestoreLogin(client, names.restoreLogin, names.tenantRole, changes);
         try {
           await client.query(
             `CREATE SCHEMA ${quoteIdent(names.schema)} AUTHORIZATION ${quoteIdent(names.tenantRole)}`,
@@ -159,7 +172,7 @@ export async function prepareTarget(
         changes.schema = names.schema;
         await options.record(changes);
         await client.query('COMMIT');
-        return { changes, login: { role: names.restoreLogin, password } };
+        return { changes, login };
       } catch (error) {
         await client.query('ROLLBACK').catch(() => undefined);
         throw isAppError(error) ? error : pgError(error, 'preparing the target (role stubs, schemas)');

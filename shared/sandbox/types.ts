@@ -187,15 +187,6 @@ export function sandboxUnavailable(
   });
 }
 
-/** The `reason` of an unverifiable AppError, if it is one. */
-export function unavailableReason(error: unknown): string | undefined {
-  if (error instanceof AppError && error.code === 'unverifiable') {
-    const reason = error.details?.reason;
-    return typeof reason === 'string' ? reason : undefined;
-  }
-  return undefined;
-}
-
 export const STDERR_TAIL_BYTES = 256 * 1024;
 
 /** Keeps the last `limit` bytes of a growing text (stderr of a long restore). */
