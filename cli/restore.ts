@@ -209,4 +209,40 @@ Flags:
   },
 };
 
-export const RESTORE_COMMANDS: readonly Command[] = [restore];
+const dropPrevious: Command = {
+  name: 'backup drop-previous',
+  summary: 'drop the copy an in-place restore set aside, before its hours are up',
+  help: `Usage: flux-ops backup drop-previous -p <slug> --restore <restoreId>
+
+An in-place restore keeps the copy it replaced (a schema or database named …_prev_<tag>) for
+FLUX_RESTORE_KEEP_PREVIOUS_HOURS, then drops it. This drops it now
+(POST /api/cli/v1/projects/:hash/restores/:restoreId/drop-previous). It cannot be undone: the safety backup
+the restore took is then the way back.
+
+Flags:
+  -p, --project <slug>   the project
+  --hash <7hex>          its hash (looked up from the slug when absent)
+  --restore <restoreId>  the in-place restore whose previous copy to drop`,
+  options: { ...PROJECT_OPTIONS, restore: { type: 'string' } },
+  async run(ctx) {
+    const client = ctx.client();
+    const restoreId = str(ctx.values, 'restore');
+    if (!restoreId || !/^[0-9A-HJKMNP-TV-Z]{26}$/.test(restoreId))
+      throw new AppError('bad_request', `${this.name}: --restore <restoreId> (a ULID) is required`);
+    const project = await resolveProject(client, projectRef(this.name, ctx.values, true)!);
+    const { body } = await client.json<{ restore: RestoreView & { previousDroppedAt?: string } }>(
+      'POST',
+      `/api/cli/v1/projects/${project.hash}/restores/${restoreId}/drop-previous`,
+      { body: {}, signal: ctx.signal },
+    );
+    if (ctx.json) printJson(ctx.io, body);
+    else
+      println(
+        ctx.io.out,
+        `dropped ${body.restore.previous?.name ?? 'the previous copy'} of ${project.slug} (restore ${restoreId})`,
+      );
+    return 0;
+  },
+};
+
+export const RESTORE_COMMANDS: readonly Command[] = [restore, dropPrevious];

@@ -455,7 +455,13 @@ describe('kill -9 mid-work, then restart on the same dirs', () => {
       tier: 'pipeline_incomplete',
       labels: { artifactValidated: true, restoreVerified: false, offsiteReplicated: true },
     });
-    // Nothing partial anywhere in either root.
+    // Nothing partial anywhere in either root, once replicate has no job left: a copy a late trigger
+    // asked for (a redelivered created event) writes its temp files while it runs, which is work in
+    // progress, not a leftover.
+    await eventually(async () => {
+      const res = await replicate!.fetch('/replicate/status');
+      return res.ok && ((await res.json()) as { pending: number }).pending === 0;
+    });
     for (const root of [localDir(), offsiteDir()]) {
       const temps: string[] = [];
       for (const project of await readdir(root)) {

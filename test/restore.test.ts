@@ -520,6 +520,27 @@ describe('restore of a v1 database', () => {
       `SELECT datallowconn AS a FROM pg_database WHERE datname = 'dedicated_app'`,
     );
     expect(allow[0]!.a).toBe(true);
+
+    // The CLI drops the set-aside copy before its hours are up.
+    const dropped = await execa(
+      process.execPath,
+      [
+        path.resolve(import.meta.dirname, '../bin/flux-ops.mjs'),
+        'backup',
+        'drop-previous',
+        '--hash',
+        projectOf(dedicated).hash,
+        '--restore',
+        r.id,
+      ],
+      {
+        env: { PATH: process.env.PATH ?? '', FLUX_API_BASE: base, FLUX_API_TOKEN: ADMIN.token },
+        reject: false,
+      },
+    );
+    expect(dropped.exitCode, dropped.stderr).toBe(0);
+    expect(dropped.stdout).toContain(r.previous.name);
+    expect(await databases()).not.toContain(r.previous.name);
   });
 });
 
