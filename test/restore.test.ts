@@ -395,6 +395,18 @@ describe('restore of a v2 tenant', () => {
         422,
         /own server/,
       ],
+      [
+        `/api/cli/v1/projects/${h}/backups/${backupId}/restore`,
+        { targetUrl: 'env:FLUX_API_TOKENS' },
+        400,
+        /names a flux-ops setting/,
+      ],
+      [
+        `/api/cli/v1/projects/${h}/backups/${backupId}/restore`,
+        { targetUrl: 'env:HOME' },
+        400,
+        /does not hold a valid postgres:\/\/ URL \(value not shown\)/,
+      ],
       [`/api/cli/v1/projects/${h}/backups/${backupId}/restore`, { mode: 'sideways' }, 400, /mode/],
       [
         `/api/cli/v1/projects/${h}/backups/${backupId}/restore`,
