@@ -226,7 +226,7 @@ export function createRestorer(rt: Runtime): Restorer {
           message: (error as Error).message,
         });
       }
-      const names = namesOf(ends, body, 'PLANNEDRESTOREID00000000', new Date());
+      const names = namesOf(ends, body, '<tag>', new Date());
       if (body.mode === 'in_place' && !gate.passes && !body.skipBackupCheck)
         problems.push({ code: 'backup_gate', message: `backup gate: ${gate.message}` });
       const ageSeconds = Math.round((Date.now() - Date.parse(manifest.completedAt)) / 1000);
