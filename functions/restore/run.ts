@@ -11,7 +11,15 @@ import { AppError, fsWriteError, isAppError } from '../../shared/errors.js';
 import { requestBackup } from '../../shared/kit/peer.js';
 import type { Runtime } from '../../shared/kit/runtime.js';
 import type { OffsiteStore } from '../../shared/offsite/types.js';
-import { dropRestoreLogin, prepareTarget, type RestoreRunner, restoreDump } from '../../shared/pg/target.js';
+import type { ExcludedEntries } from '../../shared/pg/restore-list.js';
+import {
+  dropRestoreLogin,
+  prepareTarget,
+  type RestoreLogin,
+  type RestoreRunner,
+  restoreDump,
+  type TargetChanges,
+} from '../../shared/pg/target.js';
 import { proveTarget } from '../../shared/proof/on-target.js';
 import type { Project } from '../../shared/registry.js';
 import type { ToolInfo } from '../../shared/tools.js';
@@ -164,6 +172,26 @@ export async function executeRun(ctx: RunContext): Promise<RestoreRecord> {
       record.changes = changes;
       await ctx.records.save(record);
     };
+    /** pg_restore as `role` through the run's login, which is dropped once it has done its one job. */
+    const restoreAs = async (
+      url: string,
+      prepared: { changes: TargetChanges; login: RestoreLogin },
+      role: string,
+      entries: { schema?: string; exclude?: ExcludedEntries },
+    ) => {
+      await saveChanges(prepared.changes);
+      await enter('restore');
+      await restoreDump({
+        ...restoreOptions,
+        ...entries,
+        url,
+        login: prepared.login,
+        tenantRole: role,
+        timeoutMs: remaining(),
+      });
+      await dropRestoreLogin(url, prepared.changes, { appName: RESTORE_APP_NAME });
+      await saveChanges(prepared.changes);
+    };
     // The database the restore lands in, and how it is validated.
     let dbUrl: string;
     if (ends.engine === 'v2_shared') {
@@ -184,18 +212,7 @@ export async function executeRun(ctx: RunContext): Promise<RestoreRecord> {
         { schema, tenantRole: ends.tenantRole, policyRoles: manifest.roles, restoreLogin },
         { appName: RESTORE_APP_NAME, lockTimeoutMs: 30_000, record: saveChanges },
       );
-      await saveChanges(prepared.changes);
-      await enter('restore');
-      await restoreDump({
-        ...restoreOptions,
-        url: dbUrl,
-        login: prepared.login,
-        tenantRole: ends.tenantRole,
-        schema,
-        timeoutMs: remaining(),
-      });
-      await dropRestoreLogin(dbUrl, prepared.changes, { appName: RESTORE_APP_NAME });
-      await saveChanges(prepared.changes);
+      await restoreAs(dbUrl, prepared, ends.tenantRole, { schema });
       if (record.aside) await carryGrants(dbUrl, dbUrl, [{ from: record.aside, to: schema }]);
     } else {
       const maint = maintenanceUrl(ends.targetUrl, [ends.liveDatabase]);
@@ -214,18 +231,9 @@ export async function executeRun(ctx: RunContext): Promise<RestoreRecord> {
         { owner: owner.role, policyRoles: manifest.roles, restoreLogin, extensions: manifest.extensions },
         { record: saveChanges },
       );
-      await saveChanges(prepared.changes);
-      await enter('restore');
-      await restoreDump({
-        ...restoreOptions,
-        url: dbUrl,
-        login: prepared.login,
-        tenantRole: owner.role,
+      await restoreAs(dbUrl, prepared, owner.role, {
         exclude: { schemas: prepared.extensionSchemas, extensions: true },
-        timeoutMs: remaining(),
       });
-      await dropRestoreLogin(dbUrl, prepared.changes, { appName: RESTORE_APP_NAME });
-      await saveChanges(prepared.changes);
     }
 
     await enter('validate');
