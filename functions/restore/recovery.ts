@@ -5,7 +5,7 @@ import type { Runtime } from '../../shared/kit/runtime.js';
 import { endsOf } from './ends.js';
 import type { RestoreMetrics } from './metrics.js';
 import { type RecordStore, type RestoreRecord, writeReceipt } from './record.js';
-import { undoRun } from './rollback.js';
+import { announceFailure, undoRun } from './rollback.js';
 import { dropPrevious } from './run.js';
 
 export interface RecoveryDeps {
@@ -61,19 +61,7 @@ export async function recoverRun(deps: RecoveryDeps, record: RestoreRecord): Pro
   await writeReceipt(catalog.root, record).catch(() => undefined);
   metrics.runs.inc({ mode: record.mode, outcome: 'failed', reason: 'interrupted' });
   log.warn({ restoreId: record.restoreId, ok, message }, 'put back an interrupted restore');
-  await rt.emit('flux.restore.failed', {
-    subject: `${record.projectId}/${record.backupId}`,
-    data: {
-      projectId: record.projectId,
-      slug: record.slug,
-      backupId: record.backupId,
-      restoreId: record.restoreId,
-      stage: record.stage,
-      rolledBack: ok,
-      reason: 'interrupted',
-      error: record.error.slice(0, 4000),
-    },
-  });
+  await announceFailure(rt, record, record.stage);
 }
 
 /** Drops every set-aside copy whose time has come; returns how many. */

@@ -1,10 +1,18 @@
 // Putting things back after a failed or interrupted restore, from the run record alone (so the same code
 // serves a failure in this process and a crash found at the next start): the live copy back under its
 // name, and whatever the run created dropped — each step on its own, so one failure does not keep the rest.
+import type { Runtime } from '../../shared/kit/runtime.js';
 import { hasChanges, rollbackTarget, type TargetChanges } from '../../shared/pg/target.js';
 import type { Ends } from './ends.js';
 import type { RestoreRecord } from './record.js';
-import { dropDatabase, maintenanceUrl, putBackSchema, RESTORE_APP_NAME, settleSwitch } from './server.js';
+import {
+  dropDatabase,
+  maintenanceUrl,
+  putBackSchema,
+  RESTORE_APP_NAME,
+  restoreAppNameOf,
+  settleSwitch,
+} from './server.js';
 
 export interface Undo {
   ok: boolean;
@@ -13,8 +21,6 @@ export interface Undo {
   /** in_place v1 only: the switch had committed (the restored database, already proven, is live). */
   switched?: boolean;
 }
-
-const appNameOf = (restoreId: string) => `${RESTORE_APP_NAME}-${restoreId.toLowerCase()}`;
 
 export async function undoRun(record: RestoreRecord, ends: Ends): Promise<Undo> {
   const done: string[] = [];
@@ -29,7 +35,7 @@ export async function undoRun(record: RestoreRecord, ends: Ends): Promise<Undo> 
   };
   const rollbackOptions = {
     appName: RESTORE_APP_NAME,
-    restoreAppName: appNameOf(record.restoreId),
+    restoreAppName: restoreAppNameOf(record.restoreId),
     lockTimeoutMs: 30_000,
   };
   const rollbackIn = async (url: string, changes: TargetChanges) => {
@@ -82,4 +88,27 @@ export async function undoRun(record: RestoreRecord, ends: Ends): Promise<Undo> 
       ? `${live}${done.length ? ` (${done.join(', ')})` : ''}`
       : `ROLLBACK INCOMPLETE — ${live === 'the live copy is as it was' ? 'check the live copy' : live}; by hand: ${leftovers.join('; ')}`;
   return { ok: leftovers.length === 0, message, ...(switched ? { switched } : {}) };
+}
+
+/** `flux.restore.failed` from the record of a failed run (here or found at start), errors bounded. */
+export async function announceFailure(
+  rt: Pick<Runtime, 'emit'>,
+  record: RestoreRecord,
+  stage: string,
+  causedBy?: string,
+): Promise<void> {
+  await rt.emit('flux.restore.failed', {
+    subject: `${record.projectId}/${record.backupId}`,
+    causedBy,
+    data: {
+      projectId: record.projectId,
+      slug: record.slug,
+      backupId: record.backupId,
+      restoreId: record.restoreId,
+      stage,
+      rolledBack: record.rolledBack === true,
+      reason: record.reason ?? 'restore_failed',
+      error: (record.error ?? '').slice(0, 4000),
+    },
+  });
 }

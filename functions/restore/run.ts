@@ -28,7 +28,7 @@ import { fetchArtifact } from './fetch.js';
 import type { RestoreMetrics } from './metrics.js';
 import { asideNameOf, type RestoreBody, restoredNameOf, type Stage, stagingNameOf } from './plan.js';
 import type { RecordStore, RestoreRecord } from './record.js';
-import { undoRun } from './rollback.js';
+import { announceFailure, undoRun } from './rollback.js';
 import {
   carryGrants,
   createDatabase,
@@ -39,6 +39,7 @@ import {
   ownerFor,
   prepareDatabase,
   RESTORE_APP_NAME,
+  restoreAppNameOf,
   setAsideSchema,
   switchDatabases,
   urlWithDatabase,
@@ -74,10 +75,6 @@ export interface RunContext {
   pgRestore: ToolInfo;
   signal: AbortSignal;
   deadline: number;
-}
-
-export function restoreAppNameOf(restoreId: string): string {
-  return `${RESTORE_APP_NAME}-${restoreId.toLowerCase()}`;
 }
 
 /** Runs every stage; resolves with the final record (completed or failed, never throws). */
@@ -338,20 +335,7 @@ export async function executeRun(ctx: RunContext): Promise<RestoreRecord> {
     await ctx.records.save(record).catch((err) => log.error({ err }, 'could not record the failed restore'));
     ctx.metrics.runs.inc({ mode: record.mode, outcome: 'failed', reason: e.code });
     log.error({ stage: failedStage, code: e.code, err: e.message, undo }, 'restore failed');
-    await rt.emit('flux.restore.failed', {
-      subject,
-      causedBy: startedEventId,
-      data: {
-        projectId: project.id,
-        slug: project.slug,
-        backupId: manifest.backupId,
-        restoreId: record.restoreId,
-        stage: failedStage,
-        rolledBack: undo.ok,
-        reason: e.code,
-        error: record.error.slice(0, 4000),
-      },
-    });
+    await announceFailure(rt, record, failedStage, startedEventId);
     return record;
   } finally {
     await fetched?.discard().catch(() => undefined);

@@ -6,6 +6,11 @@ import { createRestoreLogin, type RestoreLogin, type TargetChanges } from '../..
 
 export const RESTORE_APP_NAME = 'flux-ops-restore';
 
+/** The application_name of a run's pg_restore, by which a rollback finds and ends its sessions. */
+export function restoreAppNameOf(restoreId: string): string {
+  return `${RESTORE_APP_NAME}-${restoreId.toLowerCase()}`;
+}
+
 /** The same server and credentials, another database. */
 export function urlWithDatabase(url: string, database: string): string {
   const u = new URL(url);
