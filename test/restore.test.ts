@@ -337,7 +337,6 @@ describe('restore of a v2 tenant', () => {
   });
 
   it('mode new leaves the live tenant byte for byte as it was and names the new database', async () => {
-    const p = projectOf(beside);
     const s = `t_${beside.id.replaceAll('-', '').slice(0, 12)}_api`;
     const backupId = await backupAndVerify(beside);
     await cluster.query(`DELETE FROM ${s}.orders WHERE id < 100`, [], SHARED_DB);
@@ -367,7 +366,6 @@ describe('restore of a v2 tenant', () => {
     });
     expect(elsewhere.status, JSON.stringify(elsewhere.body)).toBe(200);
     expect(elsewhere.body.restore.targetRef).toBe('env:TEST_OTHER_SERVER_URL');
-    expect(p.hash).toBeDefined();
   });
 
   it('refuses bad input with a clear error and touches nothing', async () => {
