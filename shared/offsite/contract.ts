@@ -298,6 +298,26 @@ export function offsiteStoreContract(
       expect((await readAll(await store.get(key))).equals(winner)).toBe(true);
     });
 
+    it('removes an object whole: gone from head, hash, get and list; removing again is no error; the key is free', async () => {
+      const prefix = ns();
+      const bytes = randomBytes(3000);
+      const declared = { sha256: sha256Of(bytes), sizeBytes: bytes.length };
+      await store.put(`${prefix}/gone.dump`, chunked(bytes), declared);
+      await store.put(`${prefix}/kept.dump`, chunked(bytes), declared);
+      await store.remove(`${prefix}/gone.dump`);
+      expect(await store.head(`${prefix}/gone.dump`)).toBeUndefined();
+      expect(await store.hash(`${prefix}/gone.dump`)).toBeUndefined();
+      expect(await codeOf(store.get(`${prefix}/gone.dump`))).toBe('not_found');
+      expect(await keysOf(store, `${prefix}/`)).toEqual([`${prefix}/kept.dump`]);
+      await store.remove(`${prefix}/gone.dump`);
+      await store.remove(`${prefix}/never.dump`);
+      expect((await store.put(`${prefix}/gone.dump`, chunked(bytes), declared)).outcome).toBe('created');
+      for (const key of ['', '../escape.dump', 'a/.tmp-x', '/abs.dump']) {
+        expect(await codeOf(store.remove(key)), key).toBe('invalid_id');
+      }
+      expect(await keysOf(store, `${prefix}/`)).toEqual([`${prefix}/gone.dump`, `${prefix}/kept.dump`]);
+    });
+
     it('reports itself ready', async () => {
       expect(await store.check()).toMatchObject({ ok: true });
       expect(typeof store.driver).toBe('string');

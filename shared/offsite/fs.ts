@@ -259,6 +259,19 @@ export function createFsOffsiteStore(options: FsOffsiteOptions): OffsiteStore {
       return { ok: result.ok, detail: result.detail };
     },
 
+    async remove(key) {
+      const file = pathOf(key);
+      try {
+        // unlink needs write permission on the directory, not on the read-only object.
+        await rm(file);
+      } catch (error) {
+        const errno = errnoOf(error);
+        if (errno === 'ENOENT' || errno === 'ENOTDIR') return;
+        throw writeError(error, file, 'removing an expired offsite object');
+      }
+      await fsyncDir(path.dirname(file));
+    },
+
     async sweepTemp(olderThanMs) {
       const cutoff = Date.now() - olderThanMs;
       let removed = 0;

@@ -223,7 +223,7 @@ export function createS3OffsiteStore(options: S3OffsiteOptions): OffsiteStore {
         'dir_not_writable',
         `${what}: ${where} refused the request (${f.name}, HTTP ${f.status ?? '?'}). Check FLUX_S3_ACCESS_KEY_ID / ` +
           `FLUX_S3_SECRET_ACCESS_KEY, FLUX_S3_REGION, and that the key may s3:ListBucket on "${bucket}" and ` +
-          `s3:GetObject, s3:PutObject, s3:AbortMultipartUpload under "${base || '(bucket root)'}"`,
+          `s3:GetObject, s3:PutObject, s3:AbortMultipartUpload (and s3:DeleteObject for offsite retention) under "${base || '(bucket root)'}"`,
         { cause, details: { ...details, reason: 'dir_not_writable' } },
       );
     }
@@ -570,6 +570,18 @@ export function createS3OffsiteStore(options: S3OffsiteOptions): OffsiteStore {
         }
         token = page.IsTruncated ? page.NextContinuationToken : undefined;
       } while (token);
+    },
+
+    async remove(key) {
+      assertKey(key);
+      const { sdk, client } = await connect();
+      try {
+        // DeleteObject of a missing key succeeds on S3: removing twice is no error, as on fs.
+        await client.send(new sdk.DeleteObjectCommand({ Bucket: bucket, Key: objectKey(key) }));
+      } catch (error) {
+        if (isMissing(faultOf(error, scrub))) return;
+        throw s3Error(error, 'removing an expired offsite object', key);
+      }
     },
 
     async check() {

@@ -70,4 +70,9 @@ export interface OffsiteStore {
   check(): Promise<StoreCheck>;
   /** Removes leftovers of interrupted writes older than `olderThanMs`; returns how many. */
   sweepTemp(olderThanMs: number): Promise<number>;
+  /**
+   * Deletes the object at `key` (offsite retention, the only caller); a key holding nothing is no error.
+   * Objects are never replaced, only ever removed whole: after this a put of the key creates it afresh.
+   */
+  remove(key: string): Promise<void>;
 }
