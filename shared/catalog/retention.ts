@@ -1,7 +1,8 @@
-// Retention selection: a pure function over a project's backups (newest first). It never selects the
-// newest restorable backup, counts only restore-verified backups toward the keep floor, and never
-// touches a backup still being written or newer than the newest restorable one (still in its pipeline).
-import type { BackupFacts } from '../../shared/catalog/classifier.js';
+// Retention selection, for dump's local retention and replicate's offsite retention alike: a pure
+// function over a project's backups (newest first). It never selects the newest restorable backup,
+// counts only restore-verified backups toward the keep floor, and never touches a backup still being
+// written or newer than the newest restorable one (still in its pipeline).
+import type { BackupFacts } from './classifier.js';
 
 export interface RetentionPolicy {
   keepCount: number;
