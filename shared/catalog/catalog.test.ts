@@ -101,3 +101,36 @@ describe('artifact validation cache', () => {
     expect((await catalog.checkArtifact((await catalog.get(projectId, backupId))!)).status).toBe('invalid');
   });
 });
+
+describe('the re-hash finding (.rehash.json, written by replicate)', () => {
+  it('makes a cached-valid dump invalid while size and mtime are the ones it read, and only then', async () => {
+    const root = path.join(dir, 'rehash');
+    const { backupId, dump } = await backupWithDump(root);
+    const catalog = createCatalog({ root, cacheFile: path.join(dir, 'state', 'rehash-artifacts.json') });
+    expect((await catalog.checkArtifact((await catalog.get(projectId, backupId))!)).status).toBe('valid');
+    const s = await stat(dump);
+    const finding = {
+      backupId,
+      projectId,
+      manifestSha256: (await catalog.get(projectId, backupId))!.manifest!.sha256,
+      foundSha256: 'f'.repeat(64),
+      sizeBytes: s.size,
+      mtimeMs: s.mtimeMs,
+      at: new Date().toISOString(),
+    };
+    await catalog.writeRehashRecord(projectId, backupId, finding);
+    const flagged = await catalog.checkArtifact((await catalog.get(projectId, backupId))!);
+    expect(flagged.status).toBe('invalid');
+    expect(flagged.error).toContain('ffffffffffff');
+    // A finding about other bytes (the file was replaced since: another mtime) is not taken.
+    await catalog.writeRehashRecord(projectId, backupId, { ...finding, mtimeMs: s.mtimeMs - 1000 });
+    expect((await catalog.checkArtifact((await catalog.get(projectId, backupId))!)).status).toBe('valid');
+    await catalog.writeRehashRecord(projectId, backupId, undefined);
+    expect((await catalog.get(projectId, backupId))!.rehash).toBeUndefined();
+    // A lone finding is no backup, and remove() takes it with the rest.
+    await catalog.writeRehashRecord(projectId, backupId, finding);
+    await catalog.remove(projectId, backupId);
+    expect(await catalog.list(projectId)).toEqual([]);
+    expect(await stat(catalog.paths(projectId, backupId).rehash).catch(() => undefined)).toBeUndefined();
+  });
+});

@@ -25,6 +25,8 @@ import {
   ManifestSchema,
   type OffsiteReceipt,
   OffsiteReceiptSchema,
+  type RehashRecord,
+  RehashRecordSchema,
   type VerifyReceipt,
   VerifyReceiptSchema,
 } from './records.js';
@@ -37,6 +39,8 @@ export interface CatalogEntry {
   state?: BackupState;
   offsite?: OffsiteReceipt;
   verify?: VerifyReceipt;
+  /** replicate's re-hash found the dump not matching its manifest (see RehashRecordSchema). */
+  rehash?: RehashRecord;
   /** Set when a sidecar exists but cannot be parsed. */
   unreadable?: string;
   dump?: { sizeBytes: number; mtimeMs: number };
@@ -92,6 +96,8 @@ export interface Catalog {
   writeState(state: BackupState): Promise<void>;
   writeOffsiteReceipt(receipt: OffsiteReceipt): Promise<void>;
   writeVerifyReceipt(receipt: VerifyReceipt): Promise<void>;
+  /** replicate's re-hash finding; `undefined` removes it (the dump matches again). */
+  writeRehashRecord(projectId: string, backupId: string, record: RehashRecord | undefined): Promise<void>;
   remove(projectId: string, backupId: string): Promise<void>;
 }
 
@@ -171,16 +177,18 @@ export function createCatalog(options: CatalogOptions): Catalog {
       if (error) problems.push(error);
       return value;
     };
-    const [manifest, state, offsite, verify] = await Promise.all([
+    const [manifest, state, offsite, verify, rehash] = await Promise.all([
       read(paths.manifest, ManifestSchema),
       read(paths.state, BackupStateSchema),
       read(paths.offsite, OffsiteReceiptSchema),
       read(paths.verify, VerifyReceiptSchema),
+      read(paths.rehash, RehashRecordSchema),
     ]);
     if (manifest) entry.manifest = manifest;
     if (state) entry.state = state;
     if (offsite) entry.offsite = offsite;
     if (verify) entry.verify = verify;
+    if (rehash) entry.rehash = rehash;
     if (problems.length > 0) {
       entry.unreadable = problems.join('; ');
       options.log?.warn({ projectId, backupId, problems }, 'catalog file unreadable');
@@ -247,8 +255,21 @@ export function createCatalog(options: CatalogOptions): Catalog {
       }
       const file = entry.paths.dump;
       const cached = artifactCache.get(file);
+      const rehash = entry.rehash;
       let sha256: string;
-      if (cached && cached.sizeBytes === entry.dump.sizeBytes && cached.mtimeMs === entry.dump.mtimeMs) {
+      if (
+        rehash &&
+        rehash.manifestSha256 === manifest.sha256 &&
+        rehash.sizeBytes === entry.dump.sizeBytes &&
+        rehash.mtimeMs === entry.dump.mtimeMs
+      ) {
+        // A re-hash read these very bytes (same size and mtime) after any cached validation did.
+        sha256 = rehash.foundSha256;
+      } else if (
+        cached &&
+        cached.sizeBytes === entry.dump.sizeBytes &&
+        cached.mtimeMs === entry.dump.mtimeMs
+      ) {
         sha256 = cached.sha256;
       } else {
         let pending = inFlightHashes.get(file);
@@ -380,10 +401,17 @@ export function createCatalog(options: CatalogOptions): Catalog {
       );
     },
 
+    async writeRehashRecord(projectId, backupId, record) {
+      const file = catalog.paths(projectId, backupId).rehash;
+      if (record) await writeRecord(root, file, RehashRecordSchema.parse(record));
+      else await rm(file, { force: true });
+    },
+
     async remove(projectId, backupId) {
       const p = catalog.paths(projectId, backupId);
       // The manifest goes first: without it the backup no longer counts as complete anywhere.
-      for (const file of [p.manifest, p.dump, p.verify, p.offsite, p.state]) await rm(file, { force: true });
+      for (const file of [p.manifest, p.dump, p.verify, p.offsite, p.state, p.rehash])
+        await rm(file, { force: true });
       remember(p.dump, undefined);
     },
   };

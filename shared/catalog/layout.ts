@@ -11,6 +11,8 @@ export const SUFFIX = {
   offsite: '.offsite.json',
   verify: '.verify.json',
   state: '.state.json',
+  /** The rotating re-hash's finding about the local dump (replicate, only while it does not match). */
+  rehash: '.rehash.json',
 } as const;
 export type CatalogFile = keyof typeof SUFFIX;
 
@@ -21,6 +23,7 @@ export interface BackupPaths {
   offsite: string;
   verify: string;
   state: string;
+  rehash: string;
 }
 
 function inside(root: string, candidate: string): string {
@@ -47,6 +50,7 @@ export function backupPaths(root: string, projectId: string, backupId: string): 
     offsite: at(SUFFIX.offsite),
     verify: at(SUFFIX.verify),
     state: at(SUFFIX.state),
+    rehash: at(SUFFIX.rehash),
   };
 }
 

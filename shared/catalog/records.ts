@@ -1,5 +1,6 @@
 // Schemas of the catalog's files: the manifest (written by dump, last), the in-flight/failed state
-// (dump), the offsite receipt (replicate) and the verify receipt (verify). One writer per file.
+// (dump), the offsite receipt and the re-hash finding (replicate) and the verify receipt (verify). One
+// writer per file.
 import { z } from 'zod';
 
 const sha256 = z.string().regex(/^[0-9a-f]{64}$/);
@@ -87,6 +88,24 @@ export const OffsiteReceiptSchema = z.object({
   error: z.string().optional(),
 });
 export type OffsiteReceipt = z.infer<typeof OffsiteReceiptSchema>;
+
+/**
+ * replicate's rotating re-hash found the local dump not matching its manifest: what it read, and the
+ * file's size and mtime at that moment. Every catalog takes it as the dump's hash while the file keeps
+ * that size and mtime (a flipped byte keeps both, so no size+mtime cache would notice); replicate
+ * removes it when a later re-hash matches again.
+ */
+export const RehashRecordSchema = z.object({
+  backupId: z.string(),
+  projectId: z.uuid(),
+  manifestSha256: sha256,
+  /** What the re-hash read. */
+  foundSha256: sha256,
+  sizeBytes: z.number().int().nonnegative(),
+  mtimeMs: z.number(),
+  at: isoTime,
+});
+export type RehashRecord = z.infer<typeof RehashRecordSchema>;
 
 export const RUNG_NAMES = [
   'artifact',
