@@ -29,6 +29,21 @@ export const EVENT_DOCS: Record<EventType, { from: string; when: string; to: str
     when: 'the copy could not be proven, or a different offsite copy exists (conflict)',
     to: 'operators',
   },
+  'flux.backup.artifact_invalid': {
+    from: 'replicate',
+    when: 'the rotating re-hash found a local dump that no longer matches its manifest',
+    to: 'operators',
+  },
+  'flux.backup.offsite_invalid': {
+    from: 'replicate',
+    when: 'the rotating re-hash found an offsite copy missing or not matching its manifest',
+    to: 'operators',
+  },
+  'flux.backup.offsite_expired': {
+    from: 'replicate',
+    when: 'offsite retention removed a copy (FLUX_OFFSITE_KEEP_COUNT / _DAYS)',
+    to: 'operators',
+  },
   'flux.backup.verified': {
     from: 'verify',
     when: 'a restore into a disposable Postgres passed every rung',

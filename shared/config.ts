@@ -377,6 +377,34 @@ export const VARS = {
     schema: ms(SECOND_MS, 10, HOUR_MS),
     description: 'First delay between copy attempts (doubles per attempt, jittered, at most 5 min).',
   },
+  FLUX_REHASH_EVERY_MS: {
+    schema: ms(7 * 24 * HOUR_MS, 0, 366 * 24 * HOUR_MS),
+    description:
+      'replicate re-hashes every retained copy (each local dump and each offsite copy) at least this often, a share per sweep (0 = off).',
+  },
+  FLUX_REHASH_SWEEP_INTERVAL_MS: {
+    schema: ms(HOUR_MS, 100, 24 * HOUR_MS),
+    description:
+      'How often a re-hash sweep runs (and offsite retention with it); each takes the least recently proven copies, about FLUX_REHASH_SWEEP_INTERVAL_MS / FLUX_REHASH_EVERY_MS of all retained bytes.',
+  },
+  FLUX_REHASH_MAX_BYTES_PER_SECOND: {
+    schema: int(32 * MIB, 0, 64 * 1024 * MIB),
+    description: 'Read rate of re-hashing, local and offsite together (0 = unthrottled).',
+  },
+  FLUX_OFFSITE_KEEP_COUNT: {
+    schema: int(0, 0, 100_000),
+    description:
+      'Offsite retention: restore-verified copies kept per project (0 and FLUX_OFFSITE_KEEP_DAYS 0 = offsite copies never expire). An offsite copy is never expired while its backup is still in the local catalog, nor the newest restorable one.',
+  },
+  FLUX_OFFSITE_KEEP_DAYS: {
+    schema: int(0, 0, 100_000),
+    description: 'Offsite copies younger than this are kept (0 = no age rule).',
+  },
+  FLUX_OFFSITE_IMMUTABLE: {
+    schema: bool(false),
+    description:
+      'The offsite store manages expiry itself (S3 object lock, lifecycle rules): replicate removes nothing and says so in its log and /readyz.',
+  },
   FLUX_VERIFY_DRIVER: {
     schema: z.enum(['auto', 'docker', 'local']).default('auto'),
     description: 'Restore sandbox: docker, local (initdb), or auto.',

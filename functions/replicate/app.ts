@@ -10,6 +10,7 @@ import { createOffsiteStore } from '../../shared/offsite/index.js';
 import type { OffsiteStore } from '../../shared/offsite/types.js';
 import { createStoreIdentity } from './identity.js';
 import { createReplicator } from './replicator.js';
+import { createUpkeep } from './upkeep.js';
 import { createManifestWatcher } from './watcher.js';
 
 /** Temp files of interrupted offsite writes older than this are removed (a live copy keeps its temp fresh). */
@@ -35,6 +36,21 @@ export function createApp(rt: Runtime, deps: ReplicateDeps = {}): FunctionApp {
     maxAttempts: config.FLUX_REPLICATE_MAX_ATTEMPTS,
     retryBaseDelayMs: config.FLUX_REPLICATE_RETRY_BASE_DELAY_MS,
   });
+  const upkeep = createUpkeep({
+    catalog,
+    store,
+    log,
+    metrics: rt.metrics,
+    emit: rt.emit,
+    stateDir: config.FLUX_STATE_DIR,
+    everyMs: config.FLUX_REHASH_EVERY_MS,
+    sweepIntervalMs: config.FLUX_REHASH_SWEEP_INTERVAL_MS,
+    maxBytesPerSecond: config.FLUX_REHASH_MAX_BYTES_PER_SECOND,
+    retention: { keepCount: config.FLUX_OFFSITE_KEEP_COUNT, keepDays: config.FLUX_OFFSITE_KEEP_DAYS },
+    immutable: config.FLUX_OFFSITE_IMMUTABLE,
+    manifestSecrets: config.FLUX_MANIFEST_SECRETS,
+    isCopying: (projectId, backupId) => replicator.isCopying(projectId, backupId),
+  });
   const watcher = createManifestWatcher({
     root: config.FLUX_BACKUPS_LOCAL_DIR,
     log,
@@ -42,6 +58,8 @@ export function createApp(rt: Runtime, deps: ReplicateDeps = {}): FunctionApp {
     onProjectDir: (projectId) => void replicator.reconcileProject(projectId, 'watch'),
   });
   let timer: NodeJS.Timeout | undefined;
+  let upkeepTimer: NodeJS.Timeout | undefined;
+  const runUpkeep = () => upkeep.sweep().catch((error) => log.error({ err: error }, 'upkeep sweep failed'));
   let started = false;
 
   const runReconcile = (trigger: 'startup' | 'reconcile') =>
@@ -76,6 +94,12 @@ export function createApp(rt: Runtime, deps: ReplicateDeps = {}): FunctionApp {
         name: 'offsite:identity',
         async run() {
           return { ...(await identity.status()), location: store.location };
+        },
+      },
+      {
+        name: 'offsite:upkeep',
+        async run() {
+          return upkeep.describe();
         },
       },
       {
@@ -141,12 +165,18 @@ export function createApp(rt: Runtime, deps: ReplicateDeps = {}): FunctionApp {
     return c.json({ ok: true, reconcile: summary });
   });
 
+  app.post('/replicate/upkeep', requireScope('backups:write'), async (c) => {
+    const summary = await upkeep.sweep();
+    return c.json({ ok: true, upkeep: summary });
+  });
+
   app.get('/replicate/status', requireScope('backups:read'), (c) =>
     c.json({
       pending: replicator.pending,
       watched: watcher.watched,
       store: { driver: store.driver, location: store.location },
       lastReconcile: replicator.lastReconcile ?? null,
+      upkeep: { ...upkeep.describe(), invalidCopies: upkeep.invalid(), lastSweep: upkeep.last ?? null },
     }),
   );
 
@@ -170,9 +200,20 @@ export function createApp(rt: Runtime, deps: ReplicateDeps = {}): FunctionApp {
           .then(() => runReconcile('reconcile'));
       }, config.FLUX_REPLICATE_RECONCILE_INTERVAL_MS);
       timer.unref();
+      if (config.FLUX_OFFSITE_IMMUTABLE) {
+        log.info(
+          { store: store.location },
+          'FLUX_OFFSITE_IMMUTABLE: offsite expiry is left to the store (object lock / lifecycle rules); replicate removes nothing',
+        );
+      }
+      // The first sweep waits one interval: start-up belongs to the reconcile of what is not copied yet.
+      upkeepTimer = setInterval(() => void runUpkeep(), config.FLUX_REHASH_SWEEP_INTERVAL_MS);
+      upkeepTimer.unref();
     },
     async stop() {
       if (timer) clearInterval(timer);
+      if (upkeepTimer) clearInterval(upkeepTimer);
+      upkeep.stop();
       watcher.stop();
       await replicator.stop(config.FLUX_SHUTDOWN_GRACE_MS);
       await rt.outbox.stop();

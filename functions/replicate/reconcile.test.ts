@@ -25,6 +25,24 @@ function ledger(over: Partial<BackupLedger>): BackupLedger {
 }
 
 describe('decide', () => {
+  it('leaves an offsite copy a re-hash found altered (never overwritten) until it is moved aside', () => {
+    const invalid = {
+      ...replicated,
+      status: 'failed' as const,
+      reason: 'offsite_invalid',
+      contentSha256: OTHER,
+    };
+    expect(decide(ledger({ receipt: invalid, offsite: both }))).toEqual({
+      action: 'skip',
+      state: 'offsite_invalid',
+    });
+    expect(decide(ledger({ receipt: invalid }))).toEqual({ action: 'skip', state: 'offsite_invalid' });
+    expect(decide(ledger({ receipt: invalid, offsite: listed([[keys.manifest, 900]]) }))).toEqual({
+      action: 'replicate',
+      gap: 'offsite_missing',
+    });
+  });
+
   it('never replicates a backup without a manifest, whatever else is there', () => {
     expect(decide({ keys, dumpMtimeMs: 1, offsite: listed([]) })).toEqual({
       action: 'skip',

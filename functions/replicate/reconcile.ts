@@ -9,7 +9,7 @@ export const GAP_KINDS = ['unreplicated', 'failed', 'stale', 'offsite_missing', 
 export type GapKind = (typeof GAP_KINDS)[number];
 
 /** Why a backup is left alone. */
-export type SkipKind = 'no_manifest' | 'replicated' | 'conflict' | 'gave_up';
+export type SkipKind = 'no_manifest' | 'replicated' | 'conflict' | 'gave_up' | 'offsite_invalid';
 
 export type Decision = { action: 'replicate'; gap: GapKind } | { action: 'skip'; state: SkipKind };
 
@@ -71,6 +71,12 @@ export function decide(ledger: BackupLedger): Decision {
       if (offsite && !offsite.has(receipt.key)) return { action: 'replicate', gap: 'offsite_missing' };
       return { action: 'skip', state: 'conflict' };
     case 'failed': {
+      if (receipt.reason === 'offsite_invalid') {
+        // The re-hash found the stored copy altered; it is never overwritten. Once the operator moves it
+        // aside the key is free and the next reconcile copies the local backup again.
+        if (offsite && !offsite.has(receipt.key)) return { action: 'replicate', gap: 'offsite_missing' };
+        return { action: 'skip', state: 'offsite_invalid' };
+      }
       if (receipt.reason && LOCAL_ARTIFACT_REASONS.has(receipt.reason)) {
         const changedSince = ledger.dumpMtimeMs !== undefined && ledger.dumpMtimeMs > Date.parse(receipt.at);
         return changedSince ? { action: 'replicate', gap: 'failed' } : { action: 'skip', state: 'gave_up' };

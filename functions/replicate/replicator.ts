@@ -99,6 +99,8 @@ export interface Replicator {
   readonly lastReconcile: ReconcileSummary | undefined;
   /** Jobs not settled yet (queued, copying or waiting to retry). */
   readonly pending: number;
+  /** A job for this backup has not settled yet. */
+  isCopying(projectId: string, backupId: string): boolean;
   readonly isStopping: boolean;
   /** Stops taking work; waits `graceMs` for copies in flight, then cancels them (temp files removed). */
   stop(graceMs: number): Promise<void>;
@@ -130,7 +132,7 @@ function emptySummary(trigger: Trigger): ReconcileSummary {
     backups: 0,
     gaps: Object.fromEntries(GAP_KINDS.map((g) => [g, 0])) as Record<GapKind, number>,
     inFlight: 0,
-    skipped: { no_manifest: 0, replicated: 0, conflict: 0, gave_up: 0 },
+    skipped: { no_manifest: 0, replicated: 0, conflict: 0, gave_up: 0, offsite_invalid: 0 },
     results: { replicated: 0, already: 0, conflict: 0, failed: 0, skipped: 0 },
     listingErrors: 0,
   };
@@ -726,6 +728,9 @@ export function createReplicator(options: ReplicatorOptions): Replicator {
     },
     get pending() {
       return jobs.size;
+    },
+    isCopying(projectId, backupId) {
+      return jobs.has(`${projectId}/${backupId}`);
     },
     get isStopping() {
       return stopping;

@@ -55,6 +55,32 @@ export const EVENT_DATA = {
     lagSeconds: z.number().optional(),
   }),
   'flux.backup.replication_failed': z.looseObject({ ...backupRef, ...failure }),
+  /** The rotating re-hash found a local dump that no longer matches its manifest (size and mtime unchanged or not). */
+  'flux.backup.artifact_invalid': z.looseObject({
+    ...backupRef,
+    expectedSha256: sha256,
+    foundSha256: sha256.optional(),
+    sizeBytes: z.number().int().nonnegative(),
+    reason: z.string().max(64),
+  }),
+  /** The rotating re-hash found an offsite copy missing or not matching its manifest. */
+  'flux.backup.offsite_invalid': z.looseObject({
+    ...backupRef,
+    store: z.string(),
+    key: z.string(),
+    /** Absent when no trustworthy manifest says what the copy should be (reason manifest_invalid). */
+    expectedSha256: sha256.optional(),
+    foundSha256: sha256.optional(),
+    reason: z.string().max(64),
+  }),
+  /** Offsite retention removed a backup's offsite copy (its dump and manifest objects). */
+  'flux.backup.offsite_expired': z.looseObject({
+    ...backupRef,
+    store: z.string(),
+    keys: z.array(z.string()),
+    createdAt: z.string(),
+    reason: z.string().max(64),
+  }),
   'flux.backup.verified': z.looseObject({
     ...backupRef,
     driver: z.string(),
