@@ -156,6 +156,7 @@ const JSON_BODY_ROUTES = new Set([
 ]);
 const BODYLESS_POST_ROUTES = new Set(FUNCTION_NAMES.map((fn) => `${fn} POST /events/replay`));
 BODYLESS_POST_ROUTES.add('replicate POST /replicate/run');
+BODYLESS_POST_ROUTES.add('replicate POST /replicate/upkeep');
 BODYLESS_POST_ROUTES.add('restore POST /api/cli/v1/projects/:hash/restores/:restoreId/drop-previous');
 const PUBLIC_GET_ROUTES = new Set(['/healthz', '/readyz', '/metrics']);
 

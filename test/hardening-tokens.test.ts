@@ -62,6 +62,7 @@ const REQUIRED_SCOPE: Record<FunctionName, Record<string, Scope>> = {
   replicate: {
     ...KIT_ROUTES,
     'POST /replicate/run': 'backups:write',
+    'POST /replicate/upkeep': 'backups:write',
     'GET /replicate/status': 'backups:read',
   },
   verify: {
@@ -677,9 +678,9 @@ describe('limits', () => {
           posts += 1;
         }
       }
-      // Three POST routes each (/events, /events/replay, its own); dump also rebuilds the catalog, and
-      // restore also drops a previous copy.
-      expect(posts).toBe(FUNCTION_NAMES.length * 3 + 2);
+      // Three POST routes each (/events, /events/replay, its own); dump also rebuilds the catalog,
+      // replicate also runs an upkeep sweep, and restore also drops a previous copy.
+      expect(posts).toBe(FUNCTION_NAMES.length * 3 + 3);
     } finally {
       for (const s of served) await s.close();
       for (const fn of FUNCTION_NAMES) await apps[fn].stop();

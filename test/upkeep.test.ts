@@ -60,8 +60,12 @@ afterAll(async () => {
   await s3?.close();
 });
 afterEach(async () => {
-  for (const cleanup of cleanups.splice(0).reverse()) await cleanup();
-  receiver.deliveries.length = 0;
+  try {
+    for (const cleanup of cleanups.splice(0).reverse()) await cleanup();
+  } finally {
+    // Stopped processes deliver nothing more: the next test starts with no event of this one.
+    receiver.deliveries.length = 0;
+  }
 });
 
 const s3Env = () => ({
@@ -196,8 +200,11 @@ describe('rotating re-hash', () => {
     const h = await harness(env);
     await allReplicated(h, backups);
     // Another process (verify, the CLI's dump) has validated every dump and cached it by size and mtime.
-    const other = createCatalog({ root: h.local, cacheFile: path.join(env.root, 'other-artifacts.json') });
+    const otherCache = path.join(env.root, 'other-artifacts.json');
+    const other = createCatalog({ root: h.local, cacheFile: otherCache });
     for (const e of await other.list(projectId)) expect((await other.checkArtifact(e)).status).toBe('valid');
+    // Saved (batched) before anything else happens: later checks answer from it and write nothing.
+    await eventually(async () => (await stat(otherCache).catch(() => undefined))?.isFile());
     const old = backups[1]!; // 20 days old: not the newest, not the oldest
     await flipByte(old.dump);
     for (const e of await other.list(projectId)) expect((await other.checkArtifact(e)).status).toBe('valid');

@@ -11,6 +11,12 @@ export interface Pacer {
   readonly bytes: number;
 }
 
+/** How long to wait, having read `totalBytes` in `elapsedMs`, so the read rate stays at `bytesPerSecond`. */
+export function paceDelayMs(totalBytes: number, elapsedMs: number, bytesPerSecond: number): number {
+  if (bytesPerSecond <= 0) return 0;
+  return Math.max(0, (totalBytes / bytesPerSecond) * 1000 - elapsedMs);
+}
+
 export function createPacer(
   bytesPerSecond: number,
   now: () => number = performance.now.bind(performance),
@@ -20,8 +26,7 @@ export function createPacer(
   return {
     async take(bytes, signal) {
       total += bytes;
-      if (bytesPerSecond <= 0) return;
-      const aheadMs = (total / bytesPerSecond) * 1000 - (now() - started);
+      const aheadMs = paceDelayMs(total, now() - started, bytesPerSecond);
       if (aheadMs > 1) await sleep(aheadMs, undefined, signal ? { signal } : {});
     },
     get bytes() {

@@ -1,32 +1,35 @@
 // replicate's upkeep of what is retained: offsite retention (FLUX_OFFSITE_KEEP_*) and the rotating
 // re-hash of every retained copy, local and offsite (FLUX_REHASH_*), one sweep every
 // FLUX_REHASH_SWEEP_INTERVAL_MS. replicate owns it because it already reads both sides and writes the
-// offsite receipt; a local dump that no longer matches gets a `.rehash.json` finding beside it (its one
-// writer is replicate), which every process's catalog reads, so the artifact status flips everywhere.
-import { createReadStream } from 'node:fs';
-import { stat } from 'node:fs/promises';
-import { STREAM_CHUNK_BYTES } from '../../shared/atomic.js';
-import type { Catalog, CatalogEntry } from '../../shared/catalog/catalog.js';
+// offsite receipt. This module lists what is retained and runs the parts in order: offsite-expiry.ts,
+// then the rotation's share (rotation.ts) re-read by copy-rehash.ts.
+
+import type { Catalog } from '../../shared/catalog/catalog.js';
 import type { RestoreStatus } from '../../shared/catalog/classifier.js';
-import { isProjectHash, isUuid } from '../../shared/catalog/ids.js';
-import { parseCatalogName } from '../../shared/catalog/layout.js';
-import { authenticateManifest } from '../../shared/catalog/manifest-auth.js';
-import type { Manifest } from '../../shared/catalog/records.js';
 import { isRetentionEnabled, type RetentionPolicy } from '../../shared/catalog/retention.js';
-import { AppError, errnoOf, isAppError } from '../../shared/errors.js';
+import { AppError } from '../../shared/errors.js';
 import type { Emit } from '../../shared/kit/runtime.js';
 import type { Logger } from '../../shared/log.js';
 import { counter, gauge, type Registry } from '../../shared/metrics.js';
-import { readOffsiteManifest } from '../../shared/offsite/artifact.js';
-import { dumpKeyOf, manifestKeyOf } from '../../shared/offsite/keys.js';
-import type { OffsiteObject, OffsiteStore } from '../../shared/offsite/types.js';
-import { type OffsiteCopyFacts, selectOffsiteExpiry } from './offsite-retention.js';
-import { createPacer, type Pacer, pacedHash } from './paced-hash.js';
-import { type CopyPlace, copyId, fullRotationMs, type RetainedCopy, selectForRehash } from './rotation.js';
-import { loadUpkeepState, saveUpkeepState, type UpkeepState } from './upkeep-state.js';
+import type { OffsiteStore } from '../../shared/offsite/types.js';
+import { createCopyRehash } from './copy-rehash.js';
+import { createOffsiteExpiry } from './offsite-expiry.js';
+import { listOffsite } from './offsite-inventory.js';
+import { createPacer } from './paced-hash.js';
+import { copyId, fullRotationMs, selectForRehash } from './rotation.js';
+import { emptyUpkeepState, loadUpkeepState, saveUpkeepState, type UpkeepState } from './upkeep-state.js';
+import {
+  keyOf,
+  type LocalEntry,
+  OFFSITE_INVALID,
+  type OffsiteBackup,
+  type SweepSummary,
+  type UpkeepContext,
+  type Work,
+} from './upkeep-types.js';
 
-/** The offsite receipt's reason when a re-hash found the offsite copy missing or different. */
-export const OFFSITE_INVALID = 'offsite_invalid';
+export type { SweepSummary } from './upkeep-types.js';
+
 /** The state file is written at most this often during a sweep (and always at its end). */
 const SAVE_EVERY_MS = 2000;
 
@@ -49,19 +52,6 @@ export interface UpkeepOptions {
   isCopying(projectId: string, backupId: string): boolean;
 }
 
-export interface SweepSummary {
-  startedAt: string;
-  seconds: number;
-  retained: Record<CopyPlace, { copies: number; bytes: number }>;
-  rehashed: Record<CopyPlace, number>;
-  /** The copy ids read this sweep, in order. */
-  rehashedCopies: string[];
-  rehashedBytes: number;
-  invalid: Array<{ place: CopyPlace; projectId: string; backupId: string; reason: string }>;
-  expired: Array<{ projectId: string; backupId: string }>;
-  listingError?: string;
-}
-
 export interface Upkeep {
   /** One sweep (retention, then the re-hash share); a sweep already running is joined. */
   sweep(): Promise<SweepSummary>;
@@ -73,29 +63,26 @@ export interface Upkeep {
   stop(): void;
 }
 
-interface OffsiteBackup {
-  projectId: string;
-  backupId: string;
-  dump?: OffsiteObject;
-  manifest?: OffsiteObject;
-}
-
-interface Work {
-  copy: RetainedCopy;
-  place: CopyPlace;
-  projectId: string;
-  backupId: string;
-  entry?: CatalogEntry & { manifest: Manifest };
-  /** offsite: the dump object as listed. */
-  object?: OffsiteObject;
-}
-
-const keyOf = (projectId: string, backupId: string) => `${projectId}/${backupId}`;
-
 export function createUpkeep(options: UpkeepOptions): Upkeep {
-  const { catalog, store, log, emit } = options;
+  const { catalog, store, log } = options;
   const controller = new AbortController();
   let state: UpkeepState | undefined;
+  const ctx: UpkeepContext = {
+    catalog,
+    store,
+    log,
+    metrics: options.metrics,
+    emit: options.emit,
+    signal: controller.signal,
+    manifestSecrets: options.manifestSecrets,
+    state: () => {
+      state ??= emptyUpkeepState();
+      return state;
+    },
+    isCopying: options.isCopying,
+  };
+  const rehashCopy = createCopyRehash(ctx);
+  const expire = createOffsiteExpiry(ctx, { retention: options.retention, immutable: options.immutable });
   let running: Promise<SweepSummary> | undefined;
   let last: SweepSummary | undefined;
   let lastSave = 0;
@@ -105,12 +92,6 @@ export function createUpkeep(options: UpkeepOptions): Upkeep {
     'flux_rehash_copies_total',
     'Retained copies re-hashed, by place and result',
     ['place', 'result'],
-  );
-  const rehashBytes = counter(
-    options.metrics,
-    'flux_rehash_bytes_total',
-    'Bytes read by the rotating re-hash',
-    ['place'],
   );
   const invalidGauge = gauge(
     options.metrics,
@@ -135,16 +116,6 @@ export function createUpkeep(options: UpkeepOptions): Upkeep {
     'flux_rehash_last_sweep_timestamp_seconds',
     'When the last upkeep sweep finished',
   );
-  const expiredTotal = counter(
-    options.metrics,
-    'flux_offsite_expired_total',
-    'Offsite copies removed by offsite retention',
-  );
-  const expiryFailures = counter(
-    options.metrics,
-    'flux_offsite_expiry_failures_total',
-    'Offsite copies retention selected but could not remove',
-  );
 
   async function saveState(force: boolean): Promise<void> {
     if (!state || (!force && Date.now() - lastSave < SAVE_EVERY_MS)) return;
@@ -156,39 +127,6 @@ export function createUpkeep(options: UpkeepOptions): Upkeep {
         { err: error },
         'could not save the upkeep state; the rotation resumes from the last saved one',
       );
-    }
-  }
-
-  async function listOffsite(): Promise<Map<string, Map<string, OffsiteBackup>>> {
-    const out = new Map<string, Map<string, OffsiteBackup>>();
-    for await (const object of store.list('')) {
-      const [projectId, name, ...deeper] = object.key.split('/');
-      if (!projectId || !name || deeper.length > 0 || !isUuid(projectId)) continue;
-      const parsed = parseCatalogName(name);
-      if (!parsed || (parsed.file !== 'dump' && parsed.file !== 'manifest')) continue;
-      let backups = out.get(projectId);
-      if (!backups) {
-        backups = new Map();
-        out.set(projectId, backups);
-      }
-      const found = backups.get(parsed.backupId) ?? { projectId, backupId: parsed.backupId };
-      found[parsed.file] = object;
-      backups.set(parsed.backupId, found);
-    }
-    return out;
-  }
-
-  /** The offsite manifest of an offsite-only backup, when it is one this deployment can trust. */
-  async function trustedOffsiteManifest(projectId: string, backupId: string): Promise<Manifest | string> {
-    try {
-      const manifest = await readOffsiteManifest(store, projectId, backupId, controller.signal);
-      if (!manifest) return 'no offsite manifest';
-      const auth = authenticateManifest(manifest, options.manifestSecrets);
-      if (auth === 'forged') return 'the offsite manifest’s tag matches none of FLUX_MANIFEST_SECRETS';
-      return manifest;
-    } catch (error) {
-      if (isAppError(error) && error.code === 'artifact_invalid') return error.message;
-      throw error;
     }
   }
 
@@ -212,7 +150,7 @@ export function createUpkeep(options: UpkeepOptions): Upkeep {
       expired: [],
     };
     const work: Work[] = [];
-    const localEntries = new Map<string, CatalogEntry & { manifest: Manifest }>();
+    const localEntries = new Map<string, LocalEntry>();
     const seen = new Set<string>();
 
     // The local side: every complete backup, what it is (remembered for after local retention), its dump.
@@ -247,7 +185,7 @@ export function createUpkeep(options: UpkeepOptions): Upkeep {
     // The offsite side, from the store's own listing (copies outlive their local backups).
     let offsite: Map<string, Map<string, OffsiteBackup>> | undefined;
     try {
-      offsite = await listOffsite();
+      offsite = await listOffsite(store);
     } catch (error) {
       summary.listingError = error instanceof Error ? error.message : String(error);
       log.warn(
@@ -278,7 +216,6 @@ export function createUpkeep(options: UpkeepOptions): Upkeep {
             place: 'offsite',
             projectId,
             backupId: b.backupId,
-            object: b.dump,
             ...(entry ? { entry } : {}),
           });
         }
@@ -307,7 +244,9 @@ export function createUpkeep(options: UpkeepOptions): Upkeep {
       const w = byId.get(copy.id)!;
       try {
         const ok =
-          w.place === 'local' ? await rehashLocal(w, pacer, summary) : await rehashOffsite(w, pacer, summary);
+          w.place === 'local'
+            ? await rehashCopy.local(w, pacer, summary)
+            : await rehashCopy.offsite(w, pacer, summary);
         if (ok === undefined) continue;
         s.copies[copy.id] = { provenAt: Date.now(), ok };
         w.copy.lastProvenMs = Date.now();
@@ -348,245 +287,6 @@ export function createUpkeep(options: UpkeepOptions): Upkeep {
     );
     last = summary;
     return summary;
-  }
-
-  /** true = matches, false = does not, undefined = not read (the file changed while it was read). */
-  async function rehashLocal(w: Work, pacer: Pacer, summary: SweepSummary): Promise<boolean | undefined> {
-    const entry = w.entry!;
-    const m = entry.manifest;
-    const file = entry.paths.dump;
-    let before: Awaited<ReturnType<typeof stat>>;
-    try {
-      before = await stat(file);
-    } catch (error) {
-      if (errnoOf(error) === 'ENOENT') return undefined; // retention removed it meanwhile
-      throw error;
-    }
-    const found = await pacedHash(
-      createReadStream(file, { highWaterMark: Math.max(1024, Math.min(before.size, STREAM_CHUNK_BYTES)) }),
-      pacer,
-      controller.signal,
-    );
-    rehashBytes.inc({ place: 'local' }, found.sizeBytes);
-    const after = await stat(file).catch(() => undefined);
-    if (!after || after.mtimeMs !== before.mtimeMs || after.size !== before.size) return undefined;
-    const ok = found.sha256 === m.sha256 && found.sizeBytes === m.sizeBytes;
-    if (ok) {
-      if (entry.rehash) {
-        await catalog.writeRehashRecord(w.projectId, w.backupId, undefined);
-        log.info(
-          { projectId: w.projectId, backupId: w.backupId },
-          'the local dump matches its manifest again',
-        );
-      }
-      catalog.rememberArtifact(file, after.size, after.mtimeMs, found.sha256);
-      return true;
-    }
-    const repeated =
-      entry.rehash?.foundSha256 === found.sha256 &&
-      entry.rehash.mtimeMs === after.mtimeMs &&
-      entry.rehash.sizeBytes === after.size;
-    await catalog.writeRehashRecord(w.projectId, w.backupId, {
-      backupId: w.backupId,
-      projectId: w.projectId,
-      manifestSha256: m.sha256,
-      foundSha256: found.sha256,
-      sizeBytes: after.size,
-      mtimeMs: after.mtimeMs,
-      at: new Date().toISOString(),
-    });
-    catalog.rememberArtifact(file, after.size, after.mtimeMs, found.sha256);
-    const reason = found.sizeBytes === m.sizeBytes ? 'sha256_mismatch' : 'size_mismatch';
-    summary.invalid.push({ place: 'local', projectId: w.projectId, backupId: w.backupId, reason });
-    log.error(
-      {
-        projectId: w.projectId,
-        backupId: w.backupId,
-        file,
-        expected: m.sha256,
-        found: found.sha256,
-        repeated,
-      },
-      'ALARM: a retained local dump no longer matches its manifest (re-hash); its artifact is invalid',
-    );
-    if (!repeated) {
-      await emit('flux.backup.artifact_invalid', {
-        subject: keyOf(w.projectId, w.backupId),
-        data: {
-          projectId: w.projectId,
-          ...(isProjectHash(m.projectHash) ? { projectHash: m.projectHash } : {}),
-          backupId: w.backupId,
-          expectedSha256: m.sha256,
-          foundSha256: found.sha256,
-          sizeBytes: found.sizeBytes,
-          reason,
-        },
-      });
-    }
-    return false;
-  }
-
-  async function rehashOffsite(w: Work, pacer: Pacer, summary: SweepSummary): Promise<boolean | undefined> {
-    if (options.isCopying(w.projectId, w.backupId)) return undefined;
-    const key = dumpKeyOf(w.projectId, w.backupId);
-    const known = state?.backups[keyOf(w.projectId, w.backupId)];
-    let expected: { sha256: string; sizeBytes: number; projectHash?: string } | undefined;
-    let refused: string | undefined;
-    if (w.entry) expected = w.entry.manifest;
-    else if (known) expected = known;
-    else {
-      const manifest = await trustedOffsiteManifest(w.projectId, w.backupId);
-      if (typeof manifest === 'string') refused = manifest;
-      else expected = manifest;
-    }
-    let found: { sha256: string; sizeBytes: number } | undefined;
-    if (expected) {
-      try {
-        found = await pacedHash(await store.get(key, controller.signal), pacer, controller.signal);
-        rehashBytes.inc({ place: 'offsite' }, found.sizeBytes);
-      } catch (error) {
-        if (!(isAppError(error) && error.code === 'not_found')) throw error;
-      }
-    }
-    const ok =
-      !!expected && !!found && found.sha256 === expected.sha256 && found.sizeBytes === expected.sizeBytes;
-    const wasOk = state?.copies[w.copy.id]?.ok !== false;
-    const receipt = w.entry?.offsite;
-    if (ok) {
-      if (w.entry && receipt?.reason === OFFSITE_INVALID) {
-        await catalog.writeOffsiteReceipt({
-          ...receipt,
-          status: 'replicated',
-          contentSha256: found!.sha256,
-          sizeBytes: found!.sizeBytes,
-          at: new Date().toISOString(),
-          reason: undefined,
-          error: undefined,
-        });
-        log.info(
-          { projectId: w.projectId, backupId: w.backupId, key },
-          'the offsite copy matches its manifest again',
-        );
-      }
-      return true;
-    }
-    const reason = refused ? 'manifest_invalid' : !found ? 'offsite_missing' : 'sha256_mismatch';
-    const error = refused
-      ? `the offsite copy cannot be proven: ${refused}`
-      : !found
-        ? `the offsite copy ${store.location}/${key} is gone`
-        : `re-hash of ${store.location}/${key} read ${found.sizeBytes} B sha256 ${found.sha256.slice(0, 12)}…, not the manifest's ${expected!.sizeBytes} B ${expected!.sha256.slice(0, 12)}…; ` +
-          'move the object aside (the next reconcile copies the local backup again, when there is one)';
-    summary.invalid.push({ place: 'offsite', projectId: w.projectId, backupId: w.backupId, reason });
-    log.error(
-      { projectId: w.projectId, backupId: w.backupId, key, reason, repeated: !wasOk },
-      `ALARM: ${error}`,
-    );
-    if (w.entry && expected && receipt) {
-      await catalog.writeOffsiteReceipt({
-        ...receipt,
-        status: 'failed',
-        ...(found ? { contentSha256: found.sha256, sizeBytes: found.sizeBytes } : {}),
-        manifestSha256: w.entry.manifest.sha256,
-        at: new Date().toISOString(),
-        reason: OFFSITE_INVALID,
-        error,
-      });
-    }
-    if (wasOk) {
-      const hash = w.entry?.manifest.projectHash ?? expected?.projectHash;
-      await emit('flux.backup.offsite_invalid', {
-        subject: keyOf(w.projectId, w.backupId),
-        data: {
-          projectId: w.projectId,
-          ...(hash && isProjectHash(hash) ? { projectHash: hash } : {}),
-          backupId: w.backupId,
-          store: store.location,
-          key,
-          ...(expected ? { expectedSha256: expected.sha256 } : {}),
-          ...(found ? { foundSha256: found.sha256 } : {}),
-          reason,
-        },
-      });
-    }
-    return false;
-  }
-
-  async function expire(
-    offsite: Map<string, Map<string, OffsiteBackup>>,
-    localEntries: Map<string, CatalogEntry & { manifest: Manifest }>,
-    summary: SweepSummary,
-  ): Promise<void> {
-    if (options.immutable || !isRetentionEnabled(options.retention)) return;
-    const s = state!;
-    const now = new Date();
-    for (const [projectId, backups] of offsite) {
-      const facts: OffsiteCopyFacts[] = [];
-      for (const b of backups.values()) {
-        if (!b.manifest) continue; // a copy still being made
-        const key = keyOf(projectId, b.backupId);
-        let known = s.backups[key];
-        if (!known) {
-          const manifest = await trustedOffsiteManifest(projectId, b.backupId);
-          if (typeof manifest !== 'string') {
-            known = {
-              createdAt: manifest.createdAt,
-              sha256: manifest.sha256,
-              sizeBytes: manifest.sizeBytes,
-              restore: 'pending',
-            };
-            s.backups[key] = known;
-          }
-        }
-        const proof = s.copies[copyId('offsite', projectId, b.backupId)];
-        facts.push({
-          backupId: b.backupId,
-          createdAt: known?.createdAt,
-          hasDump: !!b.dump && (!known || b.dump.sizeBytes === known.sizeBytes),
-          proven: proof?.ok,
-          restore: known?.restore ?? 'pending',
-          isLocal: localEntries.has(key),
-        });
-      }
-      for (const backupId of selectOffsiteExpiry(facts, options.retention, now)) {
-        if (controller.signal.aborted) return;
-        const keys = [dumpKeyOf(projectId, backupId), manifestKeyOf(projectId, backupId)];
-        try {
-          // The dump first: a crash in between leaves a manifest alone, which the next sweep selects again.
-          for (const key of keys) await store.remove(key);
-        } catch (error) {
-          expiryFailures.inc();
-          log.error(
-            { err: error, projectId, backupId },
-            'offsite retention could not remove a copy; the next sweep tries again',
-          );
-          continue;
-        }
-        const known = s.backups[keyOf(projectId, backupId)];
-        backups.delete(backupId);
-        delete s.copies[copyId('offsite', projectId, backupId)];
-        delete s.backups[keyOf(projectId, backupId)];
-        expiredTotal.inc();
-        summary.expired.push({ projectId, backupId });
-        log.info(
-          { projectId, backupId, keys, createdAt: known?.createdAt },
-          'offsite retention removed a copy',
-        );
-        await emit('flux.backup.offsite_expired', {
-          subject: keyOf(projectId, backupId),
-          data: {
-            projectId,
-            backupId,
-            store: store.location,
-            keys,
-            createdAt: known?.createdAt ?? '',
-            reason: 'retention',
-            keepCount: options.retention.keepCount,
-            keepDays: options.retention.keepDays,
-          },
-        });
-      }
-    }
   }
 
   return {
