@@ -277,6 +277,39 @@ describe('rotating re-hash', () => {
     expect((await readReceipt(h.local, old))?.status).toBe('replicated');
   });
 
+  it('re-hashes an offsite copy that outlived its local backup, against what was known of it, and lists it in status', async () => {
+    const env = await testEnv({});
+    const projectId = newProjectId();
+    const local = env.config.FLUX_BACKUPS_LOCAL_DIR;
+    const backups = [await agedBackup(local, projectId, 30), await agedBackup(local, projectId, 1)];
+    const h = await harness(env);
+    await allReplicated(h, backups);
+    expect((await h.sweep()).invalid).toEqual([]);
+    const old = backups[0]!;
+    // Local retention removed it; only the offsite copy is left.
+    await h.rt.catalog.remove(projectId, old.backupId);
+    const object = path.join(
+      env.config.FLUX_BACKUPS_OFFSITE_DIR,
+      ...dumpKeyOf(projectId, old.backupId).split('/'),
+    );
+    await flipByte(object, 3);
+    const summary = await h.sweep();
+    expect(summary.rehashedCopies).toContain(`offsite:${projectId}/${old.backupId}`);
+    expect(summary.invalid).toEqual([
+      { place: 'offsite', projectId, backupId: old.backupId, reason: 'sha256_mismatch' },
+    ]);
+    const status = (await (
+      await h.fn.app.request('/replicate/status', { headers: ADMIN.header })
+    ).json()) as { upkeep: { invalidCopies: string[] } };
+    expect(status.upkeep.invalidCopies).toEqual([`offsite:${projectId}/${old.backupId}`]);
+    await h.drained();
+    const events = receiver.events('flux.backup.offsite_invalid');
+    expect(events.map((e) => e.subject)).toEqual([`${projectId}/${old.backupId}`]);
+    expect(events[0]!.data).toMatchObject({ expectedSha256: old.sha256 });
+    // No local receipt was made up for a backup the local catalog no longer has.
+    expect(await readReceipt(h.local, old)).toBeUndefined();
+  });
+
   it('keeps its rotation across a restart: the next process reads the copies the last one did not', async () => {
     // Six copies of one size, a period of three sweeps: two copies a sweep.
     const env = await testEnv({ FLUX_REHASH_EVERY_MS: String(3 * 60 * 60 * 1000) });
