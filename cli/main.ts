@@ -8,6 +8,7 @@ import { AppError, EXIT, isAppError } from '../shared/errors.js';
 import { COMMON_HELP, parse, readTokenFile, str } from './args.js';
 import { BACKUP_COMMANDS } from './backup.js';
 import { CATALOG_COMMANDS } from './catalog.js';
+import { CLUSTER_COMMANDS } from './cluster.js';
 import { type Command, type Context, Failure } from './command.js';
 import { DOCTOR_COMMANDS } from './doctor.js';
 import { EVENTS_COMMANDS } from './events.js';
@@ -21,6 +22,7 @@ export const COMMANDS: readonly Command[] = [
   ...BACKUP_COMMANDS,
   ...RESTORE_COMMANDS,
   ...CATALOG_COMMANDS,
+  ...CLUSTER_COMMANDS,
   ...MIGRATE_COMMANDS,
   ...PROBE_COMMANDS,
   ...EVENTS_COMMANDS,

@@ -104,6 +104,21 @@ export const EVENT_DOCS: Record<EventType, { from: string; when: string; to: str
     when: 'the copy an in-place restore set aside was dropped (expired or asked)',
     to: 'operators',
   },
+  'flux.cluster.placement_finding': {
+    from: 'dump',
+    when: 'a look at the clusters found a tenant out of place or an orphan schema (`open`), or no longer finds it (`cleared`)',
+    to: 'operators',
+  },
+  'flux.cluster.preflight_passed': {
+    from: 'dump',
+    when: 'a maintenance preflight of a cluster passed (the report attached)',
+    to: 'operators, change tickets',
+  },
+  'flux.cluster.preflight_failed': {
+    from: 'dump',
+    when: 'a maintenance preflight failed or could not tell (the report names each problem)',
+    to: 'operators, change tickets',
+  },
 };
 
 const cell = (s: string) => s.replaceAll('|', '\\|');

@@ -8,10 +8,27 @@ import type { Logger } from './log.js';
 
 const urlRef = z.string().min(1);
 
+const LABEL_KEY = /^[A-Za-z0-9][A-Za-z0-9._/-]{0,62}$/;
+
 const ClusterSchema = z.object({
-  name: z.string().min(1).max(64),
+  name: z
+    .string()
+    .min(1)
+    .max(64)
+    .regex(/^[A-Za-z0-9][A-Za-z0-9._-]*$/, 'letters, digits, dots, dashes and underscores'),
   url: urlRef,
   maxConcurrentDumps: z.number().int().min(1).max(64).default(2),
+  /**
+   * `shared`: a pooled cluster whose URL names the database holding the tenant schemas; `dedicated`: a
+   * server holding v1 projects' own databases (its URL names any database on it, e.g. postgres). Unset
+   * means shared.
+   */
+  kind: z.enum(['shared', 'dedicated']).optional(),
+  region: z.string().min(1).max(64).optional(),
+  /** Free labels an operator sorts clusters by (tier, provider, maintenance window…). */
+  labels: z
+    .record(z.string().regex(LABEL_KEY, 'label keys: letters, digits, . _ / -'), z.string().max(256))
+    .optional(),
 });
 
 const ProjectSchema = z
@@ -38,6 +55,11 @@ const ProjectSchema = z
       ctx.addIssue({ code: 'custom', message: 'a v1_dedicated project has a "databaseUrl"' });
     }
   });
+
+/** A project's v1 database URL reference as written, for comparing two projects' claims. */
+function databaseRefKey(ref: string): string {
+  return ref.trim().replace(/\/+$/, '');
+}
 
 const RegistryFileSchema = z.object({
   clusters: z.array(ClusterSchema).default([]),
@@ -131,6 +153,55 @@ export function dumpAdmissionOf(
     : { key: `dedicated:${project.slug}`, slots: 1 };
 }
 
+/** A cluster as the cluster view and the preflight see it: declared in the registry, or derived. */
+export interface ClusterInfo {
+  name: string;
+  kind: 'shared' | 'dedicated';
+  /**
+   * A v1 project that names no cluster is a cluster of its own, `dedicated:<slug>`, reached through the
+   * project's databaseUrl (the colon keeps it apart from every declared name).
+   */
+  derived: boolean;
+  region?: string;
+  labels: Record<string, string>;
+  /** The URL reference (literal or env:NAME) the cluster is reached through. */
+  url: string;
+  maxConcurrentDumps: number;
+  projects: Project[];
+}
+
+/** The name of the cluster that holds a project: the one it names, or its derived dedicated one. */
+export function clusterNameOf(project: Pick<Project, 'cluster' | 'slug'>): string {
+  return project.cluster ?? `dedicated:${project.slug}`;
+}
+
+/** Every cluster the registry knows, declared ones first (in file order), then one per unplaced v1 project. */
+export function clustersOf(registry: ProjectRegistry): ClusterInfo[] {
+  const projects = registry.list();
+  const declared: ClusterInfo[] = registry.clusters().map((c) => ({
+    name: c.name,
+    kind: c.kind ?? 'shared',
+    derived: false,
+    ...(c.region ? { region: c.region } : {}),
+    labels: c.labels ?? {},
+    url: c.url,
+    maxConcurrentDumps: c.maxConcurrentDumps,
+    projects: projects.filter((p) => p.cluster === c.name),
+  }));
+  const derived: ClusterInfo[] = projects
+    .filter((p) => p.engine === 'v1_dedicated' && !p.cluster)
+    .map((p) => ({
+      name: clusterNameOf(p),
+      kind: 'dedicated',
+      derived: true,
+      labels: {},
+      url: p.databaseUrl!,
+      maxConcurrentDumps: 1,
+      projects: [p],
+    }));
+  return [...declared, ...derived];
+}
+
 export { tenantRoleOf, tenantSchemaOf };
 
 export function createStaticRegistry(data: { clusters?: Cluster[]; projects?: Project[] }): ProjectRegistry {
@@ -148,11 +219,56 @@ export function createStaticRegistry(data: { clusters?: Cluster[]; projects?: Pr
   duplicate('id');
   duplicate('hash');
   duplicate('slug');
+  const clusterNames = new Set<string>();
+  for (const c of clusters) {
+    if (clusterNames.has(c.name))
+      throw new AppError('config_invalid', `registry: two clusters share the name "${c.name}"`);
+    clusterNames.add(c.name);
+  }
+  // The v2 schema is derived from the id's first 12 hex digits: two projects sharing them would share a
+  // schema, and one project's backup would then hold the other's data.
+  const bySchema = new Map<string, Project>();
+  const byDatabase = new Map<string, Project>();
   for (const p of projects) {
-    if (p.cluster && !clusters.some((c) => c.name === p.cluster)) {
+    const schema = tenantSchemaOf(p.id);
+    const other = bySchema.get(schema);
+    if (other) {
+      throw new AppError(
+        'config_invalid',
+        `registry: projects ${other.slug} and ${p.slug} have ids that begin with the same 12 hex digits, so both map to schema ${schema}; give one of them another id`,
+      );
+    }
+    bySchema.set(schema, p);
+    if (p.engine === 'v1_dedicated' && p.databaseUrl) {
+      const key = databaseRefKey(p.databaseUrl);
+      const claimed = byDatabase.get(key);
+      if (claimed) {
+        // The reference is named only when it is env:NAME: a literal URL may carry a password.
+        const what = key.startsWith('env:') ? `the same databaseUrl ${key}` : 'the same literal databaseUrl';
+        throw new AppError(
+          'config_invalid',
+          `registry: v1 projects ${claimed.slug} and ${p.slug} claim ${what}; each v1 project has its own database`,
+        );
+      }
+      byDatabase.set(key, p);
+    }
+    const cluster = p.cluster ? clusters.find((c) => c.name === p.cluster) : undefined;
+    if (p.cluster && !cluster) {
       throw new AppError(
         'config_invalid',
         `registry: project ${p.slug} names unknown cluster "${p.cluster}"`,
+      );
+    }
+    if (cluster && p.engine === 'v2_shared' && (cluster.kind ?? 'shared') !== 'shared') {
+      throw new AppError(
+        'config_invalid',
+        `registry: v2_shared project ${p.slug} names cluster "${cluster.name}", which is a dedicated server; a pooled tenant lives on a shared cluster`,
+      );
+    }
+    if (cluster && p.engine === 'v1_dedicated' && (cluster.kind ?? 'shared') !== 'dedicated') {
+      throw new AppError(
+        'config_invalid',
+        `registry: v1_dedicated project ${p.slug} names cluster "${cluster.name}", which is a shared cluster; name the dedicated server that holds its database (kind "dedicated")`,
       );
     }
   }

@@ -134,7 +134,7 @@ describe('backup create, list, status', () => {
     );
     const row = lines.find((l) => l.startsWith(SLUG));
     expect(row).toMatch(
-      /^bloom-atelier\s+pipeline_incomplete\s+yes\s+no\s+no\s+\d+s ago\s+.*next: flux-ops backup verify -p bloom-atelier --id /,
+      /^bloom-atelier\s+pipeline_incomplete\s+yes\s+no\s+no\s+(\d+m )?\d+s ago\s+.*next: flux-ops backup verify -p bloom-atelier --id /,
     );
     const one = await cli(['backup', 'status', '-p', 'other-tenant', '--json']);
     const { projects } = JSON.parse(one.stdout) as {

@@ -33,7 +33,8 @@ function project(slug: string): Project {
     hash: id.replaceAll('-', '').slice(0, 7),
     slug,
     engine: 'v1_dedicated',
-    databaseUrl: 'env:UNUSED_URL',
+    // Each v1 project has its own database (the registry refuses two claiming one).
+    databaseUrl: `env:UNUSED_URL_${id.slice(0, 8)}`,
     apiHost: `api--${slug}--${id.slice(0, 7)}.flux.test`,
   };
 }

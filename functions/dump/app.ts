@@ -9,15 +9,28 @@ import { STREAM_CHUNK_BYTES } from '../../shared/atomic.js';
 import { parseBackupId, parseProjectHash, parseProjectId } from '../../shared/catalog/ids.js';
 import { AppError } from '../../shared/errors.js';
 import { createKit, readJson } from '../../shared/kit/app.js';
+import { requireScopeOf } from '../../shared/kit/auth.js';
 import { dirWritableCheck, registryCheck, toolCheck } from '../../shared/kit/readiness.js';
 import type { FunctionApp, Runtime } from '../../shared/kit/runtime.js';
 import { requireProjectByHash } from '../../shared/registry.js';
+import { createClusterViews } from './clusters.js';
 import { createDumper } from './dumper.js';
 import { listOffsite, manifestCheckFor } from './offsite-catalog.js';
 import { downloadFromOffsite, lazyOffsiteStore, parseArtifactSource } from './offsite-source.js';
+import { createPreflight, parseAgeSeconds } from './preflight.js';
 import { createCatalogRebuilder } from './rebuild.js';
 
 const CreateBody = z.object({ kind: z.enum(['project_db', 'tenant_export']).optional() }).loose();
+const PreflightBody = z.object({
+  backupNow: z.boolean().optional(),
+  /** A duration such as `26h`, `90m`, `7d`. */
+  maxAge: z.string().max(16).optional(),
+  /** How long backupNow waits for replicate and verify, in seconds. */
+  waitSeconds: z.number().int().min(1).max(86_400).optional(),
+});
+/** What a preflight accepts as fresh when the request says nothing. */
+const PREFLIGHT_MAX_AGE_SECONDS = 26 * 3600;
+const PREFLIGHT_WAIT_SECONDS = 3600;
 const RebuildBody = z.object({
   from: z.literal('offsite'),
   projectHash: z.string().optional(),
@@ -27,6 +40,8 @@ const RebuildBody = z.object({
 export function createApp(rt: Runtime): FunctionApp {
   const dumper = createDumper(rt);
   const { catalog, registry, config } = rt;
+  const clusterViews = createClusterViews(rt, (name) => dumper.queueOf(name));
+  const preflight = createPreflight(rt, clusterViews, dumper);
   const offsiteStore = lazyOffsiteStore(config);
   const rebuilder = createCatalogRebuilder({
     catalog,
@@ -167,6 +182,33 @@ export function createApp(rt: Runtime): FunctionApp {
       });
     }
     return c.json({ projects });
+  });
+
+  app.get('/api/ops/v1/clusters', requireScope('backups:read'), async (c) =>
+    c.json({ clusters: await clusterViews.list() }),
+  );
+
+  app.get('/api/ops/v1/clusters/:name', requireScope('backups:read'), async (c) =>
+    c.json({ cluster: await clusterViews.show(c.req.param('name')) }),
+  );
+
+  // Judging needs backups:read; a preflight that takes backups first needs backups:write.
+  app.post('/api/ops/v1/clusters/:name/preflight', requireScope('backups:read'), async (c) => {
+    const body = await readJson(c, PreflightBody, { emptyIsObject: true });
+    clusterViews.info(c.req.param('name'));
+    const maxAgeSeconds =
+      body.maxAge === undefined ? PREFLIGHT_MAX_AGE_SECONDS : parseAgeSeconds(body.maxAge);
+    if (maxAgeSeconds === undefined) {
+      throw new AppError('bad_request', `maxAge "${body.maxAge}" is not a duration such as 26h, 90m or 7d`);
+    }
+    if (body.backupNow) requireScopeOf(c.get('token')!, 'backups:write');
+    const report = await preflight.run(c.req.param('name'), {
+      maxAgeSeconds,
+      backupNow: body.backupNow === true,
+      waitMs: (body.waitSeconds ?? PREFLIGHT_WAIT_SECONDS) * 1000,
+      signal: c.req.raw.signal,
+    });
+    return c.json({ report });
   });
 
   return {

@@ -38,6 +38,8 @@ export interface Dumper {
   start(project: Project, options?: { causedBy?: string }): Promise<StartedBackup>;
   stop(): Promise<void>;
   readonly running: number;
+  /** Dumps running and waiting for one cluster's slots here (a dedicated project's is `dedicated:<slug>`). */
+  queueOf(cluster: string): { running: number; waiting: number };
 }
 
 /** The catalog files dump writes (and so the only ones whose temp files its recovery removes). */
@@ -285,6 +287,11 @@ export function createDumper(rt: Runtime): Dumper {
     },
 
     progress: (backupId) => progress.get(backupId),
+
+    queueOf(cluster) {
+      const limiter = limiters.get(cluster);
+      return { running: limiter?.active ?? 0, waiting: limiter?.waiting ?? 0 };
+    },
 
     async recover() {
       // First the pg_dumps a crashed predecessor left running: they would go on writing (and holding their

@@ -161,6 +161,28 @@ export const EVENT_DATA = {
     previous: z.string(),
     reason: z.string(),
   }),
+  'flux.cluster.placement_finding': z.looseObject({
+    code: z.string(),
+    cluster: z.string(),
+    /** `open` when the finding appeared, `cleared` when a later look no longer found it. */
+    state: z.enum(['open', 'cleared']),
+    project: z.string().optional(),
+    schema: z.string().optional(),
+    database: z.string().optional(),
+    message: z.string(),
+  }),
+  'flux.cluster.preflight_passed': z.looseObject({
+    cluster: z.string(),
+    tenants: z.number().int(),
+    report: z.unknown(),
+  }),
+  'flux.cluster.preflight_failed': z.looseObject({
+    cluster: z.string(),
+    /** `fail`: a problem was found; `unknown`: the preflight could not tell (never a pass). */
+    verdict: z.enum(['fail', 'unknown']),
+    problems: z.array(z.string()),
+    report: z.unknown(),
+  }),
 } as const;
 
 export type EventType = keyof typeof EVENT_DATA;
