@@ -210,6 +210,29 @@ const statusRanges = z
     return ranges;
   });
 
+/** Where a fault test can stop a process (FLUX_TEST_FAULT_POINTS; shared/kit/fault-points.ts). */
+export const FAULT_POINTS = ['dump.pg_dump_finished', 'dump.manifest_written'] as const;
+export type FaultPoint = (typeof FAULT_POINTS)[number];
+
+const faultPointList = z
+  .string()
+  .default('')
+  .transform((raw, ctx): FaultPoint[] => {
+    const names = raw
+      .split(',')
+      .map((s) => s.trim())
+      .filter(Boolean);
+    const unknown = names.find((n) => !(FAULT_POINTS as readonly string[]).includes(n));
+    if (unknown !== undefined) {
+      ctx.addIssue({
+        code: 'custom',
+        message: `unknown fault point ${JSON.stringify(unknown.slice(0, 64))}; known: ${FAULT_POINTS.join(', ')}`,
+      });
+      return z.NEVER;
+    }
+    return names as FaultPoint[];
+  });
+
 interface VarSpec {
   schema: z.ZodType;
   description: string;
@@ -333,6 +356,11 @@ export const VARS = {
   FLUX_LOG_LEVEL: {
     schema: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
     description: 'pino log level.',
+  },
+  FLUX_TEST_FAULT_POINTS: {
+    schema: faultPointList,
+    description:
+      'Test hook, empty in production: named points (comma-separated, e.g. `dump.manifest_written`) at which the process stops itself with SIGSTOP, so a fault test can kill it or its database exactly there.',
   },
   FLUX_SHUTDOWN_GRACE_MS: {
     schema: ms(30 * SECOND_MS, 0, HOUR_MS),
