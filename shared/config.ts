@@ -430,6 +430,11 @@ export const VARS = {
     schema: z.string().default('flux.backup.created'),
     description: 'Event types that trigger a verification (comma-separated; `none` = on demand only).',
   },
+  FLUX_VERIFY_RECONCILE_INTERVAL_MS: {
+    schema: ms(15 * MINUTE_MS, 100),
+    description:
+      'Verify reconcile scan period (also runs at start-up): every complete backup FLUX_VERIFY_ON says must be verified and that has no receipt is queued, into half of FLUX_VERIFY_QUEUE_MAX at most.',
+  },
   FLUX_VERIFY_REVERIFY_AFTER_MS: {
     schema: ms(0, 0, 366 * 24 * HOUR_MS),
     description:
