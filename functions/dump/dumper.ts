@@ -330,7 +330,10 @@ export function createDumper(rt: Runtime): Dumper {
         { cause, details: { ...cause.details, backupId, complete: true } },
       );
     }
-    await rm(catalog.paths(projectId, backupId).state, { force: true });
+    // Left behind, the mark only makes the next start send the same event (same id) once more.
+    await rm(catalog.paths(projectId, backupId).state, { force: true }).catch((error) =>
+      log.warn({ err: error, projectId, backupId }, 'could not remove the state file of a completed backup'),
+    );
   }
 
   return {
