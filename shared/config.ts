@@ -210,6 +210,29 @@ const statusRanges = z
     return ranges;
   });
 
+/** Where a fault test can stop a process (FLUX_TEST_FAULT_POINTS; shared/kit/fault-points.ts). */
+export const FAULT_POINTS = ['dump.pg_dump_finished', 'dump.manifest_written'] as const;
+export type FaultPoint = (typeof FAULT_POINTS)[number];
+
+const faultPointList = z
+  .string()
+  .default('')
+  .transform((raw, ctx): FaultPoint[] => {
+    const names = raw
+      .split(',')
+      .map((s) => s.trim())
+      .filter(Boolean);
+    const unknown = names.find((n) => !(FAULT_POINTS as readonly string[]).includes(n));
+    if (unknown !== undefined) {
+      ctx.addIssue({
+        code: 'custom',
+        message: `unknown fault point ${JSON.stringify(unknown.slice(0, 64))}; known: ${FAULT_POINTS.join(', ')}`,
+      });
+      return z.NEVER;
+    }
+    return names as FaultPoint[];
+  });
+
 interface VarSpec {
   schema: z.ZodType;
   description: string;
@@ -334,6 +357,11 @@ export const VARS = {
     schema: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
     description: 'pino log level.',
   },
+  FLUX_TEST_FAULT_POINTS: {
+    schema: faultPointList,
+    description:
+      'Test hook, empty in production: named points (comma-separated, e.g. `dump.manifest_written`) at which the process stops itself with SIGSTOP, so a fault test can kill it or its database exactly there.',
+  },
   FLUX_SHUTDOWN_GRACE_MS: {
     schema: ms(30 * SECOND_MS, 0, HOUR_MS),
     description: 'On SIGTERM, time for in-flight work before it is cancelled.',
@@ -429,6 +457,11 @@ export const VARS = {
   FLUX_VERIFY_ON: {
     schema: z.string().default('flux.backup.created'),
     description: 'Event types that trigger a verification (comma-separated; `none` = on demand only).',
+  },
+  FLUX_VERIFY_RECONCILE_INTERVAL_MS: {
+    schema: ms(15 * MINUTE_MS, 100),
+    description:
+      'Verify reconcile scan period (also runs at start-up): every complete backup FLUX_VERIFY_ON says must be verified and that has no receipt is queued, into half of FLUX_VERIFY_QUEUE_MAX at most.',
   },
   FLUX_VERIFY_REVERIFY_AFTER_MS: {
     schema: ms(0, 0, 366 * 24 * HOUR_MS),

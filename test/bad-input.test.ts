@@ -907,6 +907,16 @@ beforeAll(async () => {
     await aioServed.close();
     await all.stop();
   });
+  // The all-in-one's verify reconciles at start: the backup (no event told the suite's own verify about it)
+  // is verified once, and its event logged, before anything looks at the roots.
+  await eventually(async () => {
+    const res = await all.app.request(`/api/cli/v1/projects/${TENANT.hash}/backups/${backupId}/verify`, {
+      headers: ADMIN.header,
+    });
+    const body = (await res.json()) as { running: boolean; restoreVerificationStatus: string };
+    return !body.running && body.restoreVerificationStatus === 'restore_verified';
+  }, 120_000);
+  expect(await all.runtimes.verify.outbox.idle()).toBe(true);
 
   doors = [
     ...FUNCTION_NAMES.map((fn) => ({

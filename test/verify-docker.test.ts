@@ -94,6 +94,8 @@ async function verifyApp(
     FLUX_BACKUP_VERIFY_POSTGRES_IMAGE: IMAGE,
     FLUX_DOCKER_SOCKET: SOCKET,
     FLUX_VERIFY_MEMORY_MB: '512',
+    // On demand only: a start-up reconcile would verify the file's other backups in containers of its own.
+    FLUX_VERIFY_ON: 'none',
     ...extra,
   });
   const rt = testRuntime('verify', env, { projects, clusters });

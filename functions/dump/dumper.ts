@@ -1,6 +1,7 @@
 // Creating backups: one per project at a time, per-cluster concurrency with a bounded queue, a state
 // file while running, the snapshot-consistent dump streamed into the catalog, the manifest written last,
 // then retention and events. Crash leftovers are cleaned at start-up.
+import { createHash } from 'node:crypto';
 import { readdir, rm, stat } from 'node:fs/promises';
 import path from 'node:path';
 import { ensureDir } from '../../shared/atomic.js';
@@ -10,7 +11,9 @@ import { type CatalogFile, tempFileTarget } from '../../shared/catalog/layout.js
 import { signManifest } from '../../shared/catalog/manifest-auth.js';
 import type { Manifest } from '../../shared/catalog/records.js';
 import { AppError, fsWriteError, isAppError } from '../../shared/errors.js';
+import type { EventData } from '../../shared/events/envelope.js';
 import { createChildPids } from '../../shared/kit/child-pids.js';
+import { createFaultPoints } from '../../shared/kit/fault-points.js';
 import type { Runtime } from '../../shared/kit/runtime.js';
 import { createLimiter, type Limiter } from '../../shared/limiter.js';
 import { counter, DURATION_BUCKETS_S, gauge, histogram } from '../../shared/metrics.js';
@@ -42,6 +45,34 @@ export interface Dumper {
   queueOf(cluster: string): { running: number; waiting: number };
 }
 
+/**
+ * The id of a backup's one `flux.backup.created` event: the same every time it is sent (a crash between
+ * its enqueue and the state file's removal sends it again), so receivers dedupe it by webhook-id.
+ */
+export function createdEventIdOf(projectId: string, backupId: string): string {
+  const h = createHash('sha256').update(`flux.backup.created\n${projectId}/${backupId}`).digest('hex');
+  return `evt_${h.slice(0, 8)}-${h.slice(8, 12)}-${h.slice(12, 16)}-${h.slice(16, 20)}-${h.slice(20, 32)}`;
+}
+
+/** What `flux.backup.created` says about a backup: all of it read from its manifest. */
+export function createdDataOf(manifest: Manifest): EventData<'flux.backup.created'> {
+  return {
+    projectId: manifest.projectId,
+    projectHash: manifest.projectHash,
+    backupId: manifest.backupId,
+    kind: manifest.kind,
+    sizeBytes: manifest.sizeBytes,
+    sha256: manifest.sha256,
+    createdAt: manifest.createdAt,
+    completedAt: manifest.completedAt,
+    tables: manifest.tables.length,
+    rows: manifest.tables.reduce((n, t) => n + t.rows, 0),
+    sequences: manifest.sequences.length,
+    serverVersion: manifest.source.serverVersion,
+    slug: manifest.slug,
+  };
+}
+
 /** The catalog files dump writes (and so the only ones whose temp files its recovery removes). */
 const DUMP_WRITES: ReadonlySet<CatalogFile> = new Set(['dump', 'manifest', 'state']);
 
@@ -57,6 +88,7 @@ export function createDumper(rt: Runtime): Dumper {
     log,
   });
   let stopping = false;
+  const reachFault = createFaultPoints(config.FLUX_TEST_FAULT_POINTS, log);
 
   const outcomes = counter(metrics, 'flux_dump_backups_total', 'Backups by outcome', [
     'project',
@@ -129,6 +161,7 @@ export function createDumper(rt: Runtime): Dumper {
     const kind = project.engine === 'v2_shared' ? 'tenant_export' : 'project_db';
     const paths = catalog.paths(project.id, backupId);
     const started = performance.now();
+    let manifest: Manifest;
     try {
       const source = sourceOf(rt.registry, project, rt.env);
       const clusterKey = source.cluster?.name ?? `dedicated:${project.slug}`;
@@ -151,6 +184,7 @@ export function createDumper(rt: Runtime): Dumper {
           signal: controller.signal,
           target: paths.dump,
           children,
+          onPgDumpFinished: () => reachFault('dump.pg_dump_finished'),
           fsError: (error, file) => fsWriteError(error, file, 'writing the dump'),
           onProgress: (n) => {
             live.bytes = n;
@@ -201,53 +235,17 @@ export function createDumper(rt: Runtime): Dumper {
         ...(causedBy ? { causationId: causedBy } : {}),
       };
       // Tagged, so a copy edited where it is stored (offsite) is told apart from the one written here.
-      const manifest = signManifest(facts, config.FLUX_MANIFEST_SECRETS);
-      // The manifest is the last write: its arrival means "complete" to every reader.
+      manifest = signManifest(facts, config.FLUX_MANIFEST_SECRETS);
+      // The manifest is the last write: its arrival means "complete" to every reader. The state file
+      // stays until the created event is durable in the outbox: a crash in between leaves both, and the
+      // next start sends the event then (recover()).
       await catalog.writeManifest(manifest);
-      await rm(paths.state, { force: true });
-      const seconds = (performance.now() - started) / 1000;
-      durations.observe({ kind }, seconds);
-      bytes.inc({ kind }, manifest.sizeBytes);
-      outcomes.inc({ project: project.slug, kind, outcome: 'created', reason: 'ok' });
-      lastSuccess.set({ project: project.slug }, Date.parse(manifest.completedAt) / 1000);
-      log.info(
-        {
-          projectId: project.id,
-          backupId,
-          sizeBytes: manifest.sizeBytes,
-          seconds,
-          tables: manifest.tables.length,
-        },
-        'backup created',
-      );
-      await rt.emit('flux.backup.created', {
-        subject: `${project.id}/${backupId}`,
-        causedBy,
-        data: {
-          projectId: project.id,
-          projectHash: project.hash,
-          backupId,
-          kind,
-          sizeBytes: manifest.sizeBytes,
-          sha256: manifest.sha256,
-          createdAt: manifest.createdAt,
-          completedAt: manifest.completedAt,
-          tables: manifest.tables.length,
-          rows: manifest.tables.reduce((n, t) => n + t.rows, 0),
-          sequences: manifest.sequences.length,
-          serverVersion: manifest.source.serverVersion,
-          slug: project.slug,
-        },
-      });
-      await applyRetention(project, causedBy).catch((error) =>
-        log.error({ err: error, projectId: project.id }, 'retention failed'),
-      );
-      const entry = await catalog.get(project.id, backupId);
-      return { manifest, backup: catalog.toApi(entry!, { status: 'valid' }) };
     } catch (error) {
       const appError = isAppError(error)
         ? error
         : new AppError('internal', (error as Error).message, { cause: error });
+      // A manifest a failing write may have put in place names a dump that is removed here: both go.
+      await rm(paths.manifest, { force: true }).catch(() => undefined);
       await rm(paths.dump, { force: true }).catch(() => undefined);
       await catalog
         .writeState({
@@ -279,6 +277,65 @@ export function createDumper(rt: Runtime): Dumper {
       });
       throw appError;
     }
+    reachFault('dump.manifest_written');
+    const seconds = (performance.now() - started) / 1000;
+    durations.observe({ kind }, seconds);
+    bytes.inc({ kind }, manifest.sizeBytes);
+    outcomes.inc({ project: project.slug, kind, outcome: 'created', reason: 'ok' });
+    lastSuccess.set({ project: project.slug }, Date.parse(manifest.completedAt) / 1000);
+    log.info(
+      {
+        projectId: project.id,
+        backupId,
+        sizeBytes: manifest.sizeBytes,
+        seconds,
+        tables: manifest.tables.length,
+      },
+      'backup created',
+    );
+    // Complete on disk whatever happens next; a created event that cannot be made durable fails the
+    // request loudly (the state file keeps it owed until the next start) instead of being dropped.
+    await announceCreated(manifest, causedBy);
+    await applyRetention(project, causedBy).catch((error) =>
+      log.error({ err: error, projectId: project.id }, 'retention failed'),
+    );
+    const entry = await catalog.get(project.id, backupId);
+    return { manifest, backup: catalog.toApi(entry!, { status: 'valid' }) };
+  }
+
+  /**
+   * Makes `flux.backup.created` durable, then removes the backup's state file (the mark that the event is
+   * still owed). Its id is fixed per backup, so one sent again after a crash is the same event to receivers.
+   */
+  async function announceCreated(manifest: Manifest, causedBy: string | undefined): Promise<void> {
+    const { projectId, backupId } = manifest;
+    try {
+      await rt.emit('flux.backup.created', {
+        id: createdEventIdOf(projectId, backupId),
+        required: true,
+        subject: `${projectId}/${backupId}`,
+        causedBy,
+        data: createdDataOf(manifest),
+      });
+    } catch (error) {
+      const cause = isAppError(error)
+        ? error
+        : new AppError('internal', (error as Error).message, { cause: error });
+      log.error(
+        { projectId, backupId, code: cause.code, err: cause.message },
+        'backup complete, but its flux.backup.created event could not be made durable; it is sent at the next start',
+      );
+      throw new AppError(
+        cause.code,
+        `backup ${backupId} is complete, but receivers were not told: ${cause.message}. ` +
+          'The event is sent when dump next starts; the backup itself is kept.',
+        { cause, details: { ...cause.details, backupId, complete: true } },
+      );
+    }
+    // Left behind, the mark only makes the next start send the same event (same id) once more.
+    await rm(catalog.paths(projectId, backupId).state, { force: true }).catch((error) =>
+      log.warn({ err: error, projectId, backupId }, 'could not remove the state file of a completed backup'),
+    );
   }
 
   return {
@@ -306,6 +363,18 @@ export function createDumper(rt: Runtime): Dumper {
           if (target && DUMP_WRITES.has(target.file)) await rm(path.join(dir, name), { force: true });
         }
         for (const entry of await catalog.list(projectId)) {
+          if (entry.state?.status === 'running' && entry.manifest) {
+            // Complete, but the process died before its created event was durable: owed, sent now.
+            await announceCreated(entry.manifest, entry.manifest.causationId).then(
+              () =>
+                log.warn(
+                  { projectId, backupId: entry.backupId },
+                  'sent the created event of a backup completed just before a crash',
+                ),
+              () => undefined,
+            );
+            continue;
+          }
           if (entry.state?.status === 'running' && !entry.manifest) {
             await rm(entry.paths.dump, { force: true });
             const error =

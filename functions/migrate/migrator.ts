@@ -7,6 +7,7 @@ import path from 'node:path';
 import { ensureDir, writeJsonAtomic } from '../../shared/atomic.js';
 import { newBackupId } from '../../shared/catalog/ids.js';
 import { AppError, ERROR_TABLE, errnoOf, fsWriteError, isAppError } from '../../shared/errors.js';
+import { createChildPids } from '../../shared/kit/child-pids.js';
 import { requestBackup } from '../../shared/kit/peer.js';
 import type { Runtime } from '../../shared/kit/runtime.js';
 import { counter, DURATION_BUCKETS_S, gauge, histogram } from '../../shared/metrics.js';
@@ -146,6 +147,9 @@ export function createMigrator(rt: Runtime): Migrator {
   const baseDir = path.join(config.FLUX_STATE_DIR, 'migrate');
   const runsDir = path.join(baseDir, 'runs');
   const workDir = path.join(baseDir, 'work');
+  // pg_dump pids while they run (as dump records its own): one a kill -9 of this process left running is
+  // killed at the next start, before recovery removes its temp dump.
+  const children = createChildPids({ dir: path.join(config.FLUX_STATE_DIR, 'children', rt.name), log });
 
   const outcomes = counter(metrics, 'flux_migrate_runs_total', 'Migrations by outcome and phase', [
     'outcome',
@@ -555,6 +559,7 @@ export function createMigrator(rt: Runtime): Migrator {
         signal: controller.signal,
         applicationName: dumpAppName,
         target: dumpTarget,
+        children,
         fsError: (error, file) =>
           stateDirError(error, file, 'writing the migration dump under FLUX_STATE_DIR'),
       });
@@ -816,7 +821,9 @@ export function createMigrator(rt: Runtime): Migrator {
     },
 
     async recover() {
-      // Temp dumps of runs a crash interrupted; no run of this process exists yet.
+      // First the pg_dumps a crashed predecessor left running (they would go on holding their snapshot on
+      // the shared cluster), then the temp dumps of runs a crash interrupted; no run of this process exists yet.
+      await children.reap();
       await rm(workDir, { recursive: true, force: true }).catch(() => undefined);
       let names: string[];
       try {

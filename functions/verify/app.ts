@@ -11,6 +11,7 @@ import { createKit, type EventHandler, readJson } from '../../shared/kit/app.js'
 import { dirWritableCheck } from '../../shared/kit/readiness.js';
 import type { FunctionApp, Runtime } from '../../shared/kit/runtime.js';
 import { requireProjectByHash } from '../../shared/registry.js';
+import { createVerifyReconcile } from './reconcile.js';
 import { createReverifySchedule } from './schedule.js';
 import { createVerifier, VERIFY_SOURCES, type VerifierOptions, type VerifySource } from './verifier.js';
 
@@ -156,6 +157,16 @@ export function createApp(rt: Runtime, options: VerifierOptions = {}): FunctionA
     source: config.FLUX_VERIFY_REVERIFY_SOURCE,
   });
 
+  const reconcile = createVerifyReconcile({
+    catalog,
+    verifier,
+    triggers,
+    queueMax: config.FLUX_VERIFY_QUEUE_MAX,
+    intervalMs: config.FLUX_VERIFY_RECONCILE_INTERVAL_MS,
+    log: rt.log,
+    metrics: rt.metrics,
+  });
+
   return {
     name: 'verify',
     app,
@@ -165,8 +176,10 @@ export function createApp(rt: Runtime, options: VerifierOptions = {}): FunctionA
       await verifier.startReaper();
       await rt.outbox.start();
       schedule.start();
+      reconcile.start();
     },
     async stop() {
+      reconcile.stop();
       schedule.stop();
       await verifier.stop();
       await rt.outbox.stop();

@@ -227,6 +227,8 @@ export interface NewEvent<T extends EventType> {
   data: EventData<T>;
   causedBy?: string;
   now?: Date;
+  /** A fixed id for an event that must be the same event when sent again (default: a new one). */
+  id?: string;
 }
 
 /** Builds a CloudEvent and validates its data against the type's schema (a bad event is a bug). */
@@ -234,7 +236,7 @@ export function createEvent<T extends EventType>(input: NewEvent<T>): CloudEvent
   const data = EVENT_DATA[input.type].parse(input.data) as EventData<T>;
   return {
     specversion: '1.0',
-    id: `evt_${randomUUID()}`,
+    id: input.id ?? `evt_${randomUUID()}`,
     source: input.source,
     type: input.type,
     ...(input.subject ? { subject: input.subject } : {}),

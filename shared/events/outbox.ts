@@ -7,7 +7,7 @@ import { readdir, readFile, rm } from 'node:fs/promises';
 import path from 'node:path';
 import { ensureDir, fsyncDir, writeJsonAtomic } from '../atomic.js';
 import { type EventSink, redactUrl } from '../config.js';
-import { errnoOf } from '../errors.js';
+import { AppError, errnoOf, isAppError, RUN_AS_UID } from '../errors.js';
 import type { Logger } from '../log.js';
 import { counter, Gauge, gauge, metric, type Registry } from '../metrics.js';
 import { CLOUDEVENTS_CONTENT_TYPE, type CloudEvent, typeMatches } from './envelope.js';
@@ -91,6 +91,32 @@ export const MAX_RETRY_AFTER_MS = 24 * 60 * 60 * 1000;
  * is not yet taken, so it is retried. Any other 409 means the receiver already has it: delivered.
  */
 export const IN_PROGRESS_CODE = 'conflict';
+
+/** Why an event could not be made durable, in FLUX_STATE_DIR's words (the outbox lives there). */
+export function outboxWriteError(error: unknown, dir: string, event: CloudEvent): AppError {
+  if (isAppError(error)) return error;
+  const errno = errnoOf(error);
+  const what = `event ${event.type} (${event.id}) could not be written to the outbox in ${dir}`;
+  const details = { eventId: event.id, type: event.type, ...(errno ? { errno } : {}) };
+  if (errno === 'ENOSPC' || errno === 'EDQUOT') {
+    return new AppError(
+      'disk_full',
+      `${what}: no space left on FLUX_STATE_DIR's filesystem; free space there (the event log and dead letters are bounded, other files are not), then retry`,
+      { cause: error, details },
+    );
+  }
+  if (errno === 'EACCES' || errno === 'EPERM' || errno === 'EROFS' || errno === 'ENOTDIR') {
+    return new AppError(
+      'dir_not_writable',
+      `${what} (${errno}): FLUX_STATE_DIR must be writable by this process (uid ${process.getuid?.()}; the image runs as uid ${RUN_AS_UID}); remount it read-write or chown it to uid ${RUN_AS_UID}, then retry`,
+      { cause: error, details },
+    );
+  }
+  return new AppError('internal', `${what}: ${(error as Error)?.message ?? String(error)}`, {
+    cause: error,
+    details,
+  });
+}
 
 export function sinkRefOf(sink: { url: string; name?: string | undefined }): SinkRef {
   return {
@@ -436,13 +462,30 @@ export function createOutbox(options: OutboxOptions): Outbox {
       // Counted from the first moment: an event being logged and persisted is not idle yet.
       enqueuing += 1;
       try {
-        if (options.eventLog) await options.eventLog.append(event);
-        else {
+        // The deliveries first: they are what must not be lost. A directory that cannot take them fails
+        // the caller with the reason (never a silent drop); one that takes them but not the event log
+        // only costs `events tail` this event.
+        let count: number;
+        try {
+          count = await deliver(event);
+        } catch (error) {
+          throw outboxWriteError(error, pendingDir, event);
+        }
+        if (options.eventLog) {
+          await options.eventLog
+            .append(event)
+            .catch((error) =>
+              options.log.error(
+                { err: error, eventId: event.id, type: event.type },
+                'event log: could not record an event (it is delivered, but `events tail` will not show it)',
+              ),
+            );
+        } else {
           recentEvents.push(event);
           if (recentEvents.length > RECENT_EVENTS)
             recentEvents.splice(0, recentEvents.length - RECENT_EVENTS);
         }
-        return await deliver(event);
+        return count;
       } finally {
         enqueuing -= 1;
         schedule();

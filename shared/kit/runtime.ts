@@ -17,6 +17,13 @@ export interface EmitInput<T extends EventType> {
   subject?: string;
   data: EventData<T>;
   causedBy?: string | undefined;
+  /** A fixed event id (the same event when a restart sends it again; receivers dedupe webhook-id). */
+  id?: string;
+  /**
+   * The caller cannot let the event be lost: an outbox that cannot persist it throws (FLUX_STATE_DIR full
+   * or read-only) instead of logging and going on.
+   */
+  required?: boolean;
 }
 
 export type Emit = <T extends EventType>(type: T, input: EmitInput<T>) => Promise<CloudEvent<T>>;
@@ -116,11 +123,13 @@ export function createRuntime(
       data: input.data,
       subject: input.subject,
       causedBy: input.causedBy,
+      ...(input.id ? { id: input.id } : {}),
     });
     emitted.inc({ type });
     try {
       await outbox.enqueue(event);
     } catch (error) {
+      if (input.required) throw error;
       // The catalog on disk stays the truth (reconcile scans find the work); losing a notification is logged loudly.
       log.error({ err: error, eventId: event.id, type }, 'could not persist event to the outbox');
     }

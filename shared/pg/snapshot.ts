@@ -221,6 +221,8 @@ export interface SnapshotDumpOptions {
   onProgress?: (bytes: number) => void;
   /** Where pg_dump's pid is recorded while it runs, so a restart after a kill -9 of this process reaps it. */
   children?: ChildPids;
+  /** Called once pg_dump exited 0, before anything else (a fault point: the server may die right here). */
+  onPgDumpFinished?: () => void | Promise<void>;
 }
 
 export interface SnapshotDumpResult {
@@ -307,6 +309,8 @@ export async function runSnapshotDump(options: SnapshotDumpOptions): Promise<Sna
     throw pgError(error, `connecting to ${target.host}:${target.port}/${target.database}`);
   }
   let backendPid: number | undefined;
+  // The temp archive from its creation on, until it is handed to the caller: every failure removes it.
+  let tmp: string | undefined;
   let file: PendingFile | undefined;
   try {
     if (options.admission) await takeDumpSlot(client, options.admission, options.timeoutMs, options.signal);
@@ -342,13 +346,13 @@ export async function runSnapshotDump(options: SnapshotDumpOptions): Promise<Sna
       options.lockWaitTimeoutMs,
       options.includeAcl,
     );
-    let tmp: string;
     try {
       tmp = await createTempFileFor(options.target);
     } catch (error) {
       throw options.fsError(error, options.target);
     }
-    const child = execa(tool.path, [...flags, `--snapshot=${snapshotId}`, `--file=${tmp}`], {
+    const archive = tmp;
+    const child = execa(tool.path, [...flags, `--snapshot=${snapshotId}`, `--file=${archive}`], {
       env: { ...libpqEnv(target, appName), PATH: options.pathEnv ?? '' },
       extendEnv: false,
       stdin: 'ignore',
@@ -363,7 +367,7 @@ export async function runSnapshotDump(options: SnapshotDumpOptions): Promise<Sna
     if (childPid !== undefined) await options.children?.record(childPid, 'pg_dump');
     const progress = options.onProgress
       ? setInterval(() => {
-          stat(tmp).then(
+          stat(archive).then(
             (s) => options.onProgress?.(s.size),
             () => undefined,
           );
@@ -379,7 +383,6 @@ export async function runSnapshotDump(options: SnapshotDumpOptions): Promise<Sna
     const result = await child.finally(() => clearInterval(progress));
     if (childPid !== undefined) await options.children?.forget(childPid);
     if (result.failed) {
-      await rm(tmp, { force: true });
       if (result.isCanceled)
         throw new AppError('shutting_down', 'the dump was cancelled; its partial file was removed');
       if (result.timedOut) {
@@ -403,10 +406,10 @@ export async function runSnapshotDump(options: SnapshotDumpOptions): Promise<Sna
         { details: { exitCode: result.exitCode ?? null, signal: result.signal ?? null } },
       );
     }
+    await options.onPgDumpFinished?.();
     try {
-      file = await adoptPendingFile(options.target, tmp, options.signal);
+      file = await adoptPendingFile(options.target, archive, options.signal);
     } catch (error) {
-      await rm(tmp, { force: true });
       throw options.fsError(error, options.target);
     }
     const counts = await countsPromise;
@@ -425,6 +428,8 @@ export async function runSnapshotDump(options: SnapshotDumpOptions): Promise<Sna
       });
     }
     await client.query('COMMIT');
+    // Handed over: from here the caller commits or discards it.
+    tmp = undefined;
     return {
       file,
       facts: {
@@ -444,9 +449,12 @@ export async function runSnapshotDump(options: SnapshotDumpOptions): Promise<Sna
       seconds: { total: (performance.now() - started) / 1000, counts: counts.seconds },
     };
   } catch (error) {
-    // Every failure after pg_dump finished (counts, sequences, a server gone before COMMIT) removes the
-    // archive: the caller only commits what is returned.
-    await file?.discard();
+    // Every failure once the temp archive exists (pg_dump failing, the counts, the sequences, a server
+    // gone before COMMIT) removes it: the caller only commits what is returned.
+    if (tmp !== undefined) {
+      await file?.discard().catch(() => undefined);
+      await rm(tmp, { force: true }).catch(() => undefined);
+    }
     // A query still counting in this transaction would hold the ROLLBACK (and the caller) until it ends.
     if (backendPid !== undefined) await cancelBackend(target, appName, backendPid);
     await client.query('ROLLBACK').catch(() => undefined);

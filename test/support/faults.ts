@@ -28,7 +28,7 @@ const sleep = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve,
 // Functions as real processes
 
 export interface FnProcess {
-  name: FunctionName;
+  name: FunctionName | 'all';
   pid: number;
   port: number;
   url: string;
@@ -47,18 +47,20 @@ const OUTPUT_MAX_CHARS = 4 * 1024 * 1024;
 const started = new Set<ChildProcess>();
 
 /**
- * Starts `functions/<name>/main.ts` on a free port with `env` and waits until /healthz answers; `as` runs
- * it as another OS user (uid and primary gid, no supplementary groups), as the image runs it as uid 1001.
+ * Starts `functions/<name>/main.ts` (`all`: the all-in-one process, on FLUX_PORT) on a free port with
+ * `env` and waits until /healthz answers; `as` runs it as another OS user (uid and primary gid, no
+ * supplementary groups), as the image runs it as uid 1001.
  */
 export async function startFunction(
-  name: FunctionName,
+  name: FunctionName | 'all',
   env: NodeJS.ProcessEnv,
   options: { as?: { uid: number; gid: number } } = {},
 ): Promise<FnProcess> {
   const port = await freePort();
+  const portVariable = name === 'all' ? 'FLUX_PORT' : `FLUX_${name.toUpperCase()}_PORT`;
   const child = spawn(process.execPath, ['--import', 'tsx', path.join('functions', name, 'main.ts')], {
     cwd: ROOT,
-    env: { ...env, FLUX_HOST: '127.0.0.1', [`FLUX_${name.toUpperCase()}_PORT`]: String(port) },
+    env: { ...env, FLUX_HOST: '127.0.0.1', [portVariable]: String(port) },
     stdio: ['ignore', 'pipe', 'pipe'],
     ...(options.as ? { uid: options.as.uid, gid: options.as.gid } : {}),
   });
@@ -180,6 +182,23 @@ export function processesWith(needle: string): ProcInfo[] {
 export function isAlive(pid: number): boolean {
   const info = readProc(pid);
   return info !== undefined && info.state !== 'Z' && info.state !== 'X';
+}
+
+/**
+ * Waits until `pid` stopped itself at a fault point (FLUX_TEST_FAULT_POINTS: it sends itself SIGSTOP, so
+ * its state is T); throws when it exits first or does not get there in time.
+ */
+export async function stoppedAtFaultPoint(proc: FnProcess, timeoutMs = 120_000): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const state = readProc(proc.pid)?.state;
+    if (state === 'T' || state === 't') return;
+    if (state === undefined || state === 'Z' || state === 'X')
+      throw new Error(`${proc.name} exited before its fault point:\n${proc.output().slice(-4000)}`);
+    if (Date.now() > deadline)
+      throw new Error(`${proc.name} did not reach its fault point in time:\n${proc.output().slice(-4000)}`);
+    await sleep(10);
+  }
 }
 
 async function waitStopped(pid: number): Promise<void> {
