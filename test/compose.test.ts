@@ -283,7 +283,7 @@ describeCompose('compose.yml', () => {
     expect(flux(Object.keys(imageEnv)).filter((n) => !(n in VARS))).toEqual([]);
   });
 
-  it('gives every process a valid config that runs itself, as uid 1001, checked on /readyz', () => {
+  it('gives every process a valid config that runs itself, as uid 1001, checked for liveness', () => {
     for (const name of [...FUNCTION_NAMES, 'router'] as const) {
       const s = model.services[name]!;
       expect(configs[name].FLUX_FUNCTION, name).toBe(name);

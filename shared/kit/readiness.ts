@@ -27,12 +27,25 @@ export interface ReadyCheck {
   run(): Promise<CheckOutcome>;
 }
 
+/**
+ * A finding reported beside the checks that does not make the process unready: a feature that is not in
+ * use (probe with no gateway and nothing to probe). Shaped as the registry's warnings are.
+ */
+export function warningOutcome(
+  warning: string,
+  detail: string,
+  facts: Record<string, unknown> = {},
+): CheckOutcome {
+  return { ok: false, optional: true, warning, detail, ...facts };
+}
+
 export async function runChecks(
   checks: readonly ReadyCheck[],
 ): Promise<{ ok: boolean; checks: CheckResult[] }> {
   const results = await Promise.all(
     checks.map(async (check): Promise<CheckResult> => {
       try {
+        // An outcome may make itself optional (warningOutcome): a check of a feature not in use.
         const r = await check.run();
         return { name: check.name, ...(check.optional ? { optional: true } : {}), ...r };
       } catch (error) {
