@@ -5,6 +5,7 @@
 import { readdir, readFile } from 'node:fs/promises';
 import { createServer, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
+import { createServer as createTcpServer } from 'node:net';
 import path from 'node:path';
 import { execa, type ResultPromise } from 'execa';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -185,5 +186,48 @@ describe('the CLI pointed at the wrong place', () => {
     );
     const flag = await cli(['backup', 'status', '--api-base', '127.0.0.1:9'], { FLUX_API_TOKEN: 't' });
     expect(flag.stderr).toMatch(/^flux-ops: --api-base=127\.0\.0\.1:9 has no scheme: add http:\/\//);
+  });
+});
+
+describe('a second process on a port in use', () => {
+  it('says so in one line on stderr, before it logs, builds or shows a token', async () => {
+    const blocker = createTcpServer();
+    await new Promise<void>((resolve) => blocker.listen(0, '127.0.0.1', resolve));
+    const port = (blocker.address() as AddressInfo).port;
+    try {
+      const base = path.join(testEnv.root, 'port-taken');
+      const env = {
+        ...testEnv.env,
+        FLUX_HOST: '127.0.0.1',
+        FLUX_STATE_DIR: path.join(base, 'state'),
+        FLUX_BACKUPS_LOCAL_DIR: path.join(base, 'backups'),
+        FLUX_BACKUPS_OFFSITE_DIR: path.join(base, 'offsite'),
+      };
+      for (const [main, variable] of [
+        ['functions/all/main.ts', 'FLUX_PORT'],
+        ['functions/dump/main.ts', 'FLUX_DUMP_PORT'],
+      ] as const) {
+        const r = await execa(process.execPath, ['--import', 'tsx', main], {
+          cwd: ROOT,
+          env: { ...env, [variable]: String(port) },
+          extendEnv: false,
+          reject: false,
+          stdin: 'ignore',
+        });
+        expect(r.exitCode, main).toBe(EXIT.tempFail);
+        expect(String(r.stderr), main).toMatch(
+          new RegExp(
+            `^flux-ops (all|dump): port ${port} on 127\\.0\\.0\\.1 is already in use \\(is this function already running\\?\\): stop that process, or set ${variable} to a free port$`,
+          ),
+        );
+        // Not a log line before it (no "starting" with the whole config, no function's notes).
+        expect(String(r.stdout), main).toBe('');
+      }
+      // Nothing but the owner locks' directories (taken first, released on the way out).
+      expect((await readdir(path.join(base, 'state'), { recursive: true })).sort()).toEqual(['owners']);
+      expect(await readdir(path.join(base, 'backups'))).toEqual([]);
+    } finally {
+      await new Promise((resolve) => blocker.close(resolve));
+    }
   });
 });

@@ -4,8 +4,9 @@ import { FUNCTION_NAMES } from '../../shared/config.js';
 import { acquireOwnerLocks } from '../../shared/kit/owner-lock.js';
 import { exitWithStartupError, loadConfigOrExit, serveProcess } from '../../shared/kit/serve.js';
 import { createLogger } from '../../shared/log.js';
+import { createFileRegistry, type ReloadableRegistry } from '../../shared/registry.js';
 import { STATUS_PATH } from '../status/page.js';
-import { createAllInOne } from './app.js';
+import { type AllInOne, createAllInOne } from './app.js';
 import { devTokenFor, devTokenNotice, loopbackBase, NO_TOKENS_WARNING } from './dev-token.js';
 
 const loaded = loadConfigOrExit(process.env, { profile: 'embedded' });
@@ -21,11 +22,18 @@ if (!dev && loaded.FLUX_API_TOKENS.length === 0) log.warn(NO_TOKENS_WARNING);
 await acquireOwnerLocks(config, FUNCTION_NAMES, { log }).catch((error: unknown) =>
   exitWithStartupError('all', error),
 );
-const all = createAllInOne(config, process.env, { log });
-all.setBaseUrl(`http://127.0.0.1:${config.FLUX_PORT}`);
+// The registry is read now (a bad file stops start-up here); the functions are built once the port is
+// bound, so a port in use stops the process before any of them logs or touches a directory.
+let registry: ReloadableRegistry;
+try {
+  registry = createFileRegistry(config.FLUX_PROJECTS_FILE, { log });
+} catch (error) {
+  exitWithStartupError('all', error);
+}
+let all: AllInOne | undefined;
 await serveProcess({
   name: 'all',
-  fetch: all.app.fetch,
+  fetch: (request) => all!.app.fetch(request),
   port: config.FLUX_PORT,
   portVariable: 'FLUX_PORT',
   host: config.FLUX_HOST,
@@ -33,6 +41,8 @@ await serveProcess({
   config,
   graceMs: config.FLUX_SHUTDOWN_GRACE_MS,
   start: async () => {
+    all = createAllInOne(config, process.env, { log, registry });
+    all.setBaseUrl(`http://127.0.0.1:${config.FLUX_PORT}`);
     await all.start();
     // Only once the port is ours and start-up is done: a process that exits early shows no token.
     if (dev)
@@ -40,6 +50,8 @@ await serveProcess({
         devTokenNotice(dev.token, loopbackBase(config.FLUX_HOST, config.FLUX_PORT), STATUS_PATH),
       );
   },
-  stop: all.stop,
-  registry: all.registry,
+  stop: async () => {
+    await all?.stop();
+  },
+  registry,
 });
