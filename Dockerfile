@@ -9,7 +9,9 @@
 # major's server binaries (initdb, postgres) let verify fall back to a local throwaway cluster when it
 # has no Docker engine.
 
-ARG NODE_IMAGE=node:20-bookworm-slim
+# Node 22 (an LTS line), pinned by digest so a rebuild gets the same base; bump tag and digest together
+# (docker buildx imagetools inspect node:22-bookworm-slim). Tests run the code on Node 20 as well.
+ARG NODE_IMAGE=node:22-bookworm-slim@sha256:f32b81066cde10a75dbac96646099533316d94bac4150c55da1636e1f0ffdc46
 
 # ---- build: compile the TypeScript (dev dependencies live only in this stage)
 FROM ${NODE_IMAGE} AS build
@@ -75,6 +77,8 @@ COPY --from=deps /app/node_modules ./node_modules
 COPY --from=build /app/dist ./dist
 COPY package.json ./
 COPY bin ./bin
+# The CLI on PATH: `docker compose exec router flux-ops backup status` (it runs the built dist/).
+RUN ln -s /app/bin/flux-ops.mjs /usr/local/bin/flux-ops && flux-ops --version
 
 USER 1001:1001
 EXPOSE 8080 8081 8082 8083 8084 8085

@@ -5,7 +5,14 @@ import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { type Config, loadConfig } from '../shared/config.js';
 import { RUN_AS_UID } from '../shared/errors.js';
-import { dirFindings, findingsOfReadyz, renderFindings, secretFindings, tlsFindings } from './doctor.js';
+import {
+  chooseProfile,
+  dirFindings,
+  findingsOfReadyz,
+  renderFindings,
+  secretFindings,
+  tlsFindings,
+} from './doctor.js';
 
 let root: string;
 const TOKEN = 'fxo_doctor_test_token';
@@ -113,12 +120,16 @@ describe('secretFindings', () => {
       ['FLUX_API_TOKENS', 'fail'],
       ['FLUX_WEBHOOK_SECRETS', 'fail'],
     ]);
-    // The all-in-one signs its loopback events itself: no secret is fine there.
+    // The all-in-one signs its loopback events itself, and on loopback makes a dev token: fine there.
     expect(secretFindings(config({}, 'embedded'), undefined).map((f) => f.status)).toEqual([
-      'fail',
+      'ok',
       'ok',
       'warn',
     ]);
+    // Not on a wildcard bind: no dev token is made there.
+    expect(
+      secretFindings(config({ FLUX_HOST: '0.0.0.0' }, 'embedded'), undefined).map((f) => f.status),
+    ).toEqual(['fail', 'ok', 'warn']);
   });
 });
 
@@ -148,5 +159,30 @@ describe('findingsOfReadyz and renderFindings', () => {
       '  1. dump tool:pg_dump: pg_dump not found on PATH of this process: install postgresql-client',
     ]);
     expect(renderFindings(findings.slice(2)).endsWith('all good')).toBe(true);
+  });
+});
+
+describe('chooseProfile', () => {
+  const none = () => false;
+  it("takes --embedded, and npm start's ./.flux-data when no data variable is set", () => {
+    expect(chooseProfile(true, {}, '/w', none).profile).toBe('embedded');
+    const beside = chooseProfile(false, {}, '/w', (p) => p === '/w/.flux-data');
+    expect(beside).toEqual({
+      profile: 'embedded',
+      why: 'found ./.flux-data, as npm start makes it; --embedded says so explicitly',
+    });
+  });
+
+  it('keeps production when a data variable is set, and says to add --embedded when its dirs are absent', () => {
+    const set = chooseProfile(false, { FLUX_STATE_DIR: '/data/state' }, '/w', () => true);
+    expect(set.profile).toBe('production');
+    const absent = chooseProfile(false, {}, '/w', none);
+    expect(absent.profile).toBe('production');
+    expect(absent.why).toBe(
+      "/srv/flux/state does not exist here; for npm start's data (./.flux-data), run flux-ops doctor --embedded",
+    );
+    expect(chooseProfile(false, {}, '/w', (p) => p === '/srv/flux/state').why).toBe(
+      'the image and compose defaults',
+    );
   });
 });

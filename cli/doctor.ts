@@ -3,7 +3,10 @@
 // TLS trust source, tokens and webhook secrets (counts only). Says what to fix; exit 0 or 69.
 // `--remote` asks a running deployment's /<fn>/readyz instead.
 import { createHash } from 'node:crypto';
+import { existsSync } from 'node:fs';
 import { readFile, stat } from 'node:fs/promises';
+import path from 'node:path';
+import { isLoopbackHost } from '../functions/all/dev-token.js';
 import { type Config, FUNCTION_NAMES, type FunctionName, loadConfig } from '../shared/config.js';
 import { EXIT, errnoOf, isAppError, RUN_AS_UID } from '../shared/errors.js';
 import type { FunctionApp, Runtime } from '../shared/kit/runtime.js';
@@ -68,9 +71,11 @@ async function preflight(
   env: NodeJS.ProcessEnv,
   registry: ProjectRegistry,
 ): Promise<Finding[]> {
-  let createApp: ((rt: Runtime) => FunctionApp) | undefined;
+  let createApp: ((rt: Runtime, options?: Record<string, unknown>) => FunctionApp) | undefined;
   try {
-    const mod = (await import(`../functions/${name}/app.js`)) as { createApp?: (rt: Runtime) => FunctionApp };
+    const mod = (await import(`../functions/${name}/app.js`)) as {
+      createApp?: (rt: Runtime, options?: Record<string, unknown>) => FunctionApp;
+    };
     createApp = mod.createApp;
   } catch (error) {
     return [
@@ -93,7 +98,8 @@ async function preflight(
       metrics: createRegistry({ defaultMetrics: false }),
       registry,
     });
-    const fn = createApp(rt);
+    // Doctor only looks: verify keeps no spare sandbox started (it would initdb under FLUX_VERIFY_LOCAL_DIR).
+    const fn = createApp(rt, name === 'verify' ? { spare: false } : undefined);
     const res = await withTimeout(
       Promise.resolve(fn.app.request('/readyz')),
       READYZ_TIMEOUT_MS,
@@ -222,14 +228,22 @@ export function secretFindings(config: Config, cliToken: string | undefined): Fi
           status: 'ok',
           detail: `${tokens.length} token${tokens.length === 1 ? '' : 's'} configured`,
         }
-      : {
-          area: 'secrets',
-          name: 'FLUX_API_TOKENS',
-          status: 'fail',
-          detail:
-            'no tokens: every CLI route answers 401. Add id:<sha256 hex of the token>:scope+scope, e.g. ' +
-            'ops:$(printf %s "$TOKEN" | sha256sum | cut -d" " -f1):admin',
-        },
+      : config.profile === 'embedded' && isLoopbackHost(config.FLUX_HOST)
+        ? {
+            area: 'secrets',
+            name: 'FLUX_API_TOKENS',
+            status: 'ok',
+            detail:
+              'none: npm start on loopback makes a dev token (admin) for each run and prints its export FLUX_API_TOKEN=… line',
+          }
+        : {
+            area: 'secrets',
+            name: 'FLUX_API_TOKENS',
+            status: 'fail',
+            detail:
+              'no tokens: every CLI route answers 401. Add id:<sha256 hex of the token>:scope+scope, e.g. ' +
+              'ops:$(printf %s "$TOKEN" | sha256sum | cut -d" " -f1):admin',
+          },
   );
   const secrets = config.FLUX_WEBHOOK_SECRETS;
   if (secrets.length > 0) {
@@ -301,9 +315,49 @@ export function renderFindings(findings: readonly Finding[]): string {
   return lines.join('\n');
 }
 
+/** The variables whose production defaults are /srv/flux/… (set any of them and the profile is yours). */
+const DATA_VARS = [
+  'FLUX_STATE_DIR',
+  'FLUX_BACKUPS_LOCAL_DIR',
+  'FLUX_BACKUPS_OFFSITE_DIR',
+  'FLUX_PROJECTS_FILE',
+] as const;
+
+export interface ProfileChoice {
+  profile: 'production' | 'embedded';
+  /** Why, for the profile finding. */
+  why: string;
+}
+
+/**
+ * --embedded, or npm start's data beside us (./.flux-data, no data variable set): the all-in-one's
+ * defaults; otherwise production's, with a hint when its directories are absent here.
+ */
+export function chooseProfile(
+  embeddedFlag: boolean,
+  env: NodeJS.ProcessEnv,
+  cwd: string,
+  exists: (p: string) => boolean,
+): ProfileChoice {
+  if (embeddedFlag) return { profile: 'embedded', why: '--embedded' };
+  const unset = DATA_VARS.every((v) => !env[v]?.trim());
+  if (unset && exists(path.join(cwd, '.flux-data')))
+    return {
+      profile: 'embedded',
+      why: 'found ./.flux-data, as npm start makes it; --embedded says so explicitly',
+    };
+  const production = loadConfig({}).FLUX_STATE_DIR;
+  if (unset && !exists(production))
+    return {
+      profile: 'production',
+      why: `${production} does not exist here; for npm start's data (./.flux-data), run flux-ops doctor --embedded`,
+    };
+  return { profile: 'production', why: 'the image and compose defaults' };
+}
+
 async function localFindings(ctx: Context): Promise<Finding[]> {
   const env = ctx.env;
-  const profile = bool(ctx.values, 'embedded') ? 'embedded' : 'production';
+  const { profile, why } = chooseProfile(bool(ctx.values, 'embedded'), env, process.cwd(), existsSync);
   const findings: Finding[] = [];
   let config: Config;
   try {
@@ -312,6 +366,7 @@ async function localFindings(ctx: Context): Promise<Finding[]> {
     const problems = (isAppError(error)
       ? (error.details?.problems as Array<{ variable: string; message: string }>)
       : undefined) ?? [{ variable: 'config', message: (error as Error).message }];
+    findings.push({ area: 'config', name: 'profile', status: 'ok', detail: `${profile} (${why})` });
     for (const p of problems)
       findings.push({ area: 'config', name: p.variable, status: 'fail', detail: p.message });
     // Without a config no function can be built; what does not need it is still checked.
@@ -326,7 +381,7 @@ async function localFindings(ctx: Context): Promise<Finding[]> {
       area: 'config',
       name: 'profile',
       status: 'ok',
-      detail: `${profile}; FLUX_PROJECTS_FILE ${config.FLUX_PROJECTS_FILE}: ${n} project${n === 1 ? '' : 's'}`,
+      detail: `${profile} (${why}); FLUX_PROJECTS_FILE ${config.FLUX_PROJECTS_FILE}: ${n} project${n === 1 ? '' : 's'}`,
     });
     if (n === 0) {
       findings.push({

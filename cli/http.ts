@@ -76,20 +76,22 @@ export function resolveEndpoint(
   const fromEnv = env.FLUX_API_BASE?.trim();
   const raw = flags.apiBase?.trim() || fromEnv || DEFAULT_API_BASE;
   const baseSource = flags.apiBase?.trim() ? 'flag' : fromEnv ? 'env' : 'default';
+  const variable = baseSource === 'flag' ? '--api-base' : 'FLUX_API_BASE';
+  // host:port without a scheme parses as a URL whose "scheme" is the host (localhost:8080 → localhost:).
+  if (/^[\w.-]+:\d+(\/.*)?$/.test(raw) || /^\[[0-9a-f:.]+\]:\d+(\/.*)?$/i.test(raw)) {
+    throw new AppError(
+      'bad_request',
+      `${variable}=${raw} has no scheme: add http:// (${variable}=http://${raw}), or https:// behind TLS`,
+    );
+  }
   let url: URL;
   try {
     url = new URL(raw);
   } catch {
-    throw new AppError(
-      'bad_request',
-      `${baseSource === 'flag' ? '--api-base' : 'FLUX_API_BASE'} is not a URL; use e.g. ${DEFAULT_API_BASE}`,
-    );
+    throw new AppError('bad_request', `${variable} is not a URL; use e.g. ${DEFAULT_API_BASE}`);
   }
   if (url.protocol !== 'http:' && url.protocol !== 'https:') {
-    throw new AppError(
-      'bad_request',
-      `${baseSource === 'flag' ? '--api-base' : 'FLUX_API_BASE'} must be http:// or https:// (got ${url.protocol})`,
-    );
+    throw new AppError('bad_request', `${variable} must be http:// or https:// (got ${url.protocol})`);
   }
   const token = flags.token?.trim() || env.FLUX_API_TOKEN?.trim() || undefined;
   return { base: url.toString().replace(/\/+$/, ''), baseSource, token };
@@ -121,22 +123,6 @@ export function networkError(endpoint: Endpoint, error: unknown): AppError {
   );
 }
 
-const STATUS_CODES: Record<number, string> = {
-  400: 'bad_request',
-  401: 'unauthorized',
-  403: 'forbidden',
-  404: 'not_found',
-  409: 'conflict',
-  412: 'precondition_failed',
-  413: 'payload_too_large',
-  415: 'unsupported_media_type',
-  422: 'unprocessable',
-  429: 'rate_limited',
-  502: 'dependency_unavailable',
-  503: 'dependency_unavailable',
-  504: 'timeout',
-};
-
 /** Builds the ApiError of a non-2xx answer; adds what to do for 401 and for answers that are not ours. */
 export function apiError(endpoint: Endpoint, status: number, text: string, path: string): ApiError {
   let body: Record<string, unknown> | undefined;
@@ -148,20 +134,26 @@ export function apiError(endpoint: Endpoint, status: number, text: string, path:
     body = undefined;
   }
   const serverMessage = typeof body?.error === 'string' ? body.error : undefined;
-  const code =
-    typeof body?.code === 'string'
-      ? body.code
-      : (STATUS_CODES[status] ?? (status >= 500 ? 'internal' : 'bad_request'));
-  let message =
-    serverMessage ??
-    `HTTP ${status} from ${describeBase(endpoint)} for ${path}, not a flux-ops answer` +
-      (text.trim() ? `: ${text.trim().slice(0, 160).replace(/\s+/g, ' ')}` : '');
-  if (status === 401) {
+  // Every flux-ops error is {error, code}; anything else (another server's 404 page, a proxy's 502) is not
+  // flux-ops answering, whatever its status: 69 (unavailable), not the 66 a missing backup gives.
+  const isOurs = serverMessage !== undefined && typeof body?.code === 'string';
+  const code = isOurs ? (body?.code as string) : 'dependency_unavailable';
+  let message: string;
+  if (!isOurs) {
+    message =
+      `HTTP ${status} from ${describeBase(endpoint)} for ${path} is not a flux-ops answer` +
+      (text.trim() ? ` (${text.trim().slice(0, 160).replace(/\s+/g, ' ')})` : '') +
+      ': point FLUX_API_BASE (or --api-base) at the flux-ops front door, the all-in-one process or the router, ' +
+      `e.g. ${DEFAULT_API_BASE}`;
+  } else if (status === 401 && body?.tokensConfigured === false) {
+    // The server says it has no tokens at all: no token of ours could pass.
+    message = `${serverMessage}${endpoint.token ? ' (FLUX_API_TOKEN is set, but no token can pass)' : ''}`;
+  } else if (status === 401) {
     message = endpoint.token
-      ? `${message}. FLUX_API_TOKEN is set but the server does not accept it: use a token whose sha256 is listed in the server's FLUX_API_TOKENS`
-      : `${message}. Set FLUX_API_TOKEN to a token whose sha256 is listed in the server's FLUX_API_TOKENS`;
-  }
-  return new ApiError(message, status, code, body ?? { error: message, code });
+      ? `${serverMessage}. FLUX_API_TOKEN is set but the server does not accept it: use a token whose sha256 is listed in the server's FLUX_API_TOKENS`
+      : `${serverMessage}. Set FLUX_API_TOKEN to a token whose sha256 is listed in the server's FLUX_API_TOKENS`;
+  } else message = serverMessage as string;
+  return new ApiError(message, status, code, isOurs && body ? body : { error: message, code });
 }
 
 function header(headers: Record<string, string | string[] | undefined>, name: string): string | undefined {

@@ -118,6 +118,14 @@ Flags:
       }
       yes = true;
     }
+    // Refused here, in the CLI's own words: the server's refusal would name its JSON fields (yes, dryRun).
+    if (!dryRun && !yes) {
+      throw new AppError(
+        'precondition_failed',
+        `a real migration of ${project.slug} needs --yes (or a terminal, to type the slug); ` +
+          `flux-ops migrate -p ${project.slug} --dry-run shows the plan first. Nothing was done`,
+      );
+    }
     const body = {
       slug: project.slug,
       hash: project.hash,
@@ -138,7 +146,8 @@ Flags:
     const watch = dryRun
       ? Promise.resolve()
       : (async () => {
-          progress.update({ stage: 'starting' });
+          // No line until the server's run record says this run started: a refusal (a gate, a lock)
+          // shows no progress for a migration that never began.
           while (!watching.signal.aborted) {
             await sleep(POLL_MS * 2, watching.signal).catch(() => undefined);
             if (watching.signal.aborted) break;

@@ -76,7 +76,7 @@ async function main(): Promise<number> {
     const token = `fxo_${randomBytes(24).toString('hex')}`;
     const port = Number(process.env.FLUX_PORT) || (await freePort());
     const base = `http://127.0.0.1:${port}`;
-    say(`demo: starting flux-ops (all five functions, one process) on ${base}`);
+    say(`demo: starting flux-ops (all six functions, one process) on ${base}`);
     const server = execa(process.execPath, ['--import', 'tsx', 'functions/all/main.ts'], {
       env: {
         ...process.env,
@@ -164,8 +164,19 @@ async function main(): Promise<number> {
         ? 'demo: every backup is restorable and replicated offsite'
         : 'demo: some backups are not restorable; see above',
     );
+    const shown = path.relative(process.cwd(), dataDir) || '.';
+    const projects = path.relative(process.cwd(), projectsFile);
     say(
-      `demo: the catalog is under ${path.relative(process.cwd(), dataDir)}/ (backups, backups-offsite, state)`,
+      `demo: done, and cleaned up: this flux-ops process and the throwaway source Postgres are stopped. ` +
+        `What they made stays under ${shown}/ (backups, backups-offsite, state; the projects in ${projects}).`,
+    );
+    say(
+      'demo: to look at it, serve that catalog again (the source databases are gone, the backups are not):',
+    );
+    say(`  FLUX_PROJECTS_FILE=${projects} npm start`);
+    say(
+      '  then in another shell paste the export FLUX_API_TOKEN=... line it prints, and run npx flux-ops backup status ' +
+        '(or open http://127.0.0.1:8080/status and paste the token there)',
     );
     return allGood ? 0 : 1;
   } finally {

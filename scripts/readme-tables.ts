@@ -123,29 +123,39 @@ export const EVENT_DOCS: Record<EventType, { from: string; when: string; to: str
 
 const cell = (s: string) => s.replaceAll('|', '\\|');
 
-function defaultOf(
-  name: string,
-  schema: { safeParse(v: unknown): { success: boolean; data?: unknown } },
-): string {
+type Schema = { safeParse(v: unknown): { success: boolean; data?: unknown } };
+
+/** The raw default of a schema that parses a string into something else (zod's pipe of a default into a transform). */
+function rawDefaultOf(schema: Schema): string | undefined {
+  const def = (
+    schema as { _zod?: { def?: { type?: string; in?: { _zod?: { def?: Record<string, unknown> } } } } }
+  )._zod?.def;
+  const input = def?.type === 'pipe' ? def.in?._zod?.def : undefined;
+  return input?.type === 'default' && typeof input.defaultValue === 'string' ? input.defaultValue : undefined;
+}
+
+/**
+ * The default as an operator would write it in the environment: for a variable parsed into a structure
+ * (ranges, lists, booleans) the string the schema starts from, so the cell can be pasted as it is.
+ */
+export function defaultOf(schema: Schema): string {
+  const raw = rawDefaultOf(schema);
+  if (raw !== undefined) return raw === '' ? '' : `\`${raw}\``;
   const parsed = schema.safeParse(undefined);
   if (!parsed.success || parsed.data === undefined) return '';
-  const v = parsed.data;
-  if (name === 'FLUX_OUTBOX_RETRY_SCHEDULE_MS') return `\`${(v as number[]).join(',')}\``;
-  if (Array.isArray(v)) return v.length === 0 ? '' : `\`${JSON.stringify(v)}\``;
-  if (name === 'FLUX_PROBE_EXPECTED_STATUS') return '`200-399`';
-  return `\`${String(v)}\``;
+  return `\`${String(parsed.data)}\``;
 }
 
 export function configTable(): string {
   const rows = Object.entries(VARS).map(([name, spec]) => {
     const s = spec as {
-      schema: Parameters<typeof defaultOf>[1];
+      schema: Schema;
       description: string;
       secret?: boolean;
       embedded?: string;
     };
     const embedded = s.embedded ? ` (npm start: \`${s.embedded}\`)` : '';
-    return `| \`${name}\` | ${defaultOf(name, s.schema)}${embedded} | ${s.secret ? 'yes' : ''} | ${cell(s.description)} |`;
+    return `| \`${name}\` | ${defaultOf(s.schema)}${embedded} | ${s.secret ? 'yes' : ''} | ${cell(s.description)} |`;
   });
   return ['| variable | default | secret | meaning |', '| --- | --- | --- | --- |', ...rows].join('\n');
 }

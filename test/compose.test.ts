@@ -283,7 +283,7 @@ describeCompose('compose.yml', () => {
     expect(flux(Object.keys(imageEnv)).filter((n) => !(n in VARS))).toEqual([]);
   });
 
-  it('gives every process a valid config that runs itself, as uid 1001, checked on /readyz', () => {
+  it('gives every process a valid config that runs itself, as uid 1001, checked for liveness', () => {
     for (const name of [...FUNCTION_NAMES, 'router'] as const) {
       const s = model.services[name]!;
       expect(configs[name].FLUX_FUNCTION, name).toBe(name);
@@ -432,8 +432,11 @@ describeCompose('compose.yml', () => {
 });
 
 describe('Dockerfile', () => {
-  it('builds Node 20 on bookworm-slim with PostgreSQL PG_MAJOR tools first on PATH and production deps', () => {
-    expect(dockerfile).toMatch(/^ARG NODE_IMAGE=node:20-bookworm-slim$/m);
+  it('builds a Node LTS (22 or 24) on bookworm-slim pinned by digest, PostgreSQL PG_MAJOR tools first on PATH, production deps, flux-ops on PATH', () => {
+    expect(dockerfile).toMatch(/^ARG NODE_IMAGE=node:(22|24)-bookworm-slim@sha256:[0-9a-f]{64}$/m);
+    expect(dockerfile).toMatch(
+      /^RUN ln -s \/app\/bin\/flux-ops\.mjs \/usr\/local\/bin\/flux-ops && flux-ops --version$/m,
+    );
     expect(dockerfile).toMatch(/^ARG PG_MAJOR=17$/m);
     expect(imageEnv.PATH).toMatch(/^\/usr\/lib\/postgresql\/\$\{PG_MAJOR\}\/bin:/);
     expect(dockerfile).toContain(

@@ -356,6 +356,27 @@ describe('probe failures before TLS', () => {
     expect(JSON.stringify(res.json)).toContain('FLUX_PROBE_FALLBACK_PUBLIC');
     const ready = await p.fn.app.request('/readyz');
     expect(ready.status).toBe(503);
+    const body = (await ready.json()) as { checks: Array<Record<string, unknown>> };
+    expect(body.checks.find((c) => c.name === 'target')).toMatchObject({ ok: false, tenants: 1 });
+    expect(body.checks.find((c) => c.name === 'target')?.optional).toBeUndefined();
+  });
+
+  it('without a gateway and with no tenant to probe: ready, with a warning saying what to set first', async () => {
+    // A project without an apiHost is nothing probe can reach: probing is simply not in use.
+    const p = await probeApp({ FLUX_TENANT_PROBE_GATEWAY_URL: undefined }, [
+      { ...HEALTHY, apiHost: undefined },
+    ]);
+    const ready = await p.fn.app.request('/readyz');
+    expect(ready.status).toBe(200);
+    const body = (await ready.json()) as { ok: boolean; checks: Array<Record<string, unknown>> };
+    expect(body.ok).toBe(true);
+    expect(body.checks.find((c) => c.name === 'target')).toMatchObject({
+      ok: false,
+      optional: true,
+      warning: 'probe_target_missing',
+      tenants: 0,
+      detail: expect.stringMatching(/no tenant has an apiHost.*set FLUX_TENANT_PROBE_GATEWAY_URL/),
+    });
   });
 });
 

@@ -348,18 +348,22 @@ describe('router process (functions/router/main.ts)', () => {
       const probes = await fetch(`http://127.0.0.1:${port}/probes`, { headers: ADMIN.header });
       expect(probes.status).toBe(200);
 
-      const healthcheck = (extra: Record<string, string | undefined>) =>
-        execa(process.execPath, ['--import', 'tsx', 'functions/router/healthcheck.ts'], {
+      const healthcheck = (extra: Record<string, string | undefined>, args: string[] = []) =>
+        execa(process.execPath, ['--import', 'tsx', 'functions/router/healthcheck.ts', ...args], {
           cwd: ROOT,
           env: { ...processEnv, ...extra },
           extendEnv: false,
           reject: false,
           timeout: 60_000,
         });
-      // The echo upstream has no /readyz JSON (dump answers 200 with a non-JSON body, so it is not ready).
+      // The container healthcheck is liveness: the router answers, so it is healthy…
       const routerHealth = await healthcheck({ FLUX_FUNCTION: 'router' });
-      expect(routerHealth.exitCode).toBe(1);
-      expect(routerHealth.stderr).toMatch(/answered 503/);
+      expect(routerHealth.exitCode).toBe(0);
+      // …while --ready asks /readyz: the echo upstream has no /readyz JSON (dump answers 200 with a
+      // non-JSON body, so it is not ready).
+      const routerReady = await healthcheck({ FLUX_FUNCTION: 'router' }, ['--ready']);
+      expect(routerReady.exitCode).toBe(1);
+      expect(routerReady.stderr).toMatch(/answered 503/);
       const dumpHealth = await healthcheck({
         FLUX_FUNCTION: 'dump',
         FLUX_DUMP_PORT: new URL(upstreams.dump).port,

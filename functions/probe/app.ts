@@ -6,7 +6,7 @@ import { isSlug } from '../../shared/catalog/ids.js';
 import { redactUrl } from '../../shared/config.js';
 import { AppError } from '../../shared/errors.js';
 import { createKit, readJson } from '../../shared/kit/app.js';
-import { registryCheck } from '../../shared/kit/readiness.js';
+import { registryCheck, warningOutcome } from '../../shared/kit/readiness.js';
 import type { FunctionApp, Runtime } from '../../shared/kit/runtime.js';
 import { createMonitor } from './monitor.js';
 import { createProber, type Prober } from './prober.js';
@@ -46,10 +46,20 @@ export function createApp(rt: Runtime, options: ProbeAppOptions = {}): FunctionA
         async run() {
           if (gateway) return { ok: true, detail: `gateway ${redactUrl(gateway)}` };
           if (config.FLUX_PROBE_FALLBACK_PUBLIC) return { ok: true, detail: 'public https://<apiHost>' };
+          const fix =
+            'set FLUX_TENANT_PROBE_GATEWAY_URL (or FLUX_PROBE_FALLBACK_PUBLIC=true to probe https://<apiHost>)';
+          const tenants = monitor.targets().length;
+          // Nothing to probe: probing is not in use, and that is no reason to keep the process unready.
+          if (tenants === 0)
+            return warningOutcome(
+              'probe_target_missing',
+              `FLUX_TENANT_PROBE_GATEWAY_URL is not set and no tenant has an apiHost, so nothing is probed; ${fix} before adding tenants`,
+              { tenants },
+            );
           return {
             ok: false,
-            detail:
-              'FLUX_TENANT_PROBE_GATEWAY_URL is not set (or set FLUX_PROBE_FALLBACK_PUBLIC=true to probe https://<apiHost>)',
+            tenants,
+            detail: `FLUX_TENANT_PROBE_GATEWAY_URL is not set and ${tenants} tenant(s) with an apiHost go unprobed: ${fix}`,
           };
         },
       },

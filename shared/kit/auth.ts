@@ -15,6 +15,14 @@ export function createAuthenticator(tokens: readonly ApiToken[]): Authenticator 
   const hashes = tokens.map((t) => ({ token: t, bytes: Buffer.from(t.sha256, 'hex') }));
   return {
     authenticate(header) {
+      // A server with no tokens refuses every token; saying so spares the operator a hunt for a typo.
+      if (hashes.length === 0)
+        throw new AppError(
+          'unauthorized',
+          'this server has no API tokens (FLUX_API_TOKENS is empty), so it accepts none: set FLUX_API_TOKENS ' +
+            'on the server (id:<sha256 hex of the token>:admin), or run npm start on loopback, which prints a dev token',
+          { details: { tokensConfigured: false } },
+        );
       if (!header)
         throw new AppError(
           'unauthorized',

@@ -1,6 +1,7 @@
 // Preflight checks behind /readyz: each check says what it looked at and, when it fails, what to do.
 import { randomBytes } from 'node:crypto';
-import { mkdir, rm, stat, writeFile } from 'node:fs/promises';
+import { constants } from 'node:fs';
+import { access, rm, stat, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { errnoOf, isAppError, RUN_AS_UID } from '../errors.js';
 import type { ProjectRegistry } from '../registry.js';
@@ -27,12 +28,25 @@ export interface ReadyCheck {
   run(): Promise<CheckOutcome>;
 }
 
+/**
+ * A finding reported beside the checks that does not make the process unready: a feature that is not in
+ * use (probe with no gateway and nothing to probe). Shaped as the registry's warnings are.
+ */
+export function warningOutcome(
+  warning: string,
+  detail: string,
+  facts: Record<string, unknown> = {},
+): CheckOutcome {
+  return { ok: false, optional: true, warning, detail, ...facts };
+}
+
 export async function runChecks(
   checks: readonly ReadyCheck[],
 ): Promise<{ ok: boolean; checks: CheckResult[] }> {
   const results = await Promise.all(
     checks.map(async (check): Promise<CheckResult> => {
       try {
+        // An outcome may make itself optional (warningOutcome): a check of a feature not in use.
         const r = await check.run();
         return { name: check.name, ...(check.optional ? { optional: true } : {}), ...r };
       } catch (error) {
@@ -72,23 +86,51 @@ export function toolCheck(
   };
 }
 
-/** Creates the directory if needed, then proves a write by this process (as its uid). */
+/** The nearest directory at or above `dir` that exists (the one a first start would create under). */
+async function nearestExisting(dir: string): Promise<string> {
+  let at = path.resolve(dir);
+  for (;;) {
+    const s = await stat(at).catch(() => undefined);
+    if (s?.isDirectory()) return at;
+    const up = path.dirname(at);
+    if (up === at) return at;
+    at = up;
+  }
+}
+
+/**
+ * Proves a write by this process (as its uid) with a probe file it removes at once. A directory that does
+ * not exist yet is not created (readiness, and flux-ops doctor that runs it, only look): the nearest
+ * existing parent must be writable, so the function's own start-up can create it.
+ */
 export function dirWritableCheck(dir: string, variable: string): ReadyCheck {
   return {
     name: `dir:${variable}`,
     async run() {
+      let target = dir;
       try {
-        await mkdir(dir, { recursive: true });
+        const existing = await stat(dir).catch((error: unknown) => {
+          if (errnoOf(error) === 'ENOENT') return undefined;
+          throw error;
+        });
+        if (!existing) {
+          target = await nearestExisting(dir);
+          await access(target, constants.W_OK | constants.X_OK);
+          return {
+            ok: true,
+            detail: `${dir} does not exist yet; it is created at start (${target} is writable)`,
+            missing: true,
+          };
+        }
         const probe = path.join(dir, `.tmp-ready-${randomBytes(4).toString('hex')}`);
         await writeFile(probe, 'ok');
         await rm(probe, { force: true });
-        const s = await stat(dir);
-        return { ok: true, detail: `${dir} writable`, owner: s.uid };
+        return { ok: true, detail: `${dir} writable`, owner: existing.uid };
       } catch (error) {
         const errno = errnoOf(error);
         let owner: number | undefined;
         try {
-          owner = (await stat(dir)).uid;
+          owner = (await stat(target)).uid;
         } catch {
           owner = undefined;
         }
@@ -96,7 +138,8 @@ export function dirWritableCheck(dir: string, variable: string): ReadyCheck {
           ok: false,
           detail:
             `${variable}=${dir} is not writable by this process (uid ${process.getuid?.()}, ${errno ?? (error as Error).message}` +
-            `${owner !== undefined ? `, owner uid ${owner}` : ''}): run \`chown -R ${RUN_AS_UID}:${RUN_AS_UID} ${dir}\` ` +
+            `${target !== dir ? ` on ${target}, where it would be created` : ''}` +
+            `${owner !== undefined ? `, owner uid ${owner}` : ''}): run \`chown -R ${RUN_AS_UID}:${RUN_AS_UID} ${target}\` ` +
             '(FLUX_BACKUPS_LOCAL_DIR and FLUX_BACKUPS_OFFSITE_DIR must be writable by uid 1001 in the image)',
         };
       }

@@ -129,9 +129,9 @@ export function listenError(error: unknown, port: number, host: string, portVari
 
 export async function serveProcess(options: ServeOptions): Promise<ServerType> {
   const { log } = options;
-  log.info({ config: redactConfig(options.config) }, 'starting');
-  // Bound before start-up work (recovery, outbox, watchers): a port in use stops the process having
-  // done nothing. Requests that arrive while it starts wait for start-up to finish.
+  // Bound before start-up work (recovery, outbox, watchers) and before the first log line: a port in use
+  // stops the process with its one line on stderr, having done nothing. Requests that arrive while it
+  // starts wait for start-up to finish.
   let started = false;
   let markStarted!: () => void;
   const ready = new Promise<void>((resolve) => {
@@ -145,6 +145,7 @@ export async function serveProcess(options: ServeOptions): Promise<ServerType> {
   } catch (error) {
     exitWithStartupError(options.name, listenError(error, options.port, options.host, options.portVariable));
   }
+  log.info({ config: redactConfig(options.config) }, 'starting');
   await options.start();
 
   let stopping = false;
