@@ -38,6 +38,10 @@ export interface Dumper {
   start(project: Project, options?: { causedBy?: string }): Promise<StartedBackup>;
   stop(): Promise<void>;
   readonly running: number;
+  /** A backup of the project is running (its lease is held). */
+  isRunning(projectId: string): boolean;
+  /** Dumps running or queued on the project's concurrency group (its cluster, or its dedicated database). */
+  load(project: Project): number;
 }
 
 /** The catalog files dump writes (and so the only ones whose temp files its recovery removes). */
@@ -285,6 +289,15 @@ export function createDumper(rt: Runtime): Dumper {
     },
 
     progress: (backupId) => progress.get(backupId),
+
+    isRunning: (projectId) => leases.has(projectId),
+
+    load(project) {
+      // The same key run() gives its limiter.
+      const key = project.engine === 'v2_shared' ? project.cluster! : `dedicated:${project.slug}`;
+      const limiter = limiters.get(key);
+      return limiter ? limiter.active + limiter.waiting : 0;
+    },
 
     async recover() {
       // First the pg_dumps a crashed predecessor left running: they would go on writing (and holding their
