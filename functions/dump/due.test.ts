@@ -88,6 +88,19 @@ describe('decisions', () => {
     expect(decide([view(id, { schedule: undefined })], tick)[0]).toMatchObject({ action: 'not_due' });
   });
 
+  it('the project longest without a backup goes first, whatever its slot', () => {
+    const [a, b, c] = ids.slice(30, 33) as [string, string, string];
+    const views = [
+      view(a, { newestMs: now - 2 * HOUR - DAY }),
+      view(b, { newestMs: now - 3 * DAY }),
+      view(c, { newestMs: undefined }),
+    ];
+    const order = decide(views, { ...tick, load: new Map([['cluster:shared-1', 0]]) })
+      .filter((d) => d.action === 'start')
+      .map((d) => d.projectId);
+    expect(order).toEqual([c, b]);
+  });
+
   it('never beside a running backup of the project, never beyond the cluster’s slots, oldest slot first', () => {
     const views = ids.slice(0, 10).map((id) => view(id));
     const decisions = decide(views, tick);

@@ -3,7 +3,7 @@
 // due at its own fixed offset into each window (a hash of its id, over FLUX_BACKUP_SCHEDULE_SPREAD_PERCENT
 // of the window), so a thousand tenants of a daily schedule are spread over the day, not dumped at 00:00.
 // A slot is satisfied by a backup created at or after it (scheduled or not) or by the scheduler having
-// started one for it already (the state file); what is due is started oldest slot first, never beside a
+// started one for it already (the state file); what is due is started longest-without-a-backup first, never beside a
 // running backup of the same project, never beyond its cluster's maxConcurrentDumps, and slots missed
 // while dump was not running are caught up at a bounded pace.
 import { createHash } from 'node:crypto';
@@ -99,7 +99,7 @@ export function slotStateOf(
   return { slot };
 }
 
-/** One tick's decisions, one per project: what starts now (oldest slot first) and why the rest wait. */
+/** One tick's decisions, one per project: what starts now (longest without a backup first) and why the rest wait. */
 export function decide(views: readonly ProjectView[], input: TickInput): Decision[] {
   const decisions: Decision[] = [];
   const due: Array<{ view: ProjectView; slotMs: number }> = [];
@@ -115,7 +115,15 @@ export function decide(views: readonly ProjectView[], input: TickInput): Decisio
       });
     } else due.push({ view, slotMs: state.slot.dueMs });
   }
-  due.sort((a, b) => a.slotMs - b.slotMs || a.view.projectId.localeCompare(b.view.projectId));
+  // The project longest without a backup first (never backed up before all), then the older slot: a
+  // project kept waiting by a busy cluster keeps its place even as its window rolls over.
+  const newest = (v: ProjectView) => v.newestMs ?? Number.NEGATIVE_INFINITY;
+  due.sort(
+    (a, b) =>
+      newest(a.view) - newest(b.view) ||
+      a.slotMs - b.slotMs ||
+      a.view.projectId.localeCompare(b.view.projectId),
+  );
   const load = new Map(input.load);
   let allowance = input.catchUpAllowance;
   for (const { view, slotMs } of due) {
