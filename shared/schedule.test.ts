@@ -1,4 +1,6 @@
 import { describe, expect, it } from 'vitest';
+import { loadConfig } from './config.js';
+import { createStaticRegistry } from './registry.js';
 import {
   backupPolicyOf,
   DEFAULT_MAX_AGE_MS,
@@ -47,5 +49,39 @@ describe('policy words', () => {
     });
     expect(backupPolicyOf({ schedule: 'off' }, defaults).schedule).toBeUndefined();
     expect(backupPolicyOf({}, { FLUX_BACKUP_MAX_AGE: '26h' }).schedule).toBeUndefined();
+  });
+});
+
+describe('policy in the registry and the config', () => {
+  const project = {
+    id: '550e8400-e29b-41d4-a716-446655440000',
+    hash: '0a1b2c3',
+    slug: 'bloom-atelier',
+    engine: 'v1_dedicated' as const,
+    databaseUrl: 'env:X',
+  };
+
+  it('a registry entry with a bad schedule or maxAge is refused, naming what is accepted', () => {
+    expect(() => createStaticRegistry({ projects: [{ ...project, schedule: 'every day' }] })).toThrow(
+      /neither a duration .* nor a 5-field cron expression/,
+    );
+    expect(() => createStaticRegistry({ projects: [{ ...project, maxAge: '26' }] })).toThrow(
+      /a duration like 26h/,
+    );
+    const ok = createStaticRegistry({ projects: [{ ...project, schedule: '0 2 * * *', maxAge: '2d' }] });
+    expect(ok.list()[0]).toMatchObject({ schedule: '0 2 * * *', maxAge: '2d' });
+    expect(createStaticRegistry({ projects: [{ ...project, schedule: 'off' }] }).list()[0]?.schedule).toBe(
+      'off',
+    );
+  });
+
+  it('FLUX_BACKUP_SCHEDULE is off unless set, FLUX_BACKUP_MAX_AGE defaults to 26h; bad values are named', () => {
+    const config = loadConfig({});
+    expect(config.FLUX_BACKUP_SCHEDULE).toBeUndefined();
+    expect(config.FLUX_BACKUP_MAX_AGE).toBe('26h');
+    expect(loadConfig({ FLUX_BACKUP_SCHEDULE: '0 3 * * *' }).FLUX_BACKUP_SCHEDULE).toBe('0 3 * * *');
+    expect(() => loadConfig({ FLUX_BACKUP_SCHEDULE: 'nightly', FLUX_BACKUP_MAX_AGE: 'a day' })).toThrow(
+      /FLUX_BACKUP_SCHEDULE: "nightly" is neither[\s\S]*FLUX_BACKUP_MAX_AGE: must be a duration like 26h/,
+    );
   });
 });
