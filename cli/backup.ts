@@ -4,6 +4,7 @@ import { stat } from 'node:fs/promises';
 import path from 'node:path';
 import { streamToPendingFile } from '../shared/atomic.js';
 import { AppError, errnoOf } from '../shared/errors.js';
+import { formatDuration, parseDuration } from '../shared/schedule.js';
 import { BACKUP_OPTIONS, backupRef, bool, PROJECT_OPTIONS, projectRef, str } from './args.js';
 import { type Command, POLL_MS, sleep } from './command.js';
 import { ApiError, headerOf } from './http.js';
@@ -158,8 +159,9 @@ Flags:
     const project = await resolveProject(client, projectRef(this.name, ctx.values, true)!);
     const answer = await fetchBackupList(client, project, source);
     const { backups } = answer;
+    const fresh = (answer as { freshness?: ServerFreshness }).freshness;
     if (ctx.json) {
-      printJson(ctx.io, source === 'offsite' ? answer : { backups });
+      printJson(ctx.io, source === 'offsite' ? answer : { backups, ...(fresh ? { freshness: fresh } : {}) });
       return 0;
     }
     for (const refused of answer.invalid ?? []) {
@@ -189,6 +191,12 @@ Flags:
         { header: 'OFFSITE', value: (b) => b.offsiteStatus ?? '-' },
       ]),
     );
+    if (fresh) {
+      println(
+        ctx.io.out,
+        `freshness: ${fresh.freshness} (${fresh.message})${fresh.freshness !== 'fresh' && fresh.next ? `; next: ${fresh.next}` : ''}`,
+      );
+    }
     return 0;
   },
 };
@@ -451,30 +459,178 @@ function nextStep(p: ProjectStatus): string {
   return p.next ? `${p.message}; next: ${p.next}` : p.message;
 }
 
+/** The freshness the server gives beside the tier (absent from an older server). */
+interface ServerFreshness {
+  freshness: 'fresh' | 'stale' | 'never_verified';
+  ageSeconds: number | null;
+  maxAgeSeconds: number;
+  message: string;
+  next?: string;
+}
+type StatusRow = ProjectStatus & { freshness?: ServerFreshness };
+
+const freshnessOfRow = (p: StatusRow) => p.freshness?.freshness ?? '-';
+const ageOfRow = (p: StatusRow) =>
+  p.freshness
+    ? `${p.freshness.ageSeconds === null ? '-' : formatDuration(p.freshness.ageSeconds * 1000)} / ${formatDuration(p.freshness.maxAgeSeconds * 1000)}`
+    : '-';
+
+/**
+ * What --check makes of the projects, as a monitoring plugin does (Nagios/Icinga/Sensu exit codes):
+ *   0 OK        every project restorable (newest backup) and fresh (a restorable backup within maxAge);
+ *   1 WARNING   every project fresh, but the newest backup of some is not restorable yet (still in the
+ *               pipeline, not verified, could not be verified, artifact pending): an older proven copy
+ *               within maxAge still covers it;
+ *   2 CRITICAL  some project is stale (its newest restorable backup is older than maxAge), has never had
+ *               a restorable backup, or its newest backup failed restore verification;
+ *   3 UNKNOWN   the state could not be read (server unreachable, refused, an older server without
+ *               freshness, no projects registered): never taken for OK.
+ */
+export interface CheckOutcome {
+  code: 0 | 1 | 2 | 3;
+  status: 'OK' | 'WARNING' | 'CRITICAL' | 'UNKNOWN';
+  summary: string;
+  /** One line per project that is not OK. */
+  details: string[];
+  perfdata: string;
+}
+
+const STATUS_OF = ['OK', 'WARNING', 'CRITICAL', 'UNKNOWN'] as const;
+
+export function checkProjects(projects: readonly StatusRow[], maxAgeMs?: number): CheckOutcome {
+  const unknown = (summary: string): CheckOutcome => ({
+    code: 3,
+    status: 'UNKNOWN',
+    summary,
+    details: [],
+    perfdata: '',
+  });
+  if (projects.length === 0)
+    return unknown('no projects registered (FLUX_PROJECTS_FILE on the server lists none)');
+  if (projects.some((p) => !p.freshness))
+    return unknown('the server gives no freshness (an older flux-ops): upgrade it to check freshness');
+  let stale = 0;
+  let never = 0;
+  let failed = 0;
+  let notRestorable = 0;
+  let oldest = 0;
+  const details: string[] = [];
+  let code: 0 | 1 | 2 = 0;
+  for (const p of projects) {
+    const f = p.freshness!;
+    const limitS = maxAgeMs === undefined ? f.maxAgeSeconds : Math.round(maxAgeMs / 1000);
+    const state =
+      f.ageSeconds === null ? 'never_verified' : f.ageSeconds < limitS ? 'fresh' : ('stale' as const);
+    if (f.ageSeconds !== null) oldest = Math.max(oldest, f.ageSeconds);
+    const age = f.ageSeconds === null ? 'no restorable backup' : `${formatDuration(f.ageSeconds * 1000)} old`;
+    const limit = formatDuration(limitS * 1000);
+    if (state !== 'fresh' || p.tier === 'restore_failed') {
+      code = 2;
+      if (state === 'stale') stale++;
+      if (state === 'never_verified') never++;
+      if (p.tier === 'restore_failed') failed++;
+      const next = f.next ?? p.next;
+      details.push(
+        `CRITICAL ${p.slug}: ${state}, tier ${p.tier} (${age}, maxAge ${limit})${next ? `; next: ${next}` : ''}`,
+      );
+    } else if (p.tier !== 'restorable') {
+      if (code === 0) code = 1;
+      notRestorable++;
+      details.push(`WARNING ${p.slug}: fresh (${age}) but the newest backup is ${p.tier}: ${nextStep(p)}`);
+    }
+  }
+  const total = projects.length;
+  const good = total - details.length;
+  const parts = [`${good} of ${total} project${total === 1 ? '' : 's'} restorable and fresh`];
+  if (stale) parts.push(`${stale} stale`);
+  if (never) parts.push(`${never} never verified`);
+  if (failed) parts.push(`${failed} restore failed`);
+  if (notRestorable) parts.push(`${notRestorable} newest backup not restorable yet`);
+  const limit = maxAgeMs === undefined ? '' : `;;${Math.round(maxAgeMs / 1000)}`;
+  const perfdata = [
+    `projects=${total}`,
+    `fresh=${total - stale - never}`,
+    `restorable=${projects.filter((p) => p.tier === 'restorable').length}`,
+    `stale=${stale}`,
+    `never_verified=${never}`,
+    `oldest_restorable_age=${oldest}s${limit}`,
+  ].join(' ');
+  return { code, status: STATUS_OF[code], summary: parts.join(', '), details, perfdata };
+}
+
 const status: Command = {
   name: 'backup status',
-  summary: 'trust table: tier and the three labels of each project’s newest backup',
-  help: `Usage: flux-ops backup status [-p <slug>]
+  summary: 'trust table: tier, freshness and the three labels of each project’s newest backup',
+  help: `Usage: flux-ops backup status [-p <slug>] [--check [--max-age <duration>] [--nagios]]
 
 For each project (or one), the newest backup's trust: its tier, and whether its artifact is validated,
-its restore verified and its offsite copy replicated, its age, and the next command to run.
-Only "restorable" is trustworthy.
+its restore verified and its offsite copy replicated, its age, the project's freshness (its newest
+restorable backup against its maxAge) and the next command to run. Only "restorable" is trustworthy;
+migrate and an in-place restore also need "fresh".
+
+With --check it exits like a monitoring plugin, after one summary line:
+  0 OK        every project restorable and fresh
+  1 WARNING   every project fresh, but some newest backup is not restorable yet (an older one covers it)
+  2 CRITICAL  a project stale, never restorable, or its newest backup failed restore verification
+  3 UNKNOWN   the state could not be read (server unreachable, refused, no projects)
+Without --check the exit code is 0 whatever the table says.
 
 Flags:
-  -p, --project <slug>  only this project
-  --hash <7hex>         only the project with this hash`,
-  options: PROJECT_OPTIONS,
+  -p, --project <slug>    only this project
+  --hash <7hex>           only the project with this hash
+  --check                 exit 0/1/2/3 as above, summary line first
+  --max-age <duration>    with --check: judge every project against this maxAge (e.g. 26h) instead of its own
+  --nagios                with --check: the Nagios plugin format (BACKUP OK - … | perfdata)`,
+  options: {
+    ...PROJECT_OPTIONS,
+    check: { type: 'boolean' },
+    'max-age': { type: 'string' },
+    nagios: { type: 'boolean' },
+  },
   async run(ctx) {
+    const check = bool(ctx.values, 'check');
+    const nagios = bool(ctx.values, 'nagios');
+    const maxAgeText = str(ctx.values, 'max-age');
+    if (!check && (nagios || maxAgeText !== undefined)) {
+      throw new AppError('bad_request', `${this.name}: --max-age and --nagios go with --check`);
+    }
+    const maxAgeMs = maxAgeText === undefined ? undefined : parseDuration(maxAgeText);
+    if (maxAgeText !== undefined && maxAgeMs === undefined) {
+      throw new AppError(
+        'bad_request',
+        `${this.name}: --max-age ${JSON.stringify(maxAgeText.slice(0, 32))} is not a duration like 26h, 90m or 2d`,
+      );
+    }
     const ref = projectRef(this.name, ctx.values, false);
-    let projects = await fetchStatus(ctx.client());
-    if (ref) {
-      projects = projects.filter((p) => (ref.hash ? p.hash === ref.hash : p.slug === ref.slug));
-      if (projects.length === 0) {
-        throw new AppError(
-          'not_found',
-          `no project ${ref.slug ?? ref.hash} at ${ctx.client().endpoint.base}; flux-ops backup status lists them all`,
-        );
+    let projects: StatusRow[];
+    try {
+      projects = await fetchStatus(ctx.client());
+      if (ref) {
+        projects = projects.filter((p) => (ref.hash ? p.hash === ref.hash : p.slug === ref.slug));
+        if (projects.length === 0) {
+          throw new AppError(
+            'not_found',
+            `no project ${ref.slug ?? ref.hash} at ${ctx.client().endpoint.base}; flux-ops backup status lists them all`,
+          );
+        }
       }
+    } catch (error) {
+      if (!check) throw error;
+      // A check that cannot read the state says UNKNOWN, never an error code a monitor would misread.
+      const outcome: CheckOutcome = {
+        code: 3,
+        status: 'UNKNOWN',
+        summary: `could not read the backup status: ${(error as Error).message}`,
+        details: [],
+        perfdata: '',
+      };
+      printCheck(ctx, outcome, nagios, []);
+      return outcome.code;
+    }
+    if (check) {
+      const outcome = checkProjects(projects, maxAgeMs);
+      printCheck(ctx, outcome, nagios, projects);
+      return outcome.code;
     }
     if (ctx.json) {
       printJson(ctx.io, { projects });
@@ -484,24 +640,51 @@ Flags:
       println(ctx.io.out, 'no projects registered (FLUX_PROJECTS_FILE on the server lists none)');
       return 0;
     }
-    const now = new Date();
-    println(
-      ctx.io.out,
-      table(projects, [
-        { header: 'PROJECT', value: (p) => p.slug },
-        { header: 'TIER', value: (p) => p.tier },
-        { header: 'VALIDATED', value: (p) => yesNo(p.labels?.artifactValidated) },
-        { header: 'RESTORE-VERIFIED', value: (p) => yesNo(p.labels?.restoreVerified) },
-        { header: 'REPLICATED', value: (p) => yesNo(p.labels?.offsiteReplicated) },
-        {
-          header: 'NEWEST',
-          value: (p) => (p.backup ? humanAge(p.backup.completedAt ?? p.backup.createdAt, now) : '-'),
-        },
-        { header: 'MESSAGE / NEXT', value: nextStep },
-      ]),
-    );
+    printStatusTable(ctx, projects);
     return 0;
   },
 };
+
+function printStatusTable(ctx: Parameters<Command['run']>[0], projects: readonly StatusRow[]): void {
+  const now = new Date();
+  println(
+    ctx.io.out,
+    table(projects, [
+      { header: 'PROJECT', value: (p) => p.slug },
+      { header: 'TIER', value: (p) => p.tier },
+      { header: 'FRESHNESS', value: freshnessOfRow },
+      { header: 'AGE/MAX', value: ageOfRow },
+      { header: 'VALIDATED', value: (p) => yesNo(p.labels?.artifactValidated) },
+      { header: 'RESTORE-VERIFIED', value: (p) => yesNo(p.labels?.restoreVerified) },
+      { header: 'REPLICATED', value: (p) => yesNo(p.labels?.offsiteReplicated) },
+      {
+        header: 'NEWEST',
+        value: (p) => (p.backup ? humanAge(p.backup.completedAt ?? p.backup.createdAt, now) : '-'),
+      },
+      { header: 'MESSAGE / NEXT', value: nextStep },
+    ]),
+  );
+}
+
+function printCheck(
+  ctx: Parameters<Command['run']>[0],
+  outcome: CheckOutcome,
+  nagios: boolean,
+  projects: readonly StatusRow[],
+): void {
+  if (ctx.json) {
+    printJson(ctx.io, { check: outcome, projects });
+    return;
+  }
+  if (nagios) {
+    // Nagios plugin output: status line with perfdata after '|', then the long text.
+    const first = `BACKUP ${outcome.status} - ${outcome.summary}${outcome.perfdata ? ` | ${outcome.perfdata}` : ''}`;
+    println(ctx.io.out, [first, ...outcome.details].join('\n'));
+    return;
+  }
+  println(ctx.io.out, `${outcome.status}: ${outcome.summary}`);
+  for (const line of outcome.details) println(ctx.io.out, `  ${line}`);
+  if (projects.length > 0) printStatusTable(ctx, projects);
+}
 
 export const BACKUP_COMMANDS: readonly Command[] = [create, list, download, verify, status];

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Owns test-environment bootstrap: openssl, the Docker engine (install + background start) and the local verify image.
+# Owns test-environment bootstrap: openssl, promtool, the Docker engine (install + background start) and the local verify image.
 set -euo pipefail
 
 # Idempotent; a no-op (well under a second) when everything is already in place.
@@ -42,6 +42,8 @@ have openssl || apt_install openssl || true
 # The compose test parses `docker compose config`; the status page test drives Debian's Chromium.
 { docker compose version >/dev/null 2>&1 || have docker-compose; } || apt_install docker-compose || true
 [[ -x /usr/bin/chromium ]] || apt_install chromium || true
+# The alert rules test runs promtool check/test rules (Debian ships promtool in the prometheus package).
+have promtool || apt_install prometheus || true
 
 docker_up() { docker info >/dev/null 2>&1; }
 

@@ -3,6 +3,7 @@
 import path from 'node:path';
 import { z } from 'zod';
 import { AppError } from './errors.js';
+import { DEFAULT_MAX_AGE, parseDuration, scheduleProblem } from './schedule.js';
 
 export const SECOND_MS = 1000;
 export const MINUTE_MS = 60 * SECOND_MS;
@@ -386,6 +387,41 @@ export const VARS = {
   FLUX_RETENTION_KEEP_DAYS: {
     schema: int(0, 0, 100_000),
     description: 'Backups younger than this are kept (0 = no age rule).',
+  },
+  FLUX_BACKUP_SCHEDULE: {
+    schema: optionalString.superRefine((v, ctx) => {
+      const problem = v === undefined ? undefined : scheduleProblem(v);
+      if (problem) ctx.addIssue({ code: 'custom', message: problem });
+    }),
+    description:
+      'Default backup schedule of every project (a project\'s "schedule" in the registry wins): a duration like 24h, or a 5-field cron expression in UTC like "0 2 * * *"; unset = no scheduled backups. Dump decides what is due.',
+  },
+  FLUX_BACKUP_MAX_AGE: {
+    schema: z
+      .string()
+      .default(DEFAULT_MAX_AGE)
+      .refine((v) => parseDuration(v) !== undefined, 'must be a duration like 26h, 90m or 2d (1s to 366d)'),
+    description:
+      'Default maxAge (a project\'s "maxAge" wins): a project whose newest restorable backup is older is stale, and migrate and an in-place restore refuse it.',
+  },
+  FLUX_BACKUP_SCHEDULE_TICK_MS: {
+    schema: ms(10 * SECOND_MS, 50, HOUR_MS),
+    description: "How often dump's scheduler decides what is due.",
+  },
+  FLUX_BACKUP_SCHEDULE_SPREAD_PERCENT: {
+    schema: int(100, 0, 100),
+    description:
+      "Share of each schedule window over which projects are spread, each at its own fixed offset (hash of its id): 100 spreads a 24h schedule over the whole day, 0 starts every project at the window's start.",
+  },
+  FLUX_BACKUP_SCHEDULE_CATCHUP_PER_MINUTE: {
+    schema: int(10, 1, 10_000),
+    description:
+      'Backups missed while dump was not running (downtime, first start) are caught up at most this many per minute, evenly spaced, so a restart is no storm.',
+  },
+  FLUX_BACKUP_METRICS_REFRESH_MS: {
+    schema: ms(MINUTE_MS, SECOND_MS, HOUR_MS),
+    description:
+      'How often dump recomputes the per-project backup metrics from the catalog (also at start-up and after each backup, verification and replication event).',
   },
   FLUX_CATALOG_REBUILD_AT_START: {
     schema: bool(false),

@@ -5,6 +5,7 @@ import { z } from 'zod';
 import { isProjectHash, isSlug, parseProjectHash, tenantRoleOf, tenantSchemaOf } from './catalog/ids.js';
 import { AppError, errnoOf, isAppError } from './errors.js';
 import type { Logger } from './log.js';
+import { parseDuration, scheduleProblem } from './schedule.js';
 
 const urlRef = z.string().min(1);
 
@@ -46,6 +47,19 @@ const ProjectSchema = z
     retention: z
       .object({ keepCount: z.number().int().min(0), keepDays: z.number().int().min(0) })
       .partial()
+      .optional(),
+    /** Backup schedule: a duration (24h), a 5-field cron expression (UTC), or "off"; default FLUX_BACKUP_SCHEDULE. */
+    schedule: z
+      .string()
+      .superRefine((v, ctx) => {
+        const problem = scheduleProblem(v, true);
+        if (problem) ctx.addIssue({ code: 'custom', message: problem });
+      })
+      .optional(),
+    /** Older than this, the newest restorable backup is stale (a duration); default FLUX_BACKUP_MAX_AGE. */
+    maxAge: z
+      .string()
+      .refine((v) => parseDuration(v) !== undefined, 'a duration like 26h, 90m or 2d (1s to 366d)')
       .optional(),
   })
   .superRefine((p, ctx) => {

@@ -183,7 +183,9 @@ describe('backup verify', () => {
     expect(r.stdout).toMatch(/^RUNG\s+RESULT\s+CODE\s+MESSAGE$/m);
     expect(r.stdout).toMatch(/^volume\s+passed\s/m);
     const status = await cli(['backup', 'status', '-p', tenant.slug]);
-    expect(status.stdout).toMatch(/^bloom-atelier\s+restorable\s+yes\s+yes\s+(yes|no)\s/m);
+    expect(status.stdout).toMatch(
+      /^bloom-atelier\s+restorable\s+fresh\s+\d+\w( \d+\w)? \/ 1d 2h\s+yes\s+yes\s+(yes|no)\s/m,
+    );
   });
 
   it('exit 1: a backup whose rows drifted from its manifest fails verification, with the failing rung shown', async () => {

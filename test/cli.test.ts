@@ -130,11 +130,11 @@ describe('backup create, list, status', () => {
     expect(r.exitCode).toBe(0);
     const lines = r.stdout.trimEnd().split('\n');
     expect(lines[0]).toMatch(
-      /^PROJECT\s+TIER\s+VALIDATED\s+RESTORE-VERIFIED\s+REPLICATED\s+NEWEST\s+MESSAGE \/ NEXT$/,
+      /^PROJECT\s+TIER\s+FRESHNESS\s+AGE\/MAX\s+VALIDATED\s+RESTORE-VERIFIED\s+REPLICATED\s+NEWEST\s+MESSAGE \/ NEXT$/,
     );
     const row = lines.find((l) => l.startsWith(SLUG));
     expect(row).toMatch(
-      /^bloom-atelier\s+pipeline_incomplete\s+yes\s+no\s+no\s+(\d+m )?\d+s ago\s+.*next: flux-ops backup verify -p bloom-atelier --id /,
+      /^bloom-atelier\s+pipeline_incomplete\s+never_verified\s+- \/ 1d 2h\s+yes\s+no\s+no\s+(\d+m )?\d+s ago\s+.*next: flux-ops backup verify -p bloom-atelier --id /,
     );
     const one = await cli(['backup', 'status', '-p', 'other-tenant', '--json']);
     const { projects } = JSON.parse(one.stdout) as {

@@ -451,6 +451,39 @@ describe('restore of a v2 tenant', () => {
     expect({ dbs: await databases(), schemas: await schemas(SHARED_DB) }).toEqual(before);
   });
 
+  it('in place needs a fresh project: a restorable backup older than maxAge is refused with its age; a new one lets an older backup through', async () => {
+    const backupId = await backupAndVerify(other);
+    const { slug } = projectOf(other);
+    const catalog = all.runtimes.dump.catalog;
+    // Every backup of the project made 30 hours old (no FLUX_MANIFEST_SECRETS here: no tag to break).
+    for (const entry of await catalog.list(other.id)) {
+      const m = entry.manifest;
+      if (!m) continue;
+      const aged = (iso: string) => new Date(Date.parse(iso) - 30 * 3_600_000).toISOString();
+      await catalog.writeManifest({ ...m, createdAt: aged(m.createdAt), completedAt: aged(m.completedAt) });
+    }
+    const before = await schemas(SHARED_DB);
+    const plan = await restore(other, backupId, { mode: 'in_place', dryRun: true });
+    expect(plan.body.plan.backup).toMatchObject({ id: backupId, tier: 'restorable', gate: 'refused' });
+    expect(JSON.stringify(plan.body.problems)).toMatch(/restorable but stale/);
+    const refused = await restore(other, backupId, { mode: 'in_place', yes: true });
+    expect(refused.status, JSON.stringify(refused.body)).toBe(412);
+    expect(refused.body.error).toMatch(
+      /backup gate: the backup is restorable but stale: the newest restorable backup \(\w+\) is 1d 6h old, older than maxAge 1d 2h/,
+    );
+    expect(refused.body.error).toContain(
+      `flux-ops backup create -p ${slug} && flux-ops backup verify -p ${slug} --latest`,
+    );
+    expect(await schemas(SHARED_DB)).toEqual(before);
+    // skipBackupCheck still overrides (the plan says so).
+    const skipped = await restore(other, backupId, { mode: 'in_place', dryRun: true, skipBackupCheck: true });
+    expect(skipped.body.plan.backup.gate).toBe('skipped');
+    // A fresh restorable backup makes the project fresh: the older backup may then be restored in place.
+    await backupAndVerify(other);
+    const fresh = await restore(other, backupId, { mode: 'in_place', dryRun: true });
+    expect(fresh.body.plan.backup).toMatchObject({ id: backupId, gate: 'passes' });
+  });
+
   it('a pg_restore killed mid-restore: the live tenant is put back as it was and nothing half-restored is left', async () => {
     const s = `t_${slow.id.replaceAll('-', '').slice(0, 12)}_api`;
     const h = projectOf(slow).hash;

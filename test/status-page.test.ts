@@ -293,6 +293,16 @@ describeBrowser('status page (headless Chromium, real backups)', () => {
     expect(await text(cell(page, 'never-backed', 'probe'))).toContain('no apiHost');
 
     expect(await text(page.locator('#summary'))).toContain('1 of 3 restorable');
+    // Freshness beside the tier: the restorable project is fresh (its age against maxAge 26 h), the others
+    // have no restorable backup and say what to run.
+    expect(await cell(page, 'bloom-atelier', 'freshness').getAttribute('data-freshness')).toBe('fresh');
+    expect(await stateOf(page, 'bloom-atelier', 'freshness')).toBe('pass');
+    expect(await text(cell(page, 'bloom-atelier', 'freshness'))).toMatch(/fresh.*old · maxAge 26 h/s);
+    for (const slug of ['copper-kettle', 'never-backed']) {
+      expect(await cell(page, slug, 'freshness').getAttribute('data-freshness')).toBe('never_verified');
+      expect(await text(cell(page, slug, 'freshness'))).toContain(`flux-ops backup create -p ${slug}`);
+    }
+    expect(await text(page.locator('#summary'))).toContain('1 of 3 fresh');
 
     await mkdir(ARTIFACTS, { recursive: true });
     await page.screenshot({ path: path.join(ARTIFACTS, 'status-page.png'), fullPage: true });

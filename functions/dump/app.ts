@@ -6,19 +6,23 @@ import { stat } from 'node:fs/promises';
 import { Readable } from 'node:stream';
 import { z } from 'zod';
 import { STREAM_CHUNK_BYTES } from '../../shared/atomic.js';
+import { upstreamFreshnessOf } from '../../shared/catalog/freshness.js';
 import { parseBackupId, parseProjectHash, parseProjectId } from '../../shared/catalog/ids.js';
 import { AppError } from '../../shared/errors.js';
 import { createKit, readJson } from '../../shared/kit/app.js';
 import { requireScopeOf } from '../../shared/kit/auth.js';
 import { dirWritableCheck, registryCheck, toolCheck } from '../../shared/kit/readiness.js';
 import type { FunctionApp, Runtime } from '../../shared/kit/runtime.js';
-import { requireProjectByHash } from '../../shared/registry.js';
+import { type Project, requireProjectByHash } from '../../shared/registry.js';
+import { backupPolicyOf } from '../../shared/schedule.js';
 import { createClusterViews } from './clusters.js';
-import { createDumper } from './dumper.js';
+import { createDumper, type StartedBackup } from './dumper.js';
 import { listOffsite, manifestCheckFor } from './offsite-catalog.js';
 import { downloadFromOffsite, lazyOffsiteStore, parseArtifactSource } from './offsite-source.js';
 import { createPreflight, parseAgeSeconds } from './preflight.js';
 import { createCatalogRebuilder } from './rebuild.js';
+import { createBackupScheduler } from './schedule.js';
+import { createTrustMetrics } from './trust-metrics.js';
 
 const CreateBody = z.object({ kind: z.enum(['project_db', 'tenant_export']).optional() }).loose();
 const PreflightBody = z.object({
@@ -51,6 +55,38 @@ export function createApp(rt: Runtime): FunctionApp {
     secrets: config.FLUX_MANIFEST_SECRETS,
   });
 
+  const trustMetrics = createTrustMetrics({
+    catalog,
+    registry,
+    config,
+    metrics: rt.metrics,
+    log: rt.log,
+  });
+  /** Every backup dump takes starts here: the metrics follow its end, whatever it was. */
+  async function startBackup(project: Project, options: { causedBy?: string } = {}): Promise<StartedBackup> {
+    const started = await dumper.start(project, options);
+    void started.done
+      .catch(() => undefined)
+      .then(() => trustMetrics.refreshProject(project.id))
+      .catch((error) => rt.log.warn({ err: error, projectId: project.id }, 'backup metrics: refresh failed'));
+    return started;
+  }
+  const scheduler = createBackupScheduler({
+    config,
+    registry,
+    catalog,
+    dumper,
+    startBackup: (project) => startBackup(project),
+    log: rt.log,
+    metrics: rt.metrics,
+  });
+  // Verify and replicate write their receipts before they emit: the event is the moment to recompute.
+  const refreshOn = async (event: { data: unknown }) => {
+    const projectId = (event.data as { projectId?: unknown }).projectId;
+    if (typeof projectId === 'string') await trustMetrics.refreshProject(parseProjectId(projectId));
+    return { status: 202 as const, body: { metrics: 'refreshed' } };
+  };
+
   const kit = createKit({
     name: 'dump',
     config,
@@ -76,9 +112,14 @@ export function createApp(rt: Runtime): FunctionApp {
             'not_found',
             'flux.backup.requested names no project in the registry (projectId or projectHash)',
           );
-        const started = await dumper.start(project, { causedBy: event.id });
+        const started = await startBackup(project, { causedBy: event.id });
         return { status: 202, body: { backupId: started.backupId } };
       },
+      'flux.backup.verified': refreshOn,
+      'flux.backup.verify_failed': refreshOn,
+      'flux.backup.unverifiable': refreshOn,
+      'flux.backup.replicated': refreshOn,
+      'flux.backup.replication_failed': refreshOn,
     },
   });
   const { app, requireScope } = kit;
@@ -93,7 +134,7 @@ export function createApp(rt: Runtime): FunctionApp {
         `project ${project.slug} is ${project.engine}: its backups are ${expected}`,
       );
     }
-    const started = await dumper.start(project);
+    const started = await startBackup(project);
     const location = `/api/cli/v1/projects/${project.hash}/backups/${started.backupId}`;
     if (/respond-async/i.test(c.req.header('prefer') ?? '')) {
       c.header('Location', location);
@@ -113,7 +154,18 @@ export function createApp(rt: Runtime): FunctionApp {
     const entries = await catalog.list(project.id);
     const backups = [];
     for (const entry of entries) backups.push(catalog.toApi(entry, await catalog.checkArtifact(entry)));
-    return c.json({ backups });
+    const { maxAgeMs } = backupPolicyOf(project, config);
+    const { freshness } = await catalog.trust(project.id, project.slug, new Date(), { maxAgeMs });
+    const retention = {
+      retentionCount: project.retention?.keepCount ?? config.FLUX_RETENTION_KEEP_COUNT,
+      retentionDays: project.retention?.keepDays ?? config.FLUX_RETENTION_KEEP_DAYS,
+    };
+    return c.json({
+      backups,
+      freshness,
+      // The block the upstream flux CLI reads, in its words.
+      platformMinimumBackupFreshness: upstreamFreshnessOf(freshness, retention, entries.length > 0),
+    });
   });
 
   app.get('/api/cli/v1/projects/:hash/backups/:backupId', requireScope('backups:read'), async (c) => {
@@ -173,12 +225,14 @@ export function createApp(rt: Runtime): FunctionApp {
   app.get('/api/ops/v1/status', requireScope('backups:read'), async (c) => {
     const projects = [];
     for (const project of registry.list()) {
+      const policy = backupPolicyOf(project, config);
       projects.push({
         id: project.id,
         slug: project.slug,
         hash: project.hash,
         engine: project.engine,
-        ...(await catalog.trust(project.id, project.slug)),
+        schedule: policy.schedule?.text ?? null,
+        ...(await catalog.trust(project.id, project.slug, new Date(), { maxAgeMs: policy.maxAgeMs })),
       });
     }
     return c.json({ projects });
@@ -214,11 +268,20 @@ export function createApp(rt: Runtime): FunctionApp {
   return {
     name: 'dump',
     app,
-    accepts: ['flux.backup.requested'],
+    accepts: [
+      'flux.backup.requested',
+      'flux.backup.verified',
+      'flux.backup.verify_failed',
+      'flux.backup.unverifiable',
+      'flux.backup.replicated',
+      'flux.backup.replication_failed',
+    ],
     async start() {
       await rt.inbox.start();
       await dumper.recover();
       await rt.outbox.start();
+      await trustMetrics.start();
+      await scheduler.start();
       if (config.FLUX_CATALOG_REBUILD_AT_START) {
         // In the background: a slow or unreachable store must not hold the process's start.
         void rebuilder
@@ -227,6 +290,8 @@ export function createApp(rt: Runtime): FunctionApp {
       }
     },
     async stop() {
+      await scheduler.stop();
+      trustMetrics.stop();
       await dumper.stop();
       await rt.outbox.stop();
     },

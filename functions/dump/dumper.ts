@@ -43,6 +43,10 @@ export interface Dumper {
   readonly running: number;
   /** Dumps running and waiting for one cluster's slots here (a dedicated project's is `dedicated:<slug>`). */
   queueOf(cluster: string): { running: number; waiting: number };
+  /** A backup of the project is running (its lease is held). */
+  isRunning(projectId: string): boolean;
+  /** Dumps running or queued on the project's concurrency group (its cluster, or its dedicated database). */
+  load(project: Project): number;
 }
 
 /**
@@ -348,6 +352,15 @@ export function createDumper(rt: Runtime): Dumper {
     queueOf(cluster) {
       const limiter = limiters.get(cluster);
       return { running: limiter?.active ?? 0, waiting: limiter?.waiting ?? 0 };
+    },
+
+    isRunning: (projectId) => leases.has(projectId),
+
+    load(project) {
+      // The same key run() gives its limiter.
+      const key = project.engine === 'v2_shared' ? project.cluster! : `dedicated:${project.slug}`;
+      const limiter = limiters.get(key);
+      return limiter ? limiter.active + limiter.waiting : 0;
     },
 
     async recover() {

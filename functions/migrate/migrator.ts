@@ -5,6 +5,7 @@
 import { readdir, readFile, rm } from 'node:fs/promises';
 import path from 'node:path';
 import { ensureDir, writeJsonAtomic } from '../../shared/atomic.js';
+import { destructiveGate } from '../../shared/catalog/freshness.js';
 import { newBackupId } from '../../shared/catalog/ids.js';
 import { AppError, ERROR_TABLE, errnoOf, fsWriteError, isAppError } from '../../shared/errors.js';
 import { createChildPids } from '../../shared/kit/child-pids.js';
@@ -27,6 +28,7 @@ import {
   type TargetChanges,
 } from '../../shared/pg/target.js';
 import { dumpAdmissionOf, type Project, resolveUrl, sourceOf, tenantRoleOf } from '../../shared/registry.js';
+import { backupPolicyOf } from '../../shared/schedule.js';
 import {
   compareWithSnapshot,
   describeMismatches,
@@ -255,13 +257,20 @@ export function createMigrator(rt: Runtime): Migrator {
     };
   }
 
+  /** The backup gate: a restorable newest backup and a fresh project (a restorable backup within maxAge). */
   async function gate(project: Project) {
-    const trust = await catalog.trust(project.id, project.slug);
+    const { maxAgeMs } = backupPolicyOf(project, config);
+    const trust = await catalog.trust(project.id, project.slug, new Date(), { maxAgeMs });
+    const verdict = destructiveGate(trust, trust.freshness);
+    const next = trust.tier === 'restorable' ? trust.freshness.next : (trust.next ?? trust.freshness.next);
     return {
       tier: trust.tier,
-      passes: trust.tier === 'restorable',
-      message: trust.message,
-      ...(trust.next ? { next: trust.next } : {}),
+      freshness: trust.freshness.freshness,
+      ageSeconds: trust.freshness.ageSeconds,
+      maxAgeSeconds: trust.freshness.maxAgeSeconds,
+      passes: verdict.passes,
+      message: verdict.passes ? trust.message : verdict.message,
+      ...(next ? { next } : {}),
       ...(trust.backupId ? { backupId: trust.backupId } : {}),
     };
   }
@@ -443,9 +452,17 @@ export function createMigrator(rt: Runtime): Migrator {
         if (!g.passes) {
           throw new AppError(
             'precondition_failed',
-            `backup gate: ${g.message} (tier ${g.tier}); a migration needs a restorable newest backup` +
+            `backup gate: ${g.message}; a migration needs a restorable newest backup younger than maxAge` +
               `${g.next ? `: run \`${g.next}\`` : ''}, or pass skipBackupCheck to override`,
-            { details: { tier: g.tier, ...(g.next ? { next: g.next } : {}) } },
+            {
+              details: {
+                tier: g.tier,
+                freshness: g.freshness,
+                ageSeconds: g.ageSeconds,
+                maxAgeSeconds: g.maxAgeSeconds,
+                ...(g.next ? { next: g.next } : {}),
+              },
+            },
           );
         }
       }

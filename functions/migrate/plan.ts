@@ -221,13 +221,13 @@ export function planSteps(options: { dumpOnly: boolean; lockWrites: boolean; sch
     : 'emit flux.migrate.started';
   if (options.dumpOnly) {
     return [
-      'check the backup gate (restorable newest backup unless skipBackupCheck)',
+      'check the backup gate (restorable newest backup, younger than maxAge, unless skipBackupCheck)',
       started,
       `dump schema ${options.schema} in one snapshot into a catalogued tenant_export backup (replicated and verifiable like any other)`,
     ];
   }
   return [
-    'check the backup gate (restorable newest backup unless skipBackupCheck)',
+    'check the backup gate (restorable newest backup, younger than maxAge, unless skipBackupCheck)',
     started,
     `dump schema ${options.schema} in one snapshot (exact row counts and sequence values recorded) to a temporary file`,
     'create the missing role stubs, schema auth with auth.uid() if missing, and the tenant schema in the target',

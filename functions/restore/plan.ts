@@ -126,7 +126,7 @@ export function planSteps(input: PlanInput): string[] {
       ? `keep ${input.aside} for ${input.keepPreviousHours} h (FLUX_RESTORE_KEEP_PREVIOUS_HOURS), then drop it`
       : `drop ${input.aside} once the restore is proven (FLUX_RESTORE_KEEP_PREVIOUS_HOURS=0)`;
   const common = [
-    'check the backup gate (artifact valid and restore-verified) unless skipBackupCheck',
+    'check the backup gate (artifact valid and restore-verified, the project fresh) unless skipBackupCheck',
     'read the backup and prove it against the manifest (sha256 while streaming for an offsite copy)',
     `take a safety backup of the live state through dump (it undoes this restore)`,
   ];

@@ -5,6 +5,7 @@ import { rm } from 'node:fs/promises';
 import path from 'node:path';
 import type { CatalogEntry } from '../../shared/catalog/catalog.js';
 import { classify } from '../../shared/catalog/classifier.js';
+import { destructiveGate } from '../../shared/catalog/freshness.js';
 import { newBackupId } from '../../shared/catalog/ids.js';
 import type { Manifest } from '../../shared/catalog/records.js';
 import { MINUTE_MS } from '../../shared/config.js';
@@ -22,6 +23,7 @@ import {
 import { withPgClient } from '../../shared/pg/conn.js';
 import { takeSessionLease } from '../../shared/pg/lease.js';
 import type { Project } from '../../shared/registry.js';
+import { backupPolicyOf } from '../../shared/schedule.js';
 import { requireTool, type ToolInfo } from '../../shared/tools.js';
 import { type Ends, endsOf, requireOwnServer, whereOf } from './ends.js';
 import { restoreMetrics } from './metrics.js';
@@ -107,11 +109,21 @@ export function createRestorer(rt: Runtime): Restorer {
       new Date(),
       project.slug,
     );
+    // And the project must be fresh: its newest restorable backup younger than maxAge. The backup restored
+    // may be an older one on purpose; what the gate asks is that a recent proven copy exists should the
+    // live data, once replaced, be needed back beyond the safety backup.
+    const { maxAgeMs } = backupPolicyOf(project, config);
+    const { freshness } = await catalog.trust(project.id, project.slug, new Date(), { maxAgeMs });
+    const verdict = destructiveGate(trust, freshness);
+    const next = trust.tier === 'restorable' ? freshness.next : (trust.next ?? freshness.next);
     return {
-      passes: trust.tier === 'restorable',
+      passes: verdict.passes,
       tier: trust.tier,
-      message: trust.message,
-      ...(trust.next ? { next: trust.next } : {}),
+      freshness: freshness.freshness,
+      ageSeconds: freshness.ageSeconds,
+      maxAgeSeconds: freshness.maxAgeSeconds,
+      message: verdict.passes ? trust.message : verdict.message,
+      ...(next ? { next } : {}),
     };
   }
 
@@ -291,9 +303,21 @@ export function createRestorer(rt: Runtime): Restorer {
           metrics.runs.inc({ mode: body.mode, outcome: 'refused', reason: 'precondition_failed' });
           throw new AppError(
             'precondition_failed',
-            `backup gate: ${gate.message} (tier ${gate.tier}); an in-place restore needs a restore-verified backup` +
+            `backup gate: ${gate.message}; an in-place restore needs a restore-verified backup and a restorable backup younger than maxAge` +
               `${gate.next ? `; next: ${gate.next}` : ''}; or pass --skip-backup-check. Nothing was done`,
-            { details: { tier: gate.tier, ...(gate.next ? { next: gate.next } : {}) } },
+            {
+              details: {
+                tier: gate.tier,
+                ...('freshness' in gate
+                  ? {
+                      freshness: gate.freshness,
+                      ageSeconds: gate.ageSeconds,
+                      maxAgeSeconds: gate.maxAgeSeconds,
+                    }
+                  : {}),
+                ...(gate.next ? { next: gate.next } : {}),
+              },
+            },
           );
         }
       }

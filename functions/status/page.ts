@@ -201,8 +201,25 @@ const SCRIPT = `
     return td;
   }
 
+  // Freshness: the newest restorable backup's age against the project's maxAge.
+  function freshnessCell(p, now) {
+    var f = p.freshness;
+    var td = el('td');
+    td.setAttribute('data-col', 'freshness');
+    if (!f) { td.appendChild(label('none', '-')); return td; }
+    var state = f.freshness === 'fresh' ? 'pass' : f.freshness === 'stale' ? 'fail' : 'none';
+    var text = f.freshness === 'fresh' ? '✓ fresh' : f.freshness === 'stale' ? '✗ stale' : '— never verified';
+    td.appendChild(label(state, text, f.message));
+    td.setAttribute('data-freshness', f.freshness);
+    var age = f.ageSeconds === null ? 'no restorable backup' : duration(f.ageSeconds) + ' old';
+    td.appendChild(el('small', '', age + ' · maxAge ' + duration(f.maxAgeSeconds)));
+    if (f.freshness !== 'fresh' && f.next) { var n = el('small'); n.appendChild(el('code', '', f.next)); td.appendChild(n); }
+    return td;
+  }
+
   function render(status, probes) {
     var now = Date.now();
+    var fresh = 0;
     var tbody = document.querySelector('#projects tbody');
     var rows = [];
     var counts = {};
@@ -227,6 +244,8 @@ const SCRIPT = `
       if (p.next) { var n = el('small'); n.appendChild(el('code', '', p.next)); tier.appendChild(n); }
       tr.appendChild(tier);
 
+      tr.appendChild(freshnessCell(p, now));
+      if (p.freshness && p.freshness.freshness === 'fresh') fresh++;
       tr.appendChild(cell('artifact', artifactLabel(p)));
       tr.appendChild(cell('restore', restoreLabel(p)));
       tr.appendChild(cell('offsite', offsiteLabel(p)));
@@ -251,7 +270,8 @@ const SCRIPT = `
     tbody.replaceChildren.apply(tbody, rows);
 
     var summary = $('summary');
-    var parts = [el('strong', '', (counts.restorable || 0) + ' of ' + status.projects.length + ' restorable')];
+    var parts = [el('strong', '', (counts.restorable || 0) + ' of ' + status.projects.length + ' restorable'),
+      el('strong', '', fresh + ' of ' + status.projects.length + ' fresh')];
     Object.keys(counts).sort(function (a, b) { return SEVERITY.indexOf(a) - SEVERITY.indexOf(b); }).forEach(function (t) {
       parts.push(el('span', 'badge tier-' + t, counts[t] + ' ' + t));
     });
@@ -400,7 +420,7 @@ export function renderStatusPage(options: StatusPageOptions = {}): string {
   </form>
   <section id="summary" aria-live="polite"></section>
   <table id="projects" hidden>
-    <thead><tr><th>Project</th><th>Tier</th><th>Artifact validated</th><th>Restore-verified</th>
+    <thead><tr><th>Project</th><th>Tier</th><th>Freshness</th><th>Artifact validated</th><th>Restore-verified</th>
     <th>Offsite replicated</th><th>Newest backup</th><th>Replication lag</th><th>Last probe</th></tr></thead>
     <tbody></tbody>
   </table>
@@ -409,6 +429,8 @@ export function renderStatusPage(options: StatusPageOptions = {}): string {
   Only <span class="badge tier-restorable">restorable</span> is trustworthy: a real restore of the newest backup passed.
   <span class="label state-unverifiable">⚠ could not verify</span> means verification could not run (no Docker, image
   missing, version unsupported): it is never a pass.
+  <span class="label state-pass">✓ fresh</span> means the newest restorable backup is younger than the project's maxAge;
+  migrate and an in-place restore need restorable and fresh.
   <noscript>This page needs JavaScript to load the status with your token.</noscript>
 </footer>
 <script>${SCRIPT}</script>

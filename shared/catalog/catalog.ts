@@ -7,6 +7,7 @@ import type { z } from 'zod';
 import { ensureDir, hashFile, TEMP_PREFIX, writeJsonAtomic } from '../atomic.js';
 import { errnoOf, fsWriteError } from '../errors.js';
 import type { Logger } from '../log.js';
+import { DEFAULT_MAX_AGE_MS } from '../schedule.js';
 import {
   type ArtifactStatus,
   type BackupFacts,
@@ -16,6 +17,7 @@ import {
   type RestoreStatus,
   type Trust,
 } from './classifier.js';
+import { type Freshness, freshnessOf, isRestorable, type RestorableFacts } from './freshness.js';
 import { isUuid } from './ids.js';
 import { type BackupPaths, backupPaths, parseCatalogName, projectDir } from './layout.js';
 import {
@@ -91,7 +93,16 @@ export interface Catalog {
   rememberArtifact(file: string, sizeBytes: number, mtimeMs: number, sha256: string): void;
   facts(entry: CatalogEntry, artifact: ArtifactCheck): BackupFacts;
   toApi(entry: CatalogEntry, artifact: ArtifactCheck): ApiBackup;
-  trust(projectId: string, slug?: string, now?: Date): Promise<Trust & { backup?: ApiBackup }>;
+  /**
+   * The newest backup's tier and the project's freshness (its newest restorable backup against
+   * `policy.maxAgeMs`, default DEFAULT_MAX_AGE_MS).
+   */
+  trust(
+    projectId: string,
+    slug?: string,
+    now?: Date,
+    policy?: { maxAgeMs?: number },
+  ): Promise<Trust & { backup?: ApiBackup; freshness: Freshness }>;
   writeManifest(manifest: Manifest): Promise<void>;
   writeState(state: BackupState): Promise<void>;
   writeOffsiteReceipt(receipt: OffsiteReceipt): Promise<void>;
@@ -362,13 +373,36 @@ export function createCatalog(options: CatalogOptions): Catalog {
       };
     },
 
-    async trust(projectId, slug, now = new Date()) {
-      const [newest] = await catalog.list(projectId);
-      if (!newest) return classify(undefined, now, slug);
+    async trust(projectId, slug, now = new Date(), policy = {}) {
+      const entries = await catalog.list(projectId);
+      const maxAgeMs = policy.maxAgeMs ?? DEFAULT_MAX_AGE_MS;
+      const [newest] = entries;
+      if (!newest) {
+        return { ...classify(undefined, now, slug), freshness: freshnessOf(undefined, maxAgeMs, now, slug) };
+      }
       const artifact = await catalog.checkArtifact(newest);
+      const facts = catalog.facts(newest, artifact);
+      // The newest restorable backup: the newest one itself when it is, else the first older one whose
+      // verify receipt passed for its bytes (only those are hashed, and the hashes are cached).
+      let restorable: RestorableFacts | undefined;
+      for (const entry of entries) {
+        const verify = entry.verify;
+        if (
+          !entry.manifest ||
+          verify?.status !== 'restore_verified' ||
+          verify.sha256 !== entry.manifest.sha256
+        )
+          continue;
+        const f = entry === newest ? facts : catalog.facts(entry, await catalog.checkArtifact(entry));
+        if (isRestorable(f)) {
+          restorable = { backupId: entry.backupId, createdAt: f.createdAt, verifiedAt: verify.finishedAt };
+          break;
+        }
+      }
       return {
-        ...classify(catalog.facts(newest, artifact), now, slug),
+        ...classify(facts, now, slug),
         backup: catalog.toApi(newest, artifact),
+        freshness: freshnessOf(restorable, maxAgeMs, now, slug),
       };
     },
 
