@@ -22,6 +22,8 @@ interface Tenant {
   schema?: string;
   database?: string;
   tier: string;
+  freshness: string;
+  ageSeconds: number | null;
   newestRestorableBackupId: string | null;
   newestRestorableAt: string | null;
   offsiteKey: string | null;
@@ -52,7 +54,9 @@ interface PreflightTenant {
   newestRestorableBackupId: string | null;
   offsiteKey: string | null;
   offsiteReplicated: boolean;
+  freshness: string;
   ageSeconds: number | null;
+  maxAgeSeconds: number;
   backupTaken?: string;
   verdict: 'pass' | 'fail';
   problems: string[];
@@ -65,7 +69,8 @@ export interface PreflightReport {
   serverVersion: string | null;
   at: string;
   verdict: 'pass' | 'fail' | 'unknown';
-  maxAgeSeconds: number;
+  /** The maxAge asked for every tenant; null: each project's own. */
+  maxAgeSeconds: number | null;
   backupNow: boolean;
   tenants: PreflightTenant[];
   findings: Finding[];
@@ -124,6 +129,10 @@ Exit codes: 0 listed (whatever the findings); others from the errors table.`,
         {
           header: 'RESTORABLE',
           value: (c) => `${c.tenants.filter((t) => t.tier === 'restorable').length}/${c.tenants.length}`,
+        },
+        {
+          header: 'FRESH',
+          value: (c) => `${c.tenants.filter((t) => t.freshness === 'fresh').length}/${c.tenants.length}`,
         },
         {
           header: 'DUMPS',
@@ -190,6 +199,7 @@ offsite key, and the placement findings. Needs a token with backups:read.`,
           { header: 'HASH', value: (t) => t.hash },
           { header: 'WHERE', value: (t) => where(t) },
           { header: 'TIER', value: (t) => t.tier },
+          { header: 'FRESHNESS', value: (t) => t.freshness },
           { header: 'NEWEST RESTORABLE', value: (t) => t.newestRestorableBackupId ?? '-' },
           { header: 'OFFSITE KEY', value: (t) => t.offsiteKey ?? '-' },
         ]),
@@ -209,14 +219,14 @@ export function preflightMarkdown(r: PreflightReport): string {
     '',
     `- Time: ${r.at}`,
     `- Cluster: ${r.cluster} (${r.kind}${r.region ? `, region ${r.region}` : ''}), PostgreSQL ${r.serverVersion ?? 'unknown (unreachable)'}`,
-    `- Fresh means: newest restorable backup younger than ${age(r.maxAgeSeconds)}`,
+    `- Fresh means: newest restorable backup younger than ${r.maxAgeSeconds === null ? "each project's maxAge" : age(r.maxAgeSeconds)}`,
     `- Fresh backups taken first: ${r.backupNow ? 'yes' : 'no'}`,
     '',
-    '| Project | Hash | Schema or database | Tier | Newest restorable backup | Offsite key | Age | Verdict |',
-    '| --- | --- | --- | --- | --- | --- | --- | --- |',
+    '| Project | Hash | Schema or database | Tier | Freshness | Newest restorable backup | Offsite key | Age | Verdict |',
+    '| --- | --- | --- | --- | --- | --- | --- | --- | --- |',
     ...r.tenants.map(
       (t) =>
-        `| ${cell(t.slug)} | ${t.hash} | ${cell(where(t))} | ${t.tier} | ${t.newestRestorableBackupId ?? '-'} | ${cell(t.offsiteKey ?? '-')} | ${age(t.ageSeconds)} | ${t.verdict} |`,
+        `| ${cell(t.slug)} | ${t.hash} | ${cell(where(t))} | ${t.tier} | ${t.freshness} | ${t.newestRestorableBackupId ?? '-'} | ${cell(t.offsiteKey ?? '-')} | ${age(t.ageSeconds)} | ${t.verdict} |`,
     ),
     '',
   ];
@@ -250,7 +260,7 @@ Exit codes: 0 pass; 1 a problem was found; 2 could not tell; others from the err
 
 Flags:
   --backup-now          take a fresh backup of every tenant first
-  --max-age <duration>  what counts as fresh: 26h, 90m, 7d (default 26h)
+  --max-age <duration>  what counts as fresh for every tenant: 26h, 90m, 7d (default: each project's maxAge)
   --wait <seconds>      how long --backup-now waits for replicate and verify (default 3600)
   -o, --output <file>   write the report (Markdown, or JSON for *.json)`,
   options: {
@@ -302,6 +312,7 @@ Flags:
           { header: 'PROJECT', value: (t) => t.slug },
           { header: 'WHERE', value: (t) => where(t) },
           { header: 'TIER', value: (t) => t.tier },
+          { header: 'FRESHNESS', value: (t) => t.freshness },
           { header: 'NEWEST RESTORABLE', value: (t) => t.newestRestorableBackupId ?? '-' },
           { header: 'AGE', value: (t) => age(t.ageSeconds) },
           { header: 'OFFSITE', value: (t) => (t.offsiteReplicated ? 'yes' : 'no') },

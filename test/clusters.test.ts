@@ -236,7 +236,7 @@ describe('clusters', () => {
 
     const table = await cli(['cluster', 'list']);
     expect(table.stdout).toMatch(/^CLUSTER\s+KIND\s+REGION\s+SERVER/m);
-    expect(table.stdout).toMatch(/^shared-1\s+shared\s+eu-west\s+\d+\.\d+\s+2\s+2\/2\s/m);
+    expect(table.stdout).toMatch(/^shared-1\s+shared\s+eu-west\s+\d+\.\d+\s+2\s+2\/2\s+1\/2\s/m);
     expect(table.stdout).toContain(`orphan_schema: cluster shared-1: schema ${orphanSchema}`);
 
     const show = await cli(['cluster', 'show', 'dedicated-1']);
@@ -266,14 +266,14 @@ describe('clusters', () => {
       const r = await cli(['cluster', 'preflight', 'shared-1', '-o', report]);
       expect(r.exitCode, r.stderr).toBe(1);
       expect(r.stdout).toMatch(/^preflight of cluster shared-1: FAILED \(2 tenant\(s\)\)/m);
-      expect(r.stdout).toMatch(/stale-shop: its newest restorable backup is 3\.0d old \(max 26\.0h\)/);
+      expect(r.stdout).toMatch(/stale-shop: its newest restorable backup is 3d old \(maxAge 1d 2h\)/);
       expect(r.stdout).toContain(`orphan_schema: cluster shared-1: schema ${orphanSchema}`);
       expect(r.stdout).toMatch(/tenant_on_other_cluster: project moved-shop is v1 dedicated on dedicated-1/);
       const md = await readFile(report, 'utf8');
       expect(md).toMatch(/^# Maintenance preflight: cluster shared-1: FAIL$/m);
       expect(md).toMatch(
         new RegExp(
-          `^\\| ${alpha.slug} \\| ${alpha.hash} \\| schema ${tenantSchemaOf(alpha.id)} \\| restorable \\| [0-9A-Za-z-]+ \\| .+ \\| pass \\|$`,
+          `^\\| ${alpha.slug} \\| ${alpha.hash} \\| schema ${tenantSchemaOf(alpha.id)} \\| restorable \\| fresh \\| [0-9A-Za-z-]+ \\| .+ \\| pass \\|$`,
           'm',
         ),
       );
@@ -283,6 +283,7 @@ describe('clusters', () => {
       expect(second.exitCode).toBe(1);
       const rep = (JSON.parse(second.stdout) as { report: Report }).report;
       expect(rep.problems.join('\n')).toMatch(/never-shop: not restorable \(no_backups\)/);
+      expect(rep.tenants).toMatchObject([{ slug: never.slug, freshness: 'never_verified' }]);
     } finally {
       await rm(dir, { recursive: true, force: true });
     }

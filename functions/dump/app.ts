@@ -14,12 +14,12 @@ import { requireScopeOf } from '../../shared/kit/auth.js';
 import { dirWritableCheck, registryCheck, toolCheck } from '../../shared/kit/readiness.js';
 import type { FunctionApp, Runtime } from '../../shared/kit/runtime.js';
 import { type Project, requireProjectByHash } from '../../shared/registry.js';
-import { backupPolicyOf } from '../../shared/schedule.js';
+import { backupPolicyOf, parseDuration } from '../../shared/schedule.js';
 import { createClusterViews } from './clusters.js';
 import { createDumper, type StartedBackup } from './dumper.js';
 import { listOffsite, manifestCheckFor } from './offsite-catalog.js';
 import { downloadFromOffsite, lazyOffsiteStore, parseArtifactSource } from './offsite-source.js';
-import { createPreflight, parseAgeSeconds } from './preflight.js';
+import { createPreflight } from './preflight.js';
 import { createCatalogRebuilder } from './rebuild.js';
 import { createBackupScheduler } from './schedule.js';
 import { createTrustMetrics } from './trust-metrics.js';
@@ -27,13 +27,11 @@ import { createTrustMetrics } from './trust-metrics.js';
 const CreateBody = z.object({ kind: z.enum(['project_db', 'tenant_export']).optional() }).loose();
 const PreflightBody = z.object({
   backupNow: z.boolean().optional(),
-  /** A duration such as `26h`, `90m`, `7d`. */
-  maxAge: z.string().max(16).optional(),
+  /** A duration such as `26h`, `90m`, `7d` for every tenant; each project's own maxAge when absent. */
+  maxAge: z.string().max(32).optional(),
   /** How long backupNow waits for replicate and verify, in seconds. */
   waitSeconds: z.number().int().min(1).max(86_400).optional(),
 });
-/** What a preflight accepts as fresh when the request says nothing. */
-const PREFLIGHT_MAX_AGE_SECONDS = 26 * 3600;
 const PREFLIGHT_WAIT_SECONDS = 3600;
 const RebuildBody = z.object({
   from: z.literal('offsite'),
@@ -250,14 +248,16 @@ export function createApp(rt: Runtime): FunctionApp {
   app.post('/api/ops/v1/clusters/:name/preflight', requireScope('backups:read'), async (c) => {
     const body = await readJson(c, PreflightBody, { emptyIsObject: true });
     clusterViews.info(c.req.param('name'));
-    const maxAgeSeconds =
-      body.maxAge === undefined ? PREFLIGHT_MAX_AGE_SECONDS : parseAgeSeconds(body.maxAge);
-    if (maxAgeSeconds === undefined) {
-      throw new AppError('bad_request', `maxAge "${body.maxAge}" is not a duration such as 26h, 90m or 7d`);
+    const maxAgeMs = body.maxAge === undefined ? undefined : parseDuration(body.maxAge);
+    if (body.maxAge !== undefined && maxAgeMs === undefined) {
+      throw new AppError(
+        'bad_request',
+        `maxAge "${body.maxAge.slice(0, 32)}" is not a duration such as 26h, 90m or 7d`,
+      );
     }
     if (body.backupNow) requireScopeOf(c.get('token')!, 'backups:write');
     const report = await preflight.run(c.req.param('name'), {
-      maxAgeSeconds,
+      ...(maxAgeMs !== undefined ? { maxAgeSeconds: Math.round(maxAgeMs / 1000) } : {}),
       backupNow: body.backupNow === true,
       waitMs: (body.waitSeconds ?? PREFLIGHT_WAIT_SECONDS) * 1000,
       signal: c.req.raw.signal,

@@ -7,6 +7,7 @@ import { readFile } from 'node:fs/promises';
 import path from 'node:path';
 import { ensureDir, writeJsonAtomic } from '../../shared/atomic.js';
 import { labelsOf, type Trust } from '../../shared/catalog/classifier.js';
+import type { FreshnessState } from '../../shared/catalog/freshness.js';
 import { AppError, isAppError } from '../../shared/errors.js';
 import type { Runtime } from '../../shared/kit/runtime.js';
 import { gauge } from '../../shared/metrics.js';
@@ -19,6 +20,7 @@ import {
   resolveUrl,
   tenantSchemaOf,
 } from '../../shared/registry.js';
+import { backupPolicyOf } from '../../shared/schedule.js';
 
 /** Stable codes of what the placement check finds. */
 export const PLACEMENT_CODES = {
@@ -61,11 +63,16 @@ export interface ClusterTenant {
   tier: Trust['tier'];
   trustworthy: boolean;
   message: string;
+  freshness: FreshnessState;
+  /** Age of the newest restorable backup (null when there is none), against the project's maxAge. */
+  ageSeconds: number | null;
+  maxAgeSeconds: number;
   newestBackupId: string | null;
   newestRestorableBackupId: string | null;
   newestRestorableAt: string | null;
+  /** The offsite copy of the newest restorable backup, and whether replicate proved it. */
   offsiteKey: string | null;
-  offsiteStatus: string | null;
+  offsiteReplicated: boolean;
 }
 
 export interface ClusterView {
@@ -297,20 +304,17 @@ export function createClusterViews(
   }
 
   async function tenantRow(p: Project): Promise<ClusterTenant> {
-    const trust = await catalog.trust(p.id, p.slug);
-    let restorable: { id: string; at: string; offsiteKey: string | null; offsiteStatus: string } | undefined;
-    for (const entry of await catalog.list(p.id)) {
-      if (!entry.manifest) continue;
-      const artifact = await catalog.checkArtifact(entry);
-      if (!labelsOf(catalog.facts(entry, artifact)).restoreVerified) continue;
-      const row = catalog.toApi(entry, artifact);
-      restorable = {
-        id: row.id,
-        at: row.createdAt,
-        offsiteKey: row.offsiteKey,
-        offsiteStatus: row.offsiteStatus,
+    const trust = await catalog.trust(p.id, p.slug, new Date(), backupPolicyOf(p, rt.config));
+    const { freshness } = trust;
+    // The newest restorable backup's offsite copy: what a restore after losing the cluster would use.
+    let offsite: { key: string | null; replicated: boolean } = { key: null, replicated: false };
+    const restorable = freshness.backupId ? await catalog.get(p.id, freshness.backupId) : undefined;
+    if (restorable) {
+      const artifact = await catalog.checkArtifact(restorable);
+      offsite = {
+        key: catalog.toApi(restorable, artifact).offsiteKey,
+        replicated: labelsOf(catalog.facts(restorable, artifact)).offsiteReplicated,
       };
-      break;
     }
     return {
       slug: p.slug,
@@ -321,11 +325,14 @@ export function createClusterViews(
       tier: trust.tier,
       trustworthy: trust.trustworthy,
       message: trust.message,
+      freshness: freshness.freshness,
+      ageSeconds: freshness.ageSeconds,
+      maxAgeSeconds: freshness.maxAgeSeconds,
       newestBackupId: trust.backupId ?? null,
-      newestRestorableBackupId: restorable?.id ?? null,
-      newestRestorableAt: restorable?.at ?? null,
-      offsiteKey: restorable?.offsiteKey ?? null,
-      offsiteStatus: restorable?.offsiteStatus ?? null,
+      newestRestorableBackupId: freshness.backupId ?? null,
+      newestRestorableAt: freshness.createdAt ?? null,
+      offsiteKey: offsite.key,
+      offsiteReplicated: offsite.replicated,
     };
   }
 
@@ -358,7 +365,17 @@ export function createClusterViews(
         serverVersion: probe.serverVersion ?? null,
         error: probe.error ?? null,
         maxConcurrentDumps: c.maxConcurrentDumps,
-        dumps: queueOf(c.name),
+        // A dedicated server's databases are dumped one at a time each (their own slot), a shared
+        // cluster's tenants share its maxConcurrentDumps.
+        dumps:
+          c.kind === 'shared'
+            ? queueOf(c.name)
+            : c.projects
+                .map((p) => queueOf(`dedicated:${p.slug}`))
+                .reduce((t, q) => ({ running: t.running + q.running, waiting: t.waiting + q.waiting }), {
+                  running: 0,
+                  waiting: 0,
+                }),
         tenants,
         findings: found.filter(
           (f) => f.cluster === c.name || (f.project && c.projects.some((p) => p.slug === f.project)),

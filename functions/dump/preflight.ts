@@ -2,11 +2,13 @@
 // tenant on it restorable, fresh and replicated offsite, and is nothing out of place? Optionally a fresh
 // backup of every tenant first (through the dump queue, so the cluster's concurrency holds), waiting for
 // replicate and verify to judge it. The report is the record an operator attaches to the ticket.
-import { labelsOf } from '../../shared/catalog/classifier.js';
+import { setTimeout as sleep } from 'node:timers/promises';
+import type { FreshnessState } from '../../shared/catalog/freshness.js';
 import { AppError, isAppError } from '../../shared/errors.js';
 import type { Runtime } from '../../shared/kit/runtime.js';
 import { counter } from '../../shared/metrics.js';
 import { type Project, tenantSchemaOf } from '../../shared/registry.js';
+import { formatDuration } from '../../shared/schedule.js';
 import type { ClusterViews, PlacementFinding } from './clusters.js';
 import type { Dumper } from './dumper.js';
 
@@ -22,8 +24,10 @@ export interface PreflightTenant {
   newestRestorableBackupId: string | null;
   offsiteKey: string | null;
   offsiteReplicated: boolean;
-  /** Age of the newest restorable backup. */
+  freshness: FreshnessState;
+  /** Age of the newest restorable backup, and the maxAge it was judged against. */
   ageSeconds: number | null;
+  maxAgeSeconds: number;
   /** A backup this preflight took (--backup-now). */
   backupTaken?: string;
   verdict: 'pass' | 'fail';
@@ -37,7 +41,8 @@ export interface PreflightReport {
   serverVersion: string | null;
   at: string;
   verdict: PreflightVerdict;
-  maxAgeSeconds: number;
+  /** The maxAge the request set for every tenant (null: each project's own). */
+  maxAgeSeconds: number | null;
   backupNow: boolean;
   tenants: PreflightTenant[];
   findings: PlacementFinding[];
@@ -46,7 +51,8 @@ export interface PreflightReport {
 }
 
 export interface PreflightOptions {
-  maxAgeSeconds: number;
+  /** What counts as fresh for every tenant; each project's own maxAge when unset. */
+  maxAgeSeconds?: number;
   backupNow: boolean;
   /** How long --backup-now waits for the backups to be replicated and verified. */
   waitMs: number;
@@ -54,30 +60,6 @@ export interface PreflightOptions {
 }
 
 const POLL_MS = 500;
-
-function sleep(ms: number, signal?: AbortSignal): Promise<void> {
-  return new Promise((resolve, reject) => {
-    if (signal?.aborted) return reject(signal.reason);
-    const timer = setTimeout(() => {
-      signal?.removeEventListener('abort', onAbort);
-      resolve();
-    }, ms);
-    const onAbort = () => {
-      clearTimeout(timer);
-      reject(signal?.reason);
-    };
-    signal?.addEventListener('abort', onAbort, { once: true });
-  });
-}
-
-/** `90s`, `45m`, `26h`, `7d` → seconds; undefined for anything else. */
-export function parseAgeSeconds(text: string): number | undefined {
-  const m = /^(\d{1,6})(s|m|h|d)$/.exec(text.trim());
-  if (!m) return undefined;
-  const unit = { s: 1, m: 60, h: 3600, d: 86_400 }[m[2] as 's' | 'm' | 'h' | 'd'];
-  const seconds = Number(m[1]) * unit;
-  return seconds > 0 ? seconds : undefined;
-}
 
 export function createPreflight(rt: Runtime, views: ClusterViews, dumper: Dumper) {
   const { registry, catalog, log, metrics } = rt;
@@ -113,7 +95,7 @@ export function createPreflight(rt: Runtime, views: ClusterViews, dumper: Dumper
       }
       if (entry?.manifest && entry.verify && entry.offsite) return backupId;
       if (Date.now() >= deadline) return backupId;
-      await sleep(POLL_MS, signal);
+      await sleep(POLL_MS, undefined, signal ? { signal } : {});
     }
   }
 
@@ -146,30 +128,24 @@ export function createPreflight(rt: Runtime, views: ClusterViews, dumper: Dumper
         );
       }
     }
-    const now = Date.now();
     const tenants: PreflightTenant[] = [];
     for (const t of view.tenants) {
       const p = registry.bySlug(t.slug)!;
       const own: string[] = [];
-      let offsiteReplicated = false;
-      if (t.newestRestorableBackupId) {
-        const entry = await catalog.get(p.id, t.newestRestorableBackupId);
-        if (entry)
-          offsiteReplicated = labelsOf(
-            catalog.facts(entry, await catalog.checkArtifact(entry)),
-          ).offsiteReplicated;
-      }
-      const ageSeconds = t.newestRestorableAt
-        ? Math.max(0, Math.round((now - Date.parse(t.newestRestorableAt)) / 1000))
-        : null;
+      const maxAgeSeconds = options.maxAgeSeconds ?? t.maxAgeSeconds;
+      const freshness: FreshnessState =
+        t.ageSeconds === null ? 'never_verified' : t.ageSeconds < maxAgeSeconds ? 'fresh' : 'stale';
       if (t.tier !== 'restorable') own.push(`not restorable (${t.tier}): ${t.message}`);
-      if (ageSeconds === null) own.push('no restore-verified backup');
-      else if (ageSeconds > options.maxAgeSeconds)
+      if (t.ageSeconds === null) {
+        own.push(`no restore-verified backup: run flux-ops backup create -p ${t.slug}, then verify it`);
+      } else if (freshness === 'stale') {
         own.push(
-          `its newest restorable backup is ${formatAge(ageSeconds)} old (max ${formatAge(options.maxAgeSeconds)}): run flux-ops backup create -p ${t.slug}`,
+          `its newest restorable backup is ${formatDuration(t.ageSeconds * 1000)} old (maxAge ${formatDuration(maxAgeSeconds * 1000)}): run flux-ops backup create -p ${t.slug}`,
         );
-      if (t.newestRestorableBackupId && !offsiteReplicated)
+      }
+      if (t.newestRestorableBackupId && !t.offsiteReplicated) {
         own.push(`backup ${t.newestRestorableBackupId} is not replicated offsite`);
+      }
       for (const f of view.findings.filter((f) => f.project === t.slug)) own.push(`${f.code}: ${f.message}`);
       tenants.push({
         slug: t.slug,
@@ -180,8 +156,10 @@ export function createPreflight(rt: Runtime, views: ClusterViews, dumper: Dumper
         tier: t.tier,
         newestRestorableBackupId: t.newestRestorableBackupId,
         offsiteKey: t.offsiteKey,
-        offsiteReplicated,
-        ageSeconds,
+        offsiteReplicated: t.offsiteReplicated,
+        freshness,
+        ageSeconds: t.ageSeconds,
+        maxAgeSeconds,
         ...(taken.has(t.slug) ? { backupTaken: taken.get(t.slug)! } : {}),
         verdict: own.length === 0 ? 'pass' : 'fail',
         problems: own,
@@ -202,7 +180,7 @@ export function createPreflight(rt: Runtime, views: ClusterViews, dumper: Dumper
       serverVersion: view.serverVersion,
       at: new Date().toISOString(),
       verdict,
-      maxAgeSeconds: options.maxAgeSeconds,
+      maxAgeSeconds: options.maxAgeSeconds ?? null,
       backupNow: options.backupNow,
       tenants,
       findings: view.findings,
@@ -228,11 +206,4 @@ export function createPreflight(rt: Runtime, views: ClusterViews, dumper: Dumper
   }
 
   return { run };
-}
-
-export function formatAge(seconds: number): string {
-  if (seconds < 120) return `${seconds}s`;
-  if (seconds < 2 * 3600) return `${Math.round(seconds / 60)}m`;
-  if (seconds < 2 * 86_400) return `${(seconds / 3600).toFixed(1)}h`;
-  return `${(seconds / 86_400).toFixed(1)}d`;
 }
