@@ -5,6 +5,7 @@ import type { AddressInfo } from 'node:net';
 import { type ServerType, serve } from '@hono/node-server';
 import { Hono } from 'hono';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { ApiError, createClient } from '../../cli/http.js';
 import { AppError } from '../errors.js';
 import type { AppEnv } from './app.js';
 import { errorBody } from './app.js';
@@ -114,5 +115,18 @@ describe('patientJson', () => {
     });
     expect(upstreamReads(res.status, text)).toBe('failure');
     expect(lateErrors.map((e) => e.code)).toEqual(['precondition_failed']);
+  });
+
+  it('flux-ops’s own CLI reads a late failure as the failure it is, and a late success as a success', async () => {
+    const client = createClient({ base, baseSource: 'flag', token: undefined }, 'patient-test');
+    try {
+      const failed = await client.json('POST', '/work/400/fail', { long: true }).catch((e: unknown) => e);
+      expect(failed).toBeInstanceOf(ApiError);
+      expect(failed).toMatchObject({ status: 412, code: 'precondition_failed' });
+      const ok = await client.json<{ backup: { id: string } }>('POST', '/work/400/ok', { long: true });
+      expect(ok.body.backup.id).toBe('01JDZ0000000000000000000AA');
+    } finally {
+      await client.close();
+    }
   });
 });
