@@ -23,7 +23,7 @@ describe('front-door routing', () => {
     ['/api/cli/v1/migrate', 'migrate', '/api/cli/v1/migrate'],
     ['/api/cli/v1/migrate/0a1b2c3', 'migrate', '/api/cli/v1/migrate/0a1b2c3'],
     ['/api/cli/v1/projects/0a1b2c3', 'migrate', '/api/cli/v1/projects/0a1b2c3'],
-    ['/api/cli/v1/projects/0a1b2c3/', 'migrate', '/api/cli/v1/projects/0a1b2c3/'],
+    ['/api/cli/v1/projects/0a1b2c3/', 'dump', '/api/cli/v1/projects/0a1b2c3/'],
     ['/api/ops/v1/status', 'dump', '/api/ops/v1/status'],
     ['/probes/run', 'probe', '/probes/run'],
     ['/replicate/events', 'replicate', '/events'],

@@ -10,7 +10,8 @@ export interface Route {
 
 const VERIFY_ROUTE = /^\/api\/cli\/v1\/projects\/[^/]+\/backups\/[^/]+\/verify\/?$/;
 const MIGRATE_ROUTE = /^\/api\/cli\/v1\/migrate(\/[^/]+)?\/?$/;
-const PROJECT_ROUTE = /^\/api\/cli\/v1\/projects\/[^/]+\/?$/;
+// Exactly the project: with a trailing slash it is no route of migrate (dump says so, as before).
+const PROJECT_ROUTE = /^\/api\/cli\/v1\/projects\/[^/]+$/;
 const RESTORE_ROUTE = /^\/api\/cli\/v1\/projects\/[^/]+\/(backups\/[^/]+\/restore|restores(\/.*)?)\/?$/;
 
 export function routeOf(pathname: string): Route | undefined {
