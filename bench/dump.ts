@@ -60,7 +60,7 @@ export async function benchDump(ctx: BenchContext): Promise<void> {
         });
         const body = (await res.json()) as { backup?: { id: string; sizeBytes: number }; error?: string };
         const elapsed = (performance.now() - started) / 1000;
-        if (res.status !== 201 || !body.backup) {
+        if (res.status !== 200 || !body.backup) {
           throw new Error(`dump create answered ${res.status}: ${body.error}\n${proc.output().slice(-2000)}`);
         }
         sizePeaks.push((await memoryOf(proc.pid)).peak / MB);

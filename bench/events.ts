@@ -179,7 +179,7 @@ async function benchEndToEnd(ctx: BenchContext): Promise<void> {
       });
       const body = (await res.json()) as { backup?: { id: string }; error?: string };
       const createdAt = performance.now();
-      if (res.status !== 201 || !body.backup) throw new Error(`create answered ${res.status}: ${body.error}`);
+      if (res.status !== 200 || !body.backup) throw new Error(`create answered ${res.status}: ${body.error}`);
       const subject = `${project.id}/${body.backup.id}`;
       const arrivalOf = async (type: string) => {
         await until(

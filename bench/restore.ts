@@ -116,7 +116,7 @@ export async function benchRestore(ctx: BenchContext): Promise<void> {
         headers: ctx.token.header,
       });
       const body = (await res.json()) as { backup?: { id: string; sizeBytes: number }; error?: string };
-      if (res.status !== 201 || !body.backup)
+      if (res.status !== 200 || !body.backup)
         throw new Error(`dump create answered ${res.status}: ${body.error}\n${dump.output().slice(-2000)}`);
       return body.backup;
     };

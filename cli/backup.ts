@@ -40,8 +40,10 @@ export function sourceOf(command: string, values: Parameters<typeof str>[0]): Ba
   return source;
 }
 
-/** restore column: our outcome (with `unverifiable`) when the server gives it, else the upstream status. */
+// Our words (with `unverifiable`, `missing`, `conflict`) when the server gives them, else upstream's.
 const restoreOf = (b: ApiBackup) => b.restoreVerificationOutcome ?? b.restoreVerificationStatus ?? '-';
+const artifactOf = (b: ApiBackup) => b.artifactValidationOutcome ?? b.artifactValidationStatus ?? '-';
+const offsiteOf = (b: ApiBackup) => b.offsiteOutcome ?? b.offsiteStatus ?? '-';
 
 export function describeBackup(
   b: ApiBackup,
@@ -55,9 +57,9 @@ export function describeBackup(
     ['sha256', b.checksumSha256 ?? '-'],
     ['created', `${b.createdAt} (${humanAge(b.createdAt, now)})`],
     ['completed', b.completedAt ?? '-'],
-    ['artifact', b.artifactValidationStatus ?? '-'],
+    ['artifact', artifactOf(b)],
     ['restore', restoreOf(b)],
-    ['offsite', b.offsiteStatus ?? '-'],
+    ['offsite', offsiteOf(b)],
   ];
   if (b.error) rows.push(['error', b.error]);
   if (b.restoreVerificationError) rows.push(['verify error', b.restoreVerificationError]);
@@ -123,12 +125,12 @@ Flags:
     else {
       const average = backup.sizeBytes ? backup.sizeBytes / Math.max(seconds, 0.001) : rate;
       const took: Array<[string, string]> =
-        backup.status === 'completed'
+        backup.status === 'complete'
           ? [['took', `${preciseDuration(seconds * 1000)} (${humanRate(average)})`]]
           : [];
       println(ctx.io.out, describeBackup(backup, project.slug, took));
     }
-    if (backup.status !== 'completed') {
+    if (backup.status !== 'complete') {
       throw new AppError(
         'dump_failed',
         `backup ${backup.id} of ${project.slug} failed: ${backup.error ?? 'no reason given'}`,
@@ -186,9 +188,9 @@ Flags:
         { header: 'CREATED', value: (b) => humanAge(b.createdAt, now) },
         { header: 'STATUS', value: (b) => b.status },
         { header: 'SIZE', value: (b) => humanBytes(b.sizeBytes), right: true },
-        { header: 'ARTIFACT', value: (b) => b.artifactValidationStatus ?? '-' },
+        { header: 'ARTIFACT', value: artifactOf },
         { header: 'RESTORE', value: restoreOf },
-        { header: 'OFFSITE', value: (b) => b.offsiteStatus ?? '-' },
+        { header: 'OFFSITE', value: offsiteOf },
       ]),
     );
     if (fresh) {

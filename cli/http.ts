@@ -156,6 +156,18 @@ export function apiError(endpoint: Endpoint, status: number, text: string, path:
   return new ApiError(message, status, code, isOurs && body ? body : { error: message, code });
 }
 
+/** The status a deferred answer's body says it would have had, when it is a failure. */
+function deferredFailure(text: string): number | undefined {
+  try {
+    const body = JSON.parse(text) as { ok?: unknown; status?: unknown };
+    return body.ok === false && typeof body.status === 'number' && body.status >= 400
+      ? body.status
+      : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
 function header(headers: Record<string, string | string[] | undefined>, name: string): string | undefined {
   const value = headers[name.toLowerCase()];
   return Array.isArray(value) ? value[0] : value;
@@ -209,6 +221,10 @@ export function createClient(endpoint: Endpoint, userAgent: string): ApiClient {
       if (answer.statusCode < 200 || answer.statusCode >= 300) {
         throw apiError(endpoint, answer.statusCode, text, path);
       }
+      // A long synchronous call whose headers went out before it ended (shared/kit/patient.ts): a failure
+      // then comes as a 200 whose body is the error with the status it would have had.
+      const late = header(answer.headers, 'x-flux-deferred') === '1' ? deferredFailure(text) : undefined;
+      if (late) throw apiError(endpoint, late, text, path);
       let body: T;
       try {
         body = (text.trim() === '' ? {} : JSON.parse(text)) as T;

@@ -27,8 +27,11 @@ export interface ApiBackup {
   createdAt: string;
   completedAt: string | null;
   localArtifactStatus?: string;
+  /** Upstream's words (complete, artifact_valid, …); the `…Outcome` fields are ours. */
   offsiteStatus?: string;
+  offsiteOutcome?: string;
   artifactValidationStatus?: string;
+  artifactValidationOutcome?: string;
   restoreVerificationStatus?: string;
   restoreVerificationOutcome?: string;
   restoreVerificationAt?: string | null;
@@ -130,8 +133,8 @@ export async function resolveBackup(
   const offsite = options.source === 'offsite';
   const backups = await listBackups(client, project, offsite ? 'offsite' : 'local');
   const hasFile = (b: ApiBackup) =>
-    offsite ? b.offsiteStatus === 'replicated' : b.localArtifactStatus !== 'missing';
-  const newest = backups.find((b) => b.status === 'completed' && (!options.needFile || hasFile(b)));
+    offsite ? b.offsiteStatus === 'complete' : b.localArtifactStatus !== 'missing';
+  const newest = backups.find((b) => b.status === 'complete' && (!options.needFile || hasFile(b)));
   if (!newest) {
     const where = offsite ? ' in the offsite store' : '';
     const file = options.needFile ? (offsite ? ' with its offsite copy' : ' with its file present') : '';

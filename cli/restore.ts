@@ -108,7 +108,7 @@ Flags:
     let id: string;
     if ('latest' in ref && inPlace) {
       const newest = (await listBackups(client, project)).find(
-        (b) => b.status === 'completed' && b.restoreVerificationStatus === 'restore_verified',
+        (b) => b.status === 'complete' && b.restoreVerificationStatus === 'restore_verified',
       );
       if (!newest && !bool(ctx.values, 'skip-backup-check')) {
         throw new AppError(

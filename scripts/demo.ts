@@ -145,12 +145,12 @@ async function main(): Promise<number> {
       rows.push([
         c.slug,
         c.id,
-        yes(b.artifactValidationStatus === 'valid'),
-        yes(b.offsiteStatus === 'replicated'),
+        yes(b.artifactValidationStatus === 'artifact_valid'),
+        yes(b.offsiteStatus === 'complete'),
         yes(b.restoreVerificationOutcome === 'restore_verified'),
         tier,
       ]);
-      if (tier !== 'restorable' || b.offsiteStatus !== 'replicated') {
+      if (tier !== 'restorable' || b.offsiteStatus !== 'complete') {
         allGood = false;
         if (b.restoreVerificationError) say(`demo: ${c.slug}: ${b.restoreVerificationError}`);
       }

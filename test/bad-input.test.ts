@@ -866,14 +866,13 @@ beforeAll(async () => {
     method: 'POST',
     headers: ADMIN.header,
   });
-  expect(created.status).toBe(201);
+  expect(created.status).toBe(200);
   backupId = ((await created.json()) as { backup: { id: string } }).backup.id;
   await eventually(async () =>
     (await apps.dump.app.request(`/api/cli/v1/projects/${TENANT.hash}/backups`, { headers: ADMIN.header }))
       .json()
       .then(
-        (b) =>
-          (b as { backups: Array<{ offsiteStatus: string }> }).backups[0]?.offsiteStatus === 'replicated',
+        (b) => (b as { backups: Array<{ offsiteStatus: string }> }).backups[0]?.offsiteStatus === 'complete',
       ),
   );
 

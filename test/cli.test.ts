@@ -94,7 +94,7 @@ describe('backup create, list, status', () => {
     expect(r.stderr).toMatch(/^backup of bloom-atelier: (queued|dumping|finishing|running)\b.*\d+s$/m);
     expect(r.stderr).not.toContain('\r');
     expect(r.exitCode).toBe(0);
-    const id = /^backup ([0-9A-Z]{26}) of bloom-atelier: completed$/m.exec(r.stdout)?.[1];
+    const id = /^backup ([0-9A-Z]{26}) of bloom-atelier: complete$/m.exec(r.stdout)?.[1];
     expect(id).toBeDefined();
     const manifest = JSON.parse(
       await readFile(path.join(env.config.FLUX_BACKUPS_LOCAL_DIR, tenantId, `${id}.manifest.json`), 'utf8'),
@@ -109,7 +109,7 @@ describe('backup create, list, status', () => {
     expect(r.exitCode).toBe(0);
     expect(r.stderr).toBe('');
     const { backup } = JSON.parse(r.stdout) as { backup: { id: string; status: string; kind: string } };
-    expect(backup).toMatchObject({ status: 'completed', kind: 'tenant_export' });
+    expect(backup).toMatchObject({ status: 'complete', kind: 'tenant_export' });
   });
 
   it('list: a table newest first, and the same backups as JSON', async () => {
@@ -118,7 +118,7 @@ describe('backup create, list, status', () => {
     const [header, first] = r.stdout.trimEnd().split('\n');
     expect(header).toMatch(/^ID\s+CREATED\s+STATUS\s+SIZE\s+ARTIFACT\s+RESTORE\s+OFFSITE$/);
     expect(first).toMatch(
-      new RegExp(`^${created.id}\\s+\\d+\\w+( \\d+\\w+)? ago\\s+completed\\s+.*valid\\s+pending\\s+pending$`),
+      new RegExp(`^${created.id}\\s+\\d+\\w+( \\d+\\w+)? ago\\s+complete\\s+.*valid\\s+pending\\s+pending$`),
     );
     const json = await cli(['backup', 'list', '-p', SLUG, '--json']);
     const { backups } = JSON.parse(json.stdout) as { backups: Array<{ id: string; checksumSha256: string }> };
@@ -134,7 +134,7 @@ describe('backup create, list, status', () => {
     );
     const row = lines.find((l) => l.startsWith(SLUG));
     expect(row).toMatch(
-      /^bloom-atelier\s+pipeline_incomplete\s+never_verified\s+- \/ 1d 2h\s+yes\s+no\s+no\s+(\d+m )?\d+s ago\s+.*next: flux-ops backup verify -p bloom-atelier --id /,
+      /^bloom-atelier\s+not_restore_verified\s+never_verified\s+- \/ 1d 2h\s+yes\s+no\s+no\s+(\d+m )?\d+s ago\s+.*next: flux-ops backup verify -p bloom-atelier --id /,
     );
     const one = await cli(['backup', 'status', '-p', 'other-tenant', '--json']);
     const { projects } = JSON.parse(one.stdout) as {
@@ -143,7 +143,7 @@ describe('backup create, list, status', () => {
     expect(projects).toHaveLength(1);
     expect(projects[0]).toMatchObject({
       slug: 'other-tenant',
-      tier: 'pipeline_incomplete',
+      tier: 'not_restore_verified',
       labels: { artifactValidated: true, restoreVerified: false, offsiteReplicated: false },
     });
   });

@@ -87,13 +87,13 @@ describe('dump: both shapes', () => {
     const { rt, fn } = makeDump();
     await fn.start();
     const res = await create(fn, hashOf(tenantId));
-    expect(res.status).toBe(201);
+    expect(res.status).toBe(200);
     const { backup } = (await res.json()) as { backup: Record<string, unknown> };
     expect(backup).toMatchObject({
       kind: 'tenant_export',
       format: 'custom',
-      status: 'completed',
-      artifactValidationStatus: 'valid',
+      status: 'complete',
+      artifactValidationStatus: 'artifact_valid',
       restoreVerificationStatus: 'pending',
       offsiteStatus: 'pending',
     });
@@ -153,6 +153,8 @@ describe('dump: both shapes', () => {
       'checksumSha256',
       'createdAt',
       'completedAt',
+      'primaryArtifactRelativePath',
+      'primaryArtifactAbsolutePath',
       'localArtifactStatus',
       'offsiteStatus',
       'offsiteKey',
@@ -202,7 +204,7 @@ describe('dump: both shapes', () => {
     expect(m1.schemas).toEqual(expect.arrayContaining(['public', 'auth']));
 
     const empty = await create(fn, hashOf(emptyTenantId));
-    expect(empty.status).toBe(201);
+    expect(empty.status).toBe(200);
     const e = (await empty.json()) as { backup: { id: string } };
     const m2 = ManifestSchema.parse(
       JSON.parse(await readFile(rt.catalog.paths(emptyTenantId, e.backup.id).manifest, 'utf8')),
@@ -278,9 +280,9 @@ describe('dump: both shapes', () => {
     const done = await eventually(async () => {
       const r = await fn.app.request(location, { headers: ADMIN.header });
       const b = ((await r.json()) as { backup: { status: string } }).backup;
-      return b.status === 'completed' ? b : undefined;
+      return b.status === 'complete' ? b : undefined;
     });
-    expect(done).toMatchObject({ status: 'completed', artifactValidationStatus: 'valid' });
+    expect(done).toMatchObject({ status: 'complete', artifactValidationStatus: 'artifact_valid' });
     const listed = (await (
       await fn.app.request(`/api/cli/v1/projects/${hashOf(v1Id)}/backups`, { headers: ADMIN.header })
     ).json()) as { backups: Array<{ id: string; createdAt: string }> };
@@ -372,7 +374,7 @@ describe('dump: faults', () => {
     );
     await fn.stop();
     const healthy = makeDump();
-    expect((await create(healthy.fn, hashOf(tenantId))).status).toBe(201);
+    expect((await create(healthy.fn, hashOf(tenantId))).status).toBe(200);
   });
 
   it('PATH without pg_dump: /readyz and create say to install the client tools and rebuild', async () => {
@@ -428,7 +430,7 @@ describe('dump: faults', () => {
       `if [ "$1" = "--version" ]; then exec "$REAL" --version; fi\necho "$@" > ${record}\necho "pw=\${PGPASSWORD:+set} app=$PGAPPNAME" >> ${record}\nexec "$REAL" "$@"`,
     );
     const { rt, fn } = makeDump({ PATH: `${bin}:${env.env.PATH}` });
-    expect((await create(fn, hashOf(v1Id))).status).toBe(201);
+    expect((await create(fn, hashOf(v1Id))).status).toBe(200);
     const recorded = await readFile(record, 'utf8');
     expect(recorded).not.toContain(PASSWORD);
     expect(recorded).toContain('pw=set app=flux-ops-dump');
@@ -542,7 +544,7 @@ describe('dump: faults', () => {
     );
     await rm(path.join(paths.dir, verifying));
     await rm(path.join(paths.dir, replicating));
-    expect((await create(fn, hashOf(tenantId))).status).toBe(201);
+    expect((await create(fn, hashOf(tenantId))).status).toBe(200);
     await fn.stop();
   });
 

@@ -122,13 +122,13 @@ describe('create -> replicate (arrival) -> verify (signed event) -> restorable',
       method: 'POST',
       headers: ADMIN.header,
     });
-    expect(res.status).toBe(201);
+    expect(res.status).toBe(200);
     backupId = ((await res.json()) as { backup: { id: string } }).backup.id;
 
     const settled = await eventually(
       async () => {
         const b = (await list()).find((x) => x.id === backupId);
-        return b && b.offsiteStatus === 'replicated' && b.restoreVerificationOutcome !== 'pending'
+        return b && b.offsiteStatus === 'complete' && b.restoreVerificationOutcome !== 'pending'
           ? b
           : undefined;
       },
@@ -136,9 +136,9 @@ describe('create -> replicate (arrival) -> verify (signed event) -> restorable',
       250,
     );
     expect(settled).toMatchObject({
-      status: 'completed',
-      artifactValidationStatus: 'valid',
-      offsiteStatus: 'replicated',
+      status: 'complete',
+      artifactValidationStatus: 'artifact_valid',
+      offsiteStatus: 'complete',
       restoreVerificationStatus: 'restore_verified',
     });
     expect(await trust()).toMatchObject({
@@ -172,9 +172,9 @@ describe('create -> replicate (arrival) -> verify (signed event) -> restorable',
     await handle.write(Buffer.from([before[middle]! ^ 0xff]), 0, 1, middle);
     await handle.close();
     const b = (await list()).find((x) => x.id === backupId)!;
-    expect(b.artifactValidationStatus).toBe('invalid');
+    expect(b.artifactValidationStatus).toBe('artifact_invalid');
     const t = await trust();
-    expect(t.tier).toBe('artifact_pending');
+    expect(t.tier).toBe('pipeline_incomplete');
     expect(t.tier).not.toBe('restorable');
     expect(t.labels.artifactValidated).toBe(false);
     expect(t.message).toMatch(/no longer matches its manifest/);

@@ -135,7 +135,7 @@ describe('full disk', () => {
       FLUX_STATE_DIR: path.join(testEnv.root, 'small-local-state'),
     });
     const earlier = await fn.fetch(`/api/cli/v1/projects/${small.hash}/backups`, { method: 'POST' });
-    expect(earlier.status).toBe(201);
+    expect(earlier.status).toBe(200);
     await fillLeaving(fs.dir, LEAVE_BYTES);
     const before = await hashTree(fs.dir);
 
@@ -162,12 +162,12 @@ describe('full disk', () => {
     );
     expect(event.data).toMatchObject({ reason: 'disk_full' });
     const [kept] = await list(fn, small);
-    expect(kept).toMatchObject({ status: 'completed', artifactValidationStatus: 'valid' });
+    expect(kept).toMatchObject({ status: 'complete', artifactValidationStatus: 'artifact_valid' });
 
     // Doing what the message says works.
     await rm(path.join(fs.dir, 'filler.bin'));
     const retried = await fn.fetch(`/api/cli/v1/projects/${large.hash}/backups`, { method: 'POST' });
-    expect(retried.status).toBe(201);
+    expect(retried.status).toBe(200);
     await fn.stop();
   });
 
@@ -210,8 +210,8 @@ describe('full disk', () => {
     });
     const backups = await list(lister, copied);
     expect(backups.map((b) => [b.id, b.status, b.offsiteStatus])).toEqual([
-      [bigger.backupId, 'completed', 'failed'],
-      [earlier.backupId, 'completed', 'replicated'],
+      [bigger.backupId, 'complete', 'failed'],
+      [earlier.backupId, 'complete', 'complete'],
     ]);
     await lister.stop();
     await fn.stop();
@@ -264,7 +264,7 @@ describe('Postgres restarted during a dump', () => {
 
     await throttle.setThrottled(false);
     const next = await dump.fetch(`/api/cli/v1/projects/${large.hash}/backups`, { method: 'POST' });
-    expect(next.status).toBe(201);
+    expect(next.status).toBe(200);
     completedId = ((await next.json()) as { backup: ApiBackup }).backup.id;
   });
 
@@ -317,7 +317,7 @@ describe('Postgres restarted during a dump', () => {
         100,
       );
       expect(status, JSON.stringify(status.verification?.rungs)).toMatchObject({
-        restoreVerificationStatus: 'skipped',
+        restoreVerificationStatus: 'pending',
         restoreVerificationOutcome: 'unverifiable',
       });
       const receipt = status.verification!;
@@ -343,7 +343,7 @@ describe('Postgres restarted during a dump', () => {
       const [newest] = await list(dump, large);
       expect(newest).toMatchObject({
         id: completedId,
-        restoreVerificationStatus: 'skipped',
+        restoreVerificationStatus: 'pending',
         restoreVerificationOutcome: 'unverifiable',
       });
       expect(await tierOf(dump, large.id)).toBe('unverifiable');

@@ -198,13 +198,13 @@ describe('kill -9 mid-work, then restart on the same dirs', () => {
 
     // No stale lease: the next backup of the same project runs and completes.
     const next = await dump.fetch(`/api/cli/v1/projects/${tenant.hash}/backups`, { method: 'POST' });
-    expect(next.status).toBe(201);
+    expect(next.status).toBe(200);
     const { backup } = (await next.json()) as { backup: ApiBackup };
     completedId = backup.id;
-    expect(backup).toMatchObject({ status: 'completed', artifactValidationStatus: 'valid' });
+    expect(backup).toMatchObject({ status: 'complete', artifactValidationStatus: 'artifact_valid' });
     const listed = await list(tenant);
     expect(listed.map((b) => [b.id, b.status])).toEqual([
-      [completedId, 'completed'],
+      [completedId, 'complete'],
       [interruptedId, 'failed'],
     ]);
   });
@@ -272,10 +272,10 @@ describe('kill -9 mid-work, then restart on the same dirs', () => {
     const [listed] = await list(big);
     expect(listed).toMatchObject({
       id: backup.backupId,
-      status: 'completed',
-      offsiteStatus: 'replicated',
+      status: 'complete',
+      offsiteStatus: 'complete',
       offsiteContentSha256: backup.sha256,
-      artifactValidationStatus: 'valid',
+      artifactValidationStatus: 'artifact_valid',
     });
   });
 
@@ -383,7 +383,7 @@ describe('kill -9 mid-work, then restart on the same dirs', () => {
   it('the outbox redelivers after a kill: every event reaches the receiver, once per webhook-id', async () => {
     sink.setDown(503);
     const res = await dump.fetch(`/api/cli/v1/projects/${tenant.hash}/backups`, { method: 'POST' });
-    expect(res.status).toBe(201);
+    expect(res.status).toBe(200);
     const { backup } = (await res.json()) as { backup: ApiBackup };
     const pendingDir = path.join(testEnv.config.FLUX_STATE_DIR, 'outbox', 'dump', 'pending');
     // Durable and already refused by the sink at least once.
@@ -425,21 +425,21 @@ describe('kill -9 mid-work, then restart on the same dirs', () => {
 
     const settled = await eventually(async () => {
       const l = await list(tenant);
-      return l.filter((b) => b.status === 'completed').every((b) => b.offsiteStatus === 'replicated')
+      return l.filter((b) => b.status === 'complete').every((b) => b.offsiteStatus === 'complete')
         ? l
         : undefined;
     });
     expect(settled.map((b) => b.id)).toEqual([newest.id, completedId, interruptedId]);
     expect(settled[0]).toMatchObject({
-      status: 'completed',
-      artifactValidationStatus: 'valid',
-      offsiteStatus: 'replicated',
+      status: 'complete',
+      artifactValidationStatus: 'artifact_valid',
+      offsiteStatus: 'complete',
       restoreVerificationStatus: 'restore_verified',
     });
     expect(settled[1]).toMatchObject({
-      status: 'completed',
-      artifactValidationStatus: 'valid',
-      offsiteStatus: 'replicated',
+      status: 'complete',
+      artifactValidationStatus: 'artifact_valid',
+      offsiteStatus: 'complete',
       restoreVerificationStatus: 'restore_verified',
     });
     expect(settled[2]).toMatchObject({
@@ -452,7 +452,7 @@ describe('kill -9 mid-work, then restart on the same dirs', () => {
       labels: { artifactValidated: true, restoreVerified: true, offsiteReplicated: true },
     });
     expect(await tierOf(bigId)).toMatchObject({
-      tier: 'pipeline_incomplete',
+      tier: 'not_restore_verified',
       labels: { artifactValidated: true, restoreVerified: false, offsiteReplicated: true },
     });
     // Nothing partial anywhere in either root, once replicate has no job left: a copy a late trigger
@@ -473,7 +473,7 @@ describe('kill -9 mid-work, then restart on the same dirs', () => {
     }
     const offsiteReceipts: OffsiteReceipt[] = [];
     const verifyReceipts: VerifyReceipt[] = [];
-    for (const b of settled.filter((x) => x.status === 'completed')) {
+    for (const b of settled.filter((x) => x.status === 'complete')) {
       offsiteReceipts.push(await readJson(path.join(localDir(), tenantId, `${b.id}.offsite.json`)));
       verifyReceipts.push(await readJson(path.join(localDir(), tenantId, `${b.id}.verify.json`)));
     }

@@ -135,7 +135,7 @@ describe('crashes between pg_dump and the announcement', () => {
     const settled = await eventually(
       async () => {
         const b = await listed(second, backupId);
-        return b?.offsiteStatus === 'replicated' && b.restoreVerificationStatus === 'restore_verified'
+        return b?.offsiteStatus === 'complete' && b.restoreVerificationStatus === 'restore_verified'
           ? b
           : undefined;
       },
@@ -143,9 +143,9 @@ describe('crashes between pg_dump and the announcement', () => {
       250,
     );
     expect(settled).toMatchObject({
-      status: 'completed',
-      artifactValidationStatus: 'valid',
-      offsiteStatus: 'replicated',
+      status: 'complete',
+      artifactValidationStatus: 'artifact_valid',
+      offsiteStatus: 'complete',
       offsiteContentSha256: manifest.sha256,
       restoreVerificationStatus: 'restore_verified',
     });

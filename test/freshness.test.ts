@@ -261,7 +261,7 @@ describe('freshness', () => {
       return line === undefined ? undefined : Number(line.slice(series.length + 1));
     };
     const p = `project="${project.slug}"`;
-    expect(value(`flux_backup_trust_tier{${p},tier="pipeline_incomplete"}`)).toBe(1);
+    expect(value(`flux_backup_trust_tier{${p},tier="not_restore_verified"}`)).toBe(1);
     expect(value(`flux_backup_trust_tier{${p},tier="restorable"}`)).toBe(0);
     expect(value(`flux_backup_freshness{${p},freshness="stale"}`)).toBe(0);
     expect(value(`flux_backup_freshness{${p},freshness="fresh"}`)).toBe(1);

@@ -79,6 +79,7 @@ const REQUIRED_SCOPE: Record<FunctionName, Record<string, Scope>> = {
     ...KIT_ROUTES,
     'POST /api/cli/v1/migrate': 'migrate',
     'GET /api/cli/v1/migrate/:hash': 'migrate',
+    'GET /api/cli/v1/projects/:hash': 'migrate',
   },
   restore: {
     ...KIT_ROUTES,

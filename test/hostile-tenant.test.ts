@@ -100,7 +100,7 @@ beforeAll(async () => {
       method: 'POST',
       headers: ADMIN.header,
     });
-    expect(res.status, await res.clone().text()).toBe(201);
+    expect(res.status, await res.clone().text()).toBe(200);
     backups.set(project.id, ((await res.json()) as { backup: { id: string } }).backup.id);
   }
 });

@@ -364,7 +364,7 @@ describe('migrate on real source and target clusters', () => {
       method: 'POST',
       headers: ADMIN.header,
     });
-    expect(created.status).toBe(201);
+    expect(created.status).toBe(200);
     const { backup } = await read(created);
     const entry = await rt.catalog.get(t.project.id, backup.id);
     const now = new Date().toISOString();

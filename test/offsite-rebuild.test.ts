@@ -286,7 +286,7 @@ describe.each([
             method: 'POST',
           },
         );
-        expect(status).toBe(201);
+        expect(status).toBe(200);
         return body.backup.id;
       };
       tenantOld = await create(hashOf(tenant.id));
@@ -303,7 +303,7 @@ describe.each([
               base,
               `/api/cli/v1/projects/${hashOf(p.id)}/backups`,
             );
-            return body.backups.find((b) => b.id === id)?.offsiteStatus === 'replicated';
+            return body.backups.find((b) => b.id === id)?.offsiteStatus === 'complete';
           },
           60_000,
           100,
@@ -357,12 +357,13 @@ describe.each([
     expect(body.backups.map((b) => b.id)).toEqual([tenantNew]);
     expect(body.backups[0]).toMatchObject({
       source: 'offsite',
-      status: 'completed',
+      status: 'complete',
       checksumSha256: made.get(tenantNew)!.sha256,
       sizeBytes: made.get(tenantNew)!.sizeBytes,
       localArtifactStatus: 'missing',
-      artifactValidationStatus: 'missing',
-      offsiteStatus: 'replicated',
+      artifactValidationStatus: 'artifact_invalid',
+      artifactValidationOutcome: 'missing',
+      offsiteStatus: 'complete',
       offsiteKey: `${tenant.id}/${tenantNew}.dump`,
       restoreVerificationStatus: 'pending',
       manifestAuthentication: 'authentic',
@@ -456,16 +457,17 @@ describe.each([
       async () => {
         const r = await cli(base, ['backup', 'list', '-p', tenant.slug, '--json']);
         const { backups } = JSON.parse(r.stdout) as { backups: ApiRow[] };
-        return backups[0]?.offsiteStatus === 'replicated' ? backups : undefined;
+        return backups[0]?.offsiteStatus === 'complete' ? backups : undefined;
       },
       60_000,
       500,
     );
     expect(rows.map((b) => b.id)).toEqual([tenantNew]);
     expect(rows[0]).toMatchObject({
-      status: 'completed',
+      status: 'complete',
       localArtifactStatus: 'missing',
-      artifactValidationStatus: 'missing',
+      artifactValidationStatus: 'artifact_invalid',
+      artifactValidationOutcome: 'missing',
       restoreVerificationStatus: 'pending',
       checksumSha256: made.get(tenantNew)!.sha256,
     });
@@ -475,10 +477,10 @@ describe.each([
       projects: Array<{ id: string; tier: string; next?: string; trustworthy: boolean }>;
     }>(base, '/api/ops/v1/status');
     const t = body.projects.find((p) => p.id === tenant.id)!;
-    expect(t).toMatchObject({ tier: 'artifact_pending', trustworthy: false });
+    expect(t).toMatchObject({ tier: 'pipeline_incomplete', trustworthy: false });
     expect(t.next).toContain('--source offsite');
 
-    // Verify reads the offsite copy of the rebuilt backup; the tier stays artifact_pending (no local
+    // Verify reads the offsite copy of the rebuilt backup; the tier stays pipeline_incomplete (no local
     // artifact) and moves the operator on to a new backup instead of verifying again.
     const verified = await cli(base, [
       'backup',
@@ -496,7 +498,7 @@ describe.each([
       }>(base, '/api/ops/v1/status')
     ).body.projects.find((p) => p.id === tenant.id)!;
     expect(after).toMatchObject({
-      tier: 'artifact_pending',
+      tier: 'pipeline_incomplete',
       trustworthy: false,
       next: `flux-ops backup create -p ${tenant.slug}`,
     });

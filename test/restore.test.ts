@@ -62,7 +62,7 @@ const projectOf = (p: { id: string }) => projects.find((x) => x.id === p.id)!;
 async function backupAndVerify(p: { id: string }): Promise<string> {
   const { hash } = projectOf(p);
   const created = await api('POST', `/api/cli/v1/projects/${hash}/backups`, {});
-  expect(created.status).toBe(201);
+  expect(created.status).toBe(200);
   const id = created.body.backup.id as string;
   const verified = await api('POST', `/api/cli/v1/projects/${hash}/backups/${id}/verify`, {});
   expect(verified.body).toMatchObject({ ok: true, restoreVerificationStatus: 'restore_verified' });
@@ -305,7 +305,7 @@ describe('restore of a v2 tenant', () => {
       'GET',
       `/api/cli/v1/projects/${projectOf(tenant).hash}/backups/${r.safetyBackupId}`,
     );
-    expect(safety.body.backup.status).toBe('completed');
+    expect(safety.body.backup.status).toBe('complete');
     const manifest = JSON.parse(
       await readFile(path.join(dir, `${r.safetyBackupId}.manifest.json`), 'utf8'),
     ) as { tables: Array<{ name: string; rows: number }> };
@@ -488,7 +488,7 @@ describe('restore of a v2 tenant', () => {
     const s = `t_${slow.id.replaceAll('-', '').slice(0, 12)}_api`;
     const h = projectOf(slow).hash;
     const created = await api('POST', `/api/cli/v1/projects/${h}/backups`, {});
-    expect(created.status).toBe(201);
+    expect(created.status).toBe(200);
     const backupId = created.body.backup.id as string;
     await cluster.query(`DELETE FROM ${s}.slow WHERE v < 10`, [], SHARED_DB);
     const before = await rawDump(SHARED_DB, s);
@@ -642,7 +642,7 @@ describe('a restore process killed with SIGKILL mid-restore', () => {
         }).then(async (r) => ({ status: r.status, body: (await r.json()) as Body }));
       const h = hashOf(crash.id);
       const created = await call('POST', `/api/cli/v1/projects/${h}/backups`, {});
-      expect(created.status).toBe(201);
+      expect(created.status).toBe(200);
       const backupId = created.body.backup.id as string;
       await cluster.query(`DELETE FROM ${schema}.slow WHERE v > 100`, [], SHARED_DB);
       const before = await rawDump(SHARED_DB, schema);

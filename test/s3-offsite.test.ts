@@ -62,7 +62,7 @@ async function createBackup(): Promise<CatalogEntry & { manifest: Manifest }> {
     method: 'POST',
     headers: ADMIN.header,
   });
-  expect(res.status).toBe(201);
+  expect(res.status).toBe(200);
   const { backup } = (await res.json()) as { backup: { id: string } };
   const entry = await dumpRt.catalog.get(projectId, backup.id);
   if (!entry?.manifest) throw new Error('the backup has no manifest');

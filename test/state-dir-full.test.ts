@@ -170,7 +170,7 @@ describe('a state directory that cannot take the event', () => {
       headers: ADMIN.header,
     });
     const [listed] = ((await list.json()) as { backups: Array<{ id: string; status: string }> }).backups;
-    expect(listed).toMatchObject({ id: backupId, status: 'completed' });
+    expect(listed).toMatchObject({ id: backupId, status: 'complete' });
     expect(await second.rt.outbox.idle(10_000)).toBe(true);
     await second.fn.stop();
 

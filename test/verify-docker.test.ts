@@ -109,7 +109,7 @@ async function backup(project: Project = tenant): Promise<{ backupId: string; ma
     method: 'POST',
     headers: ADMIN.header,
   });
-  expect(res.status).toBe(201);
+  expect(res.status).toBe(200);
   const { backup: b } = (await res.json()) as { backup: { id: string } };
   const entry = await testRuntime('dump', base).catalog.get(project.id, b.id);
   return { backupId: b.id, manifest: entry!.manifest! };
@@ -291,7 +291,8 @@ describe('when Docker cannot serve', () => {
     expect(body).toMatchObject({
       code: 'unverifiable',
       reason: 'docker_unavailable',
-      restoreVerificationStatus: 'skipped',
+      restoreVerificationStatus: 'pending',
+      restoreVerificationOutcome: 'unverifiable',
     });
     expect(String(body.error)).toMatch(/FLUX_DOCKER_SOCKET/);
     const receipt = await receiptOf(rt, b.backupId);

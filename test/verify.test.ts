@@ -142,7 +142,7 @@ async function backup(project: Project): Promise<MadeBackup> {
     method: 'POST',
     headers: ADMIN.header,
   });
-  expect(res.status, await res.clone().text()).toBe(201);
+  expect(res.status, await res.clone().text()).toBe(200);
   const { backup: created } = (await res.json()) as { backup: { id: string } };
   const entry = (await verifyRt.catalog.get(project.id, created.id))!;
   return { project, backupId: created.id, paths: entry.paths, manifest: entry.manifest! };
@@ -380,7 +380,8 @@ describe('the broken-fixture corpus (each fires on the broken backup only)', () 
       expect(await res.json()).toMatchObject({
         code: 'unverifiable',
         reason: 'tools_missing',
-        restoreVerificationStatus: 'skipped',
+        restoreVerificationStatus: 'pending',
+        restoreVerificationOutcome: 'unverifiable',
       });
       expect((await receiptOf(b)).status).toBe('unverifiable');
       const ready = await fn.app.request('/readyz');
@@ -442,8 +443,8 @@ describe('the API and triggers', () => {
     expect(location).toBe(`/api/cli/v1/projects/${empty.hash}/backups/${b.backupId}/verify`);
     const result = await eventually(async () => {
       const r = await verifyFn.app.request(location, { headers: ADMIN.header });
-      const json = (await r.json()) as { running: boolean; restoreVerificationStatus: string };
-      return !json.running && json.restoreVerificationStatus !== 'pending' ? json : undefined;
+      const json = (await r.json()) as { running: boolean; restoreVerificationOutcome: string };
+      return !json.running && json.restoreVerificationOutcome !== 'pending' ? json : undefined;
     }, 60_000);
     expect(result).toMatchObject({ restoreVerificationStatus: 'restore_verified' });
   });

@@ -21,6 +21,9 @@ describe('front-door routing', () => {
     ],
     ['/api/cli/v1/projects/0a1b2c3/restores/01J', 'restore', '/api/cli/v1/projects/0a1b2c3/restores/01J'],
     ['/api/cli/v1/migrate', 'migrate', '/api/cli/v1/migrate'],
+    ['/api/cli/v1/migrate/0a1b2c3', 'migrate', '/api/cli/v1/migrate/0a1b2c3'],
+    ['/api/cli/v1/projects/0a1b2c3', 'migrate', '/api/cli/v1/projects/0a1b2c3'],
+    ['/api/cli/v1/projects/0a1b2c3/', 'dump', '/api/cli/v1/projects/0a1b2c3/'],
     ['/api/ops/v1/status', 'dump', '/api/ops/v1/status'],
     ['/probes/run', 'probe', '/probes/run'],
     ['/replicate/events', 'replicate', '/events'],
@@ -31,7 +34,7 @@ describe('front-door routing', () => {
     expect(routeOf(path)).toEqual({ fn, path: inner });
   });
 
-  it.each(['/', '/healthz', '/etc/passwd', '/api/cli/v2/projects', '/dumpster/x'])(
+  it.each(['/', '/healthz', '/etc/passwd', '/api/cli/v2/projects', '/dumpster/x', '/api/cli/v1/migrate/a/b'])(
     '%s belongs to no function',
     (path) => {
       expect(routeOf(path)).toBeUndefined();

@@ -9,6 +9,9 @@ export interface Route {
 }
 
 const VERIFY_ROUTE = /^\/api\/cli\/v1\/projects\/[^/]+\/backups\/[^/]+\/verify\/?$/;
+const MIGRATE_ROUTE = /^\/api\/cli\/v1\/migrate(\/[^/]+)?\/?$/;
+// Exactly the project: with a trailing slash it is no route of migrate (dump says so, as before).
+const PROJECT_ROUTE = /^\/api\/cli\/v1\/projects\/[^/]+$/;
 const RESTORE_ROUTE = /^\/api\/cli\/v1\/projects\/[^/]+\/(backups\/[^/]+\/restore|restores(\/.*)?)\/?$/;
 
 export function routeOf(pathname: string): Route | undefined {
@@ -17,8 +20,8 @@ export function routeOf(pathname: string): Route | undefined {
   if ((FUNCTION_NAMES as readonly string[]).includes(first)) {
     return { fn: first as FunctionName, path: pathname.slice(first.length + 1) || '/' };
   }
-  if (pathname === '/api/cli/v1/migrate' || pathname === '/api/cli/v1/migrate/')
-    return { fn: 'migrate', path: pathname };
+  // Migrations, their progress (/migrate/:hash) and the project itself (what the upstream CLI asks first).
+  if (MIGRATE_ROUTE.test(pathname) || PROJECT_ROUTE.test(pathname)) return { fn: 'migrate', path: pathname };
   if (VERIFY_ROUTE.test(pathname)) return { fn: 'verify', path: pathname };
   if (RESTORE_ROUTE.test(pathname)) return { fn: 'restore', path: pathname };
   if (pathname.startsWith('/api/cli/v1/projects/') || pathname.startsWith('/api/ops/v1/'))

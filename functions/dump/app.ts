@@ -3,6 +3,7 @@
 // and the catalog rebuilt from the offsite store's manifests (dump is the manifests' one writer).
 import { createReadStream } from 'node:fs';
 import { stat } from 'node:fs/promises';
+import path from 'node:path';
 import { Readable } from 'node:stream';
 import { z } from 'zod';
 import { STREAM_CHUNK_BYTES } from '../../shared/atomic.js';
@@ -11,6 +12,7 @@ import { parseBackupId, parseProjectHash, parseProjectId } from '../../shared/ca
 import { AppError } from '../../shared/errors.js';
 import { createKit, readJson } from '../../shared/kit/app.js';
 import { requireScopeOf } from '../../shared/kit/auth.js';
+import { type PatientOptions, patientJson } from '../../shared/kit/patient.js';
 import { dirWritableCheck, registryCheck, toolCheck } from '../../shared/kit/readiness.js';
 import type { FunctionApp, Runtime } from '../../shared/kit/runtime.js';
 import { type Project, requireProjectByHash } from '../../shared/registry.js';
@@ -39,7 +41,7 @@ const RebuildBody = z.object({
   allowUnsigned: z.boolean().optional(),
 });
 
-export function createApp(rt: Runtime): FunctionApp {
+export function createApp(rt: Runtime, patience: PatientOptions = {}): FunctionApp {
   const dumper = createDumper(rt);
   const { catalog, registry, config } = rt;
   const clusterViews = createClusterViews(rt, (name) => dumper.queueOf(name));
@@ -139,9 +141,21 @@ export function createApp(rt: Runtime): FunctionApp {
       c.header('Preference-Applied', 'respond-async');
       return c.json({ backup: { id: started.backupId, status: 'running' }, location }, 202);
     }
-    const { backup } = await started.done;
+    // Upstream's answer: 200 with { backup }; a dump that runs long still answers a client that waits.
     c.header('Location', location);
-    return c.json({ backup }, 201);
+    c.header('Cache-Control', 'private, no-store');
+    return patientJson(
+      c,
+      started.done.then(({ backup }) => ({ status: 200, body: { backup } })),
+      {
+        ...patience,
+        onLateError: (error) =>
+          rt.log.warn(
+            { err: error, backupId: started.backupId },
+            "backup failed after the answer's headers went out",
+          ),
+      },
+    );
   });
 
   app.get('/api/cli/v1/projects/:hash/backups', requireScope('backups:read'), async (c) => {
@@ -158,8 +172,13 @@ export function createApp(rt: Runtime): FunctionApp {
       retentionCount: project.retention?.keepCount ?? config.FLUX_RETENTION_KEEP_COUNT,
       retentionDays: project.retention?.keepDays ?? config.FLUX_RETENTION_KEEP_DAYS,
     };
+    // Upstream's list: every artifact was checked against the disk (size, and the SHA-256 when the file
+    // changed since its last hash) just now, and the root the rows' relative paths are under.
+    c.header('Cache-Control', 'private, no-store');
     return c.json({
       backups,
+      backupVolumeAbsoluteRoot: path.resolve(config.FLUX_BACKUPS_LOCAL_DIR),
+      reconciledAt: new Date().toISOString(),
       freshness,
       // The block the upstream flux CLI reads, in its words.
       platformMinimumBackupFreshness: upstreamFreshnessOf(freshness, retention, entries.length > 0),

@@ -7,6 +7,7 @@ import { isUuid } from '../../shared/catalog/ids.js';
 import { parseCatalogName } from '../../shared/catalog/layout.js';
 import { authenticateManifest, type ManifestAuthenticity } from '../../shared/catalog/manifest-auth.js';
 import type { Manifest } from '../../shared/catalog/records.js';
+import { upstreamOffsiteStatus } from '../../shared/catalog/upstream.js';
 import { isAppError } from '../../shared/errors.js';
 import { readOffsiteManifest } from '../../shared/offsite/artifact.js';
 import { dumpKeyOf, manifestKeyOf } from '../../shared/offsite/keys.js';
@@ -180,7 +181,8 @@ export async function offsiteRow(
   return {
     ...row,
     source: 'offsite',
-    offsiteStatus,
+    offsiteStatus: upstreamOffsiteStatus(offsiteStatus),
+    offsiteOutcome: offsiteStatus,
     offsiteKey: dumpKeyOf(projectId, backupId),
     offsiteContentSha256: proven ? (receipt.contentSha256 ?? null) : null,
     offsiteReplicatedAt: offsiteStatus === 'replicated' ? (backup.dump?.modifiedAt ?? null) : null,

@@ -5,7 +5,7 @@ import { AppError, isAppError } from '../../shared/errors.js';
 import { createKit, readJson } from '../../shared/kit/app.js';
 import { type CheckOutcome, dirWritableCheck, type ReadyCheck } from '../../shared/kit/readiness.js';
 import type { FunctionApp, Runtime } from '../../shared/kit/runtime.js';
-import { requireProjectByHash, resolveUrl } from '../../shared/registry.js';
+import { requireProjectByHash, resolveUrl, tenantSchemaOf } from '../../shared/registry.js';
 import type { ToolInfo } from '../../shared/tools.js';
 import { createMigrator } from './migrator.js';
 import { MIGRATE_TOOLS, type MigrateTool, toolVersionProblems } from './plan.js';
@@ -19,7 +19,34 @@ const MigrateBody = z.strictObject({
   dumpOnly: z.boolean().default(false),
   lockWrites: z.boolean().default(false),
   skipBackupCheck: z.boolean().default(false),
+  // The upstream flux CLI's other keys (it sends them all, with its defaults). flux-ops moves and validates
+  // the data and never switches the control plane's catalog mode, so every run is "staged" in upstream's
+  // sense: `staged` either way is accepted. It never touches the tenant's JWT secret nor drops the source.
+  staged: z.boolean().optional(),
+  preserveJwtSecret: z.boolean().optional(),
+  newJwtSecret: z.boolean().optional(),
+  noLockWrites: z.boolean().optional(),
+  dropSourceAfter: z.boolean().optional(),
 });
+type MigrateBody = z.infer<typeof MigrateBody>;
+
+/** What an upstream key asks for that flux-ops does not do, named with the key; none when all can be honoured. */
+export function unsupportedMigrateKeys(body: MigrateBody): string[] {
+  const out: string[] = [];
+  if (body.newJwtSecret === true)
+    out.push(
+      "newJwtSecret: true (flux-ops never rotates the tenant's JWT secret: rotate it in the control plane)",
+    );
+  if (body.preserveJwtSecret === false)
+    out.push("preserveJwtSecret: false (flux-ops always keeps the tenant's JWT secret as it is)");
+  if (body.dropSourceAfter === true)
+    out.push(
+      'dropSourceAfter: true (flux-ops only ever reads the source: drop the pooled tenant by hand once the move is checked)',
+    );
+  if (body.noLockWrites === true && body.lockWrites)
+    out.push('noLockWrites: true with lockWrites: true (say one of them)');
+  return out;
+}
 
 /** Reachability results are reused this long, so a readiness probe every few seconds stays cheap. */
 const REACHABILITY_TTL_MS = 30_000;
@@ -176,6 +203,16 @@ export function createApp(rt: Runtime): FunctionApp {
 
   app.post('/api/cli/v1/migrate', requireScope('migrate'), async (c) => {
     const body = await readJson(c, MigrateBody);
+    const unsupported = unsupportedMigrateKeys(body);
+    if (unsupported.length > 0) {
+      throw new AppError(
+        'unprocessable',
+        `flux-ops migrate cannot do what was asked: ${unsupported.join('; ')}`,
+        {
+          details: { keys: unsupported.map((u) => u.split(':')[0]) },
+        },
+      );
+    }
     const project = requireProjectByHash(registry, body.hash);
     if (project.slug !== body.slug) {
       throw new AppError(
@@ -194,6 +231,18 @@ export function createApp(rt: Runtime): FunctionApp {
       ? await migrator.plan(project, options)
       : await migrator.run(project, options);
     return c.json(answer.body, answer.status as 200);
+  });
+
+  // What the upstream flux CLI asks before a migration: the project and its mode, in upstream's words.
+  app.get('/api/cli/v1/projects/:hash', requireScope('migrate'), (c) => {
+    const project = requireProjectByHash(registry, c.req.param('hash'));
+    return c.json({
+      slug: project.slug,
+      hash: project.hash,
+      mode: project.engine,
+      // A v1 database's PostgREST schema is the tenant's own configuration, not known here.
+      ...(project.engine === 'v2_shared' ? { apiSchema: tenantSchemaOf(project.id) } : {}),
+    });
   });
 
   app.get('/api/cli/v1/migrate/:hash', requireScope('migrate'), async (c) => {

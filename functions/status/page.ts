@@ -130,8 +130,8 @@ const SCRIPT = `
     var b = p.backup;
     if (!b) return label('none', '— no backup');
     if (p.labels.artifactValidated) return label('pass', '✓ validated', 'size and SHA-256 match the manifest');
-    var st = b.artifactValidationStatus;
-    if (st === 'invalid') return label('fail', '✗ mismatch', b.error || 'the file no longer matches its manifest');
+    var st = b.artifactValidationOutcome || b.artifactValidationStatus;
+    if (st === 'invalid' || st === 'artifact_invalid') return label('fail', '✗ mismatch', b.error || 'the file no longer matches its manifest');
     if (st === 'missing') return label('fail', '✗ missing', 'the local dump file is missing');
     return label('pending', '… pending', b.status === 'running' ? 'the dump is still being written' : 'not validated yet');
   }
@@ -153,8 +153,9 @@ const SCRIPT = `
     var b = p.backup;
     if (!b) return label('none', '— no backup');
     if (p.labels.offsiteReplicated) return label('pass', '✓ replicated', b.offsiteKey || '');
-    if (b.offsiteStatus === 'failed') return label('fail', '✗ failed', 'the offsite copy could not be proven');
-    if (b.offsiteStatus === 'conflict') return label('fail', '✗ conflict', 'a different copy already exists offsite');
+    var off = b.offsiteOutcome || b.offsiteStatus;
+    if (off === 'failed') return label('fail', '✗ failed', 'the offsite copy could not be proven');
+    if (off === 'conflict') return label('fail', '✗ conflict', 'a different copy already exists offsite');
     return label('pending', '… pending', 'not copied offsite yet');
   }
   function lagCell(p, now) {
@@ -165,7 +166,7 @@ const SCRIPT = `
         : (b.offsiteReplicatedAt && b.completedAt ? (Date.parse(b.offsiteReplicatedAt) - Date.parse(b.completedAt)) / 1000 : null);
       return label('pass', lag === null || !isFinite(lag) ? 'in sync' : 'in sync (copied in ' + duration(Math.max(0, lag)) + ')');
     }
-    if (b.offsiteStatus === 'failed' || b.offsiteStatus === 'conflict') {
+    if (b.offsiteStatus === 'failed') {
       return label('fail', 'behind: ' + (b.completedAt ? duration((now - Date.parse(b.completedAt)) / 1000) : 'newest backup') + ', copy failed');
     }
     if (!b.completedAt) return label('none', '—', 'the newest backup is not complete');
@@ -257,7 +258,7 @@ const SCRIPT = `
         var a = el('span', '', ago(b.createdAt, now));
         a.title = b.createdAt + ' · ' + b.id;
         age.appendChild(a);
-        age.appendChild(el('small', '', [b.status === 'completed' ? '' : b.status, bytes(b.sizeBytes), b.kind]
+        age.appendChild(el('small', '', [b.status === 'complete' ? '' : b.status, bytes(b.sizeBytes), b.kind]
           .filter(Boolean).join(' · ')));
       } else {
         age.appendChild(label('none', 'never'));

@@ -8,6 +8,7 @@ import { verifyTriggers } from '../../shared/config.js';
 import { AppError } from '../../shared/errors.js';
 import type { CloudEvent, EventType } from '../../shared/events/envelope.js';
 import { createKit, type EventHandler, readJson } from '../../shared/kit/app.js';
+import { type PatientOptions, patientJson } from '../../shared/kit/patient.js';
 import { dirWritableCheck } from '../../shared/kit/readiness.js';
 import type { FunctionApp, Runtime } from '../../shared/kit/runtime.js';
 import { requireProjectByHash } from '../../shared/registry.js';
@@ -41,16 +42,20 @@ export function receiptError(receipt: VerifyReceipt): AppError {
     'unverifiable',
     `restore verification could not run (this is not a pass): ${receipt.error ?? receipt.reason}`,
     {
+      // Upstream's word is `pending`: verify could not run, which is neither a pass nor a failure.
       details: {
         ...details,
-        restoreVerificationStatus: 'skipped',
+        restoreVerificationStatus: 'pending',
         restoreVerificationOutcome: 'unverifiable',
       },
     },
   );
 }
 
-export function createApp(rt: Runtime, options: VerifierOptions = {}): FunctionApp {
+export function createApp(
+  rt: Runtime,
+  options: VerifierOptions & { patience?: PatientOptions } = {},
+): FunctionApp {
   const verifier = createVerifier(rt, options);
   const { catalog, registry, config } = rt;
   const triggers = verifyTriggers(config).filter((t): t is EventType => t in TRIGGER_SOURCES);
@@ -116,16 +121,29 @@ export function createApp(rt: Runtime, options: VerifierOptions = {}): FunctionA
       c.header('Preference-Applied', 'respond-async');
       return c.json({ ok: true, backupId, status: 'running', joined: started.joined, location }, 202);
     }
-    const receipt = await started.done;
-    if (receipt.status !== 'restore_verified') throw receiptError(receipt);
-    return c.json({
-      ok: true,
-      backupId,
-      restoreVerificationStatus: 'restore_verified',
-      restoreVerificationAt: receipt.finishedAt,
-      driver: receipt.driver,
-      seconds: receipt.seconds,
-      rungs: receipt.rungs,
+    // A restore that takes minutes still answers a client that waits (patient.ts).
+    const answer = started.done.then((receipt) => {
+      if (receipt.status !== 'restore_verified') throw receiptError(receipt);
+      return {
+        status: 200 as const,
+        body: {
+          ok: true,
+          backupId,
+          restoreVerificationStatus: 'restore_verified',
+          restoreVerificationAt: receipt.finishedAt,
+          driver: receipt.driver,
+          seconds: receipt.seconds,
+          rungs: receipt.rungs,
+        },
+      };
+    });
+    return patientJson(c, answer, {
+      ...options.patience,
+      onLateError: (error) =>
+        rt.log.warn(
+          { code: error.code, backupId },
+          "verification did not pass after the answer's headers went out",
+        ),
     });
   });
 
@@ -140,7 +158,7 @@ export function createApp(rt: Runtime, options: VerifierOptions = {}): FunctionA
       backupId,
       running: verifier.isRunning(project.id, backupId),
       restoreVerificationStatus:
-        receipt === null ? 'pending' : receipt.status === 'unverifiable' ? 'skipped' : receipt.status,
+        receipt === null || receipt.status === 'unverifiable' ? 'pending' : receipt.status,
       restoreVerificationOutcome: receipt?.status ?? 'pending',
       verification: receipt,
     });

@@ -32,6 +32,16 @@ import {
   type VerifyReceipt,
   VerifyReceiptSchema,
 } from './records.js';
+import {
+  type UpstreamArtifactStatus,
+  type UpstreamBackupStatus,
+  type UpstreamOffsiteStatus,
+  type UpstreamRestoreStatus,
+  upstreamArtifactStatus,
+  upstreamBackupStatus,
+  upstreamOffsiteStatus,
+  upstreamRestoreStatus,
+} from './upstream.js';
 
 export interface CatalogEntry {
   projectId: string;
@@ -53,27 +63,40 @@ export interface ArtifactCheck {
   error?: string;
 }
 
-/** The backup as the CLI-compatible API returns it. */
+/**
+ * The backup as the CLI-compatible API returns it. The upstream fields (`status`, `artifactValidationStatus`,
+ * `offsiteStatus`, `restoreVerificationStatus`) speak upstream's words (upstream.ts); the `…Outcome` fields
+ * are ours, with the states upstream has no word for (`missing`, `conflict`, `unverifiable`).
+ */
 export interface ApiBackup {
   id: string;
   projectId: string;
   kind: string;
   format: 'custom';
-  status: BackupStatus;
+  status: UpstreamBackupStatus;
   sizeBytes: number | null;
   checksumSha256: string | null;
   createdAt: string;
   completedAt: string | null;
+  /** The dump's path relative to FLUX_BACKUPS_LOCAL_DIR (`<projectId>/<backupId>.dump`). */
+  primaryArtifactRelativePath: string;
+  /** The dump's path on the server running dump. */
+  primaryArtifactAbsolutePath: string;
   localArtifactStatus: 'present' | 'missing';
-  offsiteStatus: OffsiteStatus;
+  offsiteStatus: UpstreamOffsiteStatus;
+  /** Ours: adds `conflict` (a different copy is already offsite), which upstream reads as failed. */
+  offsiteOutcome: OffsiteStatus;
   offsiteKey: string | null;
   offsiteContentSha256: string | null;
   offsiteReplicatedAt: string | null;
   /** Manifest arrival to offsite proven, as replicate measured it. */
   offsiteLagSeconds: number | null;
-  artifactValidationStatus: ArtifactStatus;
-  restoreVerificationStatus: 'pending' | 'restore_verified' | 'restore_failed' | 'skipped';
-  /** Adds `unverifiable` to the upstream statuses: verify could not run (never a pass). */
+  artifactValidationStatus: UpstreamArtifactStatus;
+  /** Ours: adds `missing` (the local dump file is gone), which upstream reads as artifact_invalid. */
+  artifactValidationOutcome: ArtifactStatus;
+  artifactValidationError: string | null;
+  restoreVerificationStatus: UpstreamRestoreStatus;
+  /** Ours: adds `unverifiable` (verify could not run: never a pass), which upstream reads as pending. */
   restoreVerificationOutcome: RestoreStatus;
   restoreVerificationAt: string | null;
   restoreVerificationError: string | null;
@@ -347,27 +370,38 @@ export function createCatalog(options: CatalogOptions): Catalog {
       const facts = catalog.facts(entry, artifact);
       const m = entry.manifest;
       const v = entry.verify && m && entry.verify.sha256 === m.sha256 ? entry.verify : undefined;
+      const restoreStatus = upstreamRestoreStatus(facts);
       return {
         id: entry.backupId,
         projectId: entry.projectId,
         kind: m?.kind ?? entry.state?.kind ?? 'project_db',
         format: 'custom',
-        status: facts.status,
+        status: upstreamBackupStatus(facts.status),
         sizeBytes: m?.sizeBytes ?? null,
         checksumSha256: m?.sha256 ?? null,
         createdAt: createdAtOf(entry),
         completedAt: m?.completedAt ?? null,
+        primaryArtifactRelativePath: path.relative(root, entry.paths.dump),
+        primaryArtifactAbsolutePath: path.resolve(entry.paths.dump),
         localArtifactStatus: entry.dump ? 'present' : 'missing',
-        offsiteStatus: facts.offsite,
+        offsiteStatus: upstreamOffsiteStatus(facts.offsite),
+        offsiteOutcome: facts.offsite,
         offsiteKey: entry.offsite?.key ?? null,
         offsiteContentSha256: entry.offsite?.contentSha256 ?? null,
         offsiteReplicatedAt: entry.offsite?.status === 'replicated' ? entry.offsite.at : null,
         offsiteLagSeconds: entry.offsite?.status === 'replicated' ? (entry.offsite.lagSeconds ?? null) : null,
-        artifactValidationStatus: artifact.status,
-        restoreVerificationStatus: facts.restore === 'unverifiable' ? 'skipped' : facts.restore,
+        artifactValidationStatus: upstreamArtifactStatus(artifact.status),
+        artifactValidationOutcome: artifact.status,
+        artifactValidationError: artifact.error ?? null,
+        restoreVerificationStatus: restoreStatus,
         restoreVerificationOutcome: facts.restore,
         restoreVerificationAt: v?.finishedAt ?? null,
-        restoreVerificationError: v && v.status !== 'restore_verified' ? (v.error ?? v.reason ?? null) : null,
+        restoreVerificationError:
+          v && v.status !== 'restore_verified'
+            ? (v.error ?? v.reason ?? null)
+            : v && restoreStatus !== 'restore_verified'
+              ? `the verification was of bytes the local dump no longer holds (${artifact.error ?? artifact.status})`
+              : null,
         restoreVerificationSource: v?.source ?? null,
         error: facts.status === 'failed' ? (facts.error ?? null) : (artifact.error ?? null),
       };

@@ -19,8 +19,12 @@ describe('trust classifier', () => {
     ['newest still running', { ...healthy, status: 'running' }, 'latest_not_complete'],
     ['newest failed', { ...healthy, status: 'failed', error: 'pg_dump exited 1' }, 'latest_not_complete'],
     ['artifact not yet validated', { ...healthy, artifact: 'pending' }, 'artifact_pending'],
-    ['artifact corrupted', { ...healthy, artifact: 'invalid', error: 'sha256 differs' }, 'artifact_pending'],
-    ['artifact missing', { ...healthy, artifact: 'missing' }, 'artifact_pending'],
+    [
+      'artifact corrupted',
+      { ...healthy, artifact: 'invalid', error: 'sha256 differs' },
+      'pipeline_incomplete',
+    ],
+    ['artifact missing', { ...healthy, artifact: 'missing' }, 'pipeline_incomplete'],
     [
       'restore failed',
       { ...healthy, restore: 'restore_failed', error: 'volume: rows differ' },
@@ -30,7 +34,7 @@ describe('trust classifier', () => {
     [
       'verification pending, recent',
       { ...healthy, restore: 'pending', offsite: 'pending' },
-      'pipeline_incomplete',
+      'not_restore_verified',
     ],
     ['verification pending, old', { ...healthy, restore: 'pending', createdAt: old }, 'not_restore_verified'],
     ['verification skipped', { ...healthy, restore: 'skipped' }, 'not_restore_verified'],
@@ -72,7 +76,7 @@ describe('trust classifier', () => {
       offsite: 'replicated',
     };
     const trust = classify(rebuilt, now, 'bloom');
-    expect(trust).toMatchObject({ tier: 'artifact_pending', trustworthy: false });
+    expect(trust).toMatchObject({ tier: 'pipeline_incomplete', trustworthy: false });
     expect(trust.labels).toEqual({
       artifactValidated: false,
       restoreVerified: false,
@@ -81,7 +85,7 @@ describe('trust classifier', () => {
     expect(trust.next).toBe(`flux-ops backup verify -p bloom --id ${healthy.backupId} --source offsite`);
     // Verified from the offsite copy: still not restorable (no local artifact), and no verify loop.
     const verified = classify({ ...rebuilt, restore: 'restore_verified' }, now, 'bloom');
-    expect(verified).toMatchObject({ tier: 'artifact_pending', trustworthy: false });
+    expect(verified).toMatchObject({ tier: 'pipeline_incomplete', trustworthy: false });
     expect(verified.labels.restoreVerified).toBe(false);
     expect(verified.message).toMatch(/--source offsite/);
     expect(verified.next).toBe('flux-ops backup create -p bloom');
@@ -89,6 +93,14 @@ describe('trust classifier', () => {
     expect(classify({ ...rebuilt, offsite: 'pending' }, now).message).toMatch(
       /^the local dump file is missing:/,
     );
+  });
+
+  it('a verification still on its way and one never done share the tier; the message tells them apart', () => {
+    const recent = classify({ ...healthy, restore: 'pending' }, now);
+    const stale = classify({ ...healthy, restore: 'pending', createdAt: old }, now);
+    expect(recent.tier).toBe(stale.tier);
+    expect(recent.message).toMatch(/still running/);
+    expect(stale.message).toMatch(/never restore-verified/);
   });
 
   it('names the next command with the project slug', () => {

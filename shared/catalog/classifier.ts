@@ -1,5 +1,8 @@
-// The trust classifier: a pure function over the facts of a project's newest backup. Tier names are the
-// ones upstream operators know; `unverifiable` is never a pass and never a restore_failed.
+// The trust classifier: a pure function over the facts of a project's newest backup. Tier names and their
+// meaning are upstream's (backup-trust.ts of the upstream flux repository: artifact_pending is a validation
+// not done yet, pipeline_incomplete an artifact that is not valid, not_restore_verified a valid artifact no
+// verification passed or failed for), so the upstream CLI reading our rows (upstream.ts) gives the same
+// tier; `unverifiable` is ours: never a pass and never a restore_failed.
 import { HOUR_MS } from '../config.js';
 
 export const TRUST_TIERS = [
@@ -89,7 +92,7 @@ export function classify(newest: BackupFacts | undefined, now: Date = new Date()
     const verified = newest.restore === 'restore_verified';
     return {
       ...base,
-      tier: 'artifact_pending',
+      tier: 'pipeline_incomplete',
       message: verified
         ? 'the local dump file is missing; the offsite copy is proven and restore-verified: restore or download it with --source offsite, and create a new backup to be restorable locally again'
         : 'the local dump file is missing; the offsite copy is proven: verify it with --source offsite before relying on it',
@@ -104,7 +107,7 @@ export function classify(newest: BackupFacts | undefined, now: Date = new Date()
     }[newest.artifact];
     return {
       ...base,
-      tier: 'artifact_pending',
+      tier: newest.artifact === 'pending' ? 'artifact_pending' : 'pipeline_incomplete',
       message: `${why}: do not rely on this backup until its artifact is validated`,
       next: newest.artifact === 'pending' ? verify : `${verify} --source offsite  (or: ${create})`,
     };
@@ -140,7 +143,8 @@ export function classify(newest: BackupFacts | undefined, now: Date = new Date()
       const inFlight = newest.restore === 'pending' && age < PIPELINE_GRACE_MS;
       return {
         ...base,
-        tier: inFlight ? 'pipeline_incomplete' : 'not_restore_verified',
+        // Upstream has no tier for a verification still on its way: the message tells it apart.
+        tier: 'not_restore_verified',
         message: inFlight
           ? `the pipeline is still running (offsite ${newest.offsite}, restore verification pending)`
           : 'the newest backup was never restore-verified',
