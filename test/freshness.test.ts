@@ -161,7 +161,12 @@ describe('freshness', () => {
     );
     const dry = await migratePost({ dryRun: true });
     const plan = (await dry.json()) as { backupGate: { passes: boolean; freshness: string; tier: string } };
-    expect(plan.backupGate).toMatchObject({ passes: true, tier: 'restorable', freshness: 'fresh' });
+    expect(plan.backupGate).toMatchObject({
+      passes: true,
+      tier: 'restorable',
+      freshness: 'fresh',
+      cluster: 'shared-1',
+    });
   });
 
   it('older than maxAge: tier restorable, freshness stale; migrate 412 with the age; --check critical', async () => {
@@ -189,7 +194,7 @@ describe('freshness', () => {
     expect(body.code).toBe('precondition_failed');
     expect(body.error).toMatch(
       new RegExp(
-        `backup gate: the backup is restorable but stale: the newest restorable backup \\(${first}\\) is 1d 6h old, older than maxAge 1d 2h`,
+        `backup gate for ${project.slug} on cluster shared-1: the backup is restorable but stale: the newest restorable backup \\(${first}\\) is 1d 6h old, older than maxAge 1d 2h`,
       ),
     );
     expect(body.error).toContain(

@@ -231,8 +231,9 @@ describe('migrate on real source and target clusters', () => {
     expect(plan.tools.pg_dump.major).toBeGreaterThanOrEqual(15);
     expect(plan.tools.pg_restore.path).toMatch(/pg_restore$/);
     // Never gated, but it says what would refuse a real run.
-    expect(plan.backupGate).toMatchObject({ tier: 'no_backups', passes: false });
+    expect(plan.backupGate).toMatchObject({ tier: 'no_backups', passes: false, cluster: 'shared-1' });
     expect(plan.problems.map((p: { code: string }) => p.code)).toEqual(['backup_gate']);
+    expect(plan.problems[0].message).toMatch(/on cluster shared-1: /);
     expect(JSON.stringify(plan)).not.toContain(source.password);
     expect({
       source: await catalogSnapshot(source, SOURCE_DB),

@@ -465,11 +465,12 @@ describe('restore of a v2 tenant', () => {
     const before = await schemas(SHARED_DB);
     const plan = await restore(other, backupId, { mode: 'in_place', dryRun: true });
     expect(plan.body.plan.backup).toMatchObject({ id: backupId, tier: 'restorable', gate: 'refused' });
+    expect(plan.body.plan.cluster).toBe('shared-1');
     expect(JSON.stringify(plan.body.problems)).toMatch(/restorable but stale/);
     const refused = await restore(other, backupId, { mode: 'in_place', yes: true });
     expect(refused.status, JSON.stringify(refused.body)).toBe(412);
     expect(refused.body.error).toMatch(
-      /backup gate: the backup is restorable but stale: the newest restorable backup \(\w+\) is 1d 6h old, older than maxAge 1d 2h/,
+      /backup gate for [\w-]+ on cluster shared-1: the backup is restorable but stale: the newest restorable backup \(\w+\) is 1d 6h old, older than maxAge 1d 2h/,
     );
     expect(refused.body.error).toContain(
       `flux-ops backup create -p ${slug} && flux-ops backup verify -p ${slug} --latest`,

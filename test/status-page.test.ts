@@ -304,6 +304,19 @@ describeBrowser('status page (headless Chromium, real backups)', () => {
     }
     expect(await text(page.locator('#summary'))).toContain('1 of 3 fresh');
 
+    // The clusters below: the shared one up with its two tenants, the v1 project's own server unreachable.
+    const shared = page.locator('#clusters tr[data-cluster="shared-1"]');
+    await shared.waitFor();
+    const sharedCells = await shared.locator('td').allTextContents();
+    expect(sharedCells.slice(0, 2)).toEqual(['shared-1', 'shared']);
+    expect(sharedCells[3]).toMatch(/^\d+\.\d+/);
+    expect(sharedCells.slice(4, 7)).toEqual(['2', '1 / 2', '1 / 2']);
+    const own = await page
+      .locator('#clusters tr[data-cluster="dedicated:never-backed"] td')
+      .allTextContents();
+    expect(own.slice(0, 2)).toEqual(['dedicated:never-backed', 'dedicated (derived)']);
+    expect(own[3]).toBe('unreachable');
+
     await mkdir(ARTIFACTS, { recursive: true });
     await page.screenshot({ path: path.join(ARTIFACTS, 'status-page.png'), fullPage: true });
 

@@ -218,7 +218,8 @@ describe('rotating re-hash', () => {
     for (const e of await other.list(projectId)) {
       const check = await other.checkArtifact(e);
       expect(check.status, e.backupId).toBe(e.backupId === old.backupId ? 'invalid' : 'valid');
-      if (e.backupId === old.backupId) expect(other.toApi(e, check).artifactValidationStatus).toBe('artifact_invalid');
+      if (e.backupId === old.backupId)
+        expect(other.toApi(e, check).artifactValidationStatus).toBe('artifact_invalid');
     }
     const newest = (await other.list(projectId))[0]!;
     expect(newest.backupId).toBe(backups[3]!.backupId);

@@ -27,7 +27,14 @@ import {
   rollbackTarget,
   type TargetChanges,
 } from '../../shared/pg/target.js';
-import { dumpAdmissionOf, type Project, resolveUrl, sourceOf, tenantRoleOf } from '../../shared/registry.js';
+import {
+  clusterNameOf,
+  dumpAdmissionOf,
+  type Project,
+  resolveUrl,
+  sourceOf,
+  tenantRoleOf,
+} from '../../shared/registry.js';
 import { backupPolicyOf } from '../../shared/schedule.js';
 import {
   compareWithSnapshot,
@@ -264,6 +271,8 @@ export function createMigrator(rt: Runtime): Migrator {
     const verdict = destructiveGate(trust, trust.freshness);
     const next = trust.tier === 'restorable' ? trust.freshness.next : (trust.next ?? trust.freshness.next);
     return {
+      // Which cluster holds what the gate protects: the one a maintenance ticket would name.
+      cluster: clusterNameOf(project),
       tier: trust.tier,
       freshness: trust.freshness.freshness,
       ageSeconds: trust.freshness.ageSeconds,
@@ -369,7 +378,7 @@ export function createMigrator(rt: Runtime): Migrator {
     if (!backupGate.passes && !options.skipBackupCheck) {
       problems.push({
         code: 'backup_gate',
-        message: `${backupGate.message}${backupGate.next ? `: run \`${backupGate.next}\`` : ''} (or pass skipBackupCheck)`,
+        message: `${project.slug} on cluster ${backupGate.cluster}: ${backupGate.message}${backupGate.next ? `: run \`${backupGate.next}\`` : ''} (or pass skipBackupCheck)`,
       });
     }
     const source = parsePgUrl(ends.sourceUrl);
@@ -452,10 +461,11 @@ export function createMigrator(rt: Runtime): Migrator {
         if (!g.passes) {
           throw new AppError(
             'precondition_failed',
-            `backup gate: ${g.message}; a migration needs a restorable newest backup younger than maxAge` +
+            `backup gate for ${project.slug} on cluster ${g.cluster}: ${g.message}; a migration needs a restorable newest backup younger than maxAge` +
               `${g.next ? `: run \`${g.next}\`` : ''}, or pass skipBackupCheck to override`,
             {
               details: {
+                cluster: g.cluster,
                 tier: g.tier,
                 freshness: g.freshness,
                 ageSeconds: g.ageSeconds,

@@ -22,7 +22,7 @@ import {
 } from '../../shared/pg/archive-header.js';
 import { withPgClient } from '../../shared/pg/conn.js';
 import { takeSessionLease } from '../../shared/pg/lease.js';
-import type { Project } from '../../shared/registry.js';
+import { clusterNameOf, type Project } from '../../shared/registry.js';
 import { backupPolicyOf } from '../../shared/schedule.js';
 import { requireTool, type ToolInfo } from '../../shared/tools.js';
 import { type Ends, endsOf, requireOwnServer, whereOf } from './ends.js';
@@ -240,7 +240,10 @@ export function createRestorer(rt: Runtime): Restorer {
       }
       const names = namesOf(ends, body, '<tag>', new Date());
       if (body.mode === 'in_place' && !gate.passes && !body.skipBackupCheck)
-        problems.push({ code: 'backup_gate', message: `backup gate: ${gate.message}` });
+        problems.push({
+          code: 'backup_gate',
+          message: `backup gate for ${project.slug} on cluster ${clusterNameOf(project)}: ${gate.message}`,
+        });
       const ageSeconds = Math.round((Date.now() - Date.parse(manifest.completedAt)) / 1000);
       return {
         ok: problems.length === 0,
@@ -249,7 +252,7 @@ export function createRestorer(rt: Runtime): Restorer {
           mode: body.mode,
           source: body.source,
           engine: ends.engine,
-          cluster: ends.cluster ?? null,
+          cluster: clusterNameOf(project),
           target: { ...whereOf(ends.targetUrl), ref: ends.targetRef, serverVersion: targetServer ?? null },
           ...(ends.schema ? { schema: ends.schema } : {}),
           ...names,
@@ -303,10 +306,11 @@ export function createRestorer(rt: Runtime): Restorer {
           metrics.runs.inc({ mode: body.mode, outcome: 'refused', reason: 'precondition_failed' });
           throw new AppError(
             'precondition_failed',
-            `backup gate: ${gate.message}; an in-place restore needs a restore-verified backup and a restorable backup younger than maxAge` +
+            `backup gate for ${project.slug} on cluster ${clusterNameOf(project)}: ${gate.message}; an in-place restore needs a restore-verified backup and a restorable backup younger than maxAge` +
               `${gate.next ? `; next: ${gate.next}` : ''}; or pass --skip-backup-check. Nothing was done`,
             {
               details: {
+                cluster: clusterNameOf(project),
                 tier: gate.tier,
                 ...('freshness' in gate
                   ? {

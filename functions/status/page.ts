@@ -56,6 +56,11 @@ form input { width: 100%; font: 13px ui-monospace, SFMono-Regular, Menlo, monosp
 #summary strong { margin-right: 6px; }
 table { width: 100%; border-collapse: collapse; background: #fff; border: 1px solid var(--line); }
 th, td { text-align: left; vertical-align: top; padding: 8px 10px; border-bottom: 1px solid var(--line); }
+#clusters { margin-top: 20px; }
+#clusters caption { text-align: left; font-weight: 600; padding: 6px 0; }
+td.mono { font-family: ui-monospace, SFMono-Regular, Menlo, monospace; }
+td.bad { color: var(--fail); font-weight: 600; }
+#findings { margin: 8px 0 0; padding-left: 20px; color: var(--fail); }
 th { font-size: 12px; text-transform: uppercase; letter-spacing: .03em; color: var(--muted); background: #fafbfc; }
 td small, .sub { display: block; color: var(--muted); font-size: 12px; }
 td[data-col="project"] strong, td[data-col="project"] small { white-space: nowrap; }
@@ -281,6 +286,49 @@ const SCRIPT = `
     $('updated').textContent = 'updated ' + new Date(now).toLocaleTimeString() + ' · every ' + duration(refreshMs / 1000);
   }
 
+  function renderClusters(cl) {
+    var table = $('clusters');
+    var list = $('findings');
+    var tbody = table.querySelector('tbody');
+    if (!cl || cl.status !== 200 || !cl.json || !cl.json.clusters) {
+      table.hidden = true;
+      list.hidden = true;
+      return;
+    }
+    var rows = [];
+    var findings = [];
+    var seen = {};
+    cl.json.clusters.forEach(function (c) {
+      var tr = el('tr');
+      tr.setAttribute('data-cluster', c.name);
+      var restorable = c.tenants.filter(function (t) { return t.tier === 'restorable'; }).length;
+      var fresh = c.tenants.filter(function (t) { return t.freshness === 'fresh'; }).length;
+      var server = el('td');
+      server.appendChild(c.reachable
+        ? label('pass', (c.serverVersion || '').split(' ')[0] || 'up')
+        : label('fail', 'unreachable', c.error || ''));
+      [el('td', 'mono', c.name), el('td', '', c.kind + (c.derived ? ' (derived)' : '')), el('td', '', c.region || '–'), server,
+        el('td', '', c.tenants.length), el('td', '', restorable + ' / ' + c.tenants.length),
+        el('td', '', fresh + ' / ' + c.tenants.length),
+        el('td', '', c.dumps.running + ' running, ' + c.dumps.waiting + ' waiting (max ' + c.maxConcurrentDumps + ')'),
+        el('td', c.findings.length ? 'bad' : '', c.findings.length)].forEach(function (td) { tr.appendChild(td); });
+      rows.push(tr);
+      c.findings.forEach(function (f) {
+        var key = f.cluster + '|' + f.code + '|' + (f.project || '') + '|' + (f.schema || f.database || '');
+        if (seen[key]) return;
+        seen[key] = true;
+        var li = el('li');
+        li.appendChild(el('code', '', f.code));
+        li.appendChild(document.createTextNode(' ' + f.message));
+        findings.push(li);
+      });
+    });
+    tbody.replaceChildren.apply(tbody, rows);
+    table.hidden = rows.length === 0;
+    list.replaceChildren.apply(list, findings);
+    list.hidden = findings.length === 0;
+  }
+
   function showLogin(message) {
     stop();
     $('login').hidden = false;
@@ -319,9 +367,10 @@ const SCRIPT = `
     loading = true;
     $('login').hidden = true;
     $('controls').hidden = false;
-    Promise.all([get('/api/ops/v1/status', token), get('/probes', token).catch(function (e) { return { status: 0, json: {}, e: e }; })])
+    var failed = function (e) { return { status: 0, json: {}, e: e }; };
+    Promise.all([get('/api/ops/v1/status', token), get('/probes', token).catch(failed), get('/api/ops/v1/clusters', token).catch(failed)])
       .then(function (r) {
-        var s = r[0], pr = r[1];
+        var s = r[0], pr = r[1], cl = r[2];
         if (s.status === 401) {
           sessionStorage.removeItem(KEY);
           showLogin('The token was rejected (unknown, or removed by rotation): paste a current one.');
@@ -343,6 +392,7 @@ const SCRIPT = `
             : pr.status === 0 ? 'probe unreachable' : 'probe answered ' + pr.status;
         }
         render(s.json, probes);
+        renderClusters(cl);
         banner('', false);
         schedule();
       })
@@ -425,6 +475,13 @@ export function renderStatusPage(options: StatusPageOptions = {}): string {
     <th>Offsite replicated</th><th>Newest backup</th><th>Replication lag</th><th>Last probe</th></tr></thead>
     <tbody></tbody>
   </table>
+  <table id="clusters" hidden>
+    <caption>Clusters</caption>
+    <thead><tr><th>Cluster</th><th>Kind</th><th>Region</th><th>Server</th><th>Tenants</th><th>Restorable</th>
+    <th>Fresh</th><th>Dumps</th><th>Findings</th></tr></thead>
+    <tbody></tbody>
+  </table>
+  <ul id="findings" hidden></ul>
 </main>
 <footer>
   Only <span class="badge tier-restorable">restorable</span> is trustworthy: a real restore of the newest backup passed.
