@@ -149,6 +149,7 @@ interface Door {
 const JSON_BODY_ROUTES = new Set([
   'dump POST /api/cli/v1/projects/:hash/backups',
   'dump POST /api/ops/v1/catalog/rebuild',
+  'dump POST /api/ops/v1/clusters/:name/preflight',
   'verify POST /api/cli/v1/projects/:hash/backups/:backupId/verify',
   'probe POST /probes/run',
   'migrate POST /api/cli/v1/migrate',

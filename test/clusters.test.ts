@@ -18,7 +18,7 @@ import { createRegistry } from '../shared/metrics.js';
 import { type Cluster, createStaticRegistry, type Project } from '../shared/registry.js';
 import { seedProjectDb, seedTenant, tenantSchemaOf } from './support/fixtures.js';
 import { type PgCluster, startPostgres } from './support/pg.js';
-import { ADMIN, eventually, makeTestEnv, type TestEnv, testRuntime } from './support/runtime.js';
+import { ADMIN, eventually, makeTestEnv, makeToken, type TestEnv, testRuntime } from './support/runtime.js';
 
 const BIN = path.resolve(import.meta.dirname, '../bin/flux-ops.mjs');
 const hashOf = (id: string) => id.replaceAll('-', '').slice(0, 7);
@@ -49,6 +49,8 @@ const solo: Project = {
   engine: 'v1_dedicated',
   databaseUrl: 'env:TEST_SOLO_URL',
 };
+/** A viewer: may judge a cluster, not take its backups. */
+const READER = makeToken('cluster-reader', ['backups:read']);
 const orphanSchema = `t_${randomUUID().replaceAll('-', '').slice(0, 12)}_api`;
 
 let a: PgCluster;
@@ -93,7 +95,7 @@ const api = (method: string, url: string, body?: unknown) =>
 /** A backup through the front door, once replicate and verify have both answered. */
 async function backedUpAndJudged(p: Project): Promise<string> {
   const res = await api('POST', `/api/cli/v1/projects/${p.hash}/backups`);
-  expect(res.status, await res.clone().text()).toBe(201);
+  expect(res.status, await res.clone().text()).toBe(200);
   const { backup } = (await res.json()) as { backup: { id: string } };
   await eventually(async () => {
     const dir = path.join(env.config.FLUX_BACKUPS_LOCAL_DIR, p.id);
@@ -139,6 +141,7 @@ beforeAll(async () => {
     TEST_SOLO_URL: a.url('solo'),
     FLUX_VERIFY_DRIVER: 'local',
     FLUX_VERIFY_LOCAL_DIR: localBase,
+    FLUX_API_TOKENS: `${ADMIN.entry},${READER.entry}`,
   });
   const clusters: Cluster[] = [
     {
@@ -337,6 +340,15 @@ describe('clusters', () => {
     expect((await cli(['cluster', 'preflight', 'nope'])).exitCode).toBe(66);
     const bad = await api('POST', '/api/ops/v1/clusters/shared-1/preflight', { maxAge: 'soon' });
     expect(bad.status).toBe(400);
+    // Judging needs backups:read; taking backups first needs backups:write.
+    const asReader = (body: unknown) =>
+      all.app.request('/api/ops/v1/clusters/shared-2/preflight', {
+        method: 'POST',
+        headers: { ...READER.header, 'content-type': 'application/json' },
+        body: JSON.stringify(body),
+      });
+    expect((await asReader({})).status).toBe(200);
+    expect((await asReader({ backupNow: true })).status).toBe(403);
 
     // A separate dump function whose registry has a cluster nobody listens for.
     const other = await makeTestEnv({

@@ -58,6 +58,10 @@ const REQUIRED_SCOPE: Record<FunctionName, Record<string, Scope>> = {
     'GET /api/cli/v1/projects/:hash/backups/:backupId/download': 'backups:read',
     'GET /api/ops/v1/status': 'backups:read',
     'POST /api/ops/v1/catalog/rebuild': 'backups:write',
+    'GET /api/ops/v1/clusters': 'backups:read',
+    'GET /api/ops/v1/clusters/:name': 'backups:read',
+    // Judging reads; with backupNow it also needs backups:write (checked in the handler).
+    'POST /api/ops/v1/clusters/:name/preflight': 'backups:read',
   },
   replicate: {
     ...KIT_ROUTES,
@@ -679,9 +683,9 @@ describe('limits', () => {
           posts += 1;
         }
       }
-      // Three POST routes each (/events, /events/replay, its own); dump also rebuilds the catalog,
-      // replicate also runs an upkeep sweep, and restore also drops a previous copy.
-      expect(posts).toBe(FUNCTION_NAMES.length * 3 + 3);
+      // Three POST routes each (/events, /events/replay, its own); dump also rebuilds the catalog and
+      // runs a cluster's preflight, replicate also runs an upkeep sweep, and restore also drops a previous copy.
+      expect(posts).toBe(FUNCTION_NAMES.length * 3 + 4);
     } finally {
       for (const s of served) await s.close();
       for (const fn of FUNCTION_NAMES) await apps[fn].stop();

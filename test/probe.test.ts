@@ -45,7 +45,7 @@ function tenant(slug: string, hash: string, apiHost: string, extra: Partial<Proj
     engine,
     ...(engine === 'v2_shared'
       ? { cluster: 'shared-1' }
-      : { databaseUrl: 'postgres://unused@127.0.0.1:1/x' }),
+      : { databaseUrl: `postgres://unused@127.0.0.1:1/${slug}` }),
     apiHost,
     ...extra,
   };
