@@ -54,7 +54,7 @@ async function backup(): Promise<string> {
     method: 'POST',
     headers: ADMIN.header,
   });
-  expect(res.status).toBe(201);
+  expect(res.status).toBe(200);
   return ((await res.json()) as { backup: { id: string } }).backup.id;
 }
 
