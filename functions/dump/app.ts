@@ -275,13 +275,25 @@ export function createApp(rt: Runtime, patience: PatientOptions = {}): FunctionA
       );
     }
     if (body.backupNow) requireScopeOf(c.get('token')!, 'backups:write');
-    const report = await preflight.run(c.req.param('name'), {
+    // --backup-now waits for dumps, replicate and verify: a client that waits synchronously still gets it.
+    const work = preflight.run(c.req.param('name'), {
       ...(maxAgeMs !== undefined ? { maxAgeSeconds: Math.round(maxAgeMs / 1000) } : {}),
       backupNow: body.backupNow === true,
       waitMs: (body.waitSeconds ?? PREFLIGHT_WAIT_SECONDS) * 1000,
       signal: c.req.raw.signal,
     });
-    return c.json({ report });
+    return patientJson(
+      c,
+      work.then((report) => ({ status: 200, body: { report } })),
+      {
+        ...patience,
+        onLateError: (error) =>
+          rt.log.warn(
+            { err: error, cluster: c.req.param('name') },
+            "preflight failed after the answer's headers went out",
+          ),
+      },
+    );
   });
 
   return {
