@@ -2,7 +2,14 @@
 // URLs are literal or `env:NAME`, resolved at use so the file itself holds no secret.
 import { readFileSync, type Stats, unwatchFile, watchFile } from 'node:fs';
 import { z } from 'zod';
-import { isProjectHash, isSlug, parseProjectHash, tenantRoleOf, tenantSchemaOf } from './catalog/ids.js';
+import {
+  CLUSTER_NAME_RE,
+  isProjectHash,
+  isSlug,
+  parseProjectHash,
+  tenantRoleOf,
+  tenantSchemaOf,
+} from './catalog/ids.js';
 import { AppError, errnoOf, isAppError } from './errors.js';
 import type { Logger } from './log.js';
 import { parseDuration, scheduleProblem } from './schedule.js';
@@ -12,11 +19,7 @@ const urlRef = z.string().min(1);
 const LABEL_KEY = /^[A-Za-z0-9][A-Za-z0-9._/-]{0,62}$/;
 
 const ClusterSchema = z.object({
-  name: z
-    .string()
-    .min(1)
-    .max(64)
-    .regex(/^[A-Za-z0-9][A-Za-z0-9._-]*$/, 'letters, digits, dots, dashes and underscores'),
+  name: z.string().regex(CLUSTER_NAME_RE, 'up to 64 letters, digits, dots, dashes and underscores'),
   url: urlRef,
   maxConcurrentDumps: z.number().int().min(1).max(64).default(2),
   /**

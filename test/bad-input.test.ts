@@ -114,6 +114,11 @@ const BAD_HASH: Expected = {
   code: 'invalid_id',
   message: /^project hash ".{1,65}" is not 7 lowercase hex characters$/s,
 };
+const BAD_CLUSTER_NAME: Expected = {
+  status: 400,
+  code: 'invalid_id',
+  message: /^cluster name ".{1,65}" is not a cluster name/s,
+};
 const BAD_BACKUP_ID: Expected = {
   status: 400,
   code: 'invalid_id',
@@ -285,6 +290,7 @@ function casesFor(door: Door): Case[] {
       // An encoded traversal appended to the route never reaches a file.
       const appended = `${fill(route.path)}/..%2F..%2Fstate`;
       const landsOnBackupId = route.method === 'GET' && route.path.endsWith('/backups');
+      const landsOnClusterName = route.method === 'GET' && route.path === '/api/ops/v1/clusters';
       // A POST there lands on a GET-only route (a backup by id, a migration's status by hash): 405.
       const landsOnGetRoute =
         route.method === 'POST' && (route.path.endsWith('/backups') || route.path === '/api/cli/v1/migrate');
@@ -298,9 +304,11 @@ function casesFor(door: Door): Case[] {
         },
         landsOnBackupId
           ? BAD_BACKUP_ID
-          : landsOnGetRoute
-            ? notAllowed('POST', 'GET, HEAD, OPTIONS')
-            : NO_ROUTE,
+          : landsOnClusterName
+            ? BAD_CLUSTER_NAME
+            : landsOnGetRoute
+              ? notAllowed('POST', 'GET, HEAD, OPTIONS')
+              : NO_ROUTE,
       );
 
       // Bodies.

@@ -8,7 +8,12 @@ import { Readable } from 'node:stream';
 import { z } from 'zod';
 import { STREAM_CHUNK_BYTES } from '../../shared/atomic.js';
 import { upstreamFreshnessOf } from '../../shared/catalog/freshness.js';
-import { parseBackupId, parseProjectHash, parseProjectId } from '../../shared/catalog/ids.js';
+import {
+  parseBackupId,
+  parseClusterName,
+  parseProjectHash,
+  parseProjectId,
+} from '../../shared/catalog/ids.js';
 import { AppError } from '../../shared/errors.js';
 import { createKit, readJson } from '../../shared/kit/app.js';
 import { requireScopeOf } from '../../shared/kit/auth.js';
@@ -260,13 +265,14 @@ export function createApp(rt: Runtime, patience: PatientOptions = {}): FunctionA
   );
 
   app.get('/api/ops/v1/clusters/:name', requireScope('backups:read'), async (c) =>
-    c.json({ cluster: await clusterViews.show(c.req.param('name')) }),
+    c.json({ cluster: await clusterViews.show(parseClusterName(c.req.param('name'))) }),
   );
 
   // Judging needs backups:read; a preflight that takes backups first needs backups:write.
   app.post('/api/ops/v1/clusters/:name/preflight', requireScope('backups:read'), async (c) => {
     const body = await readJson(c, PreflightBody, { emptyIsObject: true });
-    clusterViews.info(c.req.param('name'));
+    const name = parseClusterName(c.req.param('name'));
+    clusterViews.info(name);
     const maxAgeMs = body.maxAge === undefined ? undefined : parseDuration(body.maxAge);
     if (body.maxAge !== undefined && maxAgeMs === undefined) {
       throw new AppError(
@@ -276,7 +282,7 @@ export function createApp(rt: Runtime, patience: PatientOptions = {}): FunctionA
     }
     if (body.backupNow) requireScopeOf(c.get('token')!, 'backups:write');
     // --backup-now waits for dumps, replicate and verify: a client that waits synchronously still gets it.
-    const work = preflight.run(c.req.param('name'), {
+    const work = preflight.run(name, {
       ...(maxAgeMs !== undefined ? { maxAgeSeconds: Math.round(maxAgeMs / 1000) } : {}),
       backupNow: body.backupNow === true,
       waitMs: (body.waitSeconds ?? PREFLIGHT_WAIT_SECONDS) * 1000,
@@ -288,10 +294,7 @@ export function createApp(rt: Runtime, patience: PatientOptions = {}): FunctionA
       {
         ...patience,
         onLateError: (error) =>
-          rt.log.warn(
-            { err: error, cluster: c.req.param('name') },
-            "preflight failed after the answer's headers went out",
-          ),
+          rt.log.warn({ err: error, cluster: name }, "preflight failed after the answer's headers went out"),
       },
     );
   });

@@ -28,6 +28,20 @@ export function parseBackupId(value: unknown): string {
   throw new AppError('invalid_id', `backupId ${shown(value)} is not a ULID or lowercase UUID`);
 }
 
+/** What a declared cluster may be called; a v1 project's own cluster is `dedicated:<slug>`. */
+export const CLUSTER_NAME_RE = /^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/;
+
+export function parseClusterName(value: unknown): string {
+  if (typeof value === 'string') {
+    const own = value.startsWith('dedicated:') ? value.slice('dedicated:'.length) : undefined;
+    if (own === undefined ? CLUSTER_NAME_RE.test(value) : CLUSTER_NAME_RE.test(own)) return value;
+  }
+  throw new AppError(
+    'invalid_id',
+    `cluster name ${shown(value)} is not a cluster name (letters, digits, . _ -; dedicated:<slug> for a v1 project's own)`,
+  );
+}
+
 export function parseProjectHash(value: unknown): string {
   if (typeof value === 'string' && isProjectHash(value)) return value;
   throw new AppError('invalid_id', `project hash ${shown(value)} is not 7 lowercase hex characters`);
