@@ -1,81 +1,13 @@
 // flux-ops cluster list | show | preflight: which cluster holds each tenant, what is out of place, and
 // whether a cluster is safe for destructive maintenance tonight (GET/POST /api/ops/v1/clusters…).
 import { writeFile } from 'node:fs/promises';
+// The answers' shapes are dump's own (type-only: nothing of dump runs in the CLI).
+import type { ClusterView } from '../functions/dump/clusters.js';
+import type { PreflightReport } from '../functions/dump/preflight.js';
 import { AppError } from '../shared/errors.js';
 import { bool, str } from './args.js';
 import { type Command, Failure } from './command.js';
 import { humanDuration, printJson, println, table } from './output.js';
-
-interface Finding {
-  code: string;
-  cluster: string;
-  project?: string;
-  schema?: string;
-  database?: string;
-  message: string;
-}
-
-interface Tenant {
-  slug: string;
-  hash: string;
-  engine: string;
-  schema?: string;
-  database?: string;
-  tier: string;
-  freshness: string;
-  ageSeconds: number | null;
-  newestRestorableBackupId: string | null;
-  newestRestorableAt: string | null;
-  offsiteKey: string | null;
-}
-
-interface ClusterView {
-  name: string;
-  kind: string;
-  derived: boolean;
-  region: string | null;
-  labels: Record<string, string>;
-  reachable: boolean;
-  serverVersion: string | null;
-  error: string | null;
-  maxConcurrentDumps: number;
-  dumps: { running: number; waiting: number };
-  tenants: Tenant[];
-  findings: Finding[];
-}
-
-interface PreflightTenant {
-  slug: string;
-  hash: string;
-  engine: string;
-  schema?: string;
-  database?: string;
-  tier: string;
-  newestRestorableBackupId: string | null;
-  offsiteKey: string | null;
-  offsiteReplicated: boolean;
-  freshness: string;
-  ageSeconds: number | null;
-  maxAgeSeconds: number;
-  backupTaken?: string;
-  verdict: 'pass' | 'fail';
-  problems: string[];
-}
-
-export interface PreflightReport {
-  cluster: string;
-  kind: string;
-  region: string | null;
-  serverVersion: string | null;
-  at: string;
-  verdict: 'pass' | 'fail' | 'unknown';
-  /** The maxAge asked for every tenant; null: each project's own. */
-  maxAgeSeconds: number | null;
-  backupNow: boolean;
-  tenants: PreflightTenant[];
-  findings: Finding[];
-  problems: string[];
-}
 
 /** Exit codes of the preflight: a pass, a problem found, could not tell. */
 export const PREFLIGHT_EXIT = { pass: 0, fail: 1, unknown: 2 } as const;
