@@ -213,8 +213,8 @@ export function createApp(rt: Runtime, deps: ReplicateDeps = {}): FunctionApp {
     async stop() {
       if (timer) clearInterval(timer);
       if (upkeepTimer) clearInterval(upkeepTimer);
-      upkeep.stop();
       watcher.stop();
+      await upkeep.stop();
       await replicator.stop(config.FLUX_SHUTDOWN_GRACE_MS);
       await rt.outbox.stop();
     },

@@ -742,6 +742,9 @@ export function createReplicator(options: ReplicatorOptions): Replicator {
       controller.abort(new AppError('shutting_down', 'replicate is stopping'));
       const deadline = Date.now() + 10_000;
       while (jobs.size > 0 && Date.now() < deadline) await sleep(25);
+      // A scan still walking the catalog (the start-up one is not awaited by start) asks for no more
+      // copies once stopping; it is waited for so that nothing of it writes after the stop.
+      while (running && Date.now() < deadline) await sleep(25);
     },
   };
 }

@@ -60,7 +60,8 @@ export interface Upkeep {
   describe(): { ok: boolean; detail: string };
   /** Copy ids whose last re-hash did not match (from the state, so a restart still knows). */
   invalid(): string[];
-  stop(): void;
+  /** Cancels a running sweep and waits until it has settled (its state written or dropped). */
+  stop(): Promise<void>;
 }
 
 export function createUpkeep(options: UpkeepOptions): Upkeep {
@@ -337,8 +338,10 @@ export function createUpkeep(options: UpkeepOptions): Upkeep {
         .map(([id]) => id)
         .sort();
     },
-    stop() {
+    async stop() {
       controller.abort(new AppError('shutting_down', 'replicate is stopping'));
+      // A sweep the timer started may be writing its state or a finding: nothing of it outlives the stop.
+      await running?.catch(() => undefined);
     },
   };
 }

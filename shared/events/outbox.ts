@@ -517,7 +517,10 @@ export function createOutbox(options: OutboxOptions): Outbox {
       if (timer) clearTimeout(timer);
       timer = undefined;
       const deadline = Date.now() + 5_000;
-      while (inFlight.size > 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
+      // Deliveries under way, and events being written (an emit that began before the stop): both
+      // settle before the stop returns, so nothing lands in FLUX_STATE_DIR after it.
+      while ((inFlight.size > 0 || enqueuing > 0) && Date.now() < deadline)
+        await new Promise((r) => setTimeout(r, 20));
     },
 
     idle(timeoutMs = 30_000) {
