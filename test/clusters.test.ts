@@ -356,12 +356,22 @@ describe('clusters', () => {
     // A separate dump function whose registry has a cluster nobody listens for.
     const other = await makeTestEnv({
       TEST_DOWN_URL: 'postgres://flux:secret-pw@127.0.0.1:1/flux?connect_timeout=2',
+      TEST_GONE_URL: a.url('gone_db'),
     });
     try {
       const lonely = v2('lonely-shop', 'down-1');
+      // A v1 project whose database is not on its server: the server answers, the database is missing.
+      const goneId = randomUUID();
+      const gone: Project = {
+        id: goneId,
+        slug: 'gone-shop',
+        hash: hashOf(goneId),
+        engine: 'v1_dedicated',
+        databaseUrl: 'env:TEST_GONE_URL',
+      };
       const dump = createDumpApp(
         testRuntime('dump', other, {
-          projects: [lonely],
+          projects: [lonely, gone],
           clusters: [{ name: 'down-1', url: 'env:TEST_DOWN_URL', maxConcurrentDumps: 1 }],
         }),
       );
@@ -374,6 +384,11 @@ describe('clusters', () => {
       expect(r.stdout + r.stderr).not.toContain('secret-pw');
       const list = await cli(['cluster', 'list'], url);
       expect(list.stdout).toMatch(/^down-1\s+shared\s+-\s+unreachable\s/m);
+      const own = await cli(['cluster', 'show', 'dedicated:gone-shop', '--json'], url);
+      expect(JSON.parse(own.stdout).cluster).toMatchObject({
+        reachable: true,
+        findings: [{ code: 'tenant_missing', project: 'gone-shop', database: 'gone_db' }],
+      });
     } finally {
       await other.cleanup();
     }

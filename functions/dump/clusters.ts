@@ -136,7 +136,9 @@ export async function probeCluster(cluster: ClusterInfo, env: NodeJS.ProcessEnv)
     const e = pgError(error, `connecting to cluster ${cluster.name}`);
     // A derived cluster is reached through the project's own database: the server answered that it
     // does not exist, which is a placement finding on a reachable server.
-    const code = (isAppError(error) ? undefined : (error as { code?: string })?.code) ?? '';
+    // withPgClient translates a failed connect into an AppError; the server's SQLSTATE is its cause's.
+    const cause = isAppError(error) ? error.cause : error;
+    const code = (cause as { code?: string } | undefined)?.code ?? '';
     if (cluster.derived && code === SQLSTATE.invalidCatalogName) {
       return { reachable: true, databases: [] };
     }
