@@ -50,7 +50,7 @@ export function createApp(rt: Runtime, patience: PatientOptions = {}): FunctionA
   const dumper = createDumper(rt);
   const { catalog, registry, config } = rt;
   const clusterViews = createClusterViews(rt, (name) => dumper.queueOf(name));
-  const preflight = createPreflight(rt, clusterViews, dumper);
+  const preflight = createPreflight(rt, clusterViews, (project) => startBackup(project));
   const offsiteStore = lazyOffsiteStore(config);
   const rebuilder = createCatalogRebuilder({
     catalog,

@@ -10,7 +10,7 @@ import { counter } from '../../shared/metrics.js';
 import { type Project, tenantSchemaOf } from '../../shared/registry.js';
 import { formatDuration } from '../../shared/schedule.js';
 import type { ClusterViews, PlacementFinding } from './clusters.js';
-import type { Dumper } from './dumper.js';
+import type { StartedBackup } from './dumper.js';
 
 export type PreflightVerdict = 'pass' | 'fail' | 'unknown';
 
@@ -61,7 +61,15 @@ export interface PreflightOptions {
 
 const POLL_MS = 500;
 
-export function createPreflight(rt: Runtime, views: ClusterViews, dumper: Dumper) {
+/**
+ * `startBackup` is dump's own entry point (the one its API, its scheduler and flux.backup.requested use),
+ * so a preflight's backup is an ordinary backup in every record, event and metric.
+ */
+export function createPreflight(
+  rt: Runtime,
+  views: ClusterViews,
+  startBackup: (project: Project) => Promise<StartedBackup>,
+) {
   const { registry, catalog, log, metrics } = rt;
   const runs = counter(metrics, 'flux_cluster_preflights_total', 'Maintenance preflights by verdict', [
     'cluster',
@@ -72,7 +80,7 @@ export function createPreflight(rt: Runtime, views: ClusterViews, dumper: Dumper
   async function backupAndWait(project: Project, deadline: number, signal?: AbortSignal): Promise<string> {
     let backupId: string;
     try {
-      const started = await dumper.start(project, { causedBy: undefined });
+      const started = await startBackup(project);
       backupId = started.backupId;
       await started.done;
     } catch (error) {
