@@ -275,7 +275,10 @@ describe('rotating re-hash', () => {
     // …once moved aside, the next reconcile copies the local backup again.
     await rm(object, { force: true });
     await h.reconcile();
-    expect((await readReceipt(h.local, old))?.status).toBe('replicated');
+    // The scan answers once it has asked for the copy; the copy and its receipt follow.
+    expect(
+      await eventually(async () => (await readReceipt(h.local, old))?.status === 'replicated', 30_000),
+    ).toBe(true);
   });
 
   it('re-hashes an offsite copy that outlived its local backup, against what was known of it, and lists it in status', async () => {

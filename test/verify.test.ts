@@ -5,7 +5,7 @@ import { createHash, randomBytes, randomUUID } from 'node:crypto';
 import { chmod, mkdtemp, readdir, readFile, rm, stat, truncate, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
-import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, afterEach, beforeAll, describe, expect, it, onTestFailed } from 'vitest';
 import { createApp as createDumpApp } from '../functions/dump/app.js';
 import { createApp as createVerifyApp } from '../functions/verify/app.js';
 import { createReverifySchedule } from '../functions/verify/schedule.js';
@@ -637,28 +637,45 @@ describe('scheduled re-verification', () => {
   });
 
   it('leaves half of the queue to new backups: due work beyond that waits for the next sweep', async () => {
+    // This test once outlived its timeout on a loaded machine (never alone): should it again, the
+    // failure says which step the time went to, and what the verifier logged.
+    const t0 = Date.now();
+    const steps: string[] = [];
+    const step = (what: string) => steps.push(`+${Date.now() - t0} ms ${what}`);
+    let rt: TestRuntime | undefined;
+    onTestFailed(() => {
+      console.error(
+        `steps:\n${steps.join('\n')}\nverifier log (tail):\n${rt?.logs.text().slice(-4000) ?? ''}`,
+      );
+    });
     const slowBackup = await backup(slow);
     const older = await backup(empty);
     await backup(empty);
+    step('backups made');
     const env = await siblingEnv({
       FLUX_VERIFY_CONCURRENCY: '1',
       FLUX_VERIFY_QUEUE_MAX: '2',
       FLUX_SHUTDOWN_GRACE_MS: '100',
     });
-    const rt = testRuntime('verify', env, { projects: [empty, slow], clusters });
+    rt = testRuntime('verify', env, { projects: [empty, slow], clusters });
     const verifier = createVerifier(rt, { spare: false });
     const schedule = emptyTenantSchedule(rt, verifier, 2);
     try {
       // The slot is taken by a long restore and one verification waits: half the queue is in use.
       await verifier.start({ projectId: slow.id, backupId: slowBackup.backupId });
       await verifier.start({ projectId: empty.id, backupId: older.backupId });
+      step('two verifications started');
       expect(verifier.queued).toBe(1);
       expect(await schedule.sweep(Date.now() + 61_000)).toMatchObject({ due: 1, started: 0, busy: 1 });
+      step('swept');
       expect(verifier.queued).toBe(1);
       expect(await rt.metrics.metrics()).toMatch(/flux_verify_scheduled_total\{result="busy"\} 1/);
     } finally {
+      step('stopping');
       await verifier.stop();
+      step('stopped');
       await env.cleanup();
+      step('cleaned up');
     }
   });
 

@@ -786,6 +786,12 @@ export function createVerifier(rt: Runtime, options: VerifierOptions = {}): Veri
       for (const c of controllers) c.abort(new AppError('shutting_down', 'verify is stopping'));
       const deadline = Date.now() + 15_000;
       while (inFlight.size > 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 25));
+      if (inFlight.size > 0) {
+        log.warn(
+          { verifications: [...inFlight.keys()] },
+          'verifications still running 15 s after they were cancelled; closing their sandboxes under them',
+        );
+      }
       await selection.close();
     },
   };
