@@ -328,6 +328,7 @@ export function createApp(rt: Runtime, patience: PatientOptions = {}): FunctionA
       trustMetrics.stop();
       await dumper.stop();
       await rt.outbox.stop();
+      await rt.catalog.flush();
     },
   };
 }

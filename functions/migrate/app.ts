@@ -264,6 +264,7 @@ export function createApp(rt: Runtime): FunctionApp {
     async stop() {
       await migrator.stop();
       await rt.outbox.stop();
+      await rt.catalog.flush();
     },
   };
 }

@@ -135,6 +135,7 @@ export function createApp(rt: Runtime, options: ProbeAppOptions = {}): FunctionA
     async stop() {
       await Promise.all([scheduler.stop(), monitor.stop()]);
       await rt.outbox.stop();
+      await rt.catalog.flush();
     },
   };
 }

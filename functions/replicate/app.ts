@@ -217,6 +217,7 @@ export function createApp(rt: Runtime, deps: ReplicateDeps = {}): FunctionApp {
       await upkeep.stop();
       await replicator.stop(config.FLUX_SHUTDOWN_GRACE_MS);
       await rt.outbox.stop();
+      await rt.catalog.flush();
     },
   };
 }

@@ -103,6 +103,7 @@ export function createApp(rt: Runtime): FunctionApp {
     async stop() {
       await restorer.stop();
       await rt.outbox.stop();
+      await rt.catalog.flush();
     },
   };
 }

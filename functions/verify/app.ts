@@ -201,6 +201,7 @@ export function createApp(
       schedule.stop();
       await verifier.stop();
       await rt.outbox.stop();
+      await rt.catalog.flush();
     },
   };
 }

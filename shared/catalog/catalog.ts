@@ -133,6 +133,8 @@ export interface Catalog {
   /** replicate's re-hash finding; `undefined` removes it (the dump matches again). */
   writeRehashRecord(projectId: string, backupId: string, record: RehashRecord | undefined): Promise<void>;
   remove(projectId: string, backupId: string): Promise<void>;
+  /** Writes a pending save of the validation cache now and waits for it (a stopping function calls it). */
+  flush(): Promise<void>;
 }
 
 async function readJson<T>(file: string, schema: z.ZodType<T>): Promise<{ value?: T; error?: string }> {
@@ -185,18 +187,21 @@ export function createCatalog(options: CatalogOptions): Catalog {
   const { root } = options;
   const artifactCache = loadArtifactCache(options.cacheFile);
   let saveTimer: NodeJS.Timeout | undefined;
+  let saving: Promise<void> = Promise.resolve();
+  const save = (cacheFile: string) => {
+    saveTimer = undefined;
+    saving = saving
+      .then(() => ensureDir(path.dirname(cacheFile)))
+      .then(() => writeJsonAtomic(cacheFile, Object.fromEntries(artifactCache)))
+      .catch((error) => options.log?.warn({ err: error }, 'could not save the artifact validation cache'));
+  };
   const remember = (file: string, value: ArtifactCacheEntry | undefined) => {
     if (value) artifactCache.set(file, value);
     else artifactCache.delete(file);
     const cacheFile = options.cacheFile;
     if (!cacheFile || saveTimer) return;
     // Batched: a listing that validates many dumps writes the cache once.
-    saveTimer = setTimeout(() => {
-      saveTimer = undefined;
-      ensureDir(path.dirname(cacheFile))
-        .then(() => writeJsonAtomic(cacheFile, Object.fromEntries(artifactCache)))
-        .catch((error) => options.log?.warn({ err: error }, 'could not save the artifact validation cache'));
-    }, 200);
+    saveTimer = setTimeout(() => save(cacheFile), 200);
     saveTimer.unref();
   };
   const inFlightHashes = new Map<string, Promise<{ sizeBytes: number; sha256: string }>>();
@@ -473,6 +478,14 @@ export function createCatalog(options: CatalogOptions): Catalog {
       const file = catalog.paths(projectId, backupId).rehash;
       if (record) await writeRecord(root, file, RehashRecordSchema.parse(record));
       else await rm(file, { force: true });
+    },
+
+    async flush() {
+      if (saveTimer && options.cacheFile) {
+        clearTimeout(saveTimer);
+        save(options.cacheFile);
+      }
+      await saving;
     },
 
     async remove(projectId, backupId) {
