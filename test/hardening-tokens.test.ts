@@ -304,11 +304,83 @@ describe('several tokens, rotation and the access log (in process)', () => {
     }
     expect(accessLines(rt, 'access-ok')[0]!.route).toBe('/api/ops/v1/status');
     expect(accessLines(rt, 'access-missing-project')[0]!.route).toBe('/api/cli/v1/projects/:hash/backups');
-    // A request that did not authenticate has no token id to log.
-    expect(accessLines(rt, 'access-anonymous')).toEqual([]);
+    // A refusal is logged too: no token id ("none") and why, never what was offered.
+    expect(accessLines(rt, 'access-anonymous')).toEqual([
+      expect.objectContaining({ tokenId: 'none', status: 401, reason: 'unknown_token' }),
+    ]);
+    expect(accessLines(rt, 'access-wrong-scope')[0]).toMatchObject({
+      reason: 'scope_missing',
+      missingScope: 'backups:write',
+    });
+    expect(accessLines(rt, 'access-ok')[0]).not.toHaveProperty('reason');
     const text = rt.logs.text();
     for (const t of [ADMIN, NEW, PROBE]) expect(text).not.toContain(t.token);
     expect(text).not.toContain(`${NEW.token}x`);
+  });
+});
+
+describe('401 and 403 answers in the access log (in process)', () => {
+  const READER = makeToken('reader', ['backups:read']);
+  let env: TestEnv;
+  afterAll(async () => {
+    await env?.cleanup();
+  });
+
+  it('token id or "none" and the reason of each refusal; never the token text', async () => {
+    env = await makeTestEnv({ FLUX_API_TOKENS: [ADMIN.entry, READER.entry].join(',') });
+    const rt = testRuntime('dump', env);
+    const fn = createDump(rt);
+    const offered = makeToken('offered', ['admin']);
+    const cases: Array<{
+      id: string;
+      headers: Record<string, string>;
+      method?: string;
+      status: number;
+      tokenId: string;
+      reason: string;
+      missingScope?: string;
+    }> = [
+      { id: 'missing', headers: {}, status: 401, tokenId: 'none', reason: 'missing' },
+      {
+        id: 'malformed',
+        headers: { authorization: `Token ${offered.token}` },
+        status: 401,
+        tokenId: 'none',
+        reason: 'malformed',
+      },
+      { id: 'unknown', headers: offered.header, status: 401, tokenId: 'none', reason: 'unknown_token' },
+      {
+        id: 'scope',
+        headers: READER.header,
+        method: 'POST',
+        status: 403,
+        tokenId: 'reader',
+        reason: 'scope_missing',
+        missingScope: 'backups:write',
+      },
+    ];
+    for (const c of cases) {
+      const res = await fn.app.request(`/api/cli/v1/projects/${NO_HASH}/backups`, {
+        method: c.method ?? 'GET',
+        headers: { ...c.headers, 'x-request-id': `denied-${c.id}` },
+      });
+      expect(res.status, c.id).toBe(c.status);
+      const lines = accessLines(rt, `denied-${c.id}`);
+      expect(lines, c.id).toHaveLength(1);
+      expect(lines[0], c.id).toMatchObject({
+        tokenId: c.tokenId,
+        reason: c.reason,
+        status: c.status,
+        route: '/api/cli/v1/projects/:hash/backups',
+        ...(c.missingScope ? { missingScope: c.missingScope } : {}),
+      });
+    }
+    const text = rt.logs.text();
+    for (const t of [ADMIN, READER, offered]) {
+      expect(text).not.toContain(t.token);
+      expect(text).not.toContain(t.entry.split(':')[1]);
+    }
+    await fn.stop();
   });
 });
 
@@ -367,6 +439,7 @@ describe('tokens through the real all-in-one process', () => {
 
     const running = child;
     const authenticated = requests.filter((r) => r.status !== 401);
+    await eventually(() => running.lines().some((l) => l.requestId === 'aio-bogus' && l.msg === 'access'));
     await eventually(() =>
       authenticated.every((r) =>
         running.lines().some((l) => l.requestId === `aio-${r.id}` && l.msg === 'access'),
@@ -379,7 +452,9 @@ describe('tokens through the real all-in-one process', () => {
       expect(typeof lines[0]!.ms, r.id).toBe('number');
       expect(typeof lines[0]!.route, r.id).toBe('string');
     }
-    expect(running.lines().filter((l) => l.requestId === 'aio-bogus' && l.msg === 'access')).toEqual([]);
+    expect(running.lines().filter((l) => l.requestId === 'aio-bogus' && l.msg === 'access')).toEqual([
+      expect.objectContaining({ tokenId: 'none', status: 401, reason: 'unknown_token' }),
+    ]);
     // The start-up line lists the token ids (rotation is visible), never a token or its hash.
     const startup = running.lines().find((l) => l.msg === 'starting');
     expect((startup?.config as Record<string, unknown> | undefined)?.FLUX_API_TOKENS).toEqual([

@@ -14,11 +14,17 @@ import type { Inbox } from '../events/inbox.js';
 import type { Outbox } from '../events/outbox.js';
 import type { Logger } from '../log.js';
 import { counter, DURATION_BUCKETS_S, histogram, type Registry } from '../metrics.js';
-import { createAuthenticator, createRateLimiter, requireScopeOf } from './auth.js';
+import { createAuthenticator, createRateLimiter, type DenialReason, requireScopeOf } from './auth.js';
 import { allowedMethodsOf, answerUnrouted } from './methods.js';
 import { type ReadyCheck, runChecks } from './readiness.js';
 
-export type AppEnv = { Variables: { requestId: string; token?: ApiToken } };
+/** Why a request got its 401 or 403 (the access log says it; the answer's body says it its own way). */
+export interface Denial {
+  reason: DenialReason;
+  missingScope?: string;
+}
+
+export type AppEnv = { Variables: { requestId: string; token?: ApiToken; denial?: Denial } };
 export type App = Hono<AppEnv>;
 
 export interface EventAck {
@@ -187,17 +193,21 @@ export function createKit(options: KitOptions): Kit {
     requests.inc({ fn: name, method: c.req.method, route, status: String(c.res.status) });
     durations.observe({ fn: name, method: c.req.method, route }, seconds);
     const token = c.get('token');
-    if (token) {
-      // The access log: who (token id, never the token), what, outcome, how long.
+    const denial = c.get('denial');
+    if (token || denial) {
+      // The access log: who (token id, never the token; "none" when no token was accepted), what, outcome,
+      // how long, and for a 401 or 403 why.
       log.info(
         {
           requestId,
-          tokenId: token.id,
+          tokenId: token?.id ?? 'none',
           method: c.req.method,
           route,
           path: c.req.path.slice(0, 256),
           status: c.res.status,
           ms: Math.round(seconds * 1000),
+          ...(denial ? { reason: denial.reason } : {}),
+          ...(denial?.missingScope ? { missingScope: denial.missingScope } : {}),
         },
         'access',
       );
@@ -229,6 +239,9 @@ export function createKit(options: KitOptions): Kit {
       );
     }
     if (isAppError(error)) {
+      if (error.code === 'forbidden' && typeof error.details?.missingScope === 'string')
+        c.set('denial', { reason: 'scope_missing', missingScope: error.details.missingScope });
+      else if (error.code === 'signature_invalid') c.set('denial', { reason: 'signature_invalid' });
       if (error.status >= 500)
         log.error({ requestId: c.get('requestId'), code: error.code, err: error }, error.message);
       return respondError(c, error);
@@ -252,7 +265,12 @@ export function createKit(options: KitOptions): Kit {
 
   function requireScope(scope: Scope): MiddlewareHandler<AppEnv> {
     return async function bearerScope(c, next) {
-      const token = authenticator.authenticate(c.req.header('authorization'));
+      const outcome = authenticator.check(c.req.header('authorization'));
+      if (!outcome.ok) {
+        c.set('denial', { reason: outcome.reason });
+        throw outcome.error;
+      }
+      const { token } = outcome;
       c.set('token', token);
       const rate = limiter.take(token.id);
       c.header('RateLimit-Limit', String(rate.limit));

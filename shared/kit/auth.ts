@@ -7,36 +7,77 @@ export function hashToken(token: string): string {
   return createHash('sha256').update(token).digest('hex');
 }
 
+/** Why a request was refused, for the access log (never the token): no token, a malformed header, … */
+export type DenialReason =
+  | 'no_tokens_configured'
+  | 'missing'
+  | 'malformed'
+  | 'unknown_token'
+  | 'scope_missing'
+  | 'signature_invalid';
+
+export type AuthOutcome =
+  | { ok: true; token: ApiToken }
+  | { ok: false; reason: Exclude<DenialReason, 'scope_missing' | 'signature_invalid'>; error: AppError };
+
 export interface Authenticator {
+  /** The token the header names, or why there is none (with the 401 to answer). */
+  check(header: string | undefined): AuthOutcome;
   authenticate(header: string | undefined): ApiToken;
 }
 
 export function createAuthenticator(tokens: readonly ApiToken[]): Authenticator {
   const hashes = tokens.map((t) => ({ token: t, bytes: Buffer.from(t.sha256, 'hex') }));
-  return {
-    authenticate(header) {
-      // A server with no tokens refuses every token; saying so spares the operator a hunt for a typo.
-      if (hashes.length === 0)
-        throw new AppError(
+  function check(header: string | undefined): AuthOutcome {
+    // A server with no tokens refuses every token; saying so spares the operator a hunt for a typo.
+    if (hashes.length === 0)
+      return {
+        ok: false,
+        reason: 'no_tokens_configured',
+        error: new AppError(
           'unauthorized',
           'this server has no API tokens (FLUX_API_TOKENS is empty), so it accepts none: set FLUX_API_TOKENS ' +
             'on the server (id:<sha256 hex of the token>:admin), or run npm start on loopback, which prints a dev token',
           { details: { tokensConfigured: false } },
-        );
-      if (!header)
-        throw new AppError(
+        ),
+      };
+    if (!header)
+      return {
+        ok: false,
+        reason: 'missing',
+        error: new AppError(
           'unauthorized',
           'missing Authorization: Bearer <token> (set FLUX_API_TOKEN for the CLI)',
-        );
-      const m = /^Bearer\s+(\S{1,512})$/i.exec(header.trim());
-      if (!m) throw new AppError('unauthorized', 'Authorization must be "Bearer <token>"');
-      const offered = Buffer.from(hashToken(m[1]!), 'hex');
-      // Compare against every hash so timing does not reveal which ids exist.
-      let found: ApiToken | undefined;
-      for (const h of hashes) if (timingSafeEqual(h.bytes, offered)) found = found ?? h.token;
-      if (!found)
-        throw new AppError('unauthorized', 'the Bearer token is not valid (unknown, or removed by rotation)');
-      return found;
+        ),
+      };
+    const m = /^Bearer\s+(\S{1,512})$/i.exec(header.trim());
+    if (!m)
+      return {
+        ok: false,
+        reason: 'malformed',
+        error: new AppError('unauthorized', 'Authorization must be "Bearer <token>"'),
+      };
+    const offered = Buffer.from(hashToken(m[1]!), 'hex');
+    // Compare against every hash so timing does not reveal which ids exist.
+    let found: ApiToken | undefined;
+    for (const h of hashes) if (timingSafeEqual(h.bytes, offered)) found = found ?? h.token;
+    if (!found)
+      return {
+        ok: false,
+        reason: 'unknown_token',
+        error: new AppError(
+          'unauthorized',
+          'the Bearer token is not valid (unknown, or removed by rotation)',
+        ),
+      };
+    return { ok: true, token: found };
+  }
+  return {
+    check,
+    authenticate(header) {
+      const outcome = check(header);
+      if (!outcome.ok) throw outcome.error;
+      return outcome.token;
     },
   };
 }
