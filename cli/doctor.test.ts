@@ -186,3 +186,31 @@ describe('chooseProfile', () => {
     );
   });
 });
+
+describe('the day a token or webhook secret was made (for doctor --security)', () => {
+  const secret = `whsec_${Buffer.alloc(32, 7).toString('base64')}`;
+
+  it('id:sha:scopes:YYYY-MM-DD gives the token its created day; a secret keeps its suffix out of the key', () => {
+    const c = config({
+      FLUX_API_TOKENS: `ci:${sha}:backups:read+verify:2026-01-02,ops:${sha.replace(/^./, 'e')}:admin`,
+      FLUX_WEBHOOK_SECRETS: `${secret}:2026-01-02`,
+    });
+    expect(c.FLUX_API_TOKENS).toEqual([
+      { id: 'ci', sha256: sha, scopes: ['backups:read', 'verify'], created: '2026-01-02' },
+      { id: 'ops', sha256: sha.replace(/^./, 'e'), scopes: ['admin'] },
+    ]);
+    // What signs and verifies is the secret itself, never its date.
+    expect(c.FLUX_WEBHOOK_SECRETS).toEqual([secret]);
+    expect(c.FLUX_SECRET_MAX_AGE).toBe('90d');
+  });
+
+  it('a day that is not a past calendar day is refused, naming the token or the secret', () => {
+    expect(() => config({ FLUX_API_TOKENS: `ci:${sha}:backups:read:2026-02-30` })).toThrow(
+      /token "ci" says it was made on 2026-02-30, which is no past calendar day/,
+    );
+    expect(() => config({ FLUX_WEBHOOK_SECRETS: `${secret}:2999-01-01` })).toThrow(
+      /secret #1 says it was made on 2999-01-01/,
+    );
+    expect(() => config({ FLUX_SECRET_MAX_AGE: 'soon' })).toThrow(/FLUX_SECRET_MAX_AGE/);
+  });
+});

@@ -46,6 +46,37 @@ export interface ApiToken {
   id: string;
   sha256: string;
   scopes: Scope[];
+  /** The day the token was made (YYYY-MM-DD), when its entry says so: doctor --security judges its age. */
+  created?: string;
+}
+
+/** `:YYYY-MM-DD` at the end of a token entry or a webhook secret: the day it was made. */
+const CREATED_SUFFIX = /:(\d{4}-\d{2}-\d{2})$/;
+
+/** Whether `day` (YYYY-MM-DD) is a real calendar day not after tomorrow (a clock a day off is no error). */
+function isPastDay(day: string): boolean {
+  const ms = Date.parse(`${day}T00:00:00Z`);
+  return (
+    !Number.isNaN(ms) && new Date(ms).toISOString().slice(0, 10) === day && ms <= Date.now() + 24 * HOUR_MS
+  );
+}
+
+export interface WebhookSecretEntry {
+  secret: string;
+  /** The day the secret was made (YYYY-MM-DD), when the entry says so (`whsec_…:2026-11-01`). */
+  created?: string;
+}
+
+/** FLUX_WEBHOOK_SECRETS (or FLUX_MANIFEST_SECRETS) as written: each secret and its optional creation day. */
+export function parseWebhookSecretEntries(raw: string | undefined): WebhookSecretEntry[] {
+  return (raw ?? '')
+    .split(/[,\s]+/)
+    .map((s) => s.trim())
+    .filter(Boolean)
+    .map((entry) => {
+      const m = CREATED_SUFFIX.exec(entry);
+      return m ? { secret: entry.slice(0, -m[0].length), created: m[1]! } : { secret: entry };
+    });
 }
 
 const tokenList = z
@@ -62,13 +93,10 @@ const tokenList = z
       const second = first < 0 ? -1 : entry.indexOf(':', first + 1);
       const id = first < 0 ? entry : entry.slice(0, first);
       const sha = second < 0 ? undefined : entry.slice(first + 1, second);
-      const scopes =
-        second < 0
-          ? []
-          : entry
-              .slice(second + 1)
-              .split('+')
-              .filter(Boolean);
+      // An optional `:YYYY-MM-DD` after the scopes is the day the token was made.
+      const tail = second < 0 ? '' : entry.slice(second + 1);
+      const created = CREATED_SUFFIX.exec(tail)?.[1];
+      const scopes = (created ? tail.slice(0, -created.length - 1) : tail).split('+').filter(Boolean);
       const badScope = scopes.find((s) => !(SCOPES as readonly string[]).includes(s));
       // Never echo the entry: a confused operator may have pasted a raw token here.
       if (!id || !/^[A-Za-z0-9_.-]{1,64}$/.test(id) || !sha || !/^[0-9a-f]{64}$/.test(sha)) {
@@ -93,7 +121,14 @@ const tokenList = z
         });
         return z.NEVER;
       }
-      tokens.push({ id, sha256: sha, scopes: scopes as Scope[] });
+      if (created && !isPastDay(created)) {
+        ctx.addIssue({
+          code: 'custom',
+          message: `token "${id}" says it was made on ${created}, which is no past calendar day (YYYY-MM-DD)`,
+        });
+        return z.NEVER;
+      }
+      tokens.push({ id, sha256: sha, scopes: scopes as Scope[], ...(created ? { created } : {}) });
     }
     return tokens;
   });
@@ -102,11 +137,15 @@ const webhookSecretList = z
   .string()
   .default('')
   .transform((raw, ctx): string[] => {
-    const secrets = raw
-      .split(/[,\s]+/)
-      .map((s) => s.trim())
-      .filter(Boolean);
-    secrets.forEach((secret, index) => {
+    const entries = parseWebhookSecretEntries(raw);
+    const secrets = entries.map((e) => e.secret);
+    entries.forEach(({ secret, created }, index) => {
+      if (created && !isPastDay(created)) {
+        ctx.addIssue({
+          code: 'custom',
+          message: `secret #${index + 1} says it was made on ${created}, which is no past calendar day (YYYY-MM-DD)`,
+        });
+      }
       const body = secret.startsWith('whsec_') ? secret.slice('whsec_'.length) : '';
       if (!body || !/^[A-Za-z0-9+/]+={0,2}$/.test(body) || Buffer.from(body, 'base64').length < 24) {
         ctx.addIssue({
@@ -310,12 +349,22 @@ export const VARS = {
   FLUX_API_TOKENS: {
     schema: tokenList,
     secret: true,
-    description: 'Bearer tokens: comma-separated id:sha256hex:scope+scope.',
+    description:
+      'Bearer tokens: comma-separated id:sha256hex:scope+scope, optionally :YYYY-MM-DD (the day it was made; doctor --security flags tokens older than FLUX_SECRET_MAX_AGE or without it).',
   },
   FLUX_WEBHOOK_SECRETS: {
     schema: webhookSecretList,
     secret: true,
-    description: 'Standard Webhooks secrets whsec_…, comma-separated; the first signs, any verifies.',
+    description:
+      'Standard Webhooks secrets whsec_…, comma-separated, each optionally :YYYY-MM-DD (the day it was made); the first signs, any verifies.',
+  },
+  FLUX_SECRET_MAX_AGE: {
+    schema: z
+      .string()
+      .default('90d')
+      .refine((v) => parseDuration(v) !== undefined, 'a duration like 90d or 2160h (1s to 366d)'),
+    description:
+      'Age past which doctor --security calls an API token or webhook secret due for rotation (by the day its entry says it was made).',
   },
   FLUX_MANIFEST_SECRETS: {
     schema: webhookSecretList,
