@@ -1,23 +1,34 @@
 // flux-ops doctor: every function's preflight run in this process from this environment (the checks
 // behind /readyz, nothing started), plus what no single function owns: backup dir owners vs uid 1001, the
 // TLS trust source, tokens and webhook secrets (counts only). Says what to fix; exit 0 or 69.
-// `--remote` asks a running deployment's /<fn>/readyz instead.
+// `--remote` asks a running deployment's /<fn>/readyz instead; `--security` audits the security posture
+// (cli/security.ts) and exits 0/1/2.
 import { createHash } from 'node:crypto';
-import { existsSync } from 'node:fs';
+import { existsSync, readFileSync } from 'node:fs';
 import { readFile, stat } from 'node:fs/promises';
 import path from 'node:path';
+import { fileURLToPath } from 'node:url';
 import { isLoopbackHost } from '../functions/all/dev-token.js';
 import { type Config, FUNCTION_NAMES, type FunctionName, loadConfig } from '../shared/config.js';
-import { EXIT, errnoOf, isAppError, RUN_AS_UID } from '../shared/errors.js';
+import { AppError, EXIT, errnoOf, isAppError, RUN_AS_UID } from '../shared/errors.js';
 import type { FunctionApp, Runtime } from '../shared/kit/runtime.js';
 import { createRuntime } from '../shared/kit/runtime.js';
 import { silentLogger } from '../shared/log.js';
 import { createRegistry } from '../shared/metrics.js';
 import { loadFileRegistry, type ProjectRegistry } from '../shared/registry.js';
-import { bool } from './args.js';
+import { bool, str, strs } from './args.js';
 import type { Command, Context } from './command.js';
+import { type ComposeModel, loadCompose, parseEnvFile } from './compose.js';
 import { ApiError } from './http.js';
 import { printJson, println } from './output.js';
+import {
+  AUDIT_EXIT,
+  auditExitCode,
+  auditSecurity,
+  hostPathOf,
+  readEnvFiles,
+  renderAudit,
+} from './security.js';
 
 export type FindingStatus = 'ok' | 'warn' | 'fail';
 
@@ -433,10 +444,71 @@ async function remoteFindings(ctx: Context): Promise<Finding[]> {
   return findings;
 }
 
+/** The repo's (the package's) own compose.yml, the hardened deployment: the audit's default. */
+export function defaultComposeFile(): string | undefined {
+  let dir = path.dirname(fileURLToPath(import.meta.url));
+  for (let i = 0; i < 4; i++) {
+    try {
+      const pkg = JSON.parse(readFileSync(path.join(dir, 'package.json'), 'utf8')) as { name?: string };
+      if (pkg.name === 'flux-ops') {
+        const file = path.join(dir, 'compose.yml');
+        return existsSync(file) ? file : undefined;
+      }
+    } catch {
+      // not here
+    }
+    dir = path.dirname(dir);
+  }
+  return undefined;
+}
+
+async function securityAudit(ctx: Context): Promise<number> {
+  const composeFlag = str(ctx.values, 'compose');
+  const composeFile = composeFlag === 'none' ? undefined : (composeFlag ?? defaultComposeFile());
+  const explicitEnvFiles = strs(ctx.values, 'env-file').map((f) => path.resolve(f));
+  for (const file of explicitEnvFiles) {
+    if (!existsSync(file)) throw new AppError('not_found', `--env-file ${file} does not exist`);
+  }
+  // Compose interpolates with this process's environment; the env files are what the services get.
+  const compose: ComposeModel | undefined = composeFile ? await loadCompose(composeFile, ctx.env) : undefined;
+  const envFiles =
+    explicitEnvFiles.length > 0
+      ? explicitEnvFiles
+      : [...new Set(compose?.services.flatMap((s) => s.envFiles) ?? [])].filter((f) => existsSync(f));
+  const env: NodeJS.ProcessEnv = { ...ctx.env, ...(await readEnvFiles(envFiles, parseEnvFile)) };
+  const { profile } = chooseProfile(bool(ctx.values, 'embedded'), env, process.cwd(), existsSync);
+  // loadConfig refuses NODE_TLS_REJECT_UNAUTHORIZED=0; the audit reports it as a finding instead.
+  const { NODE_TLS_REJECT_UNAUTHORIZED: _ignored, ...configEnv } = env;
+  const config = loadConfig(configEnv, { profile });
+  let registry: ProjectRegistry | { error: string };
+  try {
+    registry = loadFileRegistry(hostPathOf(config.FLUX_PROJECTS_FILE, compose));
+  } catch (error) {
+    registry = { error: (error as Error).message };
+  }
+  const findings = await auditSecurity({ env, config, registry, compose, envFiles, now: new Date() });
+  const exitCode = auditExitCode(findings);
+  if (ctx.json) {
+    printJson(ctx.io, {
+      ok: exitCode === AUDIT_EXIT.clean,
+      exitCode,
+      critical: findings.filter((f) => f.severity === 'critical').length,
+      warnings: findings.filter((f) => f.severity === 'warning').length,
+      compose: compose?.file ?? null,
+      envFiles,
+      findings,
+    });
+  } else {
+    println(ctx.io.out, renderAudit(findings));
+  }
+  return exitCode;
+}
+
 const doctor: Command = {
   name: 'doctor',
   summary: "check this machine's setup (or a running deployment's) and say what to fix",
   help: `Usage: flux-ops doctor [--embedded] [--remote]
+       flux-ops doctor --security [--compose <file>] [--env-file <file>]…
 
 Runs every function's preflight in this process from this environment, as the functions would at start
 (tools on PATH and their versions, dirs writable, Docker reachable and the verify image present, the
@@ -445,11 +517,38 @@ uid ${RUN_AS_UID}, the TLS trust source, and that tokens and webhook secrets are
 
 Exit codes: 0 all good; 69 something needs fixing (listed at the end).
 
+With --security it audits the deployment's security posture instead (README: Security audit): database
+URLs without sslmode=verify-full, offsite on the local disk or unencrypted, broad or old tokens and webhook
+secrets, event sinks over plain http://, the Docker socket beyond verify, world-readable env files and
+backups, ports published beyond loopback, NODE_TLS_REJECT_UNAUTHORIZED. Each finding has a severity, a
+code and the fix. Exit codes: 0 no findings; 1 warnings only; 2 a critical finding.
+
 Flags:
-  --embedded  use the all-in-one defaults (data under ./.flux-data, as npm start does)
-  --remote    ask the running deployment at FLUX_API_BASE (GET /<fn>/readyz) instead`,
-  options: { embedded: { type: 'boolean' }, remote: { type: 'boolean' } },
+  --embedded         use the all-in-one defaults (data under ./.flux-data, as npm start does)
+  --remote           ask the running deployment at FLUX_API_BASE (GET /<fn>/readyz) instead
+  --security         audit the security posture (exit 0/1/2)
+  --compose <file>   with --security: the deployment's compose file (default: flux-ops's own compose.yml;
+                     none: separate processes that bind FLUX_HOST themselves)
+  --env-file <file>  with --security: the env file the functions get (repeatable; default: the compose
+                     file's env_file entries); read over this environment, and its mode checked`,
+  options: {
+    embedded: { type: 'boolean' },
+    remote: { type: 'boolean' },
+    security: { type: 'boolean' },
+    compose: { type: 'string' },
+    'env-file': { type: 'string', multiple: true },
+  },
   async run(ctx) {
+    if (bool(ctx.values, 'security')) {
+      if (bool(ctx.values, 'remote'))
+        throw new AppError(
+          'bad_request',
+          'doctor: --security audits this host; it does not go with --remote',
+        );
+      return securityAudit(ctx);
+    }
+    if (str(ctx.values, 'compose') !== undefined || strs(ctx.values, 'env-file').length > 0)
+      throw new AppError('bad_request', 'doctor: --compose and --env-file go with --security');
     const findings = bool(ctx.values, 'remote') ? await remoteFindings(ctx) : await localFindings(ctx);
     const ok = findings.every((f) => f.status !== 'fail');
     if (ctx.json) printJson(ctx.io, { ok, findings });

@@ -99,6 +99,7 @@ export function createApp(rt: Runtime, patience: PatientOptions = {}): FunctionA
     metrics: rt.metrics,
     inbox: rt.inbox,
     outbox: rt.outbox,
+    posture: { env: rt.env, registry: rt.registry },
     checks: () => [
       toolCheck('pg_dump', () => rt.env.PATH),
       dirWritableCheck(config.FLUX_BACKUPS_LOCAL_DIR, 'FLUX_BACKUPS_LOCAL_DIR'),

@@ -196,6 +196,7 @@ export function createApp(rt: Runtime): FunctionApp {
     metrics: rt.metrics,
     inbox: rt.inbox,
     outbox: rt.outbox,
+    posture: { env: rt.env, registry: rt.registry },
     checks: readinessChecks,
     handlers: {},
   });

@@ -40,6 +40,7 @@ export function createApp(rt: Runtime, options: ProbeAppOptions = {}): FunctionA
     metrics: rt.metrics,
     inbox: rt.inbox,
     outbox: rt.outbox,
+    posture: { env: rt.env },
     checks: () => [
       {
         name: 'target',

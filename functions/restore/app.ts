@@ -37,6 +37,7 @@ export function createApp(rt: Runtime): FunctionApp {
     metrics: rt.metrics,
     inbox: rt.inbox,
     outbox: rt.outbox,
+    posture: { env: rt.env, registry: rt.registry },
     checks: () => [
       toolCheck('pg_restore', () => rt.env.PATH),
       dirWritableCheck(config.FLUX_STATE_DIR, 'FLUX_STATE_DIR'),

@@ -14,9 +14,11 @@ import type { Inbox } from '../events/inbox.js';
 import type { Outbox } from '../events/outbox.js';
 import type { Logger } from '../log.js';
 import { counter, DURATION_BUCKETS_S, histogram, type Registry } from '../metrics.js';
+import type { ProjectRegistry } from '../registry.js';
 import { createAuthenticator, createRateLimiter, type DenialReason, requireScopeOf } from './auth.js';
 import { allowedMethodsOf, answerUnrouted } from './methods.js';
 import { type ReadyCheck, runChecks } from './readiness.js';
+import { postureCheck } from './security.js';
 
 /** Why a request got its 401 or 403 (the access log says it; the answer's body says it its own way). */
 export interface Denial {
@@ -42,6 +44,11 @@ export interface KitOptions {
   outbox: Outbox;
   checks: () => readonly ReadyCheck[];
   handlers: Partial<Record<EventType, EventHandler>>;
+  /**
+   * What /readyz's security warnings look at beyond the config's sinks: the process environment
+   * (NODE_TLS_REJECT_UNAUTHORIZED) and the registry whose database URLs this function connects to.
+   */
+  posture?: { env?: NodeJS.ProcessEnv; registry?: ProjectRegistry };
 }
 
 export interface Kit {
@@ -293,7 +300,10 @@ export function createKit(options: KitOptions): Kit {
   app.get('/healthz', (c) => c.json({ ok: true, fn: name }));
 
   app.get('/readyz', async (c) => {
-    const result = await runChecks(options.checks());
+    const result = await runChecks([
+      ...options.checks(),
+      postureCheck({ name, config, ...(options.posture ?? {}) }),
+    ]);
     // Sinks are reported, never a reason to be unready: a restart does not bring a receiver back.
     const sinks = await options.outbox.sinkStates();
     return c.json({ ...result, fn: name, outboxDepth: options.outbox.depth(), sinks }, result.ok ? 200 : 503);
