@@ -34,6 +34,11 @@ export const EVENT_DOCS: Record<EventType, { from: string; when: string; to: str
     when: 'the rotating re-hash found a local dump that no longer matches its manifest',
     to: 'operators',
   },
+  'flux.backup.integrity_finding': {
+    from: 'any function reading the catalog',
+    when: 'a manifest or receipt does not authenticate or names another backup than its path (counted as absent)',
+    to: 'operators',
+  },
   'flux.backup.offsite_invalid': {
     from: 'replicate',
     when: 'the rotating re-hash found an offsite copy missing or not matching its manifest',

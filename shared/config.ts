@@ -370,7 +370,12 @@ export const VARS = {
     schema: webhookSecretList,
     secret: true,
     description:
-      'Keys (whsec_…, comma-separated, as FLUX_WEBHOOK_SECRETS) that authenticate manifests: dump tags each with the first (HMAC-SHA256), any verifies; a catalog rebuilt from offsite refuses a manifest no key matches. Keep them with the offsite credentials: a replacement host needs them.',
+      'Keys (whsec_…, comma-separated, as FLUX_WEBHOOK_SECRETS) that authenticate manifests and receipts: each writer tags with the first (HMAC-SHA256), any verifies; a record no key matches counts as absent (finding manifest_not_authentic / receipt_not_authentic). Set the same keys on every function; keep them with the offsite credentials: a replacement host needs them.',
+  },
+  FLUX_MANIFEST_ALLOW_UNSIGNED: {
+    schema: bool(false),
+    description:
+      'With FLUX_MANIFEST_SECRETS set, also believe manifests and receipts that carry no tag (written before the keys were set). Off: an untagged record counts as absent, with a finding. Turn it off again once the untagged backups have aged out.',
   },
   FLUX_WEBHOOK_TOLERANCE_MS: {
     schema: ms(5 * MINUTE_MS, SECOND_MS, HOUR_MS),

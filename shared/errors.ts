@@ -47,6 +47,16 @@ export const ERROR_TABLE = {
   dir_not_writable: { status: 500, exit: EXIT.cantCreate, summary: 'a data directory is not writable' },
   disk_full: { status: 507, exit: EXIT.ioError, summary: 'no space left on the device' },
   artifact_invalid: { status: 422, exit: EXIT.failed, summary: 'a backup file does not match its manifest' },
+  manifest_not_authentic: {
+    status: 422,
+    exit: EXIT.dataError,
+    summary: 'a manifest or receipt does not authenticate under FLUX_MANIFEST_SECRETS',
+  },
+  manifest_misplaced: {
+    status: 422,
+    exit: EXIT.dataError,
+    summary: 'a manifest names another project or backup than the path it lies at',
+  },
   dump_failed: { status: 502, exit: EXIT.failed, summary: 'pg_dump failed' },
   replication_failed: { status: 502, exit: EXIT.failed, summary: 'the offsite copy could not be proven' },
   offsite_conflict: { status: 409, exit: EXIT.failed, summary: 'a different offsite copy already exists' },

@@ -9,9 +9,11 @@ import { answerUnroutedWith, errorBody } from '../../shared/kit/app.js';
 import { allowedMethodsOf, IMPLEMENTED_METHODS } from '../../shared/kit/methods.js';
 import {
   createRuntime,
+  emitFinding,
   ephemeralWebhookSecret,
   type FunctionApp,
   type Runtime,
+  recordKeysOf,
 } from '../../shared/kit/runtime.js';
 import { createLogger, type Logger } from '../../shared/log.js';
 import { createRegistry, type Registry } from '../../shared/metrics.js';
@@ -65,6 +67,12 @@ export function createAllInOne(
     root: config.FLUX_BACKUPS_LOCAL_DIR,
     log,
     cacheFile: path.join(config.FLUX_STATE_DIR, 'catalog', 'all-artifacts.json'),
+    keys: recordKeysOf(config),
+    // One catalog for all functions: its findings go out once, as dump's (the catalog's owner).
+    onFinding: (finding) => {
+      const dump = runtimes.dump;
+      if (dump) void emitFinding(dump.emit, finding);
+    },
   });
   const webhookSecrets =
     config.FLUX_WEBHOOK_SECRETS.length > 0 ? config.FLUX_WEBHOOK_SECRETS : [ephemeralWebhookSecret()];

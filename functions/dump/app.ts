@@ -7,6 +7,7 @@ import path from 'node:path';
 import { Readable } from 'node:stream';
 import { z } from 'zod';
 import { STREAM_CHUNK_BYTES } from '../../shared/atomic.js';
+import { rejectionOf } from '../../shared/catalog/catalog.js';
 import { upstreamFreshnessOf } from '../../shared/catalog/freshness.js';
 import {
   parseBackupId,
@@ -213,6 +214,8 @@ export function createApp(rt: Runtime, patience: PatientOptions = {}): FunctionA
         const check = manifestCheckFor(config.FLUX_MANIFEST_SECRETS, { allowUnsigned: true });
         return downloadFromOffsite(c, { store, project, backupId, manifest: entry?.manifest, check });
       }
+      const rejected = rejectionOf(entry, 'served');
+      if (rejected) throw rejected;
       if (!entry?.manifest)
         throw new AppError('not_found', `no complete backup ${backupId} for project ${project.slug}`);
       let size: number;

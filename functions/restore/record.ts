@@ -6,6 +6,7 @@ import path from 'node:path';
 import { z } from 'zod';
 import { ensureDir, writeJsonAtomic } from '../../shared/atomic.js';
 import { projectDir } from '../../shared/catalog/layout.js';
+import { type Authenticity, authenticateRecord, tagRecord } from '../../shared/catalog/record-auth.js';
 import { RungSchema } from '../../shared/catalog/records.js';
 import { errnoOf, fsWriteError } from '../../shared/errors.js';
 import { RESTORE_MODES, STAGES } from './plan.js';
@@ -124,38 +125,52 @@ export function receiptPathOf(
   return path.join(projectDir(root, record.projectId), `${record.backupId}.restore.${record.restoreId}.json`);
 }
 
-export async function writeReceipt(root: string, record: RestoreRecord): Promise<string> {
+/** Whether a restore receipt read back is the one restore wrote (record-auth.ts, FLUX_MANIFEST_SECRETS). */
+export function authenticateRestoreReceipt(receipt: object, secrets: readonly string[]): Authenticity {
+  return authenticateRecord('restore-receipt', undefined, receipt, secrets);
+}
+
+/** The receipt beside the backup, tagged under the first of `secrets` (FLUX_MANIFEST_SECRETS) when set. */
+export async function writeReceipt(
+  root: string,
+  record: RestoreRecord,
+  secrets: readonly string[] = [],
+): Promise<string> {
   const file = receiptPathOf(root, record);
   try {
     await ensureDir(path.dirname(file));
-    await writeJsonAtomic(file, {
-      receiptVersion: 1,
-      restoreId: record.restoreId,
-      projectId: record.projectId,
-      slug: record.slug,
-      backupId: record.backupId,
-      mode: record.mode,
-      source: record.source,
-      status: record.status,
-      startedAt: record.startedAt,
-      finishedAt: record.updatedAt,
-      target: {
-        ref: record.targetRef,
-        database: record.created ?? record.database,
-        ...(record.schema ? { schema: record.schema } : {}),
-      },
-      seconds: record.stages.reduce((n, s) => n + s.seconds, 0),
-      stages: record.stages,
-      rungs: record.rungs ?? [],
-      ...(record.safetyBackupId ? { safetyBackupId: record.safetyBackupId } : {}),
-      ...(record.previous ? { previous: record.previous } : {}),
-      ...(record.writeUnavailableSeconds !== undefined
-        ? { writeUnavailableSeconds: record.writeUnavailableSeconds }
-        : {}),
-      ...(record.error ? { error: record.error, reason: record.reason, rolledBack: record.rolledBack } : {}),
-    });
+    await writeJsonAtomic(file, tagRecord('restore-receipt', undefined, receiptOf(record), secrets));
   } catch (error) {
     throw fsWriteError(error, root, 'writing the restore receipt beside the backup');
   }
   return file;
+}
+
+function receiptOf(record: RestoreRecord) {
+  return {
+    receiptVersion: 1,
+    restoreId: record.restoreId,
+    projectId: record.projectId,
+    slug: record.slug,
+    backupId: record.backupId,
+    mode: record.mode,
+    source: record.source,
+    status: record.status,
+    startedAt: record.startedAt,
+    finishedAt: record.updatedAt,
+    target: {
+      ref: record.targetRef,
+      database: record.created ?? record.database,
+      ...(record.schema ? { schema: record.schema } : {}),
+    },
+    seconds: record.stages.reduce((n, s) => n + s.seconds, 0),
+    stages: record.stages,
+    rungs: record.rungs ?? [],
+    ...(record.safetyBackupId ? { safetyBackupId: record.safetyBackupId } : {}),
+    ...(record.previous ? { previous: record.previous } : {}),
+    ...(record.writeUnavailableSeconds !== undefined
+      ? { writeUnavailableSeconds: record.writeUnavailableSeconds }
+      : {}),
+    ...(record.error ? { error: record.error, reason: record.reason, rolledBack: record.rolledBack } : {}),
+  };
 }

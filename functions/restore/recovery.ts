@@ -49,7 +49,7 @@ export async function recoverRun(deps: RecoveryDeps, record: RestoreRecord): Pro
       dropAfter: new Date(Date.now() + config.FLUX_RESTORE_KEEP_PREVIOUS_HOURS * 3_600_000).toISOString(),
     };
     await records.save(record);
-    await writeReceipt(catalog.root, record).catch(() => undefined);
+    await writeReceipt(catalog.root, record, config.FLUX_MANIFEST_SECRETS).catch(() => undefined);
     log.warn({ restoreId: record.restoreId }, 'an interrupted in-place restore had switched: completed');
     return;
   }
@@ -58,7 +58,7 @@ export async function recoverRun(deps: RecoveryDeps, record: RestoreRecord): Pro
   record.rolledBack = ok;
   record.error = `the restore process stopped during the ${record.stage} stage (crash or kill); ${message}`;
   await records.save(record);
-  await writeReceipt(catalog.root, record).catch(() => undefined);
+  await writeReceipt(catalog.root, record, config.FLUX_MANIFEST_SECRETS).catch(() => undefined);
   metrics.runs.inc({ mode: record.mode, outcome: 'failed', reason: 'interrupted' });
   log.warn({ restoreId: record.restoreId, ok, message }, 'put back an interrupted restore');
   await announceFailure(rt, record, record.stage);

@@ -3,14 +3,16 @@
 // at start, and the sweep that drops set-aside copies once FLUX_RESTORE_KEEP_PREVIOUS_HOURS have passed.
 import { rm } from 'node:fs/promises';
 import path from 'node:path';
-import type { CatalogEntry } from '../../shared/catalog/catalog.js';
+import { type CatalogEntry, rejectionOf } from '../../shared/catalog/catalog.js';
 import { classify } from '../../shared/catalog/classifier.js';
 import { destructiveGate } from '../../shared/catalog/freshness.js';
 import { newBackupId } from '../../shared/catalog/ids.js';
+import { authenticateManifest } from '../../shared/catalog/manifest-auth.js';
+import { distrustOf } from '../../shared/catalog/record-auth.js';
 import type { Manifest } from '../../shared/catalog/records.js';
 import { MINUTE_MS } from '../../shared/config.js';
 import { AppError, errnoOf, isAppError } from '../../shared/errors.js';
-import type { Runtime } from '../../shared/kit/runtime.js';
+import { type Runtime, recordKeysOf } from '../../shared/kit/runtime.js';
 import { openArtifact, readOffsiteManifest } from '../../shared/offsite/artifact.js';
 import { lazyOffsiteStore } from '../../shared/offsite/index.js';
 import {
@@ -74,12 +76,27 @@ export function createRestorer(rt: Runtime): Restorer {
   let stopping = false;
   let sweepTimer: NodeJS.Timeout | undefined;
 
+  const keys = recordKeysOf(config);
+
   /** The backup and its manifest: from the local catalog, or from the offsite store when asked. */
   async function backupOf(project: Project, backupId: string, source: 'local' | 'offsite') {
     const entry = await catalog.get(project.id, backupId);
     let manifest: Manifest | undefined = entry?.manifest;
-    if (!manifest && source === 'offsite')
+    // A local manifest that is not believed vouches for nothing: refused from the local copy; from the
+    // offsite one only the stored manifest, if it authenticates, can vouch for the bytes.
+    const rejected = source === 'local' ? rejectionOf(entry, 'restored (nothing was touched)') : undefined;
+    if (rejected) throw rejected;
+    if (!manifest && source === 'offsite') {
       manifest = await readOffsiteManifest(store(), project.id, backupId);
+      const why = manifest ? distrustOf(authenticateManifest(manifest, keys.secrets), keys) : undefined;
+      if (why) {
+        throw new AppError(
+          'manifest_not_authentic',
+          `the offsite manifest of backup ${backupId}: ${why}; refused, nothing was restored`,
+          { details: { reason: 'manifest_not_authentic', source: 'offsite' } },
+        );
+      }
+    }
     if (!manifest) {
       throw new AppError(
         'not_found',
@@ -413,7 +430,7 @@ export function createRestorer(rt: Runtime): Restorer {
             signal: controller.signal,
             deadline: Date.now() + config.FLUX_RESTORE_TIMEOUT_MS,
           });
-          await writeReceipt(catalog.root, final).catch((error) =>
+          await writeReceipt(catalog.root, final, config.FLUX_MANIFEST_SECRETS).catch((error) =>
             log.error({ err: error, restoreId }, 'could not write the restore receipt'),
           );
           return final;

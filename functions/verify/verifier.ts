@@ -3,7 +3,7 @@
 // and the metrics. A verification that could not run is recorded as `unverifiable`, never as a pass.
 import { createHash } from 'node:crypto';
 import { Readable } from 'node:stream';
-import type { CatalogEntry } from '../../shared/catalog/catalog.js';
+import { type CatalogEntry, rejectionOf } from '../../shared/catalog/catalog.js';
 import type { Manifest, Rung, RungName, VerifyReceipt } from '../../shared/catalog/records.js';
 import { MINUTE_MS } from '../../shared/config.js';
 import { AppError, isAppError } from '../../shared/errors.js';
@@ -680,6 +680,43 @@ export function createVerifier(rt: Runtime, options: VerifierOptions = {}): Veri
     return evaluateIntegrity(integrity.indexes, seconds);
   }
 
+  /**
+   * A pair whose manifest is not believed (catalog finding manifest_not_authentic or manifest_misplaced)
+   * is not verified: its facts would be an attacker's. The refusal is recorded in a (tagged) receipt beside
+   * it, with the finding as its reason, and answered as the finding's error.
+   */
+  async function refuseRejected(
+    entry: CatalogEntry,
+    source: VerifySource,
+    causedBy: string | undefined,
+  ): Promise<AppError> {
+    const refusal = rejectionOf(entry, 'verified') as AppError;
+    const code = refusal.code;
+    const message = refusal.message;
+    const now = new Date().toISOString();
+    const claimed = entry.rejectedManifest;
+    await catalog.writeVerifyReceipt({
+      backupId: entry.backupId,
+      projectId: entry.projectId,
+      status: 'restore_failed',
+      // The hash the rejected manifest claims: this receipt vouches for nothing, it says why.
+      sha256: claimed?.sha256 ?? '0'.repeat(64),
+      source,
+      driver: 'none',
+      versions: {},
+      rungs: [],
+      stages: {},
+      startedAt: now,
+      finishedAt: now,
+      seconds: 0,
+      reason: code,
+      error: message,
+    });
+    outcomes.inc({ outcome: 'restore_failed', reason: code, driver: 'none' });
+    log.warn({ projectId: entry.projectId, backupId: entry.backupId, reason: code, causedBy }, message);
+    return refusal;
+  }
+
   return {
     selection,
     get running() {
@@ -705,6 +742,7 @@ export function createVerifier(rt: Runtime, options: VerifierOptions = {}): Veri
         throw new AppError('not_found', `no backup ${request.backupId} for project ${request.projectId}`);
       }
       const manifest = entry.manifest;
+      if (!manifest && entry.rejectedManifest) throw await refuseRejected(entry, source, request.causedBy);
       if (!manifest) {
         if (entry.state?.status === 'running') {
           throw new AppError(

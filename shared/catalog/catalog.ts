@@ -5,7 +5,7 @@ import { readdir, readFile, rm, stat } from 'node:fs/promises';
 import path from 'node:path';
 import type { z } from 'zod';
 import { ensureDir, hashFile, TEMP_PREFIX, writeJsonAtomic } from '../atomic.js';
-import { errnoOf, fsWriteError } from '../errors.js';
+import { AppError, errnoOf, fsWriteError } from '../errors.js';
 import type { Logger } from '../log.js';
 import { DEFAULT_MAX_AGE_MS } from '../schedule.js';
 import {
@@ -19,7 +19,15 @@ import {
 } from './classifier.js';
 import { type Freshness, freshnessOf, isRestorable, type RestorableFacts } from './freshness.js';
 import { isUuid } from './ids.js';
-import { type BackupPaths, backupPaths, parseCatalogName, projectDir } from './layout.js';
+import { type BackupPaths, backupPaths, type CatalogFile, parseCatalogName, projectDir } from './layout.js';
+import {
+  authenticateRecord,
+  distrustOf,
+  type RecordAuth,
+  type RecordKeys,
+  type RecordKind,
+  tagRecord,
+} from './record-auth.js';
 import {
   type BackupState,
   BackupStateSchema,
@@ -43,6 +51,25 @@ import {
   upstreamRestoreStatus,
 } from './upstream.js';
 
+/**
+ * Why a record beside a backup is not believed: it does not authenticate under FLUX_MANIFEST_SECRETS,
+ * or it names another backup than its path. The record then counts as absent.
+ */
+export const CATALOG_FINDING_CODES = [
+  'manifest_not_authentic',
+  'manifest_misplaced',
+  'receipt_not_authentic',
+  'receipt_misplaced',
+] as const;
+export type CatalogFindingCode = (typeof CATALOG_FINDING_CODES)[number];
+
+export interface CatalogFinding {
+  code: CatalogFindingCode;
+  /** Which record: `manifest`, `verify`, `offsite`, `rehash`. */
+  file: CatalogFile;
+  message: string;
+}
+
 export interface CatalogEntry {
   projectId: string;
   backupId: string;
@@ -55,6 +82,10 @@ export interface CatalogEntry {
   rehash?: RehashRecord;
   /** Set when a sidecar exists but cannot be parsed. */
   unreadable?: string;
+  /** Records found here but not believed (each counts as absent): see CatalogFinding. */
+  findings?: CatalogFinding[];
+  /** The manifest that lies here but was not believed (findings say why): never a source of facts. */
+  rejectedManifest?: Manifest;
   dump?: { sizeBytes: number; mtimeMs: number };
 }
 
@@ -102,6 +133,31 @@ export interface ApiBackup {
   restoreVerificationError: string | null;
   restoreVerificationSource: 'local' | 'offsite' | null;
   error: string | null;
+  /** Records of this backup not believed (manifest_not_authentic, manifest_misplaced, …); absent when none. */
+  findings?: CatalogFinding[];
+}
+
+/**
+ * The refusal of a backup whose manifest lies here but is not believed (verify, restore and download
+ * answer it): manifest_misplaced or manifest_not_authentic, with the finding and what to do. Undefined
+ * when the entry has no rejected manifest.
+ */
+export function rejectionOf(entry: CatalogEntry | undefined, action: string): AppError | undefined {
+  if (!entry?.rejectedManifest || entry.manifest) return undefined;
+  const finding = entry.findings?.find((f) => f.file === 'manifest');
+  const code = finding?.code === 'manifest_misplaced' ? 'manifest_misplaced' : 'manifest_not_authentic';
+  return new AppError(
+    code,
+    `backup ${entry.backupId} is not ${action}: ${finding?.message ?? 'its manifest is not believed'}. ` +
+      'Put back the manifest dump wrote (flux-ops catalog rebuild --from offsite, if the offsite one authenticates) or take a new backup',
+    { details: { reason: code } },
+  );
+}
+
+/** A catalog finding with the backup it is about, as trust() and the status list them. */
+export interface BackupFinding extends CatalogFinding {
+  projectId: string;
+  backupId: string;
 }
 
 export interface Catalog {
@@ -125,7 +181,7 @@ export interface Catalog {
     slug?: string,
     now?: Date,
     policy?: { maxAgeMs?: number },
-  ): Promise<Trust & { backup?: ApiBackup; freshness: Freshness }>;
+  ): Promise<Trust & { backup?: ApiBackup; freshness: Freshness; findings?: BackupFinding[] }>;
   writeManifest(manifest: Manifest): Promise<void>;
   writeState(state: BackupState): Promise<void>;
   writeOffsiteReceipt(receipt: OffsiteReceipt): Promise<void>;
@@ -167,7 +223,25 @@ export interface CatalogOptions {
    * after a restart would re-hash every dump of a project.
    */
   cacheFile?: string;
+  /**
+   * FLUX_MANIFEST_SECRETS (+ FLUX_MANIFEST_ALLOW_UNSIGNED): manifests and receipts that do not authenticate
+   * count as absent, and the receipts this catalog writes are tagged. Without keys nothing is checked.
+   */
+  keys?: RecordKeys;
+  /** Told of each finding once per record per process (the runtime emits flux.backup.integrity_finding). */
+  onFinding?: (finding: BackupFinding, entry: CatalogEntry) => void;
 }
+
+/** The record kind record-auth.ts tags each catalog file as. */
+const RECORD_KIND: Partial<Record<CatalogFile, RecordKind>> = {
+  manifest: 'manifest',
+  verify: 'verify-receipt',
+  offsite: 'offsite-receipt',
+  rehash: 'rehash-record',
+};
+
+/** Findings remembered per process, so a record read on every list is reported once. */
+const REPORTED_MAX = 10_000;
 
 type ArtifactCacheEntry = { sizeBytes: number; mtimeMs: number; sha256: string };
 
@@ -185,6 +259,8 @@ function loadArtifactCache(file: string | undefined): Map<string, ArtifactCacheE
 
 export function createCatalog(options: CatalogOptions): Catalog {
   const { root } = options;
+  const keys: RecordKeys = options.keys ?? { secrets: [] };
+  const reported = new Set<string>();
   const artifactCache = loadArtifactCache(options.cacheFile);
   let saveTimer: NodeJS.Timeout | undefined;
   let saving: Promise<void> = Promise.resolve();
@@ -223,11 +299,50 @@ export function createCatalog(options: CatalogOptions): Catalog {
       read(paths.verify, VerifyReceiptSchema),
       read(paths.rehash, RehashRecordSchema),
     ]);
-    if (manifest) entry.manifest = manifest;
+    const findings: CatalogFinding[] = [];
+    // A record is believed only when it names this very backup and authenticates; otherwise it is absent.
+    const admit = <T extends { projectId: string; backupId: string; auth?: RecordAuth | undefined }>(
+      file: CatalogFile,
+      schema: z.ZodType<T>,
+      record: T | undefined,
+    ): T | undefined => {
+      if (!record) return undefined;
+      const isManifest = file === 'manifest';
+      const name = path.basename(paths[file]);
+      if (record.projectId !== projectId || record.backupId !== backupId) {
+        findings.push({
+          code: isManifest ? 'manifest_misplaced' : 'receipt_misplaced',
+          file,
+          message: `${name} names backup ${record.backupId} of project ${record.projectId}, not the one its path says; not believed`,
+        });
+        return undefined;
+      }
+      const kind = RECORD_KIND[file];
+      const why = kind ? distrustOf(authenticateRecord(kind, schema, record, keys.secrets), keys) : undefined;
+      if (why) {
+        findings.push({
+          code: isManifest ? 'manifest_not_authentic' : 'receipt_not_authentic',
+          file,
+          message: `${name}: ${why}; not believed`,
+        });
+        return undefined;
+      }
+      return record;
+    };
+    const trustedManifest = admit('manifest', ManifestSchema, manifest);
+    if (trustedManifest) entry.manifest = trustedManifest;
+    else if (manifest) entry.rejectedManifest = manifest;
     if (state) entry.state = state;
-    if (offsite) entry.offsite = offsite;
-    if (verify) entry.verify = verify;
-    if (rehash) entry.rehash = rehash;
+    const trustedOffsite = admit('offsite', OffsiteReceiptSchema, offsite);
+    if (trustedOffsite) entry.offsite = trustedOffsite;
+    const trustedVerify = admit('verify', VerifyReceiptSchema, verify);
+    if (trustedVerify) entry.verify = trustedVerify;
+    const trustedRehash = admit('rehash', RehashRecordSchema, rehash);
+    if (trustedRehash) entry.rehash = trustedRehash;
+    if (findings.length > 0) {
+      entry.findings = findings;
+      for (const finding of findings) report(entry, finding);
+    }
     if (problems.length > 0) {
       entry.unreadable = problems.join('; ');
       options.log?.warn({ projectId, backupId, problems }, 'catalog file unreadable');
@@ -241,6 +356,18 @@ export function createCatalog(options: CatalogOptions): Catalog {
       }
     }
     return entry;
+  }
+
+  function report(entry: CatalogEntry, finding: CatalogFinding) {
+    const key = `${entry.paths[finding.file]}|${finding.code}`;
+    if (reported.has(key)) return;
+    if (reported.size >= REPORTED_MAX) reported.clear();
+    reported.add(key);
+    options.log?.warn(
+      { projectId: entry.projectId, backupId: entry.backupId, code: finding.code, file: finding.file },
+      finding.message,
+    );
+    options.onFinding?.({ projectId: entry.projectId, backupId: entry.backupId, ...finding }, entry);
   }
 
   async function namesIn(dir: string): Promise<string[]> {
@@ -271,7 +398,7 @@ export function createCatalog(options: CatalogOptions): Catalog {
       const entries = await Promise.all([...ids].map((id) => load(projectId, id, nameSet)));
       // Records nobody wrote a manifest or state for (a lone receipt) are not backups.
       return entries
-        .filter((e) => e.manifest || e.state || e.unreadable)
+        .filter((e) => e.manifest || e.state || e.unreadable || e.rejectedManifest)
         .sort((a, b) => createdAtOf(b).localeCompare(createdAtOf(a)) || b.backupId.localeCompare(a.backupId));
     },
 
@@ -279,7 +406,7 @@ export function createCatalog(options: CatalogOptions): Catalog {
       const paths = backupPaths(root, projectId, backupId);
       const names = new Set(await namesIn(paths.dir));
       const entry = await load(projectId, backupId, names);
-      return entry.manifest || entry.state || entry.unreadable ? entry : undefined;
+      return entry.manifest || entry.state || entry.unreadable || entry.rejectedManifest ? entry : undefined;
     },
 
     async checkArtifact(entry) {
@@ -354,7 +481,7 @@ export function createCatalog(options: CatalogOptions): Catalog {
         : 'pending';
       const error =
         status === 'failed'
-          ? (entry.state?.error ?? entry.unreadable)
+          ? (entry.state?.error ?? entry.unreadable ?? entry.findings?.map((f) => f.message).join('; '))
           : artifact.status !== 'valid'
             ? artifact.error
             : verify && verify.status !== 'restore_verified'
@@ -409,15 +536,26 @@ export function createCatalog(options: CatalogOptions): Catalog {
               : null,
         restoreVerificationSource: v?.source ?? null,
         error: facts.status === 'failed' ? (facts.error ?? null) : (artifact.error ?? null),
+        ...(entry.findings ? { findings: entry.findings } : {}),
       };
     },
 
     async trust(projectId, slug, now = new Date(), policy = {}) {
-      const entries = await catalog.list(projectId);
+      const listed = await catalog.list(projectId);
+      const found: BackupFinding[] = listed.flatMap((e) =>
+        (e.findings ?? []).map((f) => ({ projectId, backupId: e.backupId, ...f })),
+      );
+      const findings = found.length > 0 ? { findings: found } : {};
+      // A backup whose manifest is not believed is absent: no tier and no freshness come from it.
+      const entries = listed.filter((e) => !e.rejectedManifest);
       const maxAgeMs = policy.maxAgeMs ?? DEFAULT_MAX_AGE_MS;
       const [newest] = entries;
       if (!newest) {
-        return { ...classify(undefined, now, slug), freshness: freshnessOf(undefined, maxAgeMs, now, slug) };
+        return {
+          ...classify(undefined, now, slug),
+          freshness: freshnessOf(undefined, maxAgeMs, now, slug),
+          ...findings,
+        };
       }
       const artifact = await catalog.checkArtifact(newest);
       const facts = catalog.facts(newest, artifact);
@@ -442,6 +580,7 @@ export function createCatalog(options: CatalogOptions): Catalog {
         ...classify(facts, now, slug),
         backup: catalog.toApi(newest, artifact),
         freshness: freshnessOf(restorable, maxAgeMs, now, slug),
+        ...findings,
       };
     },
 
@@ -463,20 +602,25 @@ export function createCatalog(options: CatalogOptions): Catalog {
       await writeRecord(
         root,
         catalog.paths(receipt.projectId, receipt.backupId).offsite,
-        OffsiteReceiptSchema.parse(receipt),
+        tagRecord('offsite-receipt', OffsiteReceiptSchema, OffsiteReceiptSchema.parse(receipt), keys.secrets),
       );
     },
     async writeVerifyReceipt(receipt) {
       await writeRecord(
         root,
         catalog.paths(receipt.projectId, receipt.backupId).verify,
-        VerifyReceiptSchema.parse(receipt),
+        tagRecord('verify-receipt', VerifyReceiptSchema, VerifyReceiptSchema.parse(receipt), keys.secrets),
       );
     },
 
     async writeRehashRecord(projectId, backupId, record) {
       const file = catalog.paths(projectId, backupId).rehash;
-      if (record) await writeRecord(root, file, RehashRecordSchema.parse(record));
+      if (record)
+        await writeRecord(
+          root,
+          file,
+          tagRecord('rehash-record', RehashRecordSchema, RehashRecordSchema.parse(record), keys.secrets),
+        );
       else await rm(file, { force: true });
     },
 

@@ -2,6 +2,7 @@
 // (dump), the offsite receipt and the re-hash finding (replicate) and the verify receipt (verify). One
 // writer per file.
 import { z } from 'zod';
+import { RecordAuthSchema } from './record-auth.js';
 
 const sha256 = z.string().regex(/^[0-9a-f]{64}$/);
 const isoTime = z.string();
@@ -53,8 +54,8 @@ export const ManifestSchema = z.object({
     .default([]),
   roles: z.array(z.string()).default([]),
   causationId: z.string().optional(),
-  /** HMAC-SHA256 tag over the rest (manifest-auth.ts), present when dump had FLUX_MANIFEST_SECRETS. */
-  auth: z.object({ alg: z.literal('hmac-sha256'), tag: z.string().min(1) }).optional(),
+  /** HMAC-SHA256 tag over the rest (record-auth.ts), present when dump had FLUX_MANIFEST_SECRETS. */
+  auth: RecordAuthSchema.optional(),
 });
 export type Manifest = z.infer<typeof ManifestSchema>;
 
@@ -86,6 +87,8 @@ export const OffsiteReceiptSchema = z.object({
   lagSeconds: z.number().optional(),
   reason: z.string().optional(),
   error: z.string().optional(),
+  /** HMAC-SHA256 tag over the rest (record-auth.ts), present when its writer had FLUX_MANIFEST_SECRETS. */
+  auth: RecordAuthSchema.optional(),
 });
 export type OffsiteReceipt = z.infer<typeof OffsiteReceiptSchema>;
 
@@ -104,6 +107,8 @@ export const RehashRecordSchema = z.object({
   sizeBytes: z.number().int().nonnegative(),
   mtimeMs: z.number(),
   at: isoTime,
+  /** HMAC-SHA256 tag over the rest (record-auth.ts), present when its writer had FLUX_MANIFEST_SECRETS. */
+  auth: RecordAuthSchema.optional(),
 });
 export type RehashRecord = z.infer<typeof RehashRecordSchema>;
 
@@ -150,5 +155,7 @@ export const VerifyReceiptSchema = z.object({
   seconds: z.number(),
   reason: z.string().optional(),
   error: z.string().optional(),
+  /** HMAC-SHA256 tag over the rest (record-auth.ts), present when its writer had FLUX_MANIFEST_SECRETS. */
+  auth: RecordAuthSchema.optional(),
 });
 export type VerifyReceipt = z.infer<typeof VerifyReceiptSchema>;

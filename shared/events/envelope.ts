@@ -121,6 +121,18 @@ export const EVENT_DATA = {
     rows: z.number(),
     sequences: z.number(),
   }),
+  /** A manifest or receipt beside a backup is not believed (catalog.ts CatalogFinding): it counts as absent. */
+  'flux.backup.integrity_finding': z.looseObject({
+    ...backupRef,
+    code: z.enum([
+      'manifest_not_authentic',
+      'manifest_misplaced',
+      'receipt_not_authentic',
+      'receipt_misplaced',
+    ]),
+    file: z.string(),
+    message: z.string().max(4000),
+  }),
   'flux.migrate.failed': z.looseObject({
     projectId: z.uuid(),
     slug: z.string(),

@@ -2,7 +2,8 @@
 // metrics, registry, catalog, outbox, inbox and the event emitter.
 import { randomBytes } from 'node:crypto';
 import path from 'node:path';
-import { type Catalog, createCatalog } from '../catalog/catalog.js';
+import { type BackupFinding, type Catalog, createCatalog } from '../catalog/catalog.js';
+import type { RecordKeys } from '../catalog/record-auth.js';
 import { type Config, type EventSink, type FunctionName, UPSTREAM_VARS } from '../config.js';
 import { type CloudEvent, createEvent, type EventData, type EventType } from '../events/envelope.js';
 import { createEventLog } from '../events/eventlog.js';
@@ -73,6 +74,25 @@ export function ephemeralWebhookSecret(): string {
   return `whsec_${randomBytes(32).toString('base64')}`;
 }
 
+/** FLUX_MANIFEST_SECRETS and FLUX_MANIFEST_ALLOW_UNSIGNED, as the catalog and the record readers take them. */
+export function recordKeysOf(config: Config): RecordKeys {
+  return { secrets: config.FLUX_MANIFEST_SECRETS, allowUnsigned: config.FLUX_MANIFEST_ALLOW_UNSIGNED };
+}
+
+/** A catalog finding as its event (once per record per process; the catalog keeps count). */
+export async function emitFinding(emit: Emit, finding: BackupFinding): Promise<void> {
+  await emit('flux.backup.integrity_finding', {
+    subject: `${finding.projectId}/${finding.backupId}`,
+    data: {
+      projectId: finding.projectId,
+      backupId: finding.backupId,
+      code: finding.code,
+      file: finding.file,
+      message: finding.message.slice(0, 4000),
+    },
+  });
+}
+
 export function createRuntime(
   name: FunctionName,
   config: Config,
@@ -88,6 +108,9 @@ export function createRuntime(
       root: config.FLUX_BACKUPS_LOCAL_DIR,
       log,
       cacheFile: path.join(config.FLUX_STATE_DIR, 'catalog', `${name}-artifacts.json`),
+      keys: recordKeysOf(config),
+      // emit is defined below; a catalog read happens only once the runtime is built.
+      onFinding: (finding) => void emitFinding(emit, finding),
     });
   const webhookSecrets = options.webhookSecrets ?? config.FLUX_WEBHOOK_SECRETS;
   const sinks = () => [...config.FLUX_EVENT_SINKS, ...(options.extraSinks?.() ?? [])];
