@@ -184,12 +184,16 @@ export function sandboxContract(target: ContractTarget): void {
     it('the reaper removes sandboxes past their expiry and keeps the live ones', async () => {
       const other = target.makeDriver();
       extraDrivers.push(other);
+      // The sweeps are judged at given moments, not at the clock's: making two sandboxes on a loaded
+      // machine can take longer than the orphan's minute, which would expire it before the first sweep.
+      const createdFrom = new Date();
       const live = await create(60 * 60_000);
       const orphan = await create(60_000, other);
       expect(await target.leftovers()).toHaveLength(2);
-      // Nothing is expired yet: the sweep removes nothing.
-      expect(await driver.reap()).toBe(0);
-      // Two minutes later the orphan (another "process"'s sandbox) has expired, the live one has not.
+      // At the moment they were made nothing is expired: the sweep removes nothing.
+      expect(await driver.reap(createdFrom)).toBe(0);
+      // Two minutes after they were all made the orphan (another "process"'s sandbox) has expired, the
+      // live one has not.
       const removed = await driver.reap(new Date(Date.now() + 2 * 60_000));
       expect(removed).toBe(1);
       expect(await target.leftovers()).toEqual([live.id]);
