@@ -5,6 +5,7 @@ import { randomBytes } from 'node:crypto';
 import { isIP } from 'node:net';
 import type { ApiToken, Config } from '../../shared/config.js';
 import { hashToken } from '../../shared/kit/auth.js';
+import { isLoopbackHost } from '../../shared/kit/security.js';
 
 export const DEV_TOKEN_ID = 'dev';
 
@@ -12,18 +13,6 @@ export const DEV_TOKEN_ID = 'dev';
 export function loopbackBase(host: string, port: number): string {
   const h = host.trim().replace(/^\[|\]$/g, '');
   return isIP(h) === 6 ? `http://[${h}]:${port}` : `http://${h}:${port}`;
-}
-
-/** Whether `host` only accepts connections from this machine (127.0.0.0/8, ::1, localhost). */
-export function isLoopbackHost(host: string): boolean {
-  const h = host
-    .trim()
-    .toLowerCase()
-    .replace(/^\[|\]$/g, '');
-  if (h === 'localhost' || h.endsWith('.localhost')) return true;
-  if (isIP(h) === 4) return h.startsWith('127.');
-  if (isIP(h) === 6) return h === '::1' || /^::ffff:127\./.test(h);
-  return false;
 }
 
 export interface DevToken {

@@ -20,6 +20,7 @@ export interface SecurityFinding {
   fix: string;
 }
 
+/** Whether `host` only accepts connections from this machine (127.0.0.0/8, ::1, localhost). */
 export function isLoopbackHost(host: string): boolean {
   const h = host
     .trim()
