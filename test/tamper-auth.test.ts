@@ -7,7 +7,7 @@
 // rotation (new key first) keeps the old records authentic; untagged records need
 // FLUX_MANIFEST_ALLOW_UNSIGNED.
 import { randomUUID } from 'node:crypto';
-import { copyFile, readdir, readFile, writeFile } from 'node:fs/promises';
+import { copyFile, mkdir, readdir, readFile, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createApp as createDump } from '../functions/dump/app.js';
@@ -279,6 +279,29 @@ describe('tampered records are not believed', () => {
     expect((await verifyPost(a, other)).status).toBe(422);
     expect((await download(a, other)).status).toBe(422);
     expect(await statusOf(a)).toMatchObject({ tier: 'restorable', backupId: a1 });
+  });
+
+  it("offsite: another backup's authentic pair stored under a new id is refused by a restore from offsite", async () => {
+    const other = newBackupId();
+    const offsite = path.join(env.config.FLUX_BACKUPS_OFFSITE_DIR, a.id);
+    await mkdir(offsite, { recursive: true });
+    await copyFile(file(a, a1, '.dump'), path.join(offsite, `${other}.dump`));
+    await copyFile(file(a, a1, '.manifest.json'), path.join(offsite, `${other}.manifest.json`));
+    const res = await restore.app.request(
+      `/api/cli/v1/projects/${hashOfProject(a)}/backups/${other}/restore`,
+      {
+        method: 'POST',
+        headers: { ...ADMIN.header, 'content-type': 'application/json' },
+        body: JSON.stringify({ mode: 'new', source: 'offsite' }),
+      },
+    );
+    // The stored manifest names the backup it was made for: a pair stored under another id is refused
+    // before anything is fetched or touched.
+    expect(res.status).toBe(422);
+    expect(await res.json()).toMatchObject({
+      code: 'artifact_invalid',
+      error: expect.stringContaining('describes another backup'),
+    });
   });
 
   it('a restore_failed receipt edited to restore_verified is ignored', async () => {
