@@ -24,9 +24,6 @@ export type { SecurityFinding };
 /** Exit codes of the audit, as a monitoring plugin's (and `backup status --check`'s). */
 export const AUDIT_EXIT = { clean: 0, warnings: 1, critical: 2 } as const;
 
-/** Read by name: the age recipients of offsite copies (the offsite encryption's variable). */
-export const AGE_RECIPIENTS_VAR = 'FLUX_BACKUP_AGE_RECIPIENTS';
-
 /** The most backup files whose modes one audit reads (a catalog larger than this is sampled). */
 export const MAX_FILES_SCANNED = 100_000;
 
@@ -109,15 +106,14 @@ export async function offsiteFindings(inputs: AuditInputs): Promise<SecurityFind
       });
     }
   }
-  const recipients = inputs.env[AGE_RECIPIENTS_VAR]?.trim();
-  if (!recipients) {
-    out.push({
-      severity: s3 ? 'critical' : 'warning',
-      code: 'offsite_unencrypted',
-      found: `${AGE_RECIPIENTS_VAR} is not set: offsite copies are plain pg_dump archives${s3 ? `; the provider of ${inputs.config.FLUX_BACKUPS_OFFSITE_DIR.split('/').slice(0, 3).join('/')} and anyone who reads the bucket reads every tenant's data` : ', readable by whoever reaches the store'}`,
-      fix: `set ${AGE_RECIPIENTS_VAR}=age1… (the public key; the identity stays where copies are read)`,
-    });
-  }
+  // This version writes offsite copies as plain pg_dump archives: no setting encrypts them, so the finding
+  // stands until the store itself keeps them from readers.
+  out.push({
+    severity: s3 ? 'critical' : 'warning',
+    code: 'offsite_unencrypted',
+    found: `offsite copies are plain pg_dump archives (flux-ops does not encrypt them)${s3 ? `; the provider of ${inputs.config.FLUX_BACKUPS_OFFSITE_DIR.split('/').slice(0, 3).join('/')} and anyone who reads the bucket reads every tenant's data` : ', readable by whoever reaches the store'}`,
+    fix: 'keep the store encrypted and closed to all but this deployment (S3 server-side encryption with a key of your own and a bucket policy; an encrypted filesystem for a directory store)',
+  });
   return out;
 }
 
