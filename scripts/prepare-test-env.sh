@@ -44,6 +44,8 @@ have openssl || apt_install openssl || true
 [[ -x /usr/bin/chromium ]] || apt_install chromium || true
 # The alert rules test runs promtool check/test rules (Debian ships promtool in the prometheus package).
 have promtool || apt_install prometheus || true
+# age: the offsite-encryption tests decrypt copies with the plain CLI, as an operator would.
+have age || apt_install age || true
 
 docker_up() { docker info >/dev/null 2>&1; }
 
