@@ -15,6 +15,7 @@ import {
   sinkFindings,
   tlsRejectFinding,
 } from '../shared/kit/security.js';
+import { parseRecipients } from '../shared/offsite/age.js';
 import type { ProjectRegistry } from '../shared/registry.js';
 import { formatDuration, parseDuration } from '../shared/schedule.js';
 import type { ComposeModel, ComposeService } from './compose.js';
@@ -106,14 +107,15 @@ export async function offsiteFindings(inputs: AuditInputs): Promise<SecurityFind
       });
     }
   }
-  // This version writes offsite copies as plain pg_dump archives: no setting encrypts them, so the finding
-  // stands until the store itself keeps them from readers.
-  out.push({
-    severity: s3 ? 'critical' : 'warning',
-    code: 'offsite_unencrypted',
-    found: `offsite copies are plain pg_dump archives (flux-ops does not encrypt them)${s3 ? `; the provider of ${inputs.config.FLUX_BACKUPS_OFFSITE_DIR.split('/').slice(0, 3).join('/')} and anyone who reads the bucket reads every tenant's data` : ', readable by whoever reaches the store'}`,
-    fix: 'keep the store encrypted and closed to all but this deployment (S3 server-side encryption with a key of your own and a bucket policy; an encrypted filesystem for a directory store)',
-  });
+  // The config schema has already refused recipients that are not age keys: any left here encrypt.
+  if (parseRecipients(inputs.config.FLUX_BACKUP_AGE_RECIPIENTS).length === 0) {
+    out.push({
+      severity: s3 ? 'critical' : 'warning',
+      code: 'offsite_unencrypted',
+      found: `FLUX_BACKUP_AGE_RECIPIENTS is empty: offsite copies are plain pg_dump archives${s3 ? `; the provider of ${inputs.config.FLUX_BACKUPS_OFFSITE_DIR.split('/').slice(0, 3).join('/')} and anyone who reads the bucket reads every tenant's data` : ', readable by whoever reaches the store'}`,
+      fix: 'age-keygen -o flux-backups.key on a safe host, put the public key it prints in FLUX_BACKUP_AGE_RECIPIENTS (replicate), and the key file in FLUX_BACKUP_AGE_IDENTITY_FILE where copies are read (verify, restore, dump)',
+    });
+  }
   return out;
 }
 

@@ -3,6 +3,7 @@
 import path from 'node:path';
 import { z } from 'zod';
 import { AppError } from './errors.js';
+import { parseRecipients } from './offsite/age.js';
 import { DEFAULT_MAX_AGE, parseDuration, scheduleProblem } from './schedule.js';
 
 export const SECOND_MS = 1000;
@@ -371,6 +372,25 @@ export const VARS = {
     secret: true,
     description:
       'Keys (whsec_…, comma-separated, as FLUX_WEBHOOK_SECRETS) that authenticate manifests and receipts: each writer tags with the first (HMAC-SHA256), any verifies; a record no key matches counts as absent (finding manifest_not_authentic / receipt_not_authentic). Set the same keys on every function; keep them with the offsite credentials: a replacement host needs them.',
+  },
+  FLUX_BACKUP_AGE_RECIPIENTS: {
+    schema: z
+      .string()
+      .optional()
+      .superRefine((value, ctx) => {
+        try {
+          parseRecipients(value);
+        } catch (error) {
+          ctx.addIssue({ code: 'custom', message: (error as Error).message });
+        }
+      }),
+    description:
+      'age public keys (age1…, comma-separated) replicate encrypts every new offsite copy to; several for rotation and escrow. Empty: copies are stored as plain dumps. Adding one re-encrypts nothing: older copies keep the recipients their receipt names.',
+  },
+  FLUX_BACKUP_AGE_IDENTITY_FILE: {
+    schema: z.string().min(1).optional(),
+    description:
+      'File of age secret keys (AGE-SECRET-KEY-1… lines, as age-keygen writes them; mode 600) that open encrypted offsite copies: needed where copies are read (verify and restore from offsite, offsite download, replicate proving a copy without its local dump). Checked at start-up against the newest encrypted copy.',
   },
   FLUX_MANIFEST_ALLOW_UNSIGNED: {
     schema: bool(false),

@@ -47,6 +47,11 @@ export const ERROR_TABLE = {
   dir_not_writable: { status: 500, exit: EXIT.cantCreate, summary: 'a data directory is not writable' },
   disk_full: { status: 507, exit: EXIT.ioError, summary: 'no space left on the device' },
   artifact_invalid: { status: 422, exit: EXIT.failed, summary: 'a backup file does not match its manifest' },
+  encryption_key_missing: {
+    status: 503,
+    exit: EXIT.unavailable,
+    summary: 'an age-encrypted copy and no identity here that opens it (FLUX_BACKUP_AGE_IDENTITY_FILE)',
+  },
   manifest_not_authentic: {
     status: 422,
     exit: EXIT.dataError,

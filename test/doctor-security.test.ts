@@ -2,9 +2,11 @@
 // registry, backup directories on disk) has every weakness listed by its code and exits 2; the repo's own
 // compose.yml with a suitable env has no finding and exits 0; one admin token alone makes it 1. Secrets
 // never reach its output. /readyz carries the cheap share of it as a warning, never as unreadiness.
+
 import { copyFile, mkdir, mkdtemp, rm, stat, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
+import { generateX25519Identity, identityToRecipient } from 'age-encryption';
 import { execa } from 'execa';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createApp as createRestore } from '../functions/restore/app.js';
@@ -256,19 +258,30 @@ describe("the repo's hardened compose.yml with a suitable env", () => {
       `FLUX_BACKUPS_OFFSITE_DIR=${offsite}`,
       `FLUX_SHARED_POSTGRES_URL=postgres://flux:${DB_PASSWORD}@db.example.com/flux?sslmode=verify-full&sslrootcert=/etc/flux-ops/ca.pem`,
       'FLUX_TENANT_PROBE_GATEWAY_URL=https://gateway.internal',
+      `FLUX_BACKUP_AGE_RECIPIENTS=${await identityToRecipient(await generateX25519Identity())}`,
       '',
     ].join('\n');
     await writeFile(path.join(dir, 'flux-ops.env'), env, { mode: 0o600 });
   });
 
-  it('has no finding but the unencrypted offsite copies, a warning: exit 1 (the registry read through its bind mount of ./projects.json)', async () => {
-    // flux-ops does not encrypt offsite copies yet: no setting silences that finding.
+  it('passes: no finding, exit 0 (the registry read through its bind mount of ./projects.json)', async () => {
     const r = await doctor(['--compose', path.join(dir, 'compose.yml'), '--json'], dir);
+    const audit = JSON.parse(r.stdout) as Audit;
+    expect(audit.findings).toEqual([]);
+    expect(audit).toMatchObject({ ok: true, exitCode: 0, critical: 0, warnings: 0 });
+    expect(r.exitCode).toBe(0);
+  });
+
+  it('without FLUX_BACKUP_AGE_RECIPIENTS the plain offsite copies are the one finding, a warning: exit 1', async () => {
+    const file = path.join(dir, 'plain.env');
+    await writeFile(file, env.replace(/^FLUX_BACKUP_AGE_RECIPIENTS=.*$/m, 'FLUX_BACKUP_AGE_RECIPIENTS='), {
+      mode: 0o600,
+    });
+    const r = await doctor(['--compose', path.join(dir, 'compose.yml'), '--env-file', file, '--json'], dir);
     const audit = JSON.parse(r.stdout) as Audit;
     expect(audit.findings).toEqual([
       expect.objectContaining({ severity: 'warning', code: 'offsite_unencrypted' }),
     ]);
-    expect(audit).toMatchObject({ ok: false, exitCode: 1, critical: 0, warnings: 1 });
     expect(r.exitCode).toBe(1);
   });
 
@@ -279,7 +292,7 @@ describe("the repo's hardened compose.yml with a suitable env", () => {
     });
     const r = await doctor(['--compose', path.join(dir, 'compose.yml'), '--env-file', file, '--json'], dir);
     const audit = JSON.parse(r.stdout) as Audit;
-    expect(audit.findings.map((f) => f.code).sort()).toEqual(['offsite_unencrypted', 'token_admin']);
+    expect(audit.findings.map((f) => f.code).sort()).toEqual(['token_admin']);
     expect(r.exitCode).toBe(1);
   });
 
@@ -292,7 +305,7 @@ describe("the repo's hardened compose.yml with a suitable env", () => {
     );
     const r = await doctor(['--compose', path.join(dir, 'compose.yml'), '--env-file', file, '--json'], dir);
     const audit = JSON.parse(r.stdout) as Audit;
-    const weak = audit.findings.filter((f) => f.code !== 'offsite_unencrypted');
+    const weak = audit.findings;
     expect(weak).toEqual([expect.objectContaining({ severity: 'critical', code: 'pg_sslmode_weak' })]);
     expect(weak[0]!.found).toMatch(/^cluster shared-1: sslmode=require to db\.example\.com/);
     expect(r.exitCode).toBe(2);

@@ -6,7 +6,7 @@
 // goes out, and verify, restore and download refuse with 422. The healthy backups stay restorable; a key
 // rotation (new key first) keeps the old records authentic; untagged records need
 // FLUX_MANIFEST_ALLOW_UNSIGNED.
-import { randomUUID } from 'node:crypto';
+import { createHash, randomUUID } from 'node:crypto';
 import { copyFile, mkdir, readdir, readFile, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -65,6 +65,7 @@ let dumpRt: TestRuntime;
 let dump: FunctionApp;
 let verify: FunctionApp;
 let restore: FunctionApp;
+let runtimes: TestRuntime[] = [];
 const started: FunctionApp[] = [];
 
 function configWith(keys: string[], extra: Partial<Config> = {}): Config {
@@ -81,8 +82,11 @@ async function startFunctions(keys: string[]) {
   const config = configWith(keys);
   dumpRt = testRuntime('dump', { env: env.env, config }, { projects, clusters });
   dump = createDump(dumpRt);
-  verify = createVerify(testRuntime('verify', { env: env.env, config }, { projects, clusters }));
-  restore = createRestore(testRuntime('restore', { env: env.env, config }, { projects, clusters }));
+  const verifyRt = testRuntime('verify', { env: env.env, config }, { projects, clusters });
+  const restoreRt = testRuntime('restore', { env: env.env, config }, { projects, clusters });
+  runtimes = [dumpRt, verifyRt, restoreRt];
+  verify = createVerify(verifyRt);
+  restore = createRestore(restoreRt);
   for (const fn of [dump, verify, restore]) {
     await fn.start();
     started.push(fn);
@@ -242,6 +246,10 @@ describe('tampered records are not believed', () => {
     const served = await download(a, a2);
     expect(served.status).toBe(422);
     expect(await served.json()).toMatchObject({ code: 'manifest_not_authentic' });
+    // verify and restore read the same forged manifest; the finding still goes out once, as dump's (in a
+    // split deployment every process has its own catalog: only dump's speaks for it).
+    for (const rt of runtimes) expect(await rt.outbox.idle(10_000)).toBe(true);
+    expect(findingEvents('manifest_not_authentic', a2).map((e) => e.source)).toEqual(['/flux-ops/dump']);
     // The healthy backups are untouched.
     expect((await show(a, a1)).restoreVerificationOutcome).toBe('restore_verified');
     expect((await statusOf(b)).tier).toBe('restorable');
@@ -301,6 +309,33 @@ describe('tampered records are not believed', () => {
     expect(await res.json()).toMatchObject({
       code: 'artifact_invalid',
       error: expect.stringContaining('describes another backup'),
+    });
+  });
+
+  it('offsite: a forged pair whose manifest carries no tag is not served by the offsite download (FLUX_MANIFEST_ALLOW_UNSIGNED is off)', async () => {
+    const forged = newBackupId();
+    const offsite = path.join(env.config.FLUX_BACKUPS_OFFSITE_DIR, a.id);
+    await mkdir(offsite, { recursive: true });
+    const bytes = Buffer.from('not the tenant you are looking for');
+    const { auth: _auth, ...untagged } = await readJsonFile<Manifest>(file(a, a1, '.manifest.json'));
+    await writeFile(path.join(offsite, `${forged}.dump`), bytes);
+    await writeFile(
+      path.join(offsite, `${forged}.manifest.json`),
+      JSON.stringify({
+        ...untagged,
+        backupId: forged,
+        sha256: createHash('sha256').update(bytes).digest('hex'),
+        sizeBytes: bytes.length,
+      }),
+    );
+    const res = await dump.app.request(
+      `/api/cli/v1/projects/${hashOfProject(a)}/backups/${forged}/download?source=offsite`,
+      { headers: ADMIN.header },
+    );
+    expect(res.status).toBe(422);
+    expect(await res.json()).toMatchObject({
+      code: 'artifact_invalid',
+      error: expect.stringContaining('carries no authentication tag'),
     });
   });
 

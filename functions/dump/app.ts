@@ -211,8 +211,18 @@ export function createApp(rt: Runtime, patience: PatientOptions = {}): FunctionA
       const entry = await catalog.get(project.id, backupId);
       if (parseArtifactSource(c.req.query('source')) === 'offsite') {
         const store = offsiteStore();
-        const check = manifestCheckFor(config.FLUX_MANIFEST_SECRETS, { allowUnsigned: true });
-        return downloadFromOffsite(c, { store, project, backupId, manifest: entry?.manifest, check });
+        // An untagged stored manifest vouches for nothing unless FLUX_MANIFEST_ALLOW_UNSIGNED says so.
+        const check = manifestCheckFor(config.FLUX_MANIFEST_SECRETS, {
+          allowUnsigned: config.FLUX_MANIFEST_ALLOW_UNSIGNED,
+        });
+        return downloadFromOffsite(c, {
+          store,
+          project,
+          backupId,
+          manifest: entry?.manifest,
+          check,
+          identities: rt.ageKeys.identities(),
+        });
       }
       const rejected = rejectionOf(entry, 'served');
       if (rejected) throw rejected;
@@ -315,6 +325,8 @@ export function createApp(rt: Runtime, patience: PatientOptions = {}): FunctionA
       'flux.backup.replication_failed',
     ],
     async start() {
+      // A wrong identity fails here, with the fix, not at the first offsite download.
+      await rt.ageKeys.checkNewest(offsiteStore, rt.log);
       await rt.inbox.start();
       await dumper.recover();
       await rt.outbox.start();

@@ -9,6 +9,7 @@ import { authenticateManifest, type ManifestAuthenticity } from '../../shared/ca
 import type { Manifest } from '../../shared/catalog/records.js';
 import { upstreamOffsiteStatus } from '../../shared/catalog/upstream.js';
 import { isAppError } from '../../shared/errors.js';
+import { storedSizeFits } from '../../shared/offsite/age.js';
 import { readOffsiteManifest } from '../../shared/offsite/artifact.js';
 import { dumpKeyOf, manifestKeyOf } from '../../shared/offsite/keys.js';
 import type { OffsiteObject, OffsiteStore } from '../../shared/offsite/types.js';
@@ -136,7 +137,8 @@ async function runAtMost(limit: number, tasks: Array<() => Promise<void>>): Prom
 /** What the store holds of the dump, compared with the manifest (by size: the list reads no bytes). */
 export function offsiteDumpStatus(backup: OffsiteBackup & { manifest: Manifest }): OffsiteStatus {
   if (!backup.dump) return 'pending';
-  return backup.dump.sizeBytes === backup.manifest.sizeBytes ? 'replicated' : 'conflict';
+  // A plain copy is the manifest's size; an age-encrypted one a header and tags more (age.ts).
+  return storedSizeFits(backup.dump.sizeBytes, backup.manifest.sizeBytes) ? 'replicated' : 'conflict';
 }
 
 /** A row of `GET …/backups?source=offsite`: the local list's shape, facts from the store. */
@@ -187,6 +189,10 @@ export async function offsiteRow(
     offsiteContentSha256: proven ? (receipt.contentSha256 ?? null) : null,
     offsiteReplicatedAt: offsiteStatus === 'replicated' ? (backup.dump?.modifiedAt ?? null) : null,
     offsiteLagSeconds: proven ? (receipt.lagSeconds ?? null) : null,
+    offsiteEncryption:
+      proven && receipt.encryption
+        ? { format: receipt.encryption.format, recipients: receipt.encryption.recipients }
+        : null,
     offsiteSizeBytes: backup.dump?.sizeBytes ?? null,
     manifestAuthentication: authenticateManifest(manifest, secrets),
     error:

@@ -5,6 +5,7 @@ import { Readable } from 'node:stream';
 import type { Context } from 'hono';
 import type { Manifest } from '../../shared/catalog/records.js';
 import { AppError } from '../../shared/errors.js';
+import type { AgeIdentities } from '../../shared/offsite/age.js';
 import { checkedStream, openArtifact, readOffsiteManifest } from '../../shared/offsite/artifact.js';
 import type { OffsiteStore } from '../../shared/offsite/types.js';
 import type { Project } from '../../shared/registry.js';
@@ -21,6 +22,8 @@ export interface OffsiteDownload {
   manifest?: Manifest | undefined;
   /** Refuses a stored manifest that is not authentic (offsite-catalog.ts manifestCheckFor). */
   check?: (manifest: Manifest) => string | undefined;
+  /** Opens an age-encrypted copy (FLUX_BACKUP_AGE_IDENTITY_FILE): the download is the plaintext dump. */
+  identities?: AgeIdentities | undefined;
 }
 
 export async function downloadFromOffsite(c: Context, request: OffsiteDownload): Promise<Response> {
@@ -43,7 +46,10 @@ export async function downloadFromOffsite(c: Context, request: OffsiteDownload):
       },
     );
   }
-  const artifact = await openArtifact({ projectId: project.id, backupId, manifest }, 'offsite', { store });
+  const artifact = await openArtifact({ projectId: project.id, backupId, manifest }, 'offsite', {
+    store,
+    identities: request.identities,
+  });
   if (!artifact) {
     throw new AppError('not_found', `backup ${backupId} has no offsite copy in ${store.location}`);
   }

@@ -1,6 +1,7 @@
 // replicate: copies every complete backup to the offsite store and proves it. Triggered by a manifest
 // arriving in FLUX_BACKUPS_LOCAL_DIR (watch), by `flux.backup.created`, and by a reconcile scan at
 // start-up and every FLUX_REPLICATE_RECONCILE_INTERVAL_MS; `POST /replicate/run` runs a scan on demand.
+import path from 'node:path';
 import { parseBackupId, parseProjectId } from '../../shared/catalog/ids.js';
 import { AppError } from '../../shared/errors.js';
 import { createKit } from '../../shared/kit/app.js';
@@ -35,6 +36,14 @@ export function createApp(rt: Runtime, deps: ReplicateDeps = {}): FunctionApp {
     concurrency: config.FLUX_REPLICATE_CONCURRENCY,
     maxAttempts: config.FLUX_REPLICATE_MAX_ATTEMPTS,
     retryBaseDelayMs: config.FLUX_REPLICATE_RETRY_BASE_DELAY_MS,
+    sealing:
+      rt.ageKeys.recipients.length > 0
+        ? {
+            recipients: rt.ageKeys.recipients,
+            stagingDir: path.join(config.FLUX_STATE_DIR, 'replicate-sealed'),
+          }
+        : undefined,
+    identities: rt.ageKeys.identities,
   });
   const upkeep = createUpkeep({
     catalog,
@@ -50,6 +59,7 @@ export function createApp(rt: Runtime, deps: ReplicateDeps = {}): FunctionApp {
     immutable: config.FLUX_OFFSITE_IMMUTABLE,
     manifestSecrets: config.FLUX_MANIFEST_SECRETS,
     isCopying: (projectId, backupId) => replicator.isCopying(projectId, backupId),
+    identities: rt.ageKeys.identities,
   });
   const watcher = createManifestWatcher({
     root: config.FLUX_BACKUPS_LOCAL_DIR,
@@ -159,6 +169,13 @@ export function createApp(rt: Runtime, deps: ReplicateDeps = {}): FunctionApp {
   });
   const { app, requireScope } = kit;
 
+  /** What new copies are encrypted to, and which recipients this host can open (public keys only). */
+  const encryptionView = () => ({
+    format: rt.ageKeys.recipients.length > 0 ? 'age' : 'none',
+    recipients: [...rt.ageKeys.recipients],
+    identities: [...(rt.ageKeys.identities()?.recipients ?? [])],
+  });
+
   app.post('/replicate/run', requireScope('backups:write'), async (c) => {
     await sweepTemp();
     const summary = await replicator.reconcile('manual');
@@ -175,6 +192,7 @@ export function createApp(rt: Runtime, deps: ReplicateDeps = {}): FunctionApp {
       pending: replicator.pending,
       watched: watcher.watched,
       store: { driver: store.driver, location: store.location },
+      encryption: encryptionView(),
       lastReconcile: replicator.lastReconcile ?? null,
       upkeep: { ...upkeep.describe(), invalidCopies: upkeep.invalid(), lastSweep: upkeep.last ?? null },
     }),
@@ -185,6 +203,8 @@ export function createApp(rt: Runtime, deps: ReplicateDeps = {}): FunctionApp {
     app,
     accepts: ['flux.backup.created'],
     async start() {
+      // A wrong identity fails here, with the fix, not at the first copy that needs it.
+      await rt.ageKeys.checkNewest(store, log);
       await rt.inbox.start();
       await rt.outbox.start();
       await sweepTemp();

@@ -4,13 +4,16 @@
 // offsite_invalid) and is never overwritten. Each finding is one event, not one per sweep.
 import { createReadStream } from 'node:fs';
 import { stat } from 'node:fs/promises';
+import { Transform } from 'node:stream';
 import { STREAM_CHUNK_BYTES } from '../../shared/atomic.js';
 import { isProjectHash } from '../../shared/catalog/ids.js';
 import { errnoOf, isAppError } from '../../shared/errors.js';
 import { counter } from '../../shared/metrics.js';
+import { isAgeHead } from '../../shared/offsite/age.js';
 import { dumpKeyOf } from '../../shared/offsite/keys.js';
 import { trustedOffsiteManifest } from './offsite-inventory.js';
 import { type Pacer, pacedHash } from './paced-hash.js';
+import { proveSealedObject } from './sealed-copy.js';
 import { keyOf, OFFSITE_INVALID, type SweepSummary, type UpkeepContext, type Work } from './upkeep-types.js';
 
 /** true = matches, false = does not, undefined = not read this time. */
@@ -113,26 +116,58 @@ export function createCopyRehash(ctx: UpkeepContext): CopyRehash {
       if (typeof manifest === 'string') refused = manifest;
       else expected = manifest;
     }
+    const receipt = w.entry?.offsite;
     let found: { sha256: string; sizeBytes: number } | undefined;
+    let sealed = false;
     if (expected) {
       try {
-        found = await pacedHash(await ctx.store.get(key, ctx.signal), pacer, ctx.signal);
+        const stream = await ctx.store.get(key, ctx.signal);
+        let first: Buffer | undefined;
+        const peek = new Transform({
+          transform(chunk: Buffer, _encoding, callback) {
+            first ??= chunk;
+            callback(null, chunk);
+          },
+        });
+        stream.once('error', (error) => peek.destroy(error));
+        found = await pacedHash(stream.pipe(peek), pacer, ctx.signal);
+        sealed = !!first && isAgeHead(first);
         rehashBytes.inc({ place: 'offsite' }, found.sizeBytes);
       } catch (error) {
         if (!(isAppError(error) && error.code === 'not_found')) throw error;
       }
     }
-    const ok =
-      !!expected && !!found && found.sha256 === expected.sha256 && found.sizeBytes === expected.sizeBytes;
+    const receiptSealed = w.entry && receipt?.encryption ? receipt.encryption : undefined;
+    if (found && sealed && !receiptSealed) {
+      // Encrypted, and no receipt names its stored hash: only decrypting proves it (an identity is needed).
+      const identities = ctx.identities?.();
+      if (!identities) return undefined;
+      try {
+        const proof = await proveSealedObject(ctx.store, key, found.sizeBytes, identities, ctx.signal);
+        rehashBytes.inc({ place: 'offsite' }, proof.stored.sizeBytes);
+        found = proof.plain;
+      } catch (error) {
+        // No identity here opens it: not judged this time (the start-up check names the fix).
+        if (isAppError(error) && error.code === 'encryption_key_missing') return undefined;
+        // A damaged age file: `found` stays the stored bytes' hash, which no plaintext matches.
+        if (!(isAppError(error) && error.code === 'artifact_invalid')) throw error;
+      }
+    }
+    // An encrypted copy with a receipt is held to the stored bytes the receipt proved: replicate proves
+    // what is stored, verify and restore the plaintext.
+    const want = receiptSealed
+      ? { sha256: receiptSealed.storedSha256, sizeBytes: receiptSealed.storedSizeBytes }
+      : expected;
+    const ok = !!want && !!found && found.sha256 === want.sha256 && found.sizeBytes === want.sizeBytes;
     const wasOk = ctx.state().copies[w.copy.id]?.ok !== false;
-    const receipt = w.entry?.offsite;
     if (ok) {
       if (w.entry && receipt?.reason === OFFSITE_INVALID) {
         await ctx.catalog.writeOffsiteReceipt({
           ...receipt,
           status: 'replicated',
-          contentSha256: found!.sha256,
-          sizeBytes: found!.sizeBytes,
+          ...(receiptSealed
+            ? { contentSha256: w.entry.manifest.sha256, sizeBytes: w.entry.manifest.sizeBytes }
+            : { contentSha256: found!.sha256, sizeBytes: found!.sizeBytes }),
           at: new Date().toISOString(),
           reason: undefined,
           error: undefined,
@@ -149,7 +184,7 @@ export function createCopyRehash(ctx: UpkeepContext): CopyRehash {
       ? `the offsite copy cannot be proven: ${refused}`
       : !found
         ? `the offsite copy ${ctx.store.location}/${key} is gone`
-        : `re-hash of ${ctx.store.location}/${key} read ${found.sizeBytes} B sha256 ${found.sha256.slice(0, 12)}…, not the manifest's ${expected!.sizeBytes} B ${expected!.sha256.slice(0, 12)}…; ` +
+        : `re-hash of ${ctx.store.location}/${key} read ${found.sizeBytes} B sha256 ${found.sha256.slice(0, 12)}…, not the ${receiptSealed ? "receipt's stored" : "manifest's"} ${want!.sizeBytes} B ${want!.sha256.slice(0, 12)}…; ` +
           'move the object aside (the next reconcile copies the local backup again, when there is one)';
     summary.invalid.push({ place: 'offsite', projectId: w.projectId, backupId: w.backupId, reason });
     ctx.log.error(
@@ -160,7 +195,9 @@ export function createCopyRehash(ctx: UpkeepContext): CopyRehash {
       await ctx.catalog.writeOffsiteReceipt({
         ...receipt,
         status: 'failed',
-        ...(found ? { contentSha256: found.sha256, sizeBytes: found.sizeBytes } : {}),
+        // What was read; an encrypted copy's receipt keeps the stored hash it proved, to match again.
+        ...(found ? { contentSha256: found.sha256 } : {}),
+        ...(found && !receiptSealed ? { sizeBytes: found.sizeBytes } : {}),
         manifestSha256: w.entry.manifest.sha256,
         at: new Date().toISOString(),
         reason: OFFSITE_INVALID,

@@ -38,7 +38,10 @@ export interface BackupLedger {
   /** The manifest's sha256/size; absent = the backup is not complete and is never replicated. */
   manifest?: { sha256: string; sizeBytes: number } | undefined;
   receipt?:
-    | Pick<OffsiteReceipt, 'status' | 'key' | 'manifestSha256' | 'contentSha256' | 'reason' | 'at'>
+    | Pick<
+        OffsiteReceipt,
+        'status' | 'key' | 'manifestSha256' | 'contentSha256' | 'reason' | 'at' | 'encryption'
+      >
     | undefined;
   /** mtime of the local dump, when it exists. */
   dumpMtimeMs?: number | undefined;
@@ -62,7 +65,9 @@ export function decide(ledger: BackupLedger): Decision {
       if (dumpSize === undefined || !offsite.has(keys.manifest))
         return { action: 'replicate', gap: 'offsite_missing' };
       // Cheap tamper/truncation check from the listing; the copy job re-hashes and raises the alarm.
-      if (dumpSize !== manifest.sizeBytes) return { action: 'replicate', gap: 'offsite_changed' };
+      // (An encrypted copy is held to the stored size its receipt proved.)
+      if (dumpSize !== (receipt.encryption?.storedSizeBytes ?? manifest.sizeBytes))
+        return { action: 'replicate', gap: 'offsite_changed' };
       return { action: 'skip', state: 'replicated' };
     }
     case 'conflict':

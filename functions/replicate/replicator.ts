@@ -19,6 +19,7 @@ import type { Emit } from '../../shared/kit/runtime.js';
 import { createLimiter } from '../../shared/limiter.js';
 import type { Logger } from '../../shared/log.js';
 import { counter, DURATION_BUCKETS_S, gauge, histogram, type Registry } from '../../shared/metrics.js';
+import { type AgeIdentities, isAgeHead, storedSizeFits } from '../../shared/offsite/age.js';
 import { readOffsiteManifest } from '../../shared/offsite/artifact.js';
 import { dumpKeyOf, manifestKeyOf } from '../../shared/offsite/keys.js';
 import type { ContentHash, OffsiteStore } from '../../shared/offsite/types.js';
@@ -34,6 +35,7 @@ import {
   reasonOf,
   type SkipKind,
 } from './reconcile.js';
+import { proveSealedObject, stageSealed } from './sealed-copy.js';
 
 export type Trigger = 'watch' | 'event' | 'reconcile' | 'startup' | 'manual';
 
@@ -87,6 +89,13 @@ export interface ReplicatorOptions {
   retryMaxDelayMs?: number;
   /** Checked before every copy: the store is the one this replicator has been writing to. */
   identity?: StoreIdentity;
+  /**
+   * Encrypt every new copy to these age recipients (FLUX_BACKUP_AGE_RECIPIENTS), staging the encrypted
+   * file under `stagingDir`; `identities` (FLUX_BACKUP_AGE_IDENTITY_FILE) let a copy found encrypted be
+   * proven without its local dump.
+   */
+  sealing?: { recipients: readonly string[]; stagingDir: string } | undefined;
+  identities?: () => AgeIdentities | undefined;
 }
 
 export interface Replicator {
@@ -208,6 +217,17 @@ export function createReplicator(options: ReplicatorOptions): Replicator {
     pendingGauge.set({ state: 'copying' }, limiter.active);
   };
 
+  /** The first bytes of a stored object (enough to tell an age file). */
+  async function firstBytesOf(key: string): Promise<Buffer> {
+    const stream = await store.get(key, controller.signal);
+    try {
+      for await (const chunk of stream) return chunk as Buffer;
+      return Buffer.alloc(0);
+    } finally {
+      stream.destroy();
+    }
+  }
+
   /** Puts `key` (unless an identical object is there) and proves it by re-reading. */
   async function copyAndProve(
     key: string,
@@ -260,16 +280,47 @@ export function createReplicator(options: ReplicatorOptions): Replicator {
     }
     // Not into a store that is not the one recorded (an unmounted mount point looks like an empty store).
     await options.identity?.ensure();
-    // The hash is checked while streaming: a local file that is not what the manifest says never lands.
-    const dump = await copyAndProve(
-      dumpKey,
-      // 1 MiB chunks for real dumps; a small file gets a buffer its own size (streams allocate a whole chunk).
-      () =>
-        createReadStream(entry.paths.dump, {
-          highWaterMark: Math.max(1024, Math.min(local.size, STREAM_CHUNK_BYTES)),
-        }),
-      { sha256: m.sha256, sizeBytes: m.sizeBytes },
-    );
+    const sealing = options.sealing;
+    let dump: { created: boolean; proof: ContentHash };
+    let encryption: OffsiteReceipt['encryption'];
+    let staged: Awaited<ReturnType<typeof stageSealed>> | undefined;
+    if (sealing && sealing.recipients.length > 0) {
+      // The plaintext is hashed while it is encrypted (it must be the manifest's), the stored bytes are
+      // proven by re-reading them: together, the store holds this backup, readable by these recipients.
+      staged = await stageSealed({
+        stagingDir: sealing.stagingDir,
+        projectId: entry.projectId,
+        backupId: entry.backupId,
+        dumpFile: entry.paths.dump,
+        expected: { sha256: m.sha256, sizeBytes: m.sizeBytes },
+        recipients: sealing.recipients,
+        signal: controller.signal,
+      });
+      const file = staged.file;
+      const stored = await copyAndProve(
+        dumpKey,
+        () => createReadStream(file, { highWaterMark: STREAM_CHUNK_BYTES }),
+        staged.stored,
+      );
+      dump = { created: stored.created, proof: { sha256: m.sha256, sizeBytes: m.sizeBytes } };
+      encryption = {
+        format: 'age',
+        recipients: staged.recipients,
+        storedSha256: stored.proof.sha256,
+        storedSizeBytes: stored.proof.sizeBytes,
+      };
+    } else {
+      // The hash is checked while streaming: a local file that is not what the manifest says never lands.
+      dump = await copyAndProve(
+        dumpKey,
+        // 1 MiB chunks for real dumps; a small file gets a buffer its own size (streams allocate a whole chunk).
+        () =>
+          createReadStream(entry.paths.dump, {
+            highWaterMark: Math.max(1024, Math.min(local.size, STREAM_CHUNK_BYTES)),
+          }),
+        { sha256: m.sha256, sizeBytes: m.sizeBytes },
+      );
+    }
     const manifestHash = await hashFile(entry.paths.manifest);
     await copyAndProve(manifestKey, () => createReadStream(entry.paths.manifest), manifestHash);
     const provenAt = Date.now();
@@ -285,8 +336,11 @@ export function createReplicator(options: ReplicatorOptions): Replicator {
       attempts: attempt,
       at: new Date(provenAt).toISOString(),
       lagSeconds: Math.max(0, (provenAt - manifestArrivedMs) / 1000),
+      ...(encryption ? { encryption } : {}),
     };
     await catalog.writeOffsiteReceipt(receipt);
+    // Only once the receipt holds the stored hash: a retry before it puts the same file again.
+    await staged?.discard().catch(() => undefined);
     copySeconds.observe((performance.now() - started) / 1000);
     if (dump.created) bytes.inc(m.sizeBytes);
     return { receipt, created: dump.created };
@@ -314,15 +368,35 @@ export function createReplicator(options: ReplicatorOptions): Replicator {
       const head = await store.head(dumpKey);
       if (!head)
         return { pending: `the local dump is missing and ${at} does not exist: nothing to copy or prove` };
-      if (head.sizeBytes !== m.sizeBytes) {
+      if (!storedSizeFits(head.sizeBytes, m.sizeBytes)) {
         return {
-          pending: `the local dump is missing and ${at} is ${head.sizeBytes} B, not the manifest's ${m.sizeBytes} B`,
+          pending: `the local dump is missing and ${at} is ${head.sizeBytes} B, not the manifest's ${m.sizeBytes} B (nor its age encryption)`,
         };
       }
       const seen = `${head.sizeBytes}:${head.modifiedAt}`;
       const failed = failedOffsiteProofs.get(dumpKey);
       if (failed?.seen === seen) return { pending: failed.why };
-      const proof = await store.hash(dumpKey, controller.signal);
+      let encryption: OffsiteReceipt['encryption'];
+      let proof: ContentHash | undefined;
+      if (head.sizeBytes !== m.sizeBytes && isAgeHead(await firstBytesOf(dumpKey))) {
+        // Encrypted: the stored bytes and the plaintext they open to, in one read (needs an identity).
+        const sealed = await proveSealedObject(
+          store,
+          dumpKey,
+          head.sizeBytes,
+          options.identities?.(),
+          controller.signal,
+        );
+        proof = sealed.plain;
+        encryption = {
+          format: 'age',
+          recipients: [],
+          storedSha256: sealed.stored.sha256,
+          storedSizeBytes: sealed.stored.sizeBytes,
+        };
+      } else {
+        proof = await store.hash(dumpKey, controller.signal);
+      }
       if (!proof || proof.sha256 !== m.sha256 || proof.sizeBytes !== m.sizeBytes) {
         const why =
           `the local dump is missing and ${at} ${proof ? `hashes to ${proof.sha256.slice(0, 12)}…` : 'vanished while read'}, ` +
@@ -356,6 +430,7 @@ export function createReplicator(options: ReplicatorOptions): Replicator {
         attempts: attempt,
         at: new Date().toISOString(),
         // No lagSeconds: the local manifest arrived from the store, long after the copy was made.
+        ...(encryption ? { encryption } : {}),
       };
       await catalog.writeOffsiteReceipt(receipt);
       return { receipt };

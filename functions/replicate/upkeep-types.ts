@@ -1,10 +1,12 @@
 // The shapes upkeep's modules share (upkeep.ts runs the sweep; copy-rehash.ts, offsite-expiry.ts and
 // offsite-inventory.ts each do one part of it).
+
 import type { Catalog, CatalogEntry } from '../../shared/catalog/catalog.js';
 import type { Manifest } from '../../shared/catalog/records.js';
 import type { Emit } from '../../shared/kit/runtime.js';
 import type { Logger } from '../../shared/log.js';
 import type { Registry } from '../../shared/metrics.js';
+import type { AgeIdentities } from '../../shared/offsite/age.js';
 import type { OffsiteObject, OffsiteStore } from '../../shared/offsite/types.js';
 import type { CopyPlace, RetainedCopy } from './rotation.js';
 import type { UpkeepState } from './upkeep-state.js';
@@ -59,6 +61,8 @@ export interface UpkeepContext {
   state(): UpkeepState;
   /** A copy job of replicate's is running for this backup: its receipt is the job's to write now. */
   isCopying(projectId: string, backupId: string): boolean;
+  /** FLUX_BACKUP_AGE_IDENTITY_FILE's identities: prove an encrypted copy that no receipt describes. */
+  identities?: () => AgeIdentities | undefined;
 }
 
 export const keyOf = (projectId: string, backupId: string) => `${projectId}/${backupId}`;

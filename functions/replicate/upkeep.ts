@@ -11,6 +11,7 @@ import { AppError } from '../../shared/errors.js';
 import type { Emit } from '../../shared/kit/runtime.js';
 import type { Logger } from '../../shared/log.js';
 import { counter, gauge, type Registry } from '../../shared/metrics.js';
+import type { AgeIdentities } from '../../shared/offsite/age.js';
 import type { OffsiteStore } from '../../shared/offsite/types.js';
 import { createCopyRehash } from './copy-rehash.js';
 import { createOffsiteExpiry } from './offsite-expiry.js';
@@ -50,6 +51,8 @@ export interface UpkeepOptions {
   manifestSecrets: readonly string[];
   /** A copy job of replicate's is running for this backup: its receipt is the job's to write now. */
   isCopying(projectId: string, backupId: string): boolean;
+  /** FLUX_BACKUP_AGE_IDENTITY_FILE's identities, once loaded. */
+  identities?: () => AgeIdentities | undefined;
 }
 
 export interface Upkeep {
@@ -81,6 +84,7 @@ export function createUpkeep(options: UpkeepOptions): Upkeep {
       return state;
     },
     isCopying: options.isCopying,
+    ...(options.identities ? { identities: options.identities } : {}),
   };
   const rehashCopy = createCopyRehash(ctx);
   const expire = createOffsiteExpiry(ctx, { retention: options.retention, immutable: options.immutable });

@@ -6,6 +6,7 @@ import { AppError, ERROR_TABLE } from '../../shared/errors.js';
 import { createKit, readJson } from '../../shared/kit/app.js';
 import { dirWritableCheck, registryCheck, toolCheck } from '../../shared/kit/readiness.js';
 import type { FunctionApp, Runtime } from '../../shared/kit/runtime.js';
+import { lazyOffsiteStore } from '../../shared/offsite/index.js';
 import { type Project, requireProjectByHash } from '../../shared/registry.js';
 import { RestoreBodySchema } from './plan.js';
 import { isRestoreId, type RestoreRecord } from './record.js';
@@ -97,6 +98,8 @@ export function createApp(rt: Runtime): FunctionApp {
     app,
     accepts: [],
     async start() {
+      // A wrong identity fails here, with the fix, not at the first restore from offsite.
+      await rt.ageKeys.checkNewest(lazyOffsiteStore(rt.config), rt.log);
       await rt.inbox.start();
       await rt.outbox.start();
       await restorer.recover();

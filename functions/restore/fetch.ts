@@ -10,6 +10,7 @@ import { ensureDir, hashFile, STREAM_CHUNK_BYTES } from '../../shared/atomic.js'
 import type { CatalogEntry } from '../../shared/catalog/catalog.js';
 import type { Manifest } from '../../shared/catalog/records.js';
 import { AppError, errnoOf, fsWriteError } from '../../shared/errors.js';
+import type { AgeIdentities } from '../../shared/offsite/age.js';
 import { checkedStream, openArtifact } from '../../shared/offsite/artifact.js';
 import type { OffsiteStore } from '../../shared/offsite/types.js';
 
@@ -26,6 +27,8 @@ export async function fetchArtifact(input: {
   manifest: Manifest;
   source: 'local' | 'offsite';
   store: () => OffsiteStore;
+  /** Opens an age-encrypted offsite copy (FLUX_BACKUP_AGE_IDENTITY_FILE). */
+  identities?: AgeIdentities | undefined;
   workDir: string;
   restoreId: string;
   signal: AbortSignal;
@@ -63,7 +66,7 @@ export async function fetchArtifact(input: {
   const artifact = await openArtifact(
     { projectId: manifest.projectId, backupId: manifest.backupId, manifest },
     'offsite',
-    { store },
+    { store, identities: input.identities },
   );
   if (!artifact) {
     throw new AppError('not_found', `backup ${manifest.backupId} has no offsite copy in ${store.location}`);

@@ -162,7 +162,7 @@ export function createRestorer(rt: Runtime): Restorer {
         const artifact = await openArtifact(
           { projectId: manifest.projectId, backupId: manifest.backupId, manifest },
           'offsite',
-          { store },
+          { store, identities: rt.ageKeys.identities() },
         );
         if (!artifact) throw new AppError('not_found', `backup ${manifest.backupId} has no offsite copy`);
         header = parseArchiveHeader(await artifact.readHead(HEADER_READ_BYTES));

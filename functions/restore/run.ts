@@ -116,6 +116,7 @@ export async function executeRun(ctx: RunContext): Promise<RestoreRecord> {
       manifest,
       source: record.source,
       store: ctx.store,
+      identities: ctx.rt.ageKeys.identities(),
       workDir: ctx.workDir,
       restoreId: record.restoreId,
       signal: ctx.signal,

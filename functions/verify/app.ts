@@ -11,6 +11,7 @@ import { createKit, type EventHandler, readJson } from '../../shared/kit/app.js'
 import { type PatientOptions, patientJson } from '../../shared/kit/patient.js';
 import { dirWritableCheck } from '../../shared/kit/readiness.js';
 import type { FunctionApp, Runtime } from '../../shared/kit/runtime.js';
+import { lazyOffsiteStore } from '../../shared/offsite/index.js';
 import { requireProjectByHash } from '../../shared/registry.js';
 import { createVerifyReconcile } from './reconcile.js';
 import { createReverifySchedule } from './schedule.js';
@@ -190,6 +191,8 @@ export function createApp(
     app,
     accepts: triggers,
     async start() {
+      // A wrong identity fails here, with the fix, not at the first offsite verification.
+      await rt.ageKeys.checkNewest(lazyOffsiteStore(config), rt.log);
       await rt.inbox.start();
       await verifier.startReaper();
       await rt.outbox.start();

@@ -760,6 +760,7 @@ export function createVerifier(rt: Runtime, options: VerifierOptions = {}): Veri
       }
       const artifact = await openArtifact(entry as CatalogEntry & { manifest: Manifest }, source, {
         store: offsiteStore,
+        identities: rt.ageKeys.identities(),
       });
       const joined = inFlight.get(key);
       if (joined) return { ...joined, joined: true };

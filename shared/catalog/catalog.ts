@@ -122,6 +122,11 @@ export interface ApiBackup {
   offsiteReplicatedAt: string | null;
   /** Manifest arrival to offsite proven, as replicate measured it. */
   offsiteLagSeconds: number | null;
+  /**
+   * How the offsite copy is stored: `age` and the public keys it was encrypted to (whose identities
+   * open it; empty = found encrypted, recipients not known), or null for a plain copy or none.
+   */
+  offsiteEncryption: { format: 'age'; recipients: string[] } | null;
   artifactValidationStatus: UpstreamArtifactStatus;
   /** Ours: adds `missing` (the local dump file is gone), which upstream reads as artifact_invalid. */
   artifactValidationOutcome: ArtifactStatus;
@@ -522,6 +527,9 @@ export function createCatalog(options: CatalogOptions): Catalog {
         offsiteContentSha256: entry.offsite?.contentSha256 ?? null,
         offsiteReplicatedAt: entry.offsite?.status === 'replicated' ? entry.offsite.at : null,
         offsiteLagSeconds: entry.offsite?.status === 'replicated' ? (entry.offsite.lagSeconds ?? null) : null,
+        offsiteEncryption: entry.offsite?.encryption
+          ? { format: entry.offsite.encryption.format, recipients: entry.offsite.encryption.recipients }
+          : null,
         artifactValidationStatus: upstreamArtifactStatus(artifact.status),
         artifactValidationOutcome: artifact.status,
         artifactValidationError: artifact.error ?? null,

@@ -87,6 +87,20 @@ export const OffsiteReceiptSchema = z.object({
   lagSeconds: z.number().optional(),
   reason: z.string().optional(),
   error: z.string().optional(),
+  /**
+   * Set when the stored object is age-encrypted: `contentSha256`/`sizeBytes` are then the plaintext's
+   * (proven equal to the manifest's while it was encrypted), these are the stored object's (proven by
+   * re-reading it), and `recipients` are the public keys it was encrypted to (empty: not known, a copy
+   * found encrypted and proven by decrypting it).
+   */
+  encryption: z
+    .object({
+      format: z.literal('age'),
+      recipients: z.array(z.string()),
+      storedSha256: sha256,
+      storedSizeBytes: z.number().int().nonnegative(),
+    })
+    .optional(),
   /** HMAC-SHA256 tag over the rest (record-auth.ts), present when its writer had FLUX_MANIFEST_SECRETS. */
   auth: RecordAuthSchema.optional(),
 });

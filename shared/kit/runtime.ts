@@ -1,5 +1,6 @@
 // The dependencies every function is built from, made once per function from the config: logger,
 // metrics, registry, catalog, outbox, inbox and the event emitter.
+
 import { randomBytes } from 'node:crypto';
 import path from 'node:path';
 import { type BackupFinding, type Catalog, createCatalog } from '../catalog/catalog.js';
@@ -11,6 +12,7 @@ import { createInbox, type Inbox } from '../events/inbox.js';
 import { createOutbox, type Outbox } from '../events/outbox.js';
 import { createLogger, type Logger } from '../log.js';
 import { counter, createRegistry, type Registry } from '../metrics.js';
+import { type AgeKeys, ageKeysFromConfig } from '../offsite/age-keys.js';
 import { createFileRegistry, type ProjectRegistry } from '../registry.js';
 import type { App } from './app.js';
 
@@ -42,6 +44,8 @@ export interface Runtime {
   inbox: Inbox;
   emit: Emit;
   webhookSecrets: readonly string[];
+  /** The age keys of offsite copies (FLUX_BACKUP_AGE_RECIPIENTS, FLUX_BACKUP_AGE_IDENTITY_FILE). */
+  ageKeys: AgeKeys;
   /** The base URL another function of this deployment answers on (the all-in-one: its own loopback mount). */
   peerUrl(fn: FunctionName): string;
 }
@@ -109,8 +113,12 @@ export function createRuntime(
       log,
       cacheFile: path.join(config.FLUX_STATE_DIR, 'catalog', `${name}-artifacts.json`),
       keys: recordKeysOf(config),
-      // emit is defined below; a catalog read happens only once the runtime is built.
-      onFinding: (finding) => void emitFinding(emit, finding),
+      // emit is defined below; a catalog read happens only once the runtime is built. Every process
+      // of a split deployment has its own catalog and finds the same records: the event goes out once,
+      // from dump (whose status speaks for the catalog); the others log their finding.
+      onFinding: (finding) => {
+        if (name === 'dump') void emitFinding(emit, finding);
+      },
     });
   const webhookSecrets = options.webhookSecrets ?? config.FLUX_WEBHOOK_SECRETS;
   const sinks = () => [...config.FLUX_EVENT_SINKS, ...(options.extraSinks?.() ?? [])];
@@ -159,5 +167,20 @@ export function createRuntime(
     return event;
   };
   const peerUrl = options.peerUrl ?? ((fn: FunctionName) => config[UPSTREAM_VARS[fn]].replace(/\/+$/, ''));
-  return { name, config, env, log, metrics, registry, catalog, outbox, inbox, emit, webhookSecrets, peerUrl };
+  const ageKeys = ageKeysFromConfig(config);
+  return {
+    name,
+    config,
+    env,
+    log,
+    metrics,
+    registry,
+    catalog,
+    outbox,
+    inbox,
+    emit,
+    webhookSecrets,
+    ageKeys,
+    peerUrl,
+  };
 }

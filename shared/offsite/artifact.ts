@@ -9,6 +9,7 @@ import { STREAM_CHUNK_BYTES } from '../atomic.js';
 import { type Manifest, ManifestSchema } from '../catalog/records.js';
 import { MIB } from '../config.js';
 import { AppError, errnoOf } from '../errors.js';
+import { type AgeIdentities, isAgeHead, unseal } from './age.js';
 import { dumpKeyOf, manifestKeyOf } from './keys.js';
 import type { ContentHash, OffsiteStore } from './types.js';
 
@@ -22,8 +23,10 @@ export interface Artifact {
   source: ArtifactSource;
   /** The local path, or `<store location>/<key>`: for receipts and logs (never credentials). */
   location: string;
-  /** Size of the stored bytes as found now (stat / HEAD), known before any byte is read. */
+  /** Size of the content as found now (stat / HEAD; for an encrypted copy, of the plaintext), known before it is read. */
   sizeBytes: number;
+  /** Set for an age-encrypted offsite copy: `open` and `readHead` give the plaintext. */
+  encrypted?: { format: 'age'; storedSizeBytes: number };
   /** What the manifest recorded: the bytes must be exactly this. */
   expected: ContentHash;
   /** The whole content, read afresh on each call. */
@@ -44,6 +47,8 @@ export interface ArtifactRef {
 export interface ArtifactDeps {
   /** The offsite store (or a getter, so it is only built when an offsite copy is asked for). */
   store?: OffsiteStore | (() => OffsiteStore);
+  /** The identities that open age-encrypted copies (FLUX_BACKUP_AGE_IDENTITY_FILE), when this host has them. */
+  identities?: AgeIdentities | undefined;
 }
 
 export function parseArtifactSource(value: unknown, fallback: ArtifactSource = 'local'): ArtifactSource {
@@ -127,17 +132,38 @@ export async function openArtifact(
   const key = dumpKeyOf(ref.projectId, ref.backupId);
   const head = await store.head(key);
   if (!head) return undefined;
-  return {
+  const location = `${store.location}/${key}`;
+  const stored = {
     source,
-    location: `${store.location}/${key}`,
+    location,
     sizeBytes: head.sizeBytes,
     expected,
-    open: (signal) => store.get(key, signal),
-    async readHead(bytes, signal) {
+    open: (signal?: AbortSignal) => store.get(key, signal),
+    async readHead(bytes: number, signal?: AbortSignal) {
       return firstBytes(await store.get(key, signal), bytes);
+    },
+  } satisfies Artifact;
+  if (!isAgeHead(await stored.readHead(AGE_MAGIC_BYTES))) return stored;
+  // An encrypted copy: readers see the plaintext, proven against the manifest as a plain copy is.
+  const opened = async (signal?: AbortSignal) =>
+    unseal(await store.get(key, signal), head.sizeBytes, deps.identities, `offsite copy ${location}`);
+  const first = await opened();
+  first.stream.destroy();
+  return {
+    source,
+    location,
+    sizeBytes: first.plainSizeBytes,
+    expected,
+    encrypted: { format: 'age', storedSizeBytes: head.sizeBytes },
+    open: async (signal) => (await opened(signal)).stream,
+    async readHead(bytes, signal) {
+      return firstBytes((await opened(signal)).stream, bytes);
     },
   };
 }
+
+/** Enough of an object's start to tell an age file from a dump. */
+const AGE_MAGIC_BYTES = 32;
 
 /**
  * Passes `stream` through unchanged, hashing it; fails the stream at its end (an `artifact_invalid`
