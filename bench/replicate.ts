@@ -131,6 +131,7 @@ export async function benchReplicate(ctx: BenchContext): Promise<void> {
       { fn: viaReplicate, base: cpSha },
       { warmup: options.warmup },
     );
+    await benchSealed(ctx, sourceFile, sha256, size);
     await rm(sourceFile, { force: true });
     ctx.record({
       id: 'replicate.large',
@@ -236,6 +237,97 @@ export async function benchReplicate(ctx: BenchContext): Promise<void> {
     }
   } finally {
     for (const clock of clocks) clock.close();
+    await proc.stop();
+  }
+}
+
+/**
+ * The same large backup through a replicate that encrypts offsite copies (FLUX_BACKUP_AGE_RECIPIENTS),
+ * against the age CLI encrypting the file to the store, then sha256sum of the result.
+ */
+async function benchSealed(
+  ctx: BenchContext,
+  sourceFile: string,
+  sha256: string,
+  size: number,
+): Promise<void> {
+  const { options } = ctx;
+  const dirs = await ctx.dirs('replicate-age');
+  await writeRegistry(dirs.projects, { projects: [] });
+  const project = randomUUID();
+  await mkdir(path.join(dirs.local, project), { recursive: true });
+  const keygen = await execa('age-keygen', ['-o', path.join(dirs.base, 'age.key')]);
+  const recipient = /Public key: (age1\S+)/.exec(String(keygen.stderr))?.[1];
+  if (!recipient) throw new Error('age-keygen printed no public key');
+  const port = await freePort();
+  const proc = await startFunction({
+    main: 'replicate',
+    port,
+    ready: true,
+    env: ctx.env(dirs, {
+      FLUX_REPLICATE_PORT: String(port),
+      FLUX_REPLICATE_RECONCILE_INTERVAL_MS: String(60 * 60_000),
+      FLUX_BACKUP_AGE_RECIPIENTS: recipient,
+    }),
+  });
+  const clock = new ArrivalClock(
+    path.join(dirs.local, project),
+    (name) => name.endsWith(RECEIPT) && !name.startsWith('.'),
+  );
+  try {
+    const peaks: number[] = [];
+    const viaReplicate = async () => {
+      const backupId = newBackupId();
+      const paths = backupPaths(dirs.local, project, backupId);
+      await link(sourceFile, paths.dump);
+      await dropCaches();
+      await resetPeak(proc.pid);
+      const arrived = await arrive(
+        paths.manifest,
+        fakeManifest(project, backupId, { sizeBytes: size, sha256 }),
+      );
+      const done = await clock.waitFor(`${backupId}${RECEIPT}`, LARGE_TIMEOUT_MS);
+      const elapsed = (done - arrived) / 1000;
+      peaks.push((await memoryOf(proc.pid)).peak / MB);
+      const receipt = await readReceipt(paths.offsite);
+      if (receipt.status !== 'replicated' || !receipt.encryption)
+        throw new Error(`replicate wrote a ${receipt.status} receipt without encryption: ${receipt.error}`);
+      const offsite = backupPaths(dirs.offsite, project, backupId);
+      for (const file of [offsite.dump, offsite.manifest, paths.dump, paths.manifest, paths.offsite]) {
+        await rm(file, { force: true });
+      }
+      return options.replicateMb / elapsed;
+    };
+    const copyFile = path.join(dirs.offsite, 'baseline.age');
+    const ageSha = async () => {
+      await dropCaches();
+      const started = performance.now();
+      await execa('age', ['-r', recipient, '-o', copyFile, sourceFile]);
+      await execa('sha256sum', [copyFile]);
+      const elapsed = (performance.now() - started) / 1000;
+      await rm(copyFile, { force: true });
+      return options.replicateMb / elapsed;
+    };
+    ctx.say(`replicate: the same backup encrypted (age), ${options.rounds} alternating rounds`);
+    const runs = await alternate(
+      options.rounds,
+      { fn: viaReplicate, base: ageSha },
+      { warmup: options.warmup },
+    );
+    ctx.record({
+      id: 'replicate.large.age',
+      group: 'replicate',
+      name: `replicate ${options.replicateMb >= 1024 ? `${options.replicateMb / 1024} GiB` : `${options.replicateMb} MiB`} backup encrypted (age), arrival -> receipt`,
+      unit: 'MiB/s',
+      fn: summarize(runs.fn),
+      baseline: { ...summarize(runs.base), label: 'age -r + sha256sum' },
+      goals: [{ of: 'ratio', op: '>=', value: 0.5 }],
+      peakRssMb: Math.max(...peaks.slice(-options.rounds)),
+      details: { sizeBytes: size },
+      note: 'throughput: higher is better; the function also hashes the plaintext and re-reads the stored copy',
+    });
+  } finally {
+    clock.close();
     await proc.stop();
   }
 }

@@ -2,9 +2,9 @@
 // with the plain `age` CLI and no flux-ops. Writers hold recipients only (public keys,
 // FLUX_BACKUP_AGE_RECIPIENTS); readers hold identities (FLUX_BACKUP_AGE_IDENTITY_FILE). Everything
 // streams: memory stays at a few age chunks (64 KiB each) whatever the dump's size.
-import { createHash } from 'node:crypto';
+import { createCipheriv, createDecipheriv, createHash, hkdfSync, randomBytes } from 'node:crypto';
 import { readFile, stat } from 'node:fs/promises';
-import { Readable, Transform } from 'node:stream';
+import { type Readable, Transform } from 'node:stream';
 import { Decrypter, Encrypter, identityToRecipient } from 'age-encryption';
 import { STREAM_CHUNK_BYTES } from '../atomic.js';
 import { AppError, errnoOf } from '../errors.js';
@@ -191,6 +191,41 @@ export interface SealedStream {
   plain(): ContentHash;
 }
 
+// The header (recipient stanzas and MAC) comes from the age library; the payload, where all the bytes
+// are, is the spec's STREAM construction on Node's native ChaCha20-Poly1305, several times faster than
+// the library's JavaScript cipher. The CLI interop tests (age.test.ts) hold the two to the same format.
+const PAYLOAD_LABEL = Buffer.from('payload');
+
+function streamKeyOf(fileKey: Uint8Array, nonce: Buffer): Buffer {
+  return Buffer.from(hkdfSync('sha256', fileKey, nonce, PAYLOAD_LABEL, 32));
+}
+
+/** The STREAM nonce of chunk `counter`: an 11-byte big-endian counter, then 1 for the last chunk. */
+function chunkNonce(counter: number, last: boolean): Buffer {
+  const nonce = Buffer.alloc(12);
+  nonce.writeUIntBE(counter, 5, 6);
+  nonce[11] = last ? 1 : 0;
+  return nonce;
+}
+
+/** The header of a file for `recipients`, and the file key it wraps (for the payload). */
+async function headerFor(recipients: readonly string[]): Promise<{ header: Buffer; fileKey: Uint8Array }> {
+  const encrypter = new Encrypter();
+  for (const r of recipients) encrypter.addRecipient(r);
+  let fileKey: Uint8Array | undefined;
+  // Adds no stanza: it only sees the file key the real recipients' stanzas wrap.
+  encrypter.addRecipient({
+    wrapFileKey(key: Uint8Array) {
+      fileKey = Uint8Array.from(key);
+      return [];
+    },
+  });
+  const empty = await encrypter.encrypt(new Uint8Array(0));
+  // An empty file is its header, a 16-byte nonce and one empty chunk (its 16-byte tag): this payload
+  // is discarded, and ours gets a nonce (so a stream key) of its own.
+  return { header: Buffer.from(empty.subarray(0, empty.length - AGE_NONCE - AGE_TAG)), fileKey: fileKey! };
+}
+
 /** `source` (of `plainSize` bytes) encrypted to `recipients`, streaming. */
 export async function seal(
   source: Readable,
@@ -198,19 +233,53 @@ export async function seal(
   recipients: readonly string[],
 ): Promise<SealedStream> {
   if (recipients.length === 0) throw new AppError('internal', 'sealing needs at least one recipient');
-  const encrypter = new Encrypter();
-  for (const r of recipients) encrypter.addRecipient(r);
-  const counted = hashingPassThrough();
-  source.once('error', (error) => counted.stream.destroy(error));
-  const web = await encrypter.encrypt(
-    Readable.toWeb(source.pipe(counted.stream)) as ReadableStream<Uint8Array>,
-  );
+  const { header, fileKey } = await headerFor(recipients);
+  const nonce = randomBytes(AGE_NONCE);
+  const key = streamKeyOf(fileKey, nonce);
+  const hash = createHash('sha256');
+  let plainBytes = 0;
+  let counter = 0;
+  let held: Buffer[] = [];
+  let heldBytes = 0;
+  const encryptChunk = (data: Buffer, last: boolean): Buffer => {
+    const cipher = createCipheriv('chacha20-poly1305', key, chunkNonce(counter++, last), {
+      authTagLength: AGE_TAG,
+    });
+    return Buffer.concat([cipher.update(data), cipher.final(), cipher.getAuthTag()]);
+  };
+  const sealer = new Transform({
+    highWaterMark: STREAM_CHUNK_BYTES,
+    transform(chunk: Buffer, _encoding, callback) {
+      hash.update(chunk);
+      plainBytes += chunk.length;
+      held.push(chunk);
+      heldBytes += chunk.length;
+      // A full chunk leaves only once more follows: the last chunk (full or not) is the flush's.
+      if (heldBytes <= AGE_CHUNK) return callback();
+      let all = Buffer.concat(held);
+      const out: Buffer[] = [];
+      while (all.length > AGE_CHUNK) {
+        out.push(encryptChunk(all.subarray(0, AGE_CHUNK), false));
+        all = all.subarray(AGE_CHUNK);
+      }
+      held = [all];
+      heldBytes = all.length;
+      callback(null, Buffer.concat(out));
+    },
+    flush(callback) {
+      callback(null, encryptChunk(Buffer.concat(held), true));
+    },
+  });
+  sealer.push(Buffer.concat([header, nonce]));
+  source.once('error', (error) => sealer.destroy(error));
+  let digest: string | undefined;
   return {
-    stream: Readable.fromWeb(web as import('node:stream/web').ReadableStream<Uint8Array>, {
-      highWaterMark: 4,
-    }),
-    storedSizeBytes: web.size(plainSize),
-    plain: counted.result,
+    stream: source.pipe(sealer),
+    storedSizeBytes: header.length + payloadSize(plainSize),
+    plain() {
+      digest ??= hash.digest('hex');
+      return { sha256: digest, sizeBytes: plainBytes };
+    },
   };
 }
 
@@ -219,6 +288,16 @@ export interface OpenedCopy {
   stream: Readable;
   /** The plaintext size, from the stored size (known once the header was read). */
   plainSizeBytes: number;
+}
+
+/** The plaintext size of an age payload (nonce included) of `payloadBytes`, or -1 when none fits. */
+function plainSizeOf(payloadBytes: number): number {
+  const sealed = payloadBytes - AGE_NONCE;
+  if (sealed < AGE_TAG) return -1;
+  const chunks = Math.ceil(sealed / (AGE_CHUNK + AGE_TAG));
+  const last = sealed - (chunks - 1) * (AGE_CHUNK + AGE_TAG);
+  if (last < AGE_TAG || (last === AGE_TAG && chunks > 1)) return -1;
+  return sealed - chunks * AGE_TAG;
 }
 
 /**
@@ -240,51 +319,113 @@ export async function unseal(
       { details: { reason: 'encryption_key_missing' } },
     );
   }
-  let web: Awaited<ReturnType<Decrypter['decrypt']>> extends infer T ? T : never;
-  try {
-    web = await identities.decrypter().decrypt(Readable.toWeb(source) as ReadableStream<Uint8Array>);
-  } catch (error) {
-    source.destroy();
-    const message = (error as Error).message;
-    if (/no identity matched/i.test(message)) {
-      throw new AppError(
-        'encryption_key_missing',
-        `no identity in FLUX_BACKUP_AGE_IDENTITY_FILE (${identities.file}) opens ${label}: it is encrypted to other recipients; ` +
-          'add the secret key of one of the recipients its receipt names to that file',
-        { details: { reason: 'encryption_key_missing' } },
-      );
-    }
-    throw new AppError('artifact_invalid', `${label} is not a valid age file (${message})`, {
-      details: { reason: 'artifact_invalid' },
-    });
-  }
-  let plainSizeBytes: number;
-  try {
-    plainSizeBytes = web.size(storedSize);
-  } catch {
-    plainSizeBytes = -1;
-  }
-  const plain = Readable.fromWeb(web as import('node:stream/web').ReadableStream<Uint8Array>, {
-    highWaterMark: 4,
+  const invalid = (why: string) =>
+    new AppError(
+      'artifact_invalid',
+      `${label} fails age authentication (${why}): the stored copy was altered or truncated`,
+      { details: { reason: 'artifact_invalid' } },
+    );
+  let headerBytes = -1;
+  /** The file key, from the header; the stream key once the payload's nonce has been read. */
+  let pendingKey: Uint8Array | undefined;
+  let key: Buffer | undefined;
+  let counter = 0;
+  let buffered: Buffer = Buffer.alloc(0);
+  let plainSizeBytes = -1;
+  let ready!: { resolve: () => void; reject: (error: unknown) => void };
+  const headerRead = new Promise<void>((resolve, reject) => {
+    ready = { resolve, reject };
   });
-  // The library's errors ("invalid tag", "stream ended early") become the artifact error readers expect.
-  const out = new Transform({
+  const decryptChunk = (data: Buffer, last: boolean): Buffer => {
+    const decipher = createDecipheriv('chacha20-poly1305', key!, chunkNonce(counter++, last), {
+      authTagLength: AGE_TAG,
+    });
+    decipher.setAuthTag(data.subarray(data.length - AGE_TAG));
+    try {
+      return Buffer.concat([decipher.update(data.subarray(0, data.length - AGE_TAG)), decipher.final()]);
+    } catch {
+      throw invalid(`chunk ${counter - 1}`);
+    }
+  };
+  async function openHeader(): Promise<void> {
+    const end = buffered.indexOf('\n--- ');
+    const eol = end < 0 ? -1 : buffered.indexOf(0x0a, end + 1);
+    if (eol < 0) {
+      if (buffered.length > AGE_HEADER_MAX) throw invalid('no header end within 64 KiB');
+      return;
+    }
+    const header = buffered.subarray(0, eol + 1);
+    let fileKey: Uint8Array;
+    try {
+      fileKey = await identities!.decrypter().decryptHeader(header);
+    } catch (error) {
+      const message = (error as Error).message;
+      if (/no identity matched/i.test(message)) {
+        throw new AppError(
+          'encryption_key_missing',
+          `no identity in FLUX_BACKUP_AGE_IDENTITY_FILE (${identities!.file}) opens ${label}: it is encrypted to other recipients; ` +
+            'add the secret key of one of the recipients its receipt names to that file',
+          { details: { reason: 'encryption_key_missing' } },
+        );
+      }
+      throw new AppError('artifact_invalid', `${label} is not a valid age file (${message})`, {
+        details: { reason: 'artifact_invalid' },
+      });
+    }
+    headerBytes = header.length;
+    plainSizeBytes = plainSizeOf(storedSize - headerBytes);
+    buffered = buffered.subarray(headerBytes);
+    pendingKey = fileKey;
+    ready.resolve();
+  }
+  const takeNonce = () => {
+    if (key || !pendingKey || buffered.length < AGE_NONCE) return;
+    key = streamKeyOf(pendingKey, buffered.subarray(0, AGE_NONCE));
+    buffered = buffered.subarray(AGE_NONCE);
+  };
+  const opener = new Transform({
     highWaterMark: STREAM_CHUNK_BYTES,
     transform(chunk: Buffer, _encoding, callback) {
-      callback(null, chunk);
+      buffered = buffered.length === 0 ? chunk : Buffer.concat([buffered, chunk]);
+      const step = async () => {
+        if (headerBytes < 0) await openHeader();
+        takeNonce();
+        if (!key) return undefined;
+        const out: Buffer[] = [];
+        // A chunk is known not to be the last only once more bytes follow it.
+        while (buffered.length > AGE_CHUNK + AGE_TAG) {
+          out.push(decryptChunk(buffered.subarray(0, AGE_CHUNK + AGE_TAG), false));
+          buffered = buffered.subarray(AGE_CHUNK + AGE_TAG);
+        }
+        return out.length > 0 ? Buffer.concat(out) : undefined;
+      };
+      step().then(
+        (out) => callback(null, out),
+        (error) => callback(error),
+      );
+    },
+    flush(callback) {
+      try {
+        if (headerBytes < 0) throw invalid('the file ends inside its header');
+        takeNonce();
+        if (!key) throw invalid('the file ends before its payload');
+        if (buffered.length < AGE_TAG) throw invalid('the last chunk is cut short');
+        if (buffered.length === AGE_TAG && counter > 0) throw invalid('an empty last chunk after others');
+        callback(null, decryptChunk(buffered, true));
+      } catch (error) {
+        callback(error as Error);
+      }
     },
   });
-  plain.once('error', (error) =>
-    out.destroy(
-      new AppError(
-        'artifact_invalid',
-        `${label} fails age authentication (${error.message}): the stored copy was altered or truncated`,
-        {
-          details: { reason: 'artifact_invalid' },
-        },
-      ),
-    ),
-  );
-  out.once('close', () => plain.destroy());
-  return { stream: plain.pipe(out), plainSizeBytes };
+  opener.once('error', (error) => ready.reject(error));
+  source.once('error', (error) => opener.destroy(error));
+  opener.once('close', () => source.destroy());
+  source.pipe(opener);
+  try {
+    await headerRead;
+  } catch (error) {
+    opener.destroy();
+    throw error;
+  }
+  return { stream: opener, plainSizeBytes };
 }
