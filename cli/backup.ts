@@ -61,6 +61,15 @@ export function describeBackup(
     ['restore', restoreOf(b)],
     ['offsite', offsiteOf(b)],
   ];
+  const sealed = b.offsiteEncryption;
+  if (sealed) {
+    rows.push([
+      'encrypted',
+      sealed.recipients.length > 0
+        ? `${sealed.format} to ${sealed.recipients.join(', ')}`
+        : `${sealed.format} (recipients not recorded: proven by decrypting it)`,
+    ]);
+  }
   if (b.error) rows.push(['error', b.error]);
   if (b.restoreVerificationError) rows.push(['verify error', b.restoreVerificationError]);
   rows.push(...extra);

@@ -30,6 +30,8 @@ export interface ApiBackup {
   /** Upstream's words (complete, artifact_valid, …); the `…Outcome` fields are ours. */
   offsiteStatus?: string;
   offsiteOutcome?: string;
+  /** How the offsite copy is stored: age and the public keys whose identities open it, or null (plain). */
+  offsiteEncryption?: { format: string; recipients: string[] } | null;
   artifactValidationStatus?: string;
   artifactValidationOutcome?: string;
   restoreVerificationStatus?: string;

@@ -12,6 +12,8 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { execa } from 'execa';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { describeBackup } from '../cli/backup.js';
+import type { ApiBackup } from '../cli/project.js';
 import { createApp as createDump } from '../functions/dump/app.js';
 import { createApp as createReplicate } from '../functions/replicate/app.js';
 import { stageSealed } from '../functions/replicate/sealed-copy.js';
@@ -191,12 +193,10 @@ describe('encrypted offsite copies (directory store)', () => {
     const shown = await dump.app.request(`/api/cli/v1/projects/${project.hash}/backups/${first}`, {
       headers: ADMIN.header,
     });
-    expect(
-      ((await shown.json()) as { backup: { offsiteEncryption: unknown } }).backup.offsiteEncryption,
-    ).toEqual({
-      format: 'age',
-      recipients: [id1.recipient],
-    });
+    const row = ((await shown.json()) as { backup: ApiBackup }).backup;
+    expect(row.offsiteEncryption).toEqual({ format: 'age', recipients: [id1.recipient] });
+    // backup show says it too.
+    expect(describeBackup(row, project.slug)).toMatch(new RegExp(`\\n  encrypted +age to ${id1.recipient}`));
     const status = await fn.app.request('/replicate/status', { headers: ADMIN.header });
     expect(((await status.json()) as { encryption: unknown }).encryption).toEqual({
       format: 'age',
