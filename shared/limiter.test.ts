@@ -87,4 +87,23 @@ describe('createLimiter', () => {
     expect(await next).toBe('next ran');
     expect(limiter.active).toBe(0);
   });
+
+  it('acquire refuses at once when the queue is full, and a queued place given back leaves the queue', async () => {
+    const limiter = createLimiter({ concurrency: 1, queueMax: 1, name: 'test' });
+    const first = limiter.acquire();
+    await first.ready;
+    const queued = limiter.acquire();
+    // Thrown synchronously: the caller can refuse before it records anything.
+    expect(() => limiter.acquire()).toThrow(/1 running and 1 queued/);
+    expect(limiter.waiting).toBe(1);
+    queued.release();
+    expect(limiter.waiting).toBe(0);
+    const next = limiter.acquire();
+    first.release();
+    first.release(); // twice is once
+    await next.ready;
+    expect(limiter.active).toBe(1);
+    next.release();
+    expect(limiter.active).toBe(0);
+  });
 });

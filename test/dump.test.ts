@@ -463,12 +463,21 @@ describe('dump: faults', () => {
     const again = await create(single, hashOf(tenantId), { prefer: 'respond-async' });
     expect(again.status).toBe(409);
     expect(((await again.json()) as { code: string }).code).toBe('conflict');
-    // Another tenant on the same cluster: the one slot is taken and the queue holds 0 → 503.
-    const other = await create(single, hashOf(emptyTenantId));
-    expect(other.status).toBe(503);
-    expect(other.headers.get('retry-after')).toMatch(/^\d+$/);
-    expect(((await other.json()) as { code: string }).code).toBe('queue_full');
+    // Another tenant on the same cluster: the one slot is taken and the queue holds 0 → 503, asked
+    // synchronously or asynchronously alike (never a 202 that then fails).
+    const before = await rt.catalog.list(emptyTenantId);
+    for (const headers of [{}, { prefer: 'respond-async' }] as Array<Record<string, string>>) {
+      const other = await create(single, hashOf(emptyTenantId), headers);
+      expect(other.status).toBe(503);
+      expect(other.headers.get('retry-after')).toMatch(/^\d+$/);
+      expect(((await other.json()) as { code: string }).code).toBe('queue_full');
+    }
+    // A refusal is not a backup: nothing was recorded, so no failed backup hides the project's newest.
+    expect(await rt.catalog.list(emptyTenantId)).toEqual(before);
     await eventually(async () => (await rt.catalog.list(tenantId))[0]?.manifest);
+    // The slot is free again: the next create on the cluster is admitted.
+    const after = await create(single, hashOf(emptyTenantId));
+    expect(after.status, await after.clone().text()).toBe(200);
     await fn.stop();
   });
 

@@ -15,11 +15,19 @@ import type { EventData } from '../../shared/events/envelope.js';
 import { createChildPids } from '../../shared/kit/child-pids.js';
 import { createFaultPoints } from '../../shared/kit/fault-points.js';
 import type { Runtime } from '../../shared/kit/runtime.js';
-import { createLimiter, type Limiter } from '../../shared/limiter.js';
+import { createLimiter, type Limiter, type Slot } from '../../shared/limiter.js';
 import { counter, DURATION_BUCKETS_S, gauge, histogram } from '../../shared/metrics.js';
 import { runSnapshotDump } from '../../shared/pg/snapshot.js';
 import { dumpAdmissionOf, type Project, sourceOf } from '../../shared/registry.js';
 import { isRetentionEnabled, selectForDeletion } from './retention.js';
+
+/** A create's place in its cluster's dump queue, and what it was taken for. */
+interface Admission {
+  source: ReturnType<typeof sourceOf>;
+  clusterKey: string;
+  limiter: Limiter;
+  slot: Slot;
+}
 
 export interface StartedBackup {
   backupId: string;
@@ -133,6 +141,27 @@ export function createDumper(rt: Runtime): Dumper {
     return limiter;
   }
 
+  /**
+   * A place in the cluster's dump queue, taken when the create is asked for: a full queue refuses the
+   * create (503 queue_full) before anything is recorded, so a refusal is never a failed backup that
+   * becomes the project's newest.
+   */
+  function admit(project: Project, signal: AbortSignal): Admission {
+    const source = sourceOf(rt.registry, project, rt.env);
+    const clusterKey = source.cluster?.name ?? `dedicated:${project.slug}`;
+    const limiter = limiterFor(clusterKey, source.cluster?.maxConcurrentDumps ?? 1);
+    return { source, clusterKey, limiter, slot: limiter.acquire(signal) };
+  }
+
+  async function runInSlot<T>(slot: Slot, fn: () => Promise<T>): Promise<T> {
+    try {
+      await slot.ready;
+      return await fn();
+    } finally {
+      slot.release();
+    }
+  }
+
   async function applyRetention(project: Project, causedBy: string | undefined): Promise<void> {
     const policy = {
       keepCount: project.retention?.keepCount ?? config.FLUX_RETENTION_KEEP_COUNT,
@@ -161,19 +190,18 @@ export function createDumper(rt: Runtime): Dumper {
     createdAt: string,
     causedBy: string | undefined,
     controller: AbortController,
+    admitted: Admission | undefined,
   ) {
     const kind = project.engine === 'v2_shared' ? 'tenant_export' : 'project_db';
     const paths = catalog.paths(project.id, backupId);
     const started = performance.now();
     let manifest: Manifest;
     try {
-      const source = sourceOf(rt.registry, project, rt.env);
-      const clusterKey = source.cluster?.name ?? `dedicated:${project.slug}`;
-      const limiter = limiterFor(clusterKey, source.cluster?.maxConcurrentDumps ?? 1);
-      queueGauge.set({ cluster: clusterKey, state: 'waiting' }, limiter.waiting + 1);
+      const { source, clusterKey, limiter, slot } = admitted ?? admit(project, controller.signal);
+      queueGauge.set({ cluster: clusterKey, state: 'waiting' }, limiter.waiting);
       const live: DumpProgress = { stage: 'queued', bytes: 0, startedAt: createdAt };
       progress.set(backupId, live);
-      const result = await limiter.run(async () => {
+      const result = await runInSlot(slot, async () => {
         live.stage = 'dumping';
         queueGauge.set({ cluster: clusterKey, state: 'running' }, limiter.active);
         queueGauge.set({ cluster: clusterKey, state: 'waiting' }, limiter.waiting);
@@ -194,7 +222,7 @@ export function createDumper(rt: Runtime): Dumper {
             live.bytes = n;
           },
         });
-      }, controller.signal);
+      });
       queueGauge.set({ cluster: clusterKey, state: 'running' }, limiter.active);
       live.stage = 'finishing';
       try {
@@ -427,6 +455,15 @@ export function createDumper(rt: Runtime): Dumper {
           { retryAfterSeconds: 30 },
         );
       }
+      const controller = new AbortController();
+      // A source that cannot be resolved is the backup's failure (run() records it); a full queue is a
+      // refusal of the request, thrown here before any record exists.
+      let admitted: Admission | undefined;
+      try {
+        admitted = admit(project, controller.signal);
+      } catch (error) {
+        if (isAppError(error) && error.code === 'queue_full') throw error;
+      }
       leases.add(project.id);
       const backupId = newBackupId();
       const createdAt = new Date().toISOString();
@@ -445,12 +482,12 @@ export function createDumper(rt: Runtime): Dumper {
           pid: process.pid,
         });
       } catch (error) {
+        admitted?.slot.release();
         leases.delete(project.id);
         throw error;
       }
-      const controller = new AbortController();
       controllers.add(controller);
-      const done = run(project, backupId, createdAt, options.causedBy, controller).finally(() => {
+      const done = run(project, backupId, createdAt, options.causedBy, controller, admitted).finally(() => {
         progress.delete(backupId);
         leases.delete(project.id);
         controllers.delete(controller);
