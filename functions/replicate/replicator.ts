@@ -4,38 +4,30 @@
 // copies in flight, retries with backoff, a failure receipt and event when attempts run out. The
 // reconcile scan compares every local manifest with its receipt.
 import { setMaxListeners } from 'node:events';
-import { createReadStream } from 'node:fs';
-import { stat } from 'node:fs/promises';
-import type { Readable } from 'node:stream';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { isDeepStrictEqual } from 'node:util';
-import { hashFile, STREAM_CHUNK_BYTES } from '../../shared/atomic.js';
 import type { Catalog, CatalogEntry } from '../../shared/catalog/catalog.js';
 import { isProjectHash } from '../../shared/catalog/ids.js';
 import type { OffsiteReceipt } from '../../shared/catalog/records.js';
 import { MINUTE_MS } from '../../shared/config.js';
-import { AppError, errnoOf, isAppError } from '../../shared/errors.js';
+import { AppError, isAppError } from '../../shared/errors.js';
 import type { Emit } from '../../shared/kit/runtime.js';
 import { createLimiter } from '../../shared/limiter.js';
 import type { Logger } from '../../shared/log.js';
 import { counter, DURATION_BUCKETS_S, gauge, histogram, type Registry } from '../../shared/metrics.js';
-import { type AgeIdentities, isAgeHead, storedSizeFits } from '../../shared/offsite/age.js';
-import { readOffsiteManifest } from '../../shared/offsite/artifact.js';
-import { dumpKeyOf, manifestKeyOf } from '../../shared/offsite/keys.js';
-import type { ContentHash, OffsiteStore } from '../../shared/offsite/types.js';
+import type { AgeIdentities } from '../../shared/offsite/age.js';
+import { dumpKeyOf } from '../../shared/offsite/keys.js';
+import type { OffsiteStore } from '../../shared/offsite/types.js';
+import { createCopier, errorText } from './copier.js';
 import type { StoreIdentity } from './identity.js';
 import {
   backoffMs,
-  conflictError,
-  decide,
   type FailureReason,
-  GAP_KINDS,
   type GapKind,
   isPermanent,
   reasonOf,
   type SkipKind,
 } from './reconcile.js';
-import { proveSealedObject, stageSealed } from './sealed-copy.js';
+import { createReconcileScan, emptySummary } from './reconcile-scan.js';
 
 export type Trigger = 'watch' | 'event' | 'reconcile' | 'startup' | 'manual';
 
@@ -115,10 +107,6 @@ export interface Replicator {
   stop(graceMs: number): Promise<void>;
 }
 
-const ERROR_TEXT_MAX = 2000;
-const truncate = (s: string) => (s.length > ERROR_TEXT_MAX ? `${s.slice(0, ERROR_TEXT_MAX)}…` : s);
-const errorText = (error: unknown) => truncate(error instanceof Error ? error.message : String(error));
-
 interface Job {
   promise: Promise<ReplicateResult>;
   causedBy: string | undefined;
@@ -131,34 +119,15 @@ interface Job {
   followUp?: { request: ReplicateRequest; promise: Promise<ReplicateResult> };
 }
 
-function emptySummary(trigger: Trigger): ReconcileSummary {
-  return {
-    trigger,
-    startedAt: new Date().toISOString(),
-    finishedAt: '',
-    seconds: 0,
-    projects: 0,
-    backups: 0,
-    gaps: Object.fromEntries(GAP_KINDS.map((g) => [g, 0])) as Record<GapKind, number>,
-    inFlight: 0,
-    skipped: { no_manifest: 0, replicated: 0, conflict: 0, gave_up: 0, offsite_invalid: 0 },
-    results: { replicated: 0, already: 0, conflict: 0, failed: 0, skipped: 0 },
-    listingErrors: 0,
-  };
-}
-
 export function createReplicator(options: ReplicatorOptions): Replicator {
   const { catalog, store, log, metrics, emit } = options;
   const retryMaxDelayMs = options.retryMaxDelayMs ?? 5 * MINUTE_MS;
   const jobs = new Map<string, Job>();
-  /** Offsite copies of backups without a local dump that failed their proof, by key: not re-hashed until they change. */
-  const failedOffsiteProofs = new Map<string, { seen: string; why: string }>();
   const controller = new AbortController();
   // Every queued job and copy listens on this one signal: thousands of listeners are expected.
   setMaxListeners(0, controller.signal);
   let stopping = false;
   let running: Promise<ReconcileSummary> | undefined;
-  let lastReconcile: ReconcileSummary | undefined;
   // Pending work is already bounded by the number of backups on disk (one job per backup), so the
   // queue itself needs no second bound: nothing here should ever be refused with a 503.
   const limiter = createLimiter({
@@ -195,252 +164,21 @@ export function createReplicator(options: ReplicatorOptions): Replicator {
     DURATION_BUCKETS_S,
   );
   const pendingGauge = gauge(metrics, 'flux_replicate_jobs', 'Replication jobs by state', ['state']);
-  const gapGauge = gauge(
-    metrics,
-    'flux_replicate_reconcile_gap',
-    'Backups the last full reconcile found without a proven offsite copy (missed by watch and webhook)',
-    ['gap'],
-  );
-  const gapTotal = counter(
-    metrics,
-    'flux_replicate_reconcile_gaps_total',
-    'Backups reconcile scans found without a proven offsite copy',
-    ['gap'],
-  );
-  const lastReconcileGauge = gauge(
-    metrics,
-    'flux_replicate_last_reconcile_timestamp_seconds',
-    'When the last full reconcile finished',
-  );
   const updateJobGauges = () => {
     pendingGauge.set({ state: 'pending' }, jobs.size);
     pendingGauge.set({ state: 'copying' }, limiter.active);
   };
 
-  /** The first bytes of a stored object (enough to tell an age file). */
-  async function firstBytesOf(key: string): Promise<Buffer> {
-    const stream = await store.get(key, controller.signal);
-    try {
-      for await (const chunk of stream) return chunk as Buffer;
-      return Buffer.alloc(0);
-    } finally {
-      stream.destroy();
-    }
-  }
-
-  /** Puts `key` (unless an identical object is there) and proves it by re-reading. */
-  async function copyAndProve(
-    key: string,
-    open: () => Readable,
-    expected: ContentHash,
-  ): Promise<{ created: boolean; proof: ContentHash }> {
-    const put = await store.put(key, open(), { ...expected, signal: controller.signal });
-    if (put.outcome === 'conflict') throw conflictError(key, expected.sha256, put.sha256);
-    // exists: the store compared by re-reading the object already there; created: re-read it now.
-    const proof = put.outcome === 'exists' ? put : await store.hash(key, controller.signal);
-    if (!proof || proof.sha256 !== expected.sha256 || proof.sizeBytes !== expected.sizeBytes) {
-      throw new AppError(
-        'replication_failed',
-        `offsite object ${key} read back ${proof ? `as ${proof.sizeBytes} B sha256 ${proof.sha256.slice(0, 12)}…` : 'as missing'}, ` +
-          `not the ${expected.sizeBytes} B ${expected.sha256.slice(0, 12)}… just written: the store is not keeping what it is given`,
-        { details: { reason: 'readback_mismatch', key } },
-      );
-    }
-    return { created: put.outcome === 'created', proof };
-  }
-
-  /** One attempt: the dump, then the manifest, then the receipt (the receipt is the last write). */
-  async function attemptCopy(
-    entry: CatalogEntry & { manifest: NonNullable<CatalogEntry['manifest']> },
-    attempt: number,
-  ): Promise<{ receipt: OffsiteReceipt; created: boolean }> {
-    const m = entry.manifest;
-    const dumpKey = dumpKeyOf(entry.projectId, entry.backupId);
-    const manifestKey = manifestKeyOf(entry.projectId, entry.backupId);
-    const started = performance.now();
-    const manifestArrivedMs = (await stat(entry.paths.manifest)).mtimeMs;
-    let local: Awaited<ReturnType<typeof stat>>;
-    try {
-      local = await stat(entry.paths.dump);
-    } catch (error) {
-      if (errnoOf(error) !== 'ENOENT') throw error;
-      throw new AppError(
-        'artifact_invalid',
-        `the local dump ${entry.paths.dump} is missing; nothing was copied`,
-        {
-          details: { reason: 'artifact_missing' },
-        },
-      );
-    }
-    if (local.size !== m.sizeBytes) {
-      throw new AppError(
-        'artifact_invalid',
-        `the local dump is ${local.size} B but its manifest says ${m.sizeBytes} B (partial or altered file); nothing was copied`,
-      );
-    }
-    // Not into a store that is not the one recorded (an unmounted mount point looks like an empty store).
-    await options.identity?.ensure();
-    const sealing = options.sealing;
-    let dump: { created: boolean; proof: ContentHash };
-    let encryption: OffsiteReceipt['encryption'];
-    let staged: Awaited<ReturnType<typeof stageSealed>> | undefined;
-    if (sealing && sealing.recipients.length > 0) {
-      // The plaintext is hashed while it is encrypted (it must be the manifest's), the stored bytes are
-      // proven by re-reading them: together, the store holds this backup, readable by these recipients.
-      staged = await stageSealed({
-        stagingDir: sealing.stagingDir,
-        projectId: entry.projectId,
-        backupId: entry.backupId,
-        dumpFile: entry.paths.dump,
-        expected: { sha256: m.sha256, sizeBytes: m.sizeBytes },
-        recipients: sealing.recipients,
-        signal: controller.signal,
-      });
-      const file = staged.file;
-      const stored = await copyAndProve(
-        dumpKey,
-        () => createReadStream(file, { highWaterMark: STREAM_CHUNK_BYTES }),
-        staged.stored,
-      );
-      dump = { created: stored.created, proof: { sha256: m.sha256, sizeBytes: m.sizeBytes } };
-      encryption = {
-        format: 'age',
-        recipients: staged.recipients,
-        storedSha256: stored.proof.sha256,
-        storedSizeBytes: stored.proof.sizeBytes,
-      };
-    } else {
-      // The hash is checked while streaming: a local file that is not what the manifest says never lands.
-      dump = await copyAndProve(
-        dumpKey,
-        // 1 MiB chunks for real dumps; a small file gets a buffer its own size (streams allocate a whole chunk).
-        () =>
-          createReadStream(entry.paths.dump, {
-            highWaterMark: Math.max(1024, Math.min(local.size, STREAM_CHUNK_BYTES)),
-          }),
-        { sha256: m.sha256, sizeBytes: m.sizeBytes },
-      );
-    }
-    const manifestHash = await hashFile(entry.paths.manifest);
-    await copyAndProve(manifestKey, () => createReadStream(entry.paths.manifest), manifestHash);
-    const provenAt = Date.now();
-    const receipt: OffsiteReceipt = {
-      backupId: entry.backupId,
-      projectId: entry.projectId,
-      status: 'replicated',
-      store: store.location,
-      key: dumpKey,
-      contentSha256: dump.proof.sha256,
-      sizeBytes: dump.proof.sizeBytes,
-      manifestSha256: m.sha256,
-      attempts: attempt,
-      at: new Date(provenAt).toISOString(),
-      lagSeconds: Math.max(0, (provenAt - manifestArrivedMs) / 1000),
-      ...(encryption ? { encryption } : {}),
-    };
-    await catalog.writeOffsiteReceipt(receipt);
-    // Only once the receipt holds the stored hash: a retry before it puts the same file again.
-    await staged?.discard().catch(() => undefined);
-    copySeconds.observe((performance.now() - started) / 1000);
-    if (dump.created) bytes.inc(m.sizeBytes);
-    return { receipt, created: dump.created };
-  }
-
-  /**
-   * A manifest whose local dump is missing (a catalog rebuilt from the offsite store after the host was
-   * lost, or a dump removed by hand): there is nothing to copy, and that is no replication failure. When
-   * the offsite copy exists, is re-hashed to the manifest's size and SHA-256 (the same proof a copy gets)
-   * and the offsite manifest is this one, the normal `replicated` receipt is written: the store does hold
-   * a proven copy, which is what the receipt says. Otherwise the backup stays pending with the reason
-   * logged and no receipt: a failure receipt would raise `replication_failed` for a copy nobody can make,
-   * and the next reconcile looks again (a copy that failed its proof is not re-hashed until it changes).
-   */
-  async function proveOffsiteOnly(
-    entry: CatalogEntry & { manifest: NonNullable<CatalogEntry['manifest']> },
-    attempt: number,
-  ): Promise<{ receipt: OffsiteReceipt } | { pending: string }> {
-    const m = entry.manifest;
-    const dumpKey = dumpKeyOf(entry.projectId, entry.backupId);
-    const manifestKey = manifestKeyOf(entry.projectId, entry.backupId);
-    const at = `${store.location}/${dumpKey}`;
-    try {
-      await options.identity?.ensure();
-      const head = await store.head(dumpKey);
-      if (!head)
-        return { pending: `the local dump is missing and ${at} does not exist: nothing to copy or prove` };
-      if (!storedSizeFits(head.sizeBytes, m.sizeBytes)) {
-        return {
-          pending: `the local dump is missing and ${at} is ${head.sizeBytes} B, not the manifest's ${m.sizeBytes} B (nor its age encryption)`,
-        };
-      }
-      const seen = `${head.sizeBytes}:${head.modifiedAt}`;
-      const failed = failedOffsiteProofs.get(dumpKey);
-      if (failed?.seen === seen) return { pending: failed.why };
-      let encryption: OffsiteReceipt['encryption'];
-      let proof: ContentHash | undefined;
-      if (head.sizeBytes !== m.sizeBytes && isAgeHead(await firstBytesOf(dumpKey))) {
-        // Encrypted: the stored bytes and the plaintext they open to, in one read (needs an identity).
-        const sealed = await proveSealedObject(
-          store,
-          dumpKey,
-          head.sizeBytes,
-          options.identities?.(),
-          controller.signal,
-        );
-        proof = sealed.plain;
-        encryption = {
-          format: 'age',
-          recipients: [],
-          storedSha256: sealed.stored.sha256,
-          storedSizeBytes: sealed.stored.sizeBytes,
-        };
-      } else {
-        proof = await store.hash(dumpKey, controller.signal);
-      }
-      if (!proof || proof.sha256 !== m.sha256 || proof.sizeBytes !== m.sizeBytes) {
-        const why =
-          `the local dump is missing and ${at} ${proof ? `hashes to ${proof.sha256.slice(0, 12)}…` : 'vanished while read'}, ` +
-          `not the manifest's ${m.sha256.slice(0, 12)}…`;
-        failedOffsiteProofs.set(dumpKey, { seen, why });
-        return { pending: why };
-      }
-      failedOffsiteProofs.delete(dumpKey);
-      const offsiteManifest = await readOffsiteManifest(store, entry.projectId, entry.backupId);
-      if (!offsiteManifest) {
-        // The manifest beside the copy is ours to put there (it is the local file, not the missing dump).
-        await copyAndProve(
-          manifestKey,
-          () => createReadStream(entry.paths.manifest),
-          await hashFile(entry.paths.manifest),
-        );
-      } else if (!isDeepStrictEqual(offsiteManifest, m)) {
-        return {
-          pending: `the local dump is missing and the offsite manifest ${manifestKey} differs from the local one`,
-        };
-      }
-      const receipt: OffsiteReceipt = {
-        backupId: entry.backupId,
-        projectId: entry.projectId,
-        status: 'replicated',
-        store: store.location,
-        key: dumpKey,
-        contentSha256: proof.sha256,
-        sizeBytes: proof.sizeBytes,
-        manifestSha256: m.sha256,
-        attempts: attempt,
-        at: new Date().toISOString(),
-        // No lagSeconds: the local manifest arrived from the store, long after the copy was made.
-        ...(encryption ? { encryption } : {}),
-      };
-      await catalog.writeOffsiteReceipt(receipt);
-      return { receipt };
-    } catch (error) {
-      if (controller.signal.aborted) throw error;
-      return {
-        pending: `the local dump is missing and the offsite copy could not be proven: ${errorText(error)}`,
-      };
-    }
-  }
+  const copier = createCopier({
+    catalog,
+    store,
+    signal: controller.signal,
+    identity: options.identity,
+    sealing: options.sealing,
+    identities: options.identities,
+    copySeconds,
+    bytes,
+  });
 
   async function run(request: ReplicateRequest, job: Job): Promise<ReplicateResult> {
     const { projectId, backupId } = request;
@@ -468,14 +206,14 @@ export function createReplicator(options: ReplicatorOptions): Replicator {
           }
           attempts = attempt;
           if (!entry.dump) {
-            const proven = await proveOffsiteOnly({ ...entry, manifest: entry.manifest }, attempt);
+            const proven = await copier.proveOffsiteOnly({ ...entry, manifest: entry.manifest }, attempt);
             return 'pending' in proven
               ? { kind: 'pending' as const, detail: proven.pending }
               : { kind: 'copied' as const, receipt: proven.receipt, created: false };
           }
           return {
             kind: 'copied' as const,
-            ...(await attemptCopy({ ...entry, manifest: entry.manifest }, attempt)),
+            ...(await copier.copy({ ...entry, manifest: entry.manifest }, attempt)),
           };
         }, controller.signal);
         if (outcome.kind === 'no_manifest') return { outcome: 'skipped', reason: 'no_manifest' };
@@ -680,126 +418,33 @@ export function createReplicator(options: ReplicatorOptions): Replicator {
     return job.promise;
   }
 
-  /** Counts one project's ledger into `summary` and starts the copies it needs (not awaited). */
-  async function scanProject(
-    projectId: string,
-    trigger: Trigger,
-    summary: ReconcileSummary,
-  ): Promise<Array<Promise<ReplicateResult>>> {
-    summary.projects += 1;
-    const entries = await catalog.list(projectId);
-    let offsite: Map<string, number> | undefined = new Map();
-    try {
-      for await (const object of store.list(`${projectId}/`)) offsite.set(object.key, object.sizeBytes);
-    } catch (error) {
-      summary.listingErrors += 1;
-      log.warn(
-        { err: errorText(error), projectId },
-        'offsite listing failed; reconciling from receipts only',
-      );
-      offsite = undefined;
-    }
-    const started: Array<Promise<ReplicateResult>> = [];
-    for (const entry of entries) {
-      if (!entry.manifest) {
-        summary.skipped.no_manifest += 1;
-        continue;
-      }
-      summary.backups += 1;
-      if (jobs.has(`${projectId}/${entry.backupId}`)) {
-        summary.inFlight += 1;
-        continue;
-      }
-      const decision = decide({
-        manifest: entry.manifest,
-        receipt: entry.offsite,
-        dumpMtimeMs: entry.dump?.mtimeMs,
-        keys: {
-          dump: dumpKeyOf(projectId, entry.backupId),
-          manifest: manifestKeyOf(projectId, entry.backupId),
-        },
-        offsite,
-      });
-      if (decision.action === 'skip') {
-        summary.skipped[decision.state] += 1;
-        continue;
-      }
-      summary.gaps[decision.gap] += 1;
-      gapTotal.inc({ gap: decision.gap });
-      started.push(
-        request({
-          projectId,
-          backupId: entry.backupId,
-          trigger,
-          force: decision.gap === 'offsite_missing' || decision.gap === 'offsite_changed',
-        }),
-      );
-    }
-    return started;
-  }
-
-  async function settle(summary: ReconcileSummary, started: Array<Promise<ReplicateResult>>) {
-    for (const result of await Promise.all(started)) summary.results[result.outcome] += 1;
-    summary.finishedAt = new Date().toISOString();
-    summary.seconds = (Date.parse(summary.finishedAt) - Date.parse(summary.startedAt)) / 1000;
-    return summary;
-  }
-
-  async function reconcileProject(projectId: string, trigger: Trigger): Promise<ReconcileSummary> {
-    const summary = emptySummary(trigger);
-    return settle(summary, await scanProject(projectId, trigger, summary));
-  }
-
-  async function reconcileAll(trigger: Trigger): Promise<ReconcileSummary> {
-    const summary = emptySummary(trigger);
-    const started: Array<Promise<ReplicateResult>> = [];
-    // Projects are scanned one after another; the copies they start run `concurrency` at a time.
-    for (const projectId of await catalog.listProjects()) {
-      try {
-        started.push(...(await scanProject(projectId, trigger, summary)));
-      } catch (error) {
-        summary.listingErrors += 1;
-        log.error({ err: errorText(error), projectId }, 'reconcile could not read a project directory');
-      }
-    }
-    await settle(summary, started);
-    for (const gap of GAP_KINDS) gapGauge.set({ gap }, summary.gaps[gap]);
-    lastReconcileGauge.set(Date.parse(summary.finishedAt) / 1000);
-    const found = GAP_KINDS.reduce((n, g) => n + summary.gaps[g], 0);
-    (found > 0 ? log.warn.bind(log) : log.info.bind(log))(
-      {
-        trigger,
-        gaps: summary.gaps,
-        backups: summary.backups,
-        results: summary.results,
-        seconds: summary.seconds,
-      },
-      found > 0
-        ? 'reconcile found backups without a proven offsite copy'
-        : 'reconcile: every backup is accounted for',
-    );
-    lastReconcile = summary;
-    return summary;
-  }
+  const scan = createReconcileScan({
+    catalog,
+    store,
+    log,
+    metrics,
+    isCopying: (projectId, backupId) => jobs.has(`${projectId}/${backupId}`),
+    request,
+  });
 
   return {
     request,
     reconcileProject(projectId, trigger) {
       if (stopping) return Promise.resolve(emptySummary(trigger));
-      return reconcileProject(projectId, trigger).catch((error) => {
+      return scan.reconcileProject(projectId, trigger).catch((error) => {
         log.error({ err: errorText(error), projectId }, 'reconcile of a project failed');
         return emptySummary(trigger);
       });
     },
     reconcile(trigger) {
       if (stopping) return Promise.reject(new AppError('shutting_down', 'replicate is stopping'));
-      running ??= reconcileAll(trigger).finally(() => {
+      running ??= scan.reconcileAll(trigger).finally(() => {
         running = undefined;
       });
       return running;
     },
     get lastReconcile() {
-      return lastReconcile;
+      return scan.last;
     },
     get pending() {
       return jobs.size;
