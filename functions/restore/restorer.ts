@@ -118,8 +118,9 @@ export function createRestorer(rt: Runtime): Restorer {
         next: `flux-ops catalog rebuild --from offsite, then flux-ops backup verify -p ${project.slug} --source offsite`,
       };
     }
-    // Every byte of the local dump hashed now: a cached validation misses a byte flipped with its mtime kept.
-    const artifact = await catalog.checkArtifact(entry, GATE_ARTIFACT_PROOF);
+    // Every byte of the local dump hashed now: a cached validation misses a byte flipped with its mtime kept
+    // (an offsite copy is proven while it streams, so its local dump is not what the gate leans on).
+    const artifact = await catalog.checkArtifact(entry, source === 'local' ? GATE_ARTIFACT_PROOF : 'cached');
     const facts = catalog.facts(entry, artifact);
     // An offsite copy is proven while it streams; only the local file must be valid beforehand.
     const trust = classify(
