@@ -202,6 +202,16 @@ describe('one verification per copy; nothing corrupt served or believed', () => 
       },
     });
     expect(row.findings).toBeUndefined();
+    const asked = await verify.app.request(`/api/cli/v1/projects/${hash}/backups/${backupId}/verify`, {
+      headers: ADMIN.header,
+    });
+    expect(await asked.json()).toMatchObject({
+      restoreVerificationStatus: 'restore_verified',
+      verifications: {
+        local: { status: 'restore_verified', source: 'local' },
+        offsite: { status: 'restore_verified', source: 'offsite' },
+      },
+    });
     const s = await status();
     expect(s).toMatchObject({ tier: 'restorable', backupId });
     expect(s.message).toContain('proven: the local and the offsite copy');
