@@ -41,7 +41,26 @@ export function sourceOf(command: string, values: Parameters<typeof str>[0]): Ba
 }
 
 // Our words (with `unverifiable`, `missing`, `conflict`) when the server gives them, else upstream's.
-const restoreOf = (b: ApiBackup) => b.restoreVerificationOutcome ?? b.restoreVerificationStatus ?? '-';
+// A pass names the copies it proves (each copy carries its own verification).
+const restoreOf = (b: ApiBackup) => {
+  const word = b.restoreVerificationOutcome ?? b.restoreVerificationStatus ?? '-';
+  const copies = b.verifiedCopies ?? [];
+  return word === 'restore_verified' && copies.length > 0 ? `${word} (${copies.join('+')})` : word;
+};
+/** One row per copy that has a verification of the current content: its outcome, when, and why not. */
+function copyRows(b: ApiBackup): Array<[string, string]> {
+  return Object.entries(b.copyVerifications ?? {}).flatMap(
+    ([copy, v]): Array<[string, string]> =>
+      v
+        ? [
+            [
+              `${copy} copy`,
+              `${v.status}${v.proven ? ' (proven)' : v.status === 'restore_verified' ? ' (the copy no longer matches)' : ''}, ${v.finishedAt}${v.error ? `: ${v.error}` : ''}`,
+            ],
+          ]
+        : [],
+  );
+}
 const artifactOf = (b: ApiBackup) => b.artifactValidationOutcome ?? b.artifactValidationStatus ?? '-';
 const offsiteOf = (b: ApiBackup) => b.offsiteOutcome ?? b.offsiteStatus ?? '-';
 
@@ -59,6 +78,7 @@ export function describeBackup(
     ['completed', b.completedAt ?? '-'],
     ['artifact', artifactOf(b)],
     ['restore', restoreOf(b)],
+    ...copyRows(b),
     ['offsite', offsiteOf(b)],
   ];
   const sealed = b.offsiteEncryption;
@@ -461,6 +481,8 @@ Flags:
           `${body.seconds !== undefined ? ` in ${preciseDuration(body.seconds * 1000)}` : ''}${body.driver ? ` (${body.driver} sandbox)` : ''}`,
       );
       if (body.rungs?.length) println(ctx.io.out, rungTable(body.rungs));
+      // Each copy carries its own verification: say which one this proved.
+      println(ctx.io.out, `copy verified: ${source ?? 'local'}`);
     }
     return 0;
   },

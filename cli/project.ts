@@ -38,6 +38,12 @@ export interface ApiBackup {
   restoreVerificationOutcome?: string;
   restoreVerificationAt?: string | null;
   restoreVerificationError?: string | null;
+  /** The copies proven restorable (each by its own verification), and each copy's verification. */
+  verifiedCopies?: string[];
+  copyVerifications?: Record<
+    string,
+    { status: string; finishedAt: string; error: string | null; proven: boolean } | null
+  >;
   error?: string | null;
   /** While a backup runs: what the dump is doing and how many bytes it wrote. */
   progress?: { stage: string; bytes: number; startedAt?: string };

@@ -2,7 +2,7 @@
 // served over real HTTP on a real Postgres. Backup create with progress off a terminal, list, the trust
 // table, download with its checksum (and a tampered file), the error paths, --json, and doctor.
 import { createHash, randomUUID } from 'node:crypto';
-import { mkdir, readdir, readFile, writeFile } from 'node:fs/promises';
+import { mkdir, readdir, readFile, stat, utimes, writeFile } from 'node:fs/promises';
 import type { AddressInfo } from 'node:net';
 import path from 'node:path';
 import { type ServerType, serve } from '@hono/node-server';
@@ -173,29 +173,38 @@ describe('backup create, list, status', () => {
     });
   });
 
-  it('download of a tampered file: checksum mismatch, temp file deleted, nothing at -o, exit 1', async () => {
+  it('download of a tampered file: cut short while the server hashes it, then refused up front; nothing at -o, exit 1', async () => {
     const r0 = await cli(['backup', 'create', '-p', SLUG, '--json']);
     const { backup } = JSON.parse(r0.stdout) as { backup: { id: string } };
     const file = path.join(env.config.FLUX_BACKUPS_LOCAL_DIR, tenantId, `${backup.id}.dump`);
+    // A whole-second mtime (utimes puts it back exactly), validated by a list before the change.
+    const second = Math.floor(Date.now() / 1000) - 60;
+    await utimes(file, second, second);
+    expect((await cli(['backup', 'list', '-p', SLUG])).exitCode).toBe(0);
     const bytes = await readFile(file);
     bytes[bytes.length - 1] = bytes[bytes.length - 1]! ^ 0xff; // same size, different content
     await writeFile(file, bytes);
+    // The mtime put back: nothing but the bytes tells the change.
+    await utimes(file, second, second);
+    expect((await stat(file)).mtimeMs).toBe(second * 1000);
     const dir = path.join(env.root, 'tampered');
     await mkdir(dir, { recursive: true });
-    const r = await cli([
-      'backup',
-      'download',
-      '-p',
-      SLUG,
-      '--id',
-      backup.id,
-      '-o',
-      path.join(dir, 'x.dump'),
-    ]);
-    expect(r.exitCode).toBe(1);
-    expect(r.stderr).toMatch(
-      /^flux-ops: checksum mismatch for backup [0-9A-Z]{26}: the server says sha256 [0-9a-f]{64} but the bytes received hash to [0-9a-f]{64}; the temporary file was removed/m,
+    const args = ['backup', 'download', '-p', SLUG, '--id', backup.id, '-o', path.join(dir, 'x.dump')];
+    const cut = await cli(args);
+    // A transfer that breaks off (69, retry): the retry then gets the server's reason.
+    expect(cut.exitCode, cut.stderr).toBe(69);
+    expect(cut.stderr).toMatch(
+      /^flux-ops: (the download of backup [0-9A-Z]{26} broke off after .*; the partial file was removed|checksum mismatch for backup [0-9A-Z]{26}: .*the temporary file was removed)/m,
     );
+    expect(await readdir(dir)).toEqual([]);
+    // The server hashes the file again after the cut: then it refuses before sending a byte.
+    let refused = await cli(args);
+    for (let i = 0; i < 20 && !/not served/.test(refused.stderr); i++) {
+      await new Promise((r) => setTimeout(r, 250));
+      refused = await cli(args);
+    }
+    expect(refused.exitCode).toBe(1);
+    expect(refused.stderr).toMatch(/does not match its manifest.*not served/);
     expect(await readdir(dir)).toEqual([]);
   });
 });

@@ -215,7 +215,7 @@ describe('offsite on S3, end to end', () => {
     );
     expect(proven.status).toBe(200);
     expect(await proven.json()).toMatchObject({ ok: true, restoreVerificationStatus: 'restore_verified' });
-    const receipt = (await verifyRt.catalog.get(projectId, first.backupId))?.verify;
+    const receipt = (await verifyRt.catalog.get(projectId, first.backupId))?.verifyOffsite;
     expect(receipt).toMatchObject({
       status: 'restore_verified',
       source: 'offsite',
@@ -232,7 +232,7 @@ describe('offsite on S3, end to end', () => {
     const delivered = await triggered.app.request('/events', signedEvent(event));
     expect(delivered.status, await delivered.clone().text()).toBe(202);
     const byEvent = await eventually(async () => {
-      const r = (await onReplicated.catalog.get(projectId, first.backupId))?.verify;
+      const r = (await onReplicated.catalog.get(projectId, first.backupId))?.verifyOffsite;
       return r && r.finishedAt > receipt!.finishedAt ? r : undefined;
     }, 60_000);
     expect(byEvent).toMatchObject({ status: 'restore_verified', source: 'offsite' });

@@ -258,6 +258,8 @@ describeBrowser('status page (headless Chromium, real backups)', () => {
       expect(await stateOf(page, 'bloom-atelier', col), `bloom-atelier ${col}`).toBe('pass');
     }
     expect(await text(cell(page, 'bloom-atelier', 'restore'))).toContain('restore-verified');
+    // Each copy its own verification: the page says which copy is proven.
+    expect(await text(cell(page, 'bloom-atelier', 'restore'))).toContain('local copy: ✓ proven');
     expect(await text(cell(page, 'bloom-atelier', 'lag'))).toContain('in sync');
     expect(await text(cell(page, 'bloom-atelier', 'probe'))).toContain('200');
     expect(await text(cell(page, 'bloom-atelier', 'age'))).toMatch(/ago/);

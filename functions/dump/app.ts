@@ -1,13 +1,10 @@
 // dump: pg_dump backups of a project into the catalog, the CLI-compatible backups API (create, list,
 // show, download; list and download also from the offsite copy), the trust status of every project,
 // and the catalog rebuilt from the offsite store's manifests (dump is the manifests' one writer).
-import { createReadStream } from 'node:fs';
-import { stat } from 'node:fs/promises';
 import path from 'node:path';
 import { Readable } from 'node:stream';
 import { z } from 'zod';
-import { STREAM_CHUNK_BYTES } from '../../shared/atomic.js';
-import { rejectionOf } from '../../shared/catalog/catalog.js';
+import { type CatalogEntry, GATE_ARTIFACT_PROOF, rejectionOf } from '../../shared/catalog/catalog.js';
 import { upstreamFreshnessOf } from '../../shared/catalog/freshness.js';
 import {
   parseBackupId,
@@ -15,12 +12,14 @@ import {
   parseProjectHash,
   parseProjectId,
 } from '../../shared/catalog/ids.js';
-import { AppError } from '../../shared/errors.js';
+import type { Manifest } from '../../shared/catalog/records.js';
+import { AppError, isAppError } from '../../shared/errors.js';
 import { createKit, readJson } from '../../shared/kit/app.js';
 import { requireScopeOf } from '../../shared/kit/auth.js';
 import { type PatientOptions, patientJson } from '../../shared/kit/patient.js';
 import { dirWritableCheck, registryCheck, toolCheck } from '../../shared/kit/readiness.js';
 import type { FunctionApp, Runtime } from '../../shared/kit/runtime.js';
+import { checkedStream, openArtifact } from '../../shared/offsite/artifact.js';
 import { type Project, requireProjectByHash } from '../../shared/registry.js';
 import { backupPolicyOf, parseDuration } from '../../shared/schedule.js';
 import { createClusterViews } from './clusters.js';
@@ -228,19 +227,41 @@ export function createApp(rt: Runtime, patience: PatientOptions = {}): FunctionA
       if (rejected) throw rejected;
       if (!entry?.manifest)
         throw new AppError('not_found', `no complete backup ${backupId} for project ${project.slug}`);
-      let size: number;
-      try {
-        size = (await stat(entry.paths.dump)).size;
-      } catch {
-        throw new AppError('not_found', `the dump file of backup ${backupId} is missing locally`);
-      }
       const m = entry.manifest;
+      // A dump known not to match (its size, a cached hash, replicate's re-hash finding) is refused up front.
+      const known = await catalog.checkArtifact(entry);
+      if (known.status === 'missing')
+        throw new AppError('not_found', `the dump file of backup ${backupId} is missing locally`);
+      if (known.status !== 'valid') {
+        throw new AppError(
+          'artifact_invalid',
+          `the local dump of backup ${backupId} does not match its manifest (${known.error ?? known.status}); not served: download the offsite copy (?source=offsite) or take a new backup`,
+          { details: { source: 'local', reason: 'artifact_invalid' } },
+        );
+      }
+      const artifact = await openArtifact(entry as CatalogEntry & { manifest: Manifest }, 'local');
+      if (!artifact)
+        throw new AppError('not_found', `the dump file of backup ${backupId} is missing locally`);
+      // Hashed while it streams: bytes that differ from the manifest end the transfer without a clean end
+      // of body, so no client takes a corrupt file for a complete one.
+      const stream = checkedStream(await artifact.open(), artifact.expected, `local dump ${backupId}`);
+      stream.once('error', (error) => {
+        const code = isAppError(error) ? error.code : undefined;
+        rt.log.warn({ projectId: project.id, backupId, code }, `download cut short: ${error.message}`);
+        // The bytes no longer match: hashed again in full, so the lists say so and the next download is
+        // refused up front instead of cut short again.
+        if (code === 'artifact_invalid')
+          void catalog
+            .checkArtifact(entry, GATE_ARTIFACT_PROOF)
+            .catch((err) =>
+              rt.log.warn({ err, backupId }, 'could not re-hash the dump after a cut download'),
+            );
+      });
       c.header('Content-Type', 'application/octet-stream');
-      c.header('Content-Length', String(size));
+      c.header('Content-Length', String(m.sizeBytes));
       c.header('Content-Disposition', `attachment; filename="${project.slug}-${backupId}.dump"`);
       c.header('X-Flux-Checksum-Sha256', m.sha256);
       c.header('Repr-Digest', `sha-256=:${Buffer.from(m.sha256, 'hex').toString('base64')}:`);
-      const stream = createReadStream(entry.paths.dump, { highWaterMark: STREAM_CHUNK_BYTES });
       return c.body(Readable.toWeb(stream) as ReadableStream, 200);
     },
   );

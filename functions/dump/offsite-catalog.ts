@@ -169,6 +169,7 @@ export async function offsiteRow(
     manifest,
     ...(same?.dump ? { dump: same.dump } : {}),
     ...(same?.verify ? { verify: same.verify } : {}),
+    ...(same?.verifyOffsite ? { verifyOffsite: same.verifyOffsite } : {}),
   };
   const artifact: ArtifactCheck = same?.dump
     ? await catalog.checkArtifact(same)

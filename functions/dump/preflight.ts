@@ -101,7 +101,7 @@ export function createPreflight(
           `the backup ${backupId} of ${project.slug} failed: ${entry.state?.error ?? 'no manifest'}`,
         );
       }
-      if (entry?.manifest && entry.verify && entry.offsite) return backupId;
+      if (entry?.manifest && (entry.verify || entry.verifyOffsite) && entry.offsite) return backupId;
       if (Date.now() >= deadline) return backupId;
       await sleep(POLL_MS, undefined, signal ? { signal } : {});
     }

@@ -5,6 +5,7 @@
 import { readdir, readFile, rm } from 'node:fs/promises';
 import path from 'node:path';
 import { ensureDir, writeJsonAtomic } from '../../shared/atomic.js';
+import { GATE_ARTIFACT_PROOF } from '../../shared/catalog/catalog.js';
 import { destructiveGate } from '../../shared/catalog/freshness.js';
 import { newBackupId } from '../../shared/catalog/ids.js';
 import { AppError, ERROR_TABLE, errnoOf, fsWriteError, isAppError } from '../../shared/errors.js';
@@ -267,7 +268,11 @@ export function createMigrator(rt: Runtime): Migrator {
   /** The backup gate: a restorable newest backup and a fresh project (a restorable backup within maxAge). */
   async function gate(project: Project) {
     const { maxAgeMs } = backupPolicyOf(project, config);
-    const trust = await catalog.trust(project.id, project.slug, new Date(), { maxAgeMs });
+    // The dumps the gate leans on are re-hashed in full now, not taken from the validation cache.
+    const trust = await catalog.trust(project.id, project.slug, new Date(), {
+      maxAgeMs,
+      proof: GATE_ARTIFACT_PROOF,
+    });
     const verdict = destructiveGate(trust, trust.freshness);
     const next = trust.tier === 'restorable' ? trust.freshness.next : (trust.next ?? trust.freshness.next);
     return {

@@ -6,6 +6,7 @@
 
 import type { Catalog } from '../../shared/catalog/catalog.js';
 import type { RestoreStatus } from '../../shared/catalog/classifier.js';
+import { restoreViewOf } from '../../shared/catalog/copies.js';
 import { isRetentionEnabled, type RetentionPolicy } from '../../shared/catalog/retention.js';
 import { AppError } from '../../shared/errors.js';
 import type { Emit } from '../../shared/kit/runtime.js';
@@ -166,8 +167,8 @@ export function createUpkeep(options: UpkeepOptions): Upkeep {
         const key = keyOf(projectId, entry.backupId);
         const withManifest = { ...entry, manifest: m };
         localEntries.set(key, withManifest);
-        const restore: RestoreStatus =
-          entry.verify && entry.verify.sha256 === m.sha256 ? entry.verify.status : 'pending';
+        // Either copy's own verification of these bytes (the offsite copy's was proven by replicate).
+        const restore: RestoreStatus = restoreViewOf(entry, 'valid').status;
         s.backups[key] = { createdAt: m.createdAt, sha256: m.sha256, sizeBytes: m.sizeBytes, restore };
         const r = entry.offsite;
         // A copy's own proof (read back after the copy) counts as its first re-hash.

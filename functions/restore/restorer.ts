@@ -3,7 +3,7 @@
 // at start, and the sweep that drops set-aside copies once FLUX_RESTORE_KEEP_PREVIOUS_HOURS have passed.
 import { rm } from 'node:fs/promises';
 import path from 'node:path';
-import { type CatalogEntry, rejectionOf } from '../../shared/catalog/catalog.js';
+import { type CatalogEntry, GATE_ARTIFACT_PROOF, rejectionOf } from '../../shared/catalog/catalog.js';
 import { classify } from '../../shared/catalog/classifier.js';
 import { destructiveGate } from '../../shared/catalog/freshness.js';
 import { newBackupId } from '../../shared/catalog/ids.js';
@@ -118,7 +118,9 @@ export function createRestorer(rt: Runtime): Restorer {
         next: `flux-ops catalog rebuild --from offsite, then flux-ops backup verify -p ${project.slug} --source offsite`,
       };
     }
-    const artifact = await catalog.checkArtifact(entry);
+    // Every byte of the local dump hashed now: a cached validation misses a byte flipped with its mtime kept
+    // (an offsite copy is proven while it streams, so its local dump is not what the gate leans on).
+    const artifact = await catalog.checkArtifact(entry, source === 'local' ? GATE_ARTIFACT_PROOF : 'cached');
     const facts = catalog.facts(entry, artifact);
     // An offsite copy is proven while it streams; only the local file must be valid beforehand.
     const trust = classify(
@@ -130,7 +132,10 @@ export function createRestorer(rt: Runtime): Restorer {
     // may be an older one on purpose; what the gate asks is that a recent proven copy exists should the
     // live data, once replaced, be needed back beyond the safety backup.
     const { maxAgeMs } = backupPolicyOf(project, config);
-    const { freshness } = await catalog.trust(project.id, project.slug, new Date(), { maxAgeMs });
+    const { freshness } = await catalog.trust(project.id, project.slug, new Date(), {
+      maxAgeMs,
+      proof: GATE_ARTIFACT_PROOF,
+    });
     const verdict = destructiveGate(trust, freshness);
     const next = trust.tier === 'restorable' ? freshness.next : (trust.next ?? freshness.next);
     return {

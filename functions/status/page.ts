@@ -154,6 +154,21 @@ const SCRIPT = `
     if (outcome === 'skipped') return label('pending', '– skipped', why);
     return label('pending', '… pending', 'restore verification has not run yet');
   }
+  // Each copy carries its own verification: which copies are proven, and any whose verification did not pass.
+  function copiesText(p) {
+    var b = p.backup;
+    var copies = b && b.copyVerifications;
+    if (!copies) return '';
+    var parts = [];
+    ['local', 'offsite'].forEach(function (name) {
+      var v = copies[name];
+      if (!v) return;
+      var word = v.proven ? '✓ proven' : v.status === 'restore_verified' ? '✗ copy changed since' :
+        v.status === 'restore_failed' ? '✗ failed' : v.status === 'unverifiable' ? '⚠ could not verify' : v.status;
+      parts.push(name + ' copy: ' + word + (v.error ? ' (' + v.error + ')' : ''));
+    });
+    return parts.join(' · ');
+  }
   function offsiteLabel(p) {
     var b = p.backup;
     if (!b) return label('none', '— no backup');
@@ -253,7 +268,7 @@ const SCRIPT = `
       tr.appendChild(freshnessCell(p, now));
       if (p.freshness && p.freshness.freshness === 'fresh') fresh++;
       tr.appendChild(cell('artifact', artifactLabel(p)));
-      tr.appendChild(cell('restore', restoreLabel(p)));
+      tr.appendChild(cell('restore', restoreLabel(p), copiesText(p)));
       tr.appendChild(cell('offsite', offsiteLabel(p)));
 
       var b = p.backup;

@@ -2,6 +2,7 @@
 // the CLI-compatible verify route (sync, or async with Prefer: respond-async), event triggers per
 // FLUX_VERIFY_ON, and readiness that reports the selected sandbox driver.
 import { z } from 'zod';
+import { copyVerifications, restoreViewOf } from '../../shared/catalog/copies.js';
 import { parseBackupId, parseProjectId } from '../../shared/catalog/ids.js';
 import type { VerifyReceipt } from '../../shared/catalog/records.js';
 import { verifyTriggers } from '../../shared/config.js';
@@ -153,15 +154,18 @@ export function createApp(
     const backupId = parseBackupId(c.req.param('backupId'));
     const entry = await catalog.get(project.id, backupId);
     if (!entry) throw new AppError('not_found', `no backup ${backupId} for project ${project.slug}`);
-    const receipt =
-      entry.verify && entry.manifest && entry.verify.sha256 === entry.manifest.sha256 ? entry.verify : null;
+    // Each copy's own verification; the backup's status is a proven copy's pass, else a failure of either.
+    const copies = copyVerifications(entry);
+    const view = restoreViewOf(entry, 'valid');
+    const receipt = view.receipt ?? null;
     return c.json({
       backupId,
       running: verifier.isRunning(project.id, backupId),
       restoreVerificationStatus:
-        receipt === null || receipt.status === 'unverifiable' ? 'pending' : receipt.status,
-      restoreVerificationOutcome: receipt?.status ?? 'pending',
+        view.status === 'unverifiable' || view.status === 'skipped' ? 'pending' : view.status,
+      restoreVerificationOutcome: view.status,
       verification: receipt,
+      verifications: { local: copies.local ?? null, offsite: copies.offsite ?? null },
     });
   });
 

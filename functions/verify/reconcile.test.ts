@@ -6,13 +6,20 @@ const SHA = 'a'.repeat(64);
 const OTHER = 'b'.repeat(64);
 const CREATED = ['flux.backup.created'];
 const REPLICATED = ['flux.backup.replicated'];
-type Entry = Pick<CatalogEntry, 'manifest' | 'verify' | 'offsite' | 'dump'>;
+type Entry = Pick<CatalogEntry, 'manifest' | 'verify' | 'verifyOffsite' | 'offsite' | 'dump'>;
 
-function entry(over: { sha?: string; verified?: string; offsite?: string; dump?: boolean } = {}): Entry {
+function entry(
+  over: { sha?: string; verified?: string; verifiedOffsite?: string; offsite?: string; dump?: boolean } = {},
+): Entry {
   return {
     manifest: { sha256: over.sha ?? SHA } as CatalogEntry['manifest'],
     ...(over.dump === false ? {} : { dump: { sizeBytes: 1, mtimeMs: 1 } }),
-    ...(over.verified ? { verify: { sha256: over.verified } as CatalogEntry['verify'] } : {}),
+    ...(over.verified
+      ? { verify: { sha256: over.verified, source: 'local' } as CatalogEntry['verify'] }
+      : {}),
+    ...(over.verifiedOffsite
+      ? { verifyOffsite: { sha256: over.verifiedOffsite, source: 'offsite' } as CatalogEntry['verify'] }
+      : {}),
     ...(over.offsite
       ? { offsite: { status: 'replicated', contentSha256: over.offsite } as CatalogEntry['offsite'] }
       : {}),
@@ -48,6 +55,23 @@ describe('owedVerification', () => {
     expect(owedVerification(entry(), REPLICATED)).toBeUndefined();
     expect(owedVerification(entry({ offsite: OTHER }), REPLICATED)).toBeUndefined();
     expect(owedVerification(entry({ offsite: SHA }), REPLICATED)).toBe('offsite');
-    expect(owedVerification(entry({ offsite: SHA, verified: SHA }), REPLICATED)).toBeUndefined();
+    expect(owedVerification(entry({ offsite: SHA, verifiedOffsite: SHA }), REPLICATED)).toBeUndefined();
+  });
+
+  it("each copy its own receipt: the local copy's does not settle the offsite one, nor the reverse", () => {
+    // Replicated asks for the offsite copy's own verification, whatever the local copy's receipt says.
+    expect(owedVerification(entry({ offsite: SHA, verified: SHA }), REPLICATED)).toBe('offsite');
+    expect(owedVerification(entry({ offsite: SHA, verifiedOffsite: SHA }), CREATED)).toBe('local');
+    expect(owedVerification(entry({ offsite: SHA, verified: SHA }), CREATED)).toBeUndefined();
+    expect(owedVerification(entry({ offsite: SHA, verified: SHA }), [...CREATED, ...REPLICATED])).toBe(
+      'offsite',
+    );
+    // With the local dump gone, only the offsite copy's own receipt settles it.
+    expect(owedVerification(entry({ dump: false, offsite: SHA, verified: SHA }), CREATED)).toBe('offsite');
+    expect(
+      owedVerification(entry({ dump: false, offsite: SHA, verifiedOffsite: SHA }), CREATED),
+    ).toBeUndefined();
+    // A receipt of the offsite copy for other content (an older manifest) settles nothing.
+    expect(owedVerification(entry({ offsite: SHA, verifiedOffsite: OTHER }), REPLICATED)).toBe('offsite');
   });
 });

@@ -5,6 +5,7 @@
 // of FLUX_VERIFY_QUEUE_MAX at most (new backups' verifications keep the other half); what does not fit
 // waits for the next scan.
 import type { Catalog, CatalogEntry } from '../../shared/catalog/catalog.js';
+import { copyVerifications } from '../../shared/catalog/copies.js';
 import { isAppError } from '../../shared/errors.js';
 import type { Logger } from '../../shared/log.js';
 import { counter, gauge, type Registry } from '../../shared/metrics.js';
@@ -14,25 +15,25 @@ import type { Verifier, VerifySource } from './verifier.js';
 const OWED_BY = { created: 'flux.backup.created', replicated: 'flux.backup.replicated' } as const;
 
 /**
- * Which copy of `entry` the policy wants verified now, or undefined when nothing is owed: not complete,
- * already holding a receipt for this content, or no trigger of FLUX_VERIFY_ON covers it. Created covers
- * every complete backup (its local copy; the offsite one where only that is left); replicated covers a
- * backup whose offsite copy was proven.
+ * Which copy of `entry` the policy wants verified now, or undefined when nothing is owed: not complete, that
+ * copy already holding its own receipt for this content, or no trigger of FLUX_VERIFY_ON covers it. Created
+ * covers every complete backup's local copy (the offsite one where only that is left); replicated covers the
+ * offsite copy of a backup whose copy replicate proved for this content. The local copy comes first.
  */
 export function owedVerification(
-  entry: Pick<CatalogEntry, 'manifest' | 'verify' | 'offsite' | 'dump'>,
+  entry: Pick<CatalogEntry, 'manifest' | 'verify' | 'verifyOffsite' | 'offsite' | 'dump'>,
   triggers: readonly string[],
 ): VerifySource | undefined {
   const { manifest } = entry;
   if (!manifest) return undefined;
-  if (entry.verify && entry.verify.sha256 === manifest.sha256) return undefined;
+  const verified = copyVerifications(entry);
   const isReplicated =
     entry.offsite?.status === 'replicated' && entry.offsite.contentSha256 === manifest.sha256;
   const onCreated = triggers.includes(OWED_BY.created);
   const onReplicated = triggers.includes(OWED_BY.replicated);
-  if (onCreated && entry.dump) return 'local';
-  if ((onCreated || onReplicated) && isReplicated) return 'offsite';
-  return undefined;
+  if (onCreated && entry.dump && !verified.local) return 'local';
+  const coversOffsite = onReplicated || (onCreated && !entry.dump);
+  return coversOffsite && isReplicated && !verified.offsite ? 'offsite' : undefined;
 }
 
 export interface VerifyReconcileOptions {
@@ -108,7 +109,7 @@ export function createVerifyReconcile(options: VerifyReconcileOptions): VerifyRe
     const summary: ReconcileSummary = { owed: 0, started: 0, busy: 0, failed: 0, running: 0 };
     for (const { entry, source } of await owedBackups()) {
       const { projectId, backupId } = entry;
-      if (verifier.isRunning(projectId, backupId)) {
+      if (verifier.isRunning(projectId, backupId, source)) {
         summary.running++;
         continue;
       }

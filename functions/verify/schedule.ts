@@ -5,6 +5,7 @@
 // half of the verify queue at most (new backups' verifications keep the other half), and what does not
 // fit is left for the next sweep.
 import type { Catalog } from '../../shared/catalog/catalog.js';
+import { copyVerifications } from '../../shared/catalog/copies.js';
 import { isAppError } from '../../shared/errors.js';
 import type { Logger } from '../../shared/log.js';
 import { counter, type Registry } from '../../shared/metrics.js';
@@ -57,8 +58,9 @@ export function createReverifySchedule(options: ReverifyOptions): ReverifySchedu
   /** Whether `projectId`'s newest complete backup is due, and which one it is. */
   async function dueBackup(projectId: string, now: number): Promise<string | undefined> {
     const newest = (await catalog.list(projectId)).find((e) => e.manifest);
-    if (!newest?.manifest || verifier.isRunning(projectId, newest.backupId)) return undefined;
-    const since = newest.verify?.finishedAt ?? newest.manifest.completedAt;
+    if (!newest?.manifest || verifier.isRunning(projectId, newest.backupId, options.source)) return undefined;
+    // The copy this schedule restores carries its own last verification (copies.ts).
+    const since = copyVerifications(newest)[options.source]?.finishedAt ?? newest.manifest.completedAt;
     return now - Date.parse(since) >= afterMs ? newest.backupId : undefined;
   }
 

@@ -98,7 +98,8 @@ export interface Verifier {
   readonly selection: DriverSelection;
   /** Validates the backup and starts (or joins) its verification; throws 404/409/422/503 before any work. */
   start(request: VerifyRequest): Promise<StartedVerification>;
-  isRunning(projectId: string, backupId: string): boolean;
+  /** Whether a verification of the backup runs: of `source`'s copy, or of either when none is given. */
+  isRunning(projectId: string, backupId: string, source?: VerifySource): boolean;
   readonly running: number;
   /** Verifications waiting for a slot (FLUX_VERIFY_QUEUE_MAX at most). */
   readonly queued: number;
@@ -727,14 +728,16 @@ export function createVerifier(rt: Runtime, options: VerifierOptions = {}): Veri
       return limiter.waiting;
     },
 
-    isRunning(projectId, backupId) {
-      return inFlight.has(`${projectId}/${backupId}`);
+    isRunning(projectId, backupId, source) {
+      const copies = source ? [source] : VERIFY_SOURCES;
+      return copies.some((copy) => inFlight.has(`${projectId}/${backupId}/${copy}`));
     },
 
     async start(request) {
       if (stopping) throw new AppError('shutting_down', 'verify is stopping; retry against the new process');
       const source = request.source ?? 'local';
-      const key = `${request.projectId}/${request.backupId}`;
+      // One verification per copy at a time: each copy's receipt is its own (the local and the offsite one).
+      const key = `${request.projectId}/${request.backupId}/${source}`;
       const running = inFlight.get(key);
       if (running) return { ...running, joined: true };
       const entry = await catalog.get(request.projectId, request.backupId);

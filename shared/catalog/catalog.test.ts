@@ -15,7 +15,8 @@ let dir: string;
 beforeAll(async () => {
   dir = await mkdtemp(path.join(tmpdir(), 'flux-catalog-'));
 });
-afterAll(async () => rm(dir, { recursive: true, force: true }));
+// A catalog's validation cache is saved 200 ms after its last check: retried until those saves are done.
+afterAll(async () => rm(dir, { recursive: true, force: true, maxRetries: 10, retryDelay: 100 }));
 
 async function backupWithDump(root: string): Promise<{ backupId: string; dump: string }> {
   const backupId = newBackupId();
@@ -132,5 +133,90 @@ describe('the re-hash finding (.rehash.json, written by replicate)', () => {
     await catalog.remove(projectId, backupId);
     expect(await catalog.list(projectId)).toEqual([]);
     expect(await stat(catalog.paths(projectId, backupId).rehash).catch(() => undefined)).toBeUndefined();
+  });
+});
+
+describe("the destructive gates' proof (checkArtifact 'rehash')", () => {
+  it('reads every byte: a flipped byte with its mtime kept is invalid at once, and every list then says so', async () => {
+    const root = path.join(dir, 'gate');
+    const { backupId, dump } = await backupWithDump(root);
+    const catalog = createCatalog({ root });
+    expect((await catalog.checkArtifact((await catalog.get(projectId, backupId))!)).status).toBe('valid');
+    await tamperKeepingStat(dump);
+    // The cheap check keeps its cached answer (same size and mtime) ...
+    expect((await catalog.checkArtifact((await catalog.get(projectId, backupId))!)).status).toBe('valid');
+    // ... the gate's does not, and what it read replaces the cached hash.
+    const gate = await catalog.checkArtifact((await catalog.get(projectId, backupId))!, 'rehash');
+    expect(gate.status).toBe('invalid');
+    expect((await catalog.checkArtifact((await catalog.get(projectId, backupId))!)).status).toBe('invalid');
+    expect((await catalog.trust(projectId, 'p', new Date(), { proof: 'rehash' })).tier).toBe(
+      'pipeline_incomplete',
+    );
+  });
+
+  it('a healthy dump passes the gate as often as it is asked', async () => {
+    const root = path.join(dir, 'gate-healthy');
+    const { backupId } = await backupWithDump(root);
+    const catalog = createCatalog({ root });
+    for (let i = 0; i < 3; i++)
+      expect(await catalog.checkArtifact((await catalog.get(projectId, backupId))!, 'rehash')).toEqual({
+        status: 'valid',
+      });
+  });
+});
+
+describe('per-copy verify receipts', () => {
+  const receipt = (backupId: string, sha256: string, source: 'local' | 'offsite', passed: boolean) => {
+    const now = new Date().toISOString();
+    return {
+      backupId,
+      projectId,
+      status: passed ? ('restore_verified' as const) : ('restore_failed' as const),
+      sha256,
+      source,
+      driver: 'local',
+      versions: {},
+      rungs: [],
+      stages: {},
+      startedAt: now,
+      finishedAt: now,
+      seconds: 1,
+      reason: passed ? 'passed' : 'volume_mismatch',
+      ...(passed ? {} : { error: 'row counts differ' }),
+    };
+  };
+  const KEY = 'whsec_' + Buffer.alloc(32, 3).toString('base64');
+
+  it('each copy keeps its own receipt, tagged as its own kind; one file renamed to the other is not believed', async () => {
+    const root = path.join(dir, 'copies');
+    const { backupId } = await backupWithDump(root);
+    const catalog = createCatalog({ root, keys: { secrets: [KEY], allowUnsigned: true } });
+    const sha = (await catalog.get(projectId, backupId))!.manifest!.sha256;
+    await catalog.writeVerifyReceipt(receipt(backupId, sha, 'local', false));
+    await catalog.writeVerifyReceipt(receipt(backupId, sha, 'offsite', true));
+    const entry = (await catalog.get(projectId, backupId))!;
+    expect(entry.verify).toMatchObject({ source: 'local', status: 'restore_failed' });
+    expect(entry.verifyOffsite).toMatchObject({ source: 'offsite', status: 'restore_verified' });
+    const row = catalog.toApi(entry, await catalog.checkArtifact(entry));
+    expect(row.verifiedCopies).toEqual(['offsite']);
+    expect(row.copyVerifications).toMatchObject({
+      local: { status: 'restore_failed', error: 'row counts differ', proven: false },
+      offsite: { status: 'restore_verified', error: null, proven: true },
+    });
+    const trust = await catalog.trust(projectId, 'p');
+    expect(trust.tier).toBe('restorable');
+    expect(trust.message).toMatch(/proven: the offsite copy; the local copy failed its verification/);
+
+    // The local copy's passing receipt put where the offsite one lies: its tag is of another kind.
+    const { copyFile } = await import('node:fs/promises');
+    await catalog.writeVerifyReceipt(receipt(backupId, sha, 'local', true));
+    await copyFile(entry.paths.verify, entry.paths.verifyOffsite);
+    const swapped = (await catalog.get(projectId, backupId))!;
+    expect(swapped.verifyOffsite).toBeUndefined();
+    expect(swapped.findings).toEqual([
+      expect.objectContaining({ code: 'receipt_not_authentic', file: 'verifyOffsite' }),
+    ]);
+    await catalog.remove(projectId, backupId);
+    expect(await stat(entry.paths.verifyOffsite).catch(() => undefined)).toBeUndefined();
   });
 });

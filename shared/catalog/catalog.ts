@@ -17,6 +17,7 @@ import {
   type RestoreStatus,
   type Trust,
 } from './classifier.js';
+import { type CopyName, copiesNote, copyVerifications, restoreViewOf, verifiedCopies } from './copies.js';
 import { type Freshness, freshnessOf, isRestorable, type RestorableFacts } from './freshness.js';
 import { isUuid } from './ids.js';
 import { type BackupPaths, backupPaths, type CatalogFile, parseCatalogName, projectDir } from './layout.js';
@@ -65,7 +66,7 @@ export type CatalogFindingCode = (typeof CATALOG_FINDING_CODES)[number];
 
 export interface CatalogFinding {
   code: CatalogFindingCode;
-  /** Which record: `manifest`, `verify`, `offsite`, `rehash`. */
+  /** Which record: `manifest`, `verify`, `verifyOffsite`, `offsite`, `rehash`. */
   file: CatalogFile;
   message: string;
 }
@@ -77,7 +78,10 @@ export interface CatalogEntry {
   manifest?: Manifest;
   state?: BackupState;
   offsite?: OffsiteReceipt;
+  /** verify's receipt for the local dump (`.verify.json`; see copies.ts for one written before per-copy receipts). */
   verify?: VerifyReceipt;
+  /** verify's receipt for the offsite copy (`.verify-offsite.json`). */
+  verifyOffsite?: VerifyReceipt;
   /** replicate's re-hash found the dump not matching its manifest (see RehashRecordSchema). */
   rehash?: RehashRecord;
   /** Set when a sidecar exists but cannot be parsed. */
@@ -92,6 +96,28 @@ export interface CatalogEntry {
 export interface ArtifactCheck {
   status: ArtifactStatus;
   error?: string;
+}
+
+/**
+ * How checkArtifact proves the dump: `cached` takes a hash read before while the file keeps its size and
+ * mtime (lists and status); `rehash` reads every byte now (the destructive gates: a byte flipped with its
+ * mtime kept is invisible to the cache).
+ */
+export type ArtifactProof = 'cached' | 'rehash';
+
+/**
+ * What migrate's gate and an in-place restore's gate ask: every byte of the local dump hashed again, each
+ * time, before they pass (a cached validation is no proof after a byte flipped with its mtime kept).
+ */
+export const GATE_ARTIFACT_PROOF: ArtifactProof = 'rehash';
+
+/** One copy's verification as the API rows show it. */
+export interface CopyVerificationView {
+  status: VerifyReceipt['status'];
+  finishedAt: string;
+  error: string | null;
+  /** The copy's verification passed and the copy still holds these bytes: it counts as restorable. */
+  proven: boolean;
 }
 
 /**
@@ -137,6 +163,10 @@ export interface ApiBackup {
   restoreVerificationAt: string | null;
   restoreVerificationError: string | null;
   restoreVerificationSource: 'local' | 'offsite' | null;
+  /** The copies proven restorable for the current manifest (each by its own verification). */
+  verifiedCopies: CopyName[];
+  /** Each copy's own verification for the current manifest, null when it has none. */
+  copyVerifications: Record<CopyName, CopyVerificationView | null>;
   error: string | null;
   /** Records of this backup not believed (manifest_not_authentic, manifest_misplaced, …); absent when none. */
   findings?: CatalogFinding[];
@@ -172,20 +202,21 @@ export interface Catalog {
   /** A project's backups, newest first. */
   list(projectId: string): Promise<CatalogEntry[]>;
   get(projectId: string, backupId: string): Promise<CatalogEntry | undefined>;
-  checkArtifact(entry: CatalogEntry): Promise<ArtifactCheck>;
+  /** The local dump against its manifest; `proof` (default `cached`) says whether a cached hash may stand. */
+  checkArtifact(entry: CatalogEntry, proof?: ArtifactProof): Promise<ArtifactCheck>;
   /** Records a hash we just computed ourselves, so the next list does not re-hash. */
   rememberArtifact(file: string, sizeBytes: number, mtimeMs: number, sha256: string): void;
   facts(entry: CatalogEntry, artifact: ArtifactCheck): BackupFacts;
   toApi(entry: CatalogEntry, artifact: ArtifactCheck): ApiBackup;
   /**
    * The newest backup's tier and the project's freshness (its newest restorable backup against
-   * `policy.maxAgeMs`, default DEFAULT_MAX_AGE_MS).
+   * `policy.maxAgeMs`, default DEFAULT_MAX_AGE_MS). `policy.proof` as checkArtifact's (a gate re-hashes).
    */
   trust(
     projectId: string,
     slug?: string,
     now?: Date,
-    policy?: { maxAgeMs?: number },
+    policy?: { maxAgeMs?: number; proof?: ArtifactProof },
   ): Promise<Trust & { backup?: ApiBackup; freshness: Freshness; findings?: BackupFinding[] }>;
   writeManifest(manifest: Manifest): Promise<void>;
   writeState(state: BackupState): Promise<void>;
@@ -241,6 +272,7 @@ export interface CatalogOptions {
 const RECORD_KIND: Partial<Record<CatalogFile, RecordKind>> = {
   manifest: 'manifest',
   verify: 'verify-receipt',
+  verifyOffsite: 'verify-offsite-receipt',
   offsite: 'offsite-receipt',
   rehash: 'rehash-record',
 };
@@ -297,11 +329,12 @@ export function createCatalog(options: CatalogOptions): Catalog {
       if (error) problems.push(error);
       return value;
     };
-    const [manifest, state, offsite, verify, rehash] = await Promise.all([
+    const [manifest, state, offsite, verify, verifyOffsite, rehash] = await Promise.all([
       read(paths.manifest, ManifestSchema),
       read(paths.state, BackupStateSchema),
       read(paths.offsite, OffsiteReceiptSchema),
       read(paths.verify, VerifyReceiptSchema),
+      read(paths.verifyOffsite, VerifyReceiptSchema),
       read(paths.rehash, RehashRecordSchema),
     ]);
     const findings: CatalogFinding[] = [];
@@ -342,6 +375,15 @@ export function createCatalog(options: CatalogOptions): Catalog {
     if (trustedOffsite) entry.offsite = trustedOffsite;
     const trustedVerify = admit('verify', VerifyReceiptSchema, verify);
     if (trustedVerify) entry.verify = trustedVerify;
+    const trustedVerifyOffsite = admit('verifyOffsite', VerifyReceiptSchema, verifyOffsite);
+    if (trustedVerifyOffsite?.source === 'local') {
+      // The offsite copy's receipt says it is about the local dump: it is not this copy's verification.
+      findings.push({
+        code: 'receipt_misplaced',
+        file: 'verifyOffsite',
+        message: `${path.basename(paths.verifyOffsite)} is a verification of the local copy, not the offsite one; not believed`,
+      });
+    } else if (trustedVerifyOffsite) entry.verifyOffsite = trustedVerifyOffsite;
     const trustedRehash = admit('rehash', RehashRecordSchema, rehash);
     if (trustedRehash) entry.rehash = trustedRehash;
     if (findings.length > 0) {
@@ -414,7 +456,7 @@ export function createCatalog(options: CatalogOptions): Catalog {
       return entry.manifest || entry.state || entry.unreadable || entry.rejectedManifest ? entry : undefined;
     },
 
-    async checkArtifact(entry) {
+    async checkArtifact(entry, proof = 'cached') {
       const manifest = entry.manifest;
       if (!manifest) return { status: 'pending' };
       if (!entry.dump) return { status: 'missing', error: 'the dump file is missing' };
@@ -427,26 +469,32 @@ export function createCatalog(options: CatalogOptions): Catalog {
       const file = entry.paths.dump;
       const cached = artifactCache.get(file);
       const rehash = entry.rehash;
+      const dump = entry.dump;
+      // The destructive gates read every byte now: a cache and a re-hash finding are about earlier reads.
+      const known =
+        proof === 'rehash'
+          ? undefined
+          : rehash &&
+              rehash.manifestSha256 === manifest.sha256 &&
+              rehash.sizeBytes === dump.sizeBytes &&
+              rehash.mtimeMs === dump.mtimeMs
+            ? // A re-hash read these very bytes (same size and mtime) after any cached validation did.
+              rehash.foundSha256
+            : cached && cached.sizeBytes === dump.sizeBytes && cached.mtimeMs === dump.mtimeMs
+              ? cached.sha256
+              : undefined;
       let sha256: string;
-      if (
-        rehash &&
-        rehash.manifestSha256 === manifest.sha256 &&
-        rehash.sizeBytes === entry.dump.sizeBytes &&
-        rehash.mtimeMs === entry.dump.mtimeMs
-      ) {
-        // A re-hash read these very bytes (same size and mtime) after any cached validation did.
-        sha256 = rehash.foundSha256;
-      } else if (
-        cached &&
-        cached.sizeBytes === entry.dump.sizeBytes &&
-        cached.mtimeMs === entry.dump.mtimeMs
-      ) {
-        sha256 = cached.sha256;
-      } else {
-        let pending = inFlightHashes.get(file);
+      if (known) sha256 = known;
+      else {
+        // A gate's hash starts now: it does not join one that began before the call.
+        let pending = proof === 'rehash' ? undefined : inFlightHashes.get(file);
         if (!pending) {
-          pending = hashFile(file).finally(() => inFlightHashes.delete(file));
-          inFlightHashes.set(file, pending);
+          pending = hashFile(file);
+          if (proof !== 'rehash') {
+            const shared = pending.finally(() => inFlightHashes.delete(file));
+            inFlightHashes.set(file, shared);
+            pending = shared;
+          }
         }
         try {
           sha256 = (await pending).sha256;
@@ -474,11 +522,8 @@ export function createCatalog(options: CatalogOptions): Catalog {
         : entry.state?.status === 'running'
           ? 'running'
           : 'failed';
-      const verify =
-        entry.verify && entry.manifest && entry.verify.sha256 === entry.manifest.sha256
-          ? entry.verify
-          : undefined;
-      const restore: RestoreStatus = verify ? verify.status : 'pending';
+      // Each copy's own verification: restore_verified when a valid copy is proven (copies.ts).
+      const { status: restore, receipt: verify } = restoreViewOf(entry, artifact.status);
       const offsite: OffsiteStatus = entry.offsite
         ? entry.offsite.status === 'replicated' && entry.offsite.contentSha256 !== entry.manifest?.sha256
           ? 'failed'
@@ -506,8 +551,21 @@ export function createCatalog(options: CatalogOptions): Catalog {
     toApi(entry, artifact) {
       const facts = catalog.facts(entry, artifact);
       const m = entry.manifest;
-      const v = entry.verify && m && entry.verify.sha256 === m.sha256 ? entry.verify : undefined;
+      const v = restoreViewOf(entry, artifact.status).receipt;
       const restoreStatus = upstreamRestoreStatus(facts);
+      const proven = verifiedCopies(entry, artifact.status);
+      const perCopy = copyVerifications(entry);
+      const viewOf = (copy: CopyName): CopyVerificationView | null => {
+        const r = perCopy[copy];
+        return r
+          ? {
+              status: r.status,
+              finishedAt: r.finishedAt,
+              error: r.status === 'restore_verified' ? null : (r.error ?? r.reason ?? null),
+              proven: proven.includes(copy),
+            }
+          : null;
+      };
       return {
         id: entry.backupId,
         projectId: entry.projectId,
@@ -540,9 +598,11 @@ export function createCatalog(options: CatalogOptions): Catalog {
           v && v.status !== 'restore_verified'
             ? (v.error ?? v.reason ?? null)
             : v && restoreStatus !== 'restore_verified'
-              ? `the verification was of bytes the local dump no longer holds (${artifact.error ?? artifact.status})`
+              ? `the verification${v.source === 'offsite' ? ' of the offsite copy' : ''} was of bytes the local dump no longer holds (${artifact.error ?? artifact.status})`
               : null,
         restoreVerificationSource: v?.source ?? null,
+        verifiedCopies: proven,
+        copyVerifications: { local: viewOf('local'), offsite: viewOf('offsite') },
         error: facts.status === 'failed' ? (facts.error ?? null) : (artifact.error ?? null),
         ...(entry.findings ? { findings: entry.findings } : {}),
       };
@@ -565,27 +625,29 @@ export function createCatalog(options: CatalogOptions): Catalog {
           ...findings,
         };
       }
-      const artifact = await catalog.checkArtifact(newest);
+      const proof = policy.proof ?? 'cached';
+      const artifact = await catalog.checkArtifact(newest, proof);
       const facts = catalog.facts(newest, artifact);
-      // The newest restorable backup: the newest one itself when it is, else the first older one whose
-      // verify receipt passed for its bytes (only those are hashed, and the hashes are cached).
+      // The newest restorable backup: the newest one itself when it is, else the first older one a copy's
+      // verify receipt passed for (only those are hashed, and outside a gate the hashes are cached).
       let restorable: RestorableFacts | undefined;
       for (const entry of entries) {
-        const verify = entry.verify;
-        if (
-          !entry.manifest ||
-          verify?.status !== 'restore_verified' ||
-          verify.sha256 !== entry.manifest.sha256
-        )
-          continue;
-        const f = entry === newest ? facts : catalog.facts(entry, await catalog.checkArtifact(entry));
+        const passed = Object.values(copyVerifications(entry)).some((r) => r.status === 'restore_verified');
+        if (!entry.manifest || !passed) continue;
+        const checked = entry === newest ? artifact : await catalog.checkArtifact(entry, proof);
+        const f = entry === newest ? facts : catalog.facts(entry, checked);
         if (isRestorable(f)) {
-          restorable = { backupId: entry.backupId, createdAt: f.createdAt, verifiedAt: verify.finishedAt };
+          const verifiedAt = restoreViewOf(entry, checked.status).receipt?.finishedAt;
+          restorable = { backupId: entry.backupId, createdAt: f.createdAt, verifiedAt };
           break;
         }
       }
+      const trust = classify(facts, now, slug);
+      // Which copy is proven, and any copy whose verification did not pass: never hidden by the other's.
+      const note = copiesNote(newest, artifact.status);
       return {
-        ...classify(facts, now, slug),
+        ...trust,
+        ...(note && newest.manifest ? { message: `${trust.message} (${note})` } : {}),
         backup: catalog.toApi(newest, artifact),
         freshness: freshnessOf(restorable, maxAgeMs, now, slug),
         ...findings,
@@ -614,10 +676,19 @@ export function createCatalog(options: CatalogOptions): Catalog {
       );
     },
     async writeVerifyReceipt(receipt) {
+      // Each copy its own receipt: a verification of one copy never overwrites the other's.
+      const parsed = VerifyReceiptSchema.parse(receipt);
+      const paths = catalog.paths(receipt.projectId, receipt.backupId);
+      const isOffsite = parsed.source === 'offsite';
       await writeRecord(
         root,
-        catalog.paths(receipt.projectId, receipt.backupId).verify,
-        tagRecord('verify-receipt', VerifyReceiptSchema, VerifyReceiptSchema.parse(receipt), keys.secrets),
+        isOffsite ? paths.verifyOffsite : paths.verify,
+        tagRecord(
+          isOffsite ? 'verify-offsite-receipt' : 'verify-receipt',
+          VerifyReceiptSchema,
+          parsed,
+          keys.secrets,
+        ),
       );
     },
 
@@ -643,7 +714,7 @@ export function createCatalog(options: CatalogOptions): Catalog {
     async remove(projectId, backupId) {
       const p = catalog.paths(projectId, backupId);
       // The manifest goes first: without it the backup no longer counts as complete anywhere.
-      for (const file of [p.manifest, p.dump, p.verify, p.offsite, p.state, p.rehash])
+      for (const file of [p.manifest, p.dump, p.verify, p.verifyOffsite, p.offsite, p.state, p.rehash])
         await rm(file, { force: true });
       remember(p.dump, undefined);
     },

@@ -10,6 +10,8 @@ export const SUFFIX = {
   manifest: '.manifest.json',
   offsite: '.offsite.json',
   verify: '.verify.json',
+  /** verify's receipt for the offsite copy (each copy carries its own verification). */
+  verifyOffsite: '.verify-offsite.json',
   state: '.state.json',
   /** The rotating re-hash's finding about the local dump (replicate, only while it does not match). */
   rehash: '.rehash.json',
@@ -22,6 +24,7 @@ export interface BackupPaths {
   manifest: string;
   offsite: string;
   verify: string;
+  verifyOffsite: string;
   state: string;
   rehash: string;
 }
@@ -49,6 +52,7 @@ export function backupPaths(root: string, projectId: string, backupId: string): 
     manifest: at(SUFFIX.manifest),
     offsite: at(SUFFIX.offsite),
     verify: at(SUFFIX.verify),
+    verifyOffsite: at(SUFFIX.verifyOffsite),
     state: at(SUFFIX.state),
     rehash: at(SUFFIX.rehash),
   };

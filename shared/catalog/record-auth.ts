@@ -19,6 +19,7 @@ export type RecordAuth = z.infer<typeof RecordAuthSchema>;
 export type RecordKind =
   | 'manifest'
   | 'verify-receipt'
+  | 'verify-offsite-receipt'
   | 'offsite-receipt'
   | 'rehash-record'
   | 'restore-receipt';
