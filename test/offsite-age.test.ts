@@ -5,7 +5,8 @@
 // with FLUX_BACKUP_AGE_IDENTITY_FILE (directory store and S3); a wrong identity is refused at start-up
 // and on use with the fix; adding a recipient re-encrypts nothing and the old copies stay readable; a
 // flipped byte in an encrypted copy is found by the re-hash and by verify; a retry after a crash between
-// the put and the receipt puts the same file again (no conflict).
+// the put and the receipt puts the same file again (no conflict); a truncated one raises the conflict
+// alarm and is refused.
 import { createHash, randomUUID } from 'node:crypto';
 import { chmod, mkdtemp, readdir, readFile, rm, stat, unlink, utimes, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
@@ -366,6 +367,36 @@ describe('encrypted offsite copies (directory store)', () => {
     await stop(fn);
   });
 
+  it('a truncated encrypted copy: the reconcile sees it is not the size its receipt proved and raises the conflict alarm (never overwriting it); verify from offsite refuses it', async () => {
+    const file = offsiteFile(first);
+    const original = await readFile(file);
+    await writeFile(file, original.subarray(0, Math.floor(original.length / 2)));
+    try {
+      const { rt, fn } = await replicateWith(env, {});
+      const run = await fn.app.request('/replicate/run', { method: 'POST', headers: ADMIN.header });
+      expect(run.status).toBe(200);
+      const { reconcile } = (await run.json()) as {
+        reconcile: { gaps: Record<string, number>; results: Record<string, number> };
+      };
+      expect(reconcile.gaps.offsite_changed).toBe(1);
+      expect(reconcile.results.conflict).toBe(1);
+      expect((await rt.catalog.get(tenant.id, first))?.offsite?.status).toBe('conflict');
+      expect((await readFile(file)).length).toBe(Math.floor(original.length / 2));
+      await stop(fn);
+      const verify = await start(createVerify(testRuntime('verify', env, { projects, clusters })));
+      const res = await verify.app.request(
+        `/api/cli/v1/projects/${project.hash}/backups/${first}/verify?source=offsite`,
+        { method: 'POST', headers: ADMIN.header },
+      );
+      expect(res.status).not.toBe(200);
+      expect(JSON.stringify(await res.json())).toMatch(
+        /age authentication|not the manifest's|truncated or replaced/,
+      );
+    } finally {
+      await writeFile(file, original);
+    }
+  });
+
   it('a crash between the put and the receipt: the retry puts the same staged file again, with no conflict', async () => {
     const third = await createBackup();
     const manifest = await manifestOf(third);
@@ -458,5 +489,18 @@ describe('encrypted offsite copies on S3', () => {
     expect(res.status, await res.clone().text()).toBe(200);
     expect(await res.json()).toMatchObject({ restoreVerificationStatus: 'restore_verified' });
     await stop(verify);
+
+    const restore = await start(createRestore(testRuntime('restore', s3env, { projects, clusters })));
+    const restored = await restore.app.request(
+      `/api/cli/v1/projects/${project.hash}/backups/${backupId}/restore`,
+      {
+        method: 'POST',
+        headers: { ...ADMIN.header, 'content-type': 'application/json' },
+        // Its own name: the directory-store restore above made the default one this minute.
+        body: JSON.stringify({ mode: 'new', source: 'offsite', targetName: 'sealed_from_s3' }),
+      },
+    );
+    expect(restored.status, await restored.clone().text()).toBe(200);
+    expect(await restored.json()).toMatchObject({ restore: { status: 'completed', source: 'offsite' } });
   });
 });

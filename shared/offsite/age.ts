@@ -155,11 +155,6 @@ export async function loadIdentities(file: string): Promise<AgeIdentities> {
   };
 }
 
-/** A short, stable label of a recipient for status and logs: `age1abcd…wxyz`. */
-export function recipientLabel(recipient: string): string {
-  return recipient.length > 20 ? `${recipient.slice(0, 9)}…${recipient.slice(-6)}` : recipient;
-}
-
 /** Passes bytes through, hashing them; `result()` once the stream has ended. */
 export function hashingPassThrough(): { stream: Transform; result(): ContentHash } {
   const hash = createHash('sha256');
