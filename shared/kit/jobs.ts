@@ -145,9 +145,9 @@ export function createJobRunner<V = undefined>(options: JobRunnerOptions): JobRu
       }
     },
     claim,
-    run(key, work, jobOptions) {
+    run<T>(key: string, work: (signal: AbortSignal) => Promise<T>, jobOptions?: JobOptions<V>) {
       const slot = claim(key, jobOptions);
-      let started: Promise<Awaited<ReturnType<typeof work>>>;
+      let started: Promise<T>;
       try {
         started = work(slot.signal);
       } catch (error) {
