@@ -145,14 +145,18 @@ export function createJobRunner<V = undefined>(options: JobRunnerOptions): JobRu
       }
     },
     claim,
-    run<T>(key: string, work: (signal: AbortSignal) => Promise<T>, jobOptions?: JobOptions<V>) {
+    run: async function run<T>(
+      key: string,
+      work: (signal: AbortSignal) => Promise<T>,
+      jobOptions?: JobOptions<V>,
+    ): Promise<T> {
       const slot = claim(key, jobOptions);
       let started: Promise<T>;
       try {
         started = work(slot.signal);
       } catch (error) {
         slot.release();
-        return Promise.reject(error);
+        throw error;
       }
       return slot.track(started);
     },
