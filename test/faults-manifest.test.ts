@@ -8,7 +8,7 @@ import { chmod, mkdtemp, readdir, readFile, rm, stat } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { createdEventIdOf } from '../functions/dump/dumper.js';
+import { createdEventIdOf } from '../functions/dump/created-event.js';
 import { TEMP_PREFIX } from '../shared/atomic.js';
 import type { ApiBackup } from '../shared/catalog/catalog.js';
 import {

@@ -8,7 +8,7 @@ import path from 'node:path';
 import { execa } from 'execa';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createApp as createDumpApp } from '../functions/dump/app.js';
-import { createdEventIdOf } from '../functions/dump/dumper.js';
+import { createdEventIdOf } from '../functions/dump/created-event.js';
 import { isAppError } from '../shared/errors.js';
 import { createEvent } from '../shared/events/envelope.js';
 import { createOutbox } from '../shared/events/outbox.js';

@@ -16,6 +16,7 @@ import type { Manifest } from '../../shared/catalog/records.js';
 import { AppError, isAppError } from '../../shared/errors.js';
 import { createKit, readJson } from '../../shared/kit/app.js';
 import { requireScopeOf } from '../../shared/kit/auth.js';
+import { createLifecycle } from '../../shared/kit/lifecycle.js';
 import { type PatientOptions, patientJson } from '../../shared/kit/patient.js';
 import { dirWritableCheck, registryCheck, toolCheck } from '../../shared/kit/readiness.js';
 import type { FunctionApp, Runtime } from '../../shared/kit/runtime.js';
@@ -334,6 +335,39 @@ export function createApp(rt: Runtime, patience: PatientOptions = {}): FunctionA
     );
   });
 
+  // Started in this order, stopped in reverse: the schedule and the metrics before the dumps they start
+  // and count, the dumps before the outbox that carries their last events, the catalog's cache last.
+  const lifecycle = createLifecycle(rt.log)
+    .step('catalog cache', undefined, () => rt.catalog.flush())
+    // A wrong identity fails here, with the fix, not at the first offsite download.
+    .step('age identity', () => rt.ageKeys.checkNewest(offsiteStore, rt.log))
+    .step('inbox', () => rt.inbox.start())
+    // Recovery's events are enqueued before the outbox starts and delivered once it does.
+    .step('recovery', () => dumper.recover())
+    .step(
+      'outbox',
+      () => rt.outbox.start(),
+      () => rt.outbox.stop(),
+    )
+    .step('dumps', undefined, () => dumper.stop())
+    .step(
+      'trust metrics',
+      () => trustMetrics.start(),
+      () => trustMetrics.stop(),
+    )
+    .step(
+      'schedule',
+      () => scheduler.start(),
+      () => scheduler.stop(),
+    )
+    .step('catalog rebuild', () => {
+      if (!config.FLUX_CATALOG_REBUILD_AT_START) return;
+      // In the background: a slow or unreachable store must not hold the process's start.
+      void rebuilder
+        .rebuild({ onlyEmpty: true })
+        .catch((error) => rt.log.error({ err: error }, 'start-up catalog rebuild from offsite failed'));
+    });
+
   return {
     name: 'dump',
     app,
@@ -345,27 +379,7 @@ export function createApp(rt: Runtime, patience: PatientOptions = {}): FunctionA
       'flux.backup.replicated',
       'flux.backup.replication_failed',
     ],
-    async start() {
-      // A wrong identity fails here, with the fix, not at the first offsite download.
-      await rt.ageKeys.checkNewest(offsiteStore, rt.log);
-      await rt.inbox.start();
-      await dumper.recover();
-      await rt.outbox.start();
-      await trustMetrics.start();
-      await scheduler.start();
-      if (config.FLUX_CATALOG_REBUILD_AT_START) {
-        // In the background: a slow or unreachable store must not hold the process's start.
-        void rebuilder
-          .rebuild({ onlyEmpty: true })
-          .catch((error) => rt.log.error({ err: error }, 'start-up catalog rebuild from offsite failed'));
-      }
-    },
-    async stop() {
-      await scheduler.stop();
-      trustMetrics.stop();
-      await dumper.stop();
-      await rt.outbox.stop();
-      await rt.catalog.flush();
-    },
+    start: () => lifecycle.start(),
+    stop: () => lifecycle.stop(),
   };
 }

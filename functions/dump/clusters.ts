@@ -10,7 +10,6 @@ import { labelsOf, type Trust } from '../../shared/catalog/classifier.js';
 import type { FreshnessState } from '../../shared/catalog/freshness.js';
 import { AppError, isAppError } from '../../shared/errors.js';
 import type { Runtime } from '../../shared/kit/runtime.js';
-import { gauge } from '../../shared/metrics.js';
 import { parsePgUrl, pgError, SQLSTATE, withPgClient } from '../../shared/pg/conn.js';
 import {
   type ClusterInfo,
@@ -21,6 +20,7 @@ import {
   tenantSchemaOf,
 } from '../../shared/registry.js';
 import { backupPolicyOf } from '../../shared/schedule.js';
+import { clusterMetrics } from './metrics.js';
 
 /** Stable codes of what the placement check finds. */
 export const PLACEMENT_CODES = {
@@ -238,22 +238,8 @@ export function createClusterViews(
 ): ClusterViews {
   const { registry, catalog, env, log, metrics } = rt;
   const stateFile = path.join(rt.config.FLUX_STATE_DIR, 'clusters', 'findings.json');
-  const reachableGauge = gauge(
-    metrics,
-    'flux_cluster_reachable',
-    'Whether the cluster answered its last look (1/0)',
-    ['cluster'],
-  );
-  const tenantsGauge = gauge(metrics, 'flux_cluster_tenants', 'Tenants the registry places on the cluster', [
-    'cluster',
-  ]);
-  const findingsGauge = gauge(
-    metrics,
-    'flux_cluster_placement_findings',
-    'Open placement findings per cluster and code',
-    ['cluster', 'code'],
-  );
-  // One look at a time: two concurrent looks would both see a finding as new.
+
+  const { reachableGauge, tenantsGauge, findingsGauge } = clusterMetrics(metrics); // One look at a time: two concurrent looks would both see a finding as new.
   let looking: Promise<unknown> = Promise.resolve();
 
   async function knownFindings(): Promise<Map<string, PlacementFinding>> {

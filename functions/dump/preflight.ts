@@ -6,11 +6,11 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import type { FreshnessState } from '../../shared/catalog/freshness.js';
 import { AppError, isAppError } from '../../shared/errors.js';
 import type { Runtime } from '../../shared/kit/runtime.js';
-import { counter } from '../../shared/metrics.js';
 import { type Project, tenantSchemaOf } from '../../shared/registry.js';
 import { formatDuration } from '../../shared/schedule.js';
 import type { ClusterViews, PlacementFinding } from './clusters.js';
 import type { StartedBackup } from './dumper.js';
+import { preflightMetrics } from './metrics.js';
 
 export type PreflightVerdict = 'pass' | 'fail' | 'unknown';
 
@@ -71,11 +71,8 @@ export function createPreflight(
   startBackup: (project: Project) => Promise<StartedBackup>,
 ) {
   const { registry, catalog, log, metrics } = rt;
-  const runs = counter(metrics, 'flux_cluster_preflights_total', 'Maintenance preflights by verdict', [
-    'cluster',
-    'verdict',
-  ]);
 
+  const { runs } = preflightMetrics(metrics);
   /** A fresh backup of the project, then replicate's and verify's answers on it (or the wait ends). */
   async function backupAndWait(project: Project, deadline: number, signal?: AbortSignal): Promise<string> {
     let backupId: string;

@@ -8,8 +8,9 @@ import type { Catalog } from '../../shared/catalog/catalog.js';
 import type { OffsiteStatus } from '../../shared/catalog/classifier.js';
 import { errnoOf } from '../../shared/errors.js';
 import type { Logger } from '../../shared/log.js';
-import { counter, type Registry } from '../../shared/metrics.js';
+import type { Registry } from '../../shared/metrics.js';
 import type { OffsiteStore } from '../../shared/offsite/types.js';
+import { rebuildMetrics } from './metrics.js';
 import { manifestCheckFor, offsiteDumpStatus, scanOffsite } from './offsite-catalog.js';
 
 export interface RebuildRequest {
@@ -59,12 +60,8 @@ export function createCatalogRebuilder(options: {
   secrets: readonly string[];
 }): CatalogRebuilder {
   const { catalog, log } = options;
-  const results = counter(
-    options.metrics,
-    'flux_catalog_rebuild_manifests_total',
-    'Offsite manifests a catalog rebuild looked at, by result',
-    ['result'],
-  );
+
+  const { results } = rebuildMetrics(options.metrics);
   let queue: Promise<unknown> = Promise.resolve();
 
   async function run(request: RebuildRequest): Promise<RebuildSummary> {

@@ -18,11 +18,12 @@ import type { Catalog } from '../../shared/catalog/catalog.js';
 import type { Config } from '../../shared/config.js';
 import { isAppError } from '../../shared/errors.js';
 import type { Logger } from '../../shared/log.js';
-import { counter, gauge, type Registry } from '../../shared/metrics.js';
+import type { Registry } from '../../shared/metrics.js';
 import type { Project, ProjectRegistry } from '../../shared/registry.js';
 import { backupPolicyOf } from '../../shared/schedule.js';
 import { type Decision, decide, type ProjectView, slotStateOf } from './due.js';
 import type { Dumper, StartedBackup } from './dumper.js';
+import { scheduleMetrics } from './metrics.js';
 
 const StateSchema = z.object({
   version: z.literal(1),
@@ -74,23 +75,7 @@ export function createBackupScheduler(options: SchedulerOptions): BackupSchedule
   // What was last said about each project's slot, so a decision that holds over many ticks is logged once.
   const said = new Map<string, string>();
 
-  const decisions = counter(
-    options.metrics,
-    'flux_schedule_decisions_total',
-    'Scheduler decisions, each counted once per project and slot (started, satisfied, running, cluster_busy, catch_up_paced, failed)',
-    ['decision'],
-  );
-  const dueGauge = gauge(
-    options.metrics,
-    'flux_schedule_due_projects',
-    'Projects whose scheduled backup is due but not started (waiting on a running backup, a cluster slot or catch-up pacing)',
-  );
-  const lastTick = gauge(
-    options.metrics,
-    'flux_schedule_last_tick_timestamp_seconds',
-    'When the scheduler last decided what is due',
-  );
-
+  const { decisions, dueGauge, lastTick } = scheduleMetrics(options.metrics);
   async function loadState(): Promise<void> {
     let text: string;
     try {

@@ -6,6 +6,7 @@ import { isSlug } from '../../shared/catalog/ids.js';
 import { redactUrl } from '../../shared/config.js';
 import { AppError } from '../../shared/errors.js';
 import { createKit, readJson } from '../../shared/kit/app.js';
+import { createLifecycle } from '../../shared/kit/lifecycle.js';
 import { registryCheck, warningOutcome } from '../../shared/kit/readiness.js';
 import type { FunctionApp, Runtime } from '../../shared/kit/runtime.js';
 import { createMonitor } from './monitor.js';
@@ -120,23 +121,33 @@ export function createApp(rt: Runtime, options: ProbeAppOptions = {}): FunctionA
 
   app.get('/probes', requireScope('probe'), (c) => c.json(monitor.latest()));
 
+  // Started in this order, stopped in reverse: the schedule and the probes in flight before the outbox that
+  // carries their events, the catalog's cache last.
+  const lifecycle = createLifecycle(log)
+    .step('catalog cache', undefined, () => rt.catalog.flush())
+    .step('inbox', () => rt.inbox.start())
+    .step(
+      'outbox',
+      () => rt.outbox.start(),
+      () => rt.outbox.stop(),
+    )
+    .step(
+      'schedule',
+      () => {
+        if (config.FLUX_PROBE_INTERVAL_MS > 0 && !gateway && !config.FLUX_PROBE_FALLBACK_PUBLIC) {
+          log.warn('FLUX_TENANT_PROBE_GATEWAY_URL is not set: scheduled probes are off until it is');
+          return;
+        }
+        scheduler.start();
+      },
+      () => Promise.all([scheduler.stop(), monitor.stop()]),
+    );
+
   return {
     name: 'probe',
     app,
     accepts: ['flux.migrate.completed'],
-    async start() {
-      await rt.inbox.start();
-      await rt.outbox.start();
-      if (config.FLUX_PROBE_INTERVAL_MS > 0 && !gateway && !config.FLUX_PROBE_FALLBACK_PUBLIC) {
-        log.warn('FLUX_TENANT_PROBE_GATEWAY_URL is not set: scheduled probes are off until it is');
-        return;
-      }
-      scheduler.start();
-    },
-    async stop() {
-      await Promise.all([scheduler.stop(), monitor.stop()]);
-      await rt.outbox.stop();
-      await rt.catalog.flush();
-    },
+    start: () => lifecycle.start(),
+    stop: () => lifecycle.stop(),
   };
 }

@@ -5,9 +5,9 @@ import { setMaxListeners } from 'node:events';
 import { AppError } from '../../shared/errors.js';
 import type { Runtime } from '../../shared/kit/runtime.js';
 import { createLimiter } from '../../shared/limiter.js';
-import { counter, gauge } from '../../shared/metrics.js';
 import { type Project, resolveUrl } from '../../shared/registry.js';
 import { mintProbeJwt } from './jwt.js';
+import { probeMetrics } from './metrics.js';
 import { PHASES, type Phase, type Prober, targetUrlOf } from './prober.js';
 import {
   classifyError,
@@ -76,36 +76,9 @@ function originOf(url: URL): string {
 export function createMonitor(rt: Runtime, prober: Prober): Monitor {
   const { config, log, metrics, registry } = rt;
   const threshold = config.FLUX_PROBE_FAILURE_THRESHOLD;
-  const labels = ['tenant', 'host'];
-  const success = gauge(metrics, 'probe_success', 'Whether the probe succeeded', labels);
-  const duration = gauge(metrics, 'probe_duration_seconds', 'How long the probe took', labels);
-  const statusCode = gauge(
-    metrics,
-    'probe_http_status_code',
-    'Response HTTP status code (0 without a response)',
-    labels,
-  );
-  const certExpiry = gauge(
-    metrics,
-    'probe_ssl_earliest_cert_expiry',
-    'Earliest notAfter of the presented certificate chain, unix seconds',
-    labels,
-  );
-  const phaseSeconds = gauge(metrics, 'probe_http_duration_seconds', 'Duration of each HTTP request phase', [
-    ...labels,
-    'phase',
-  ]);
-  const failures = counter(metrics, 'flux_probe_failures_total', 'Failed probes by bounded reason', [
-    ...labels,
-    'reason',
-  ]);
-  const cycleSeconds = gauge(
-    metrics,
-    'flux_probe_cycle_duration_seconds',
-    'Wall time of the last full cycle',
-  );
-  const cycleTenants = gauge(metrics, 'flux_probe_cycle_tenants', 'Tenants probed in the last full cycle');
 
+  const { success, duration, statusCode, certExpiry, phaseSeconds, failures, cycleSeconds, cycleTenants } =
+    probeMetrics(metrics);
   const limiter = createLimiter({
     concurrency: config.FLUX_PROBE_CONCURRENCY,
     queueMax: Number.MAX_SAFE_INTEGER,

@@ -5,6 +5,7 @@ import path from 'node:path';
 import { parseBackupId, parseProjectId } from '../../shared/catalog/ids.js';
 import { AppError } from '../../shared/errors.js';
 import { createKit } from '../../shared/kit/app.js';
+import { createLifecycle } from '../../shared/kit/lifecycle.js';
 import { dirWritableCheck } from '../../shared/kit/readiness.js';
 import type { FunctionApp, Runtime } from '../../shared/kit/runtime.js';
 import { createOffsiteStore } from '../../shared/offsite/index.js';
@@ -198,46 +199,60 @@ export function createApp(rt: Runtime, deps: ReplicateDeps = {}): FunctionApp {
     }),
   );
 
+  /** The watcher, the periodic reconcile and the upkeep sweep: what finds work, so it stops first. */
+  function startFinding(): void {
+    started = true;
+    void runReconcile('startup');
+    timer = setInterval(() => {
+      void watcher
+        .refresh()
+        .then(sweepTemp)
+        .then(() => runReconcile('reconcile'));
+    }, config.FLUX_REPLICATE_RECONCILE_INTERVAL_MS);
+    timer.unref();
+    if (config.FLUX_OFFSITE_IMMUTABLE) {
+      log.info(
+        { store: store.location },
+        'FLUX_OFFSITE_IMMUTABLE: offsite expiry is left to the store (object lock / lifecycle rules); replicate removes nothing',
+      );
+    }
+    // The first sweep waits one interval: start-up belongs to the reconcile of what is not copied yet.
+    upkeepTimer = setInterval(() => void runUpkeep(), config.FLUX_REHASH_SWEEP_INTERVAL_MS);
+    upkeepTimer.unref();
+  }
+
+  // Started in this order, stopped in reverse: what finds work, then the upkeep and the copies, then the
+  // outbox that carries their last events, the catalog's cache last.
+  const lifecycle = createLifecycle(log)
+    .step('catalog cache', undefined, () => rt.catalog.flush())
+    // A wrong identity fails here, with the fix, not at the first copy that needs it.
+    .step('age identity', () => rt.ageKeys.checkNewest(store, log))
+    .step('inbox', () => rt.inbox.start())
+    .step(
+      'outbox',
+      () => rt.outbox.start(),
+      () => rt.outbox.stop(),
+    )
+    .step('copies', undefined, () => replicator.stop(config.FLUX_SHUTDOWN_GRACE_MS))
+    .step('upkeep', undefined, () => upkeep.stop())
+    .step('temp sweep', () => sweepTemp())
+    // Watch first, then scan: a manifest landing in between is seen by one or the other (or both, which is
+    // harmless: jobs are deduplicated and receipts make repeats no-ops).
+    .step(
+      'watcher',
+      () => watcher.start(),
+      () => watcher.stop(),
+    )
+    .step('reconcile and upkeep timers', startFinding, () => {
+      if (timer) clearInterval(timer);
+      if (upkeepTimer) clearInterval(upkeepTimer);
+    });
+
   return {
     name: 'replicate',
     app,
     accepts: ['flux.backup.created'],
-    async start() {
-      // A wrong identity fails here, with the fix, not at the first copy that needs it.
-      await rt.ageKeys.checkNewest(store, log);
-      await rt.inbox.start();
-      await rt.outbox.start();
-      await sweepTemp();
-      // Watch first, then scan: a manifest landing in between is seen by one or the other (or both,
-      // which is harmless: jobs are deduplicated and receipts make repeats no-ops).
-      await watcher.start();
-      started = true;
-      void runReconcile('startup');
-      timer = setInterval(() => {
-        void watcher
-          .refresh()
-          .then(sweepTemp)
-          .then(() => runReconcile('reconcile'));
-      }, config.FLUX_REPLICATE_RECONCILE_INTERVAL_MS);
-      timer.unref();
-      if (config.FLUX_OFFSITE_IMMUTABLE) {
-        log.info(
-          { store: store.location },
-          'FLUX_OFFSITE_IMMUTABLE: offsite expiry is left to the store (object lock / lifecycle rules); replicate removes nothing',
-        );
-      }
-      // The first sweep waits one interval: start-up belongs to the reconcile of what is not copied yet.
-      upkeepTimer = setInterval(() => void runUpkeep(), config.FLUX_REHASH_SWEEP_INTERVAL_MS);
-      upkeepTimer.unref();
-    },
-    async stop() {
-      if (timer) clearInterval(timer);
-      if (upkeepTimer) clearInterval(upkeepTimer);
-      watcher.stop();
-      await upkeep.stop();
-      await replicator.stop(config.FLUX_SHUTDOWN_GRACE_MS);
-      await rt.outbox.stop();
-      await rt.catalog.flush();
-    },
+    start: () => lifecycle.start(),
+    stop: () => lifecycle.stop(),
   };
 }

@@ -8,9 +8,9 @@ import { Transform } from 'node:stream';
 import { STREAM_CHUNK_BYTES } from '../../shared/atomic.js';
 import { isProjectHash } from '../../shared/catalog/ids.js';
 import { errnoOf, isAppError } from '../../shared/errors.js';
-import { counter } from '../../shared/metrics.js';
 import { isAgeHead } from '../../shared/offsite/age.js';
 import { dumpKeyOf } from '../../shared/offsite/keys.js';
+import { rehashMetrics } from './metrics.js';
 import { trustedOffsiteManifest } from './offsite-inventory.js';
 import { type Pacer, pacedHash } from './paced-hash.js';
 import { proveSealedObject } from './sealed-copy.js';
@@ -25,10 +25,7 @@ export interface CopyRehash {
 }
 
 export function createCopyRehash(ctx: UpkeepContext): CopyRehash {
-  const rehashBytes = counter(ctx.metrics, 'flux_rehash_bytes_total', 'Bytes read by the rotating re-hash', [
-    'place',
-  ]);
-
+  const { rehashBytes } = rehashMetrics(ctx.metrics);
   /** true = matches, false = does not, undefined = not read (the file changed while it was read). */
   async function rehashLocal(w: Work, pacer: Pacer, summary: SweepSummary): Promise<boolean | undefined> {
     const entry = w.entry!;

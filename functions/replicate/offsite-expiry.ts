@@ -2,8 +2,8 @@
 // of the backup and the copy's last proof), the selection of offsite-retention.ts, then the dump and the
 // manifest object removed, each removal an event and a metric. With FLUX_OFFSITE_IMMUTABLE nothing is.
 import { isRetentionEnabled, type RetentionPolicy } from '../../shared/catalog/retention.js';
-import { counter } from '../../shared/metrics.js';
 import { dumpKeyOf, manifestKeyOf } from '../../shared/offsite/keys.js';
+import { expiryMetrics } from './metrics.js';
 import { trustedOffsiteManifest } from './offsite-inventory.js';
 import { type OffsiteCopyFacts, selectOffsiteExpiry } from './offsite-retention.js';
 import { copyId } from './rotation.js';
@@ -25,17 +25,7 @@ export function createOffsiteExpiry(
   ctx: UpkeepContext,
   policy: { retention: RetentionPolicy; immutable: boolean },
 ): OffsiteExpiry {
-  const expiredTotal = counter(
-    ctx.metrics,
-    'flux_offsite_expired_total',
-    'Offsite copies removed by offsite retention',
-  );
-  const expiryFailures = counter(
-    ctx.metrics,
-    'flux_offsite_expiry_failures_total',
-    'Offsite copies retention selected but could not remove',
-  );
-
+  const { expiredTotal, expiryFailures } = expiryMetrics(ctx.metrics);
   return async function expire(
     offsite: Map<string, Map<string, OffsiteBackup>>,
     localEntries: Map<string, LocalEntry>,

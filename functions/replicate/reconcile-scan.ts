@@ -3,10 +3,11 @@
 // gap gauges and says what it found.
 import type { Catalog } from '../../shared/catalog/catalog.js';
 import type { Logger } from '../../shared/log.js';
-import { counter, gauge, type Registry } from '../../shared/metrics.js';
+import type { Registry } from '../../shared/metrics.js';
 import { dumpKeyOf, manifestKeyOf } from '../../shared/offsite/keys.js';
 import type { OffsiteStore } from '../../shared/offsite/types.js';
 import { errorText } from './copier.js';
+import { reconcileMetrics } from './metrics.js';
 import { decide, GAP_KINDS, type GapKind } from './reconcile.js';
 import type { ReconcileSummary, ReplicateRequest, ReplicateResult, Trigger } from './replicator.js';
 
@@ -45,24 +46,8 @@ export interface ReconcileScan {
 export function createReconcileScan(options: ReconcileScanOptions): ReconcileScan {
   const { catalog, store, log, metrics, request } = options;
   let lastReconcile: ReconcileSummary | undefined;
-  const gapGauge = gauge(
-    metrics,
-    'flux_replicate_reconcile_gap',
-    'Backups the last full reconcile found without a proven offsite copy (missed by watch and webhook)',
-    ['gap'],
-  );
-  const gapTotal = counter(
-    metrics,
-    'flux_replicate_reconcile_gaps_total',
-    'Backups reconcile scans found without a proven offsite copy',
-    ['gap'],
-  );
-  const lastReconcileGauge = gauge(
-    metrics,
-    'flux_replicate_last_reconcile_timestamp_seconds',
-    'When the last full reconcile finished',
-  );
 
+  const { gapGauge, gapTotal, lastReconcileGauge } = reconcileMetrics(metrics);
   /** Counts one project's ledger into `summary` and starts the copies it needs (not awaited). */
   async function scanProject(
     projectId: string,

@@ -3,22 +3,23 @@
 // time (triggers join it until it reads the backup's files, later ones queue one follow-up), bounded
 // copies in flight, retries with backoff, a failure receipt and event when attempts run out. The
 // reconcile scan compares every local manifest with its receipt.
-import { setMaxListeners } from 'node:events';
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { Catalog, CatalogEntry } from '../../shared/catalog/catalog.js';
 import { isProjectHash } from '../../shared/catalog/ids.js';
 import type { OffsiteReceipt } from '../../shared/catalog/records.js';
 import { MINUTE_MS } from '../../shared/config.js';
 import { AppError, isAppError } from '../../shared/errors.js';
+import { createJobRunner } from '../../shared/kit/jobs.js';
 import type { Emit } from '../../shared/kit/runtime.js';
 import { createLimiter } from '../../shared/limiter.js';
 import type { Logger } from '../../shared/log.js';
-import { counter, DURATION_BUCKETS_S, gauge, histogram, type Registry } from '../../shared/metrics.js';
+import type { Registry } from '../../shared/metrics.js';
 import type { AgeIdentities } from '../../shared/offsite/age.js';
 import { dumpKeyOf } from '../../shared/offsite/keys.js';
 import type { OffsiteStore } from '../../shared/offsite/types.js';
 import { createCopier, errorText } from './copier.js';
 import type { StoreIdentity } from './identity.js';
+import { copyMetrics } from './metrics.js';
 import {
   backoffMs,
   type FailureReason,
@@ -122,12 +123,14 @@ interface Job {
 export function createReplicator(options: ReplicatorOptions): Replicator {
   const { catalog, store, log, metrics, emit } = options;
   const retryMaxDelayMs = options.retryMaxDelayMs ?? 5 * MINUTE_MS;
-  const jobs = new Map<string, Job>();
-  const controller = new AbortController();
-  // Every queued job and copy listens on this one signal: thousands of listeners are expected.
-  setMaxListeners(0, controller.signal);
-  let stopping = false;
-  let running: Promise<ReconcileSummary> | undefined;
+  // A backup's copy is one job (keyed by backup); the scan of every project is another. The copies listen
+  // on the runner's shared signal, which stop() aborts after the grace period.
+  const jobs = createJobRunner<Job>({ name: 'replicate', graceMs: 0, cancelWaitMs: 10_000 });
+  const scans = createJobRunner<Promise<ReconcileSummary>>({
+    name: 'replicate',
+    graceMs: 0,
+    cancelWaitMs: 10_000,
+  });
   // Pending work is already bounded by the number of backups on disk (one job per backup), so the
   // queue itself needs no second bound: nothing here should ever be refused with a 503.
   const limiter = createLimiter({
@@ -136,34 +139,7 @@ export function createReplicator(options: ReplicatorOptions): Replicator {
     name: 'offsite copies',
   });
 
-  const results = counter(metrics, 'flux_replicate_results_total', 'Replication jobs by outcome', [
-    'outcome',
-  ]);
-  const failures = counter(metrics, 'flux_replicate_failures_total', 'Replications given up, by reason', [
-    'reason',
-  ]);
-  const attemptsFailed = counter(
-    metrics,
-    'flux_replicate_attempt_failures_total',
-    'Failed copy attempts (retried or not), by reason',
-    ['reason'],
-  );
-  const bytes = counter(metrics, 'flux_replicate_bytes_total', 'Bytes written to the offsite store');
-  const lag = histogram(
-    metrics,
-    'flux_replicate_lag_seconds',
-    'From the manifest arriving locally to the offsite copy proven',
-    [],
-    DURATION_BUCKETS_S,
-  );
-  const copySeconds = histogram(
-    metrics,
-    'flux_replicate_copy_duration_seconds',
-    'Copy and proof time of one backup',
-    [],
-    DURATION_BUCKETS_S,
-  );
-  const pendingGauge = gauge(metrics, 'flux_replicate_jobs', 'Replication jobs by state', ['state']);
+  const { results, failures, attemptsFailed, bytes, lag, copySeconds, pendingGauge } = copyMetrics(metrics);
   const updateJobGauges = () => {
     pendingGauge.set({ state: 'pending' }, jobs.size);
     pendingGauge.set({ state: 'copying' }, limiter.active);
@@ -172,7 +148,7 @@ export function createReplicator(options: ReplicatorOptions): Replicator {
   const copier = createCopier({
     catalog,
     store,
-    signal: controller.signal,
+    signal: jobs.signal,
     identity: options.identity,
     sealing: options.sealing,
     identities: options.identities,
@@ -187,9 +163,11 @@ export function createReplicator(options: ReplicatorOptions): Replicator {
     let attempts = 0;
     let entry: CatalogEntry | undefined;
     for (let attempt = 1; attempt <= options.maxAttempts; attempt++) {
-      if (stopping) return { outcome: 'skipped', reason: 'stopping' };
+      if (jobs.isStopping) return { outcome: 'skipped', reason: 'stopping' };
       try {
         const outcome = await limiter.run(async () => {
+          // The grace period is for copies under way: one still queued when the stop began is left.
+          if (jobs.isStopping) return { kind: 'stopping' as const };
           updateJobGauges();
           // Read the ledger inside the job: a copy that finished a moment ago is not redone.
           job.hasReadLedger = true;
@@ -215,7 +193,8 @@ export function createReplicator(options: ReplicatorOptions): Replicator {
             kind: 'copied' as const,
             ...(await copier.copy({ ...entry, manifest: entry.manifest }, attempt)),
           };
-        }, controller.signal);
+        }, jobs.signal);
+        if (outcome.kind === 'stopping') return { outcome: 'skipped', reason: 'stopping' };
         if (outcome.kind === 'no_manifest') return { outcome: 'skipped', reason: 'no_manifest' };
         if (outcome.kind === 'already') return { outcome: 'already' };
         if (outcome.kind === 'pending') {
@@ -260,7 +239,7 @@ export function createReplicator(options: ReplicatorOptions): Replicator {
         });
         return { outcome: 'replicated', created, receipt };
       } catch (error) {
-        if (stopping || controller.signal.aborted) return { outcome: 'skipped', reason: 'stopping' };
+        if (jobs.isStopping) return { outcome: 'skipped', reason: 'stopping' };
         lastError = error;
         const reason = reasonOf(error);
         attemptsFailed.inc({ reason });
@@ -273,7 +252,8 @@ export function createReplicator(options: ReplicatorOptions): Replicator {
         // The next attempt reads the files again: triggers until then can join this job.
         job.hasReadLedger = false;
         try {
-          await sleep(delay, undefined, { signal: controller.signal });
+          // A retry waiting out its back-off is not a copy under way: a stop ends the wait.
+          await sleep(delay, undefined, { signal: jobs.draining });
         } catch {
           return { outcome: 'skipped', reason: 'stopping' };
         }
@@ -367,9 +347,9 @@ export function createReplicator(options: ReplicatorOptions): Replicator {
   }
 
   function request(req: ReplicateRequest): Promise<ReplicateResult> {
-    if (stopping) return Promise.resolve({ outcome: 'skipped', reason: 'stopping' });
+    if (jobs.isStopping) return Promise.resolve({ outcome: 'skipped', reason: 'stopping' });
     const key = `${req.projectId}/${req.backupId}`;
-    const existing = jobs.get(key);
+    const existing = jobs.value(key);
     if (existing && !existing.hasReadLedger) {
       // Watch and webhook firing for the same backup: one copy; the event becomes its cause.
       existing.causedBy ??= req.causedBy;
@@ -392,28 +372,28 @@ export function createReplicator(options: ReplicatorOptions): Replicator {
       };
       return existing.followUp.promise;
     }
+    const slot = jobs.claim(key);
     const job: Job = {
       causedBy: req.causedBy,
       hasReadLedger: false,
       promise: Promise.resolve({ outcome: 'already' }),
     };
-    job.promise = run(req, job)
-      .catch((error): ReplicateResult => {
-        log.error({ err: error, key }, 'replication job crashed');
-        return { outcome: 'failed', reason: 'internal', error: errorText(error) };
-      })
-      .then((result) => {
-        results.inc({
-          outcome:
-            result.outcome === 'replicated' && !result.created ? 'replicated_existing' : result.outcome,
-        });
-        return result;
-      })
-      .finally(() => {
-        jobs.delete(key);
-        updateJobGauges();
-      });
-    jobs.set(key, job);
+    slot.value = job;
+    job.promise = slot.track(
+      run(req, job)
+        .catch((error): ReplicateResult => {
+          log.error({ err: error, key }, 'replication job crashed');
+          return { outcome: 'failed', reason: 'internal', error: errorText(error) };
+        })
+        .then((result) => {
+          results.inc({
+            outcome:
+              result.outcome === 'replicated' && !result.created ? 'replicated_existing' : result.outcome,
+          });
+          return result;
+        }),
+    );
+    void job.promise.finally(updateJobGauges);
     updateJobGauges();
     return job.promise;
   }
@@ -430,18 +410,19 @@ export function createReplicator(options: ReplicatorOptions): Replicator {
   return {
     request,
     reconcileProject(projectId, trigger) {
-      if (stopping) return Promise.resolve(emptySummary(trigger));
+      if (jobs.isStopping) return Promise.resolve(emptySummary(trigger));
       return scan.reconcileProject(projectId, trigger).catch((error) => {
         log.error({ err: errorText(error), projectId }, 'reconcile of a project failed');
         return emptySummary(trigger);
       });
     },
     reconcile(trigger) {
-      if (stopping) return Promise.reject(new AppError('shutting_down', 'replicate is stopping'));
-      running ??= scan.reconcileAll(trigger).finally(() => {
-        running = undefined;
-      });
-      return running;
+      if (jobs.isStopping) return Promise.reject(new AppError('shutting_down', 'replicate is stopping'));
+      const running = scans.value('all');
+      if (running) return running;
+      const slot = scans.claim('all');
+      slot.value = slot.track(scan.reconcileAll(trigger));
+      return slot.value;
     },
     get lastReconcile() {
       return scan.last;
@@ -453,18 +434,12 @@ export function createReplicator(options: ReplicatorOptions): Replicator {
       return jobs.has(`${projectId}/${backupId}`);
     },
     get isStopping() {
-      return stopping;
+      return jobs.isStopping;
     },
     async stop(graceMs) {
-      stopping = true;
-      const graceEnds = Date.now() + graceMs;
-      while (limiter.active > 0 && Date.now() < graceEnds) await sleep(25);
-      controller.abort(new AppError('shutting_down', 'replicate is stopping'));
-      const deadline = Date.now() + 10_000;
-      while (jobs.size > 0 && Date.now() < deadline) await sleep(25);
       // A scan still walking the catalog (the start-up one is not awaited by start) asks for no more
       // copies once stopping; it is waited for so that nothing of it writes after the stop.
-      while (running && Date.now() < deadline) await sleep(25);
+      await Promise.all([jobs.stop({ graceMs }), scans.stop({ graceMs })]);
     },
   };
 }

@@ -11,10 +11,11 @@ import { isRetentionEnabled, type RetentionPolicy } from '../../shared/catalog/r
 import { AppError } from '../../shared/errors.js';
 import type { Emit } from '../../shared/kit/runtime.js';
 import type { Logger } from '../../shared/log.js';
-import { counter, gauge, type Registry } from '../../shared/metrics.js';
+import type { Registry } from '../../shared/metrics.js';
 import type { AgeIdentities } from '../../shared/offsite/age.js';
 import type { OffsiteStore } from '../../shared/offsite/types.js';
 import { createCopyRehash } from './copy-rehash.js';
+import { upkeepMetrics } from './metrics.js';
 import { createOffsiteExpiry } from './offsite-expiry.js';
 import { listOffsite } from './offsite-inventory.js';
 import { createPacer } from './paced-hash.js';
@@ -93,36 +94,9 @@ export function createUpkeep(options: UpkeepOptions): Upkeep {
   let last: SweepSummary | undefined;
   let lastSave = 0;
 
-  const rehashed = counter(
+  const { rehashed, invalidGauge, oldestGauge, retainedGauge, lastSweepGauge } = upkeepMetrics(
     options.metrics,
-    'flux_rehash_copies_total',
-    'Retained copies re-hashed, by place and result',
-    ['place', 'result'],
   );
-  const invalidGauge = gauge(
-    options.metrics,
-    'flux_rehash_invalid_copies',
-    'Retained copies whose last re-hash did not match their manifest',
-    ['place'],
-  );
-  const oldestGauge = gauge(
-    options.metrics,
-    'flux_rehash_oldest_proof_age_seconds',
-    'Age of the least recently proven retained copy (stays under FLUX_REHASH_EVERY_MS when the rotation keeps up)',
-    ['place'],
-  );
-  const retainedGauge = gauge(
-    options.metrics,
-    'flux_rehash_retained_bytes',
-    'Bytes of retained copies the rotation covers',
-    ['place'],
-  );
-  const lastSweepGauge = gauge(
-    options.metrics,
-    'flux_rehash_last_sweep_timestamp_seconds',
-    'When the last upkeep sweep finished',
-  );
-
   async function saveState(force: boolean): Promise<void> {
     if (!state || (!force && Date.now() - lastSave < SAVE_EVERY_MS)) return;
     lastSave = Date.now();

@@ -20,9 +20,10 @@ import { AppError, errnoOf, isAppError } from '../../shared/errors.js';
 import { answerUnroutedWith, errorBody } from '../../shared/kit/app.js';
 import { allowedMethodsOf, isRecognisedMethod, notImplemented } from '../../shared/kit/methods.js';
 import type { Logger } from '../../shared/log.js';
-import { counter, DURATION_BUCKETS_S, histogram, type Registry } from '../../shared/metrics.js';
+import type { Registry } from '../../shared/metrics.js';
 import { routeOf } from '../all/routes.js';
 import { registerStatusRoutes } from '../status/page.js';
+import { routerMetrics } from './metrics.js';
 
 export type Upstreams = Record<FunctionName, string>;
 
@@ -116,25 +117,8 @@ export function createRouter(options: RouterOptions): Router {
     headersTimeout: 0,
     bodyTimeout: 0,
   });
-  const requests = counter(
-    metrics,
-    'flux_router_requests_total',
-    'Requests forwarded by function and status',
-    ['fn', 'status'],
-  );
-  const unavailable = counter(
-    metrics,
-    'flux_router_upstream_unavailable_total',
-    'Requests answered 502 because the function could not be reached',
-    ['fn'],
-  );
-  const durations = histogram(
-    metrics,
-    'flux_router_upstream_response_seconds',
-    'Time until the function answered with headers',
-    ['fn'],
-    DURATION_BUCKETS_S,
-  );
+
+  const { requests, unavailable, durations } = routerMetrics(metrics);
   let active = 0;
   let idle: (() => void) | undefined;
   const settle = () => {

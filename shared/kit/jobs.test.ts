@@ -49,8 +49,11 @@ describe('createJobRunner', () => {
     const jobs = createJobRunner({ name: 'verify', graceMs: 5_000, cancelWaitMs: 1000 });
     const job = controllable();
     const done = jobs.run('a', job.work);
+    expect(jobs.draining.aborted).toBe(false);
     const stopped = jobs.stop();
     expect(jobs.isStopping).toBe(true);
+    expect(jobs.draining.aborted).toBe(true);
+    expect(jobs.signal.aborted).toBe(false);
     let refusal: unknown;
     try {
       jobs.assertOpen();

@@ -2,6 +2,7 @@
 // AbortController per job, a stopping flag, an optional per-job deadline, and the drain every worker needs
 // at SIGTERM: the grace period to finish, then abort, then a bounded wait for the cancelled work to clean up.
 // dump, verify, replicate and migrate each run their work through one of these.
+import { setMaxListeners } from 'node:events';
 import { AppError } from '../errors.js';
 
 export interface JobRunnerOptions {
@@ -40,6 +41,8 @@ export interface JobRunner<V = undefined> {
    * scan that starts jobs.
    */
   readonly signal: AbortSignal;
+  /** Aborted when stop() begins: wakes work that is only waiting (a retry's back-off) so it can give up. */
+  readonly draining: AbortSignal;
   keys(): string[];
   has(key: string): boolean;
   value(key: string): V | undefined;
@@ -49,8 +52,11 @@ export interface JobRunner<V = undefined> {
   claim(key: string, options?: JobOptions<V>): JobSlot<V>;
   /** Claims `key`, runs `work` with the job's signal, and frees the slot when it settles. */
   run<T>(key: string, work: (signal: AbortSignal) => Promise<T>, options?: JobOptions<V>): Promise<T>;
-  /** Stops taking jobs, drains (grace, abort, bounded wait) and returns the keys of jobs still running. */
-  stop(): Promise<string[]>;
+  /**
+   * Stops taking jobs, drains (grace, abort, bounded wait) and returns the keys of jobs still running.
+   * `graceMs` overrides the runner's own for this stop.
+   */
+  stop(options?: { graceMs?: number }): Promise<string[]>;
 }
 
 interface Slot<V> {
@@ -76,6 +82,9 @@ async function settledWithin(done: Promise<unknown>, ms: number): Promise<void> 
 export function createJobRunner<V = undefined>(options: JobRunnerOptions): JobRunner<V> {
   const slots = new Map<string, Slot<V>>();
   const stopper = new AbortController();
+  const drainer = new AbortController();
+  // Every job listens on the runner's signals: thousands of listeners are expected in a large queue.
+  setMaxListeners(0, stopper.signal, drainer.signal);
   let stopping = false;
 
   const allSettled = () => Promise.all([...slots.values()].map((s) => s.settled));
@@ -136,6 +145,7 @@ export function createJobRunner<V = undefined>(options: JobRunnerOptions): JobRu
       return stopping;
     },
     signal: stopper.signal,
+    draining: drainer.signal,
     keys: () => [...slots.keys()],
     has: (key) => slots.has(key),
     value: (key) => slots.get(key)?.value,
@@ -160,9 +170,10 @@ export function createJobRunner<V = undefined>(options: JobRunnerOptions): JobRu
       }
       return slot.track(started);
     },
-    async stop() {
+    async stop(stopOptions = {}) {
       stopping = true;
-      await settledWithin(allSettled(), options.graceMs);
+      drainer.abort(new AppError('shutting_down', `${options.name} is stopping`));
+      await settledWithin(allSettled(), stopOptions.graceMs ?? options.graceMs);
       stopper.abort(new AppError('shutting_down', `${options.name} is stopping`));
       await settledWithin(allSettled(), options.cancelWaitMs);
       return [...slots.keys()];
