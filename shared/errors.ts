@@ -92,6 +92,8 @@ export const ERROR_TABLE = {
 } as const satisfies Record<string, { status: number; exit: number; summary: string }>;
 
 export type ErrorCode = keyof typeof ERROR_TABLE;
+/** The HTTP statuses errors answer with: exactly the table's. */
+export type ErrorStatus = (typeof ERROR_TABLE)[ErrorCode]['status'];
 
 export interface AppErrorOptions {
   cause?: unknown;
@@ -114,7 +116,7 @@ export class AppError extends Error {
     this.retryAfterSeconds = options.retryAfterSeconds;
   }
 
-  get status(): number {
+  get status(): ErrorStatus {
     return ERROR_TABLE[this.code].status;
   }
 

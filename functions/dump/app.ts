@@ -87,9 +87,8 @@ export function createApp(rt: Runtime, patience: PatientOptions = {}): FunctionA
     metrics: rt.metrics,
   });
   // Verify and replicate write their receipts before they emit: the event is the moment to recompute.
-  const refreshOn = async (event: { data: unknown }) => {
-    const projectId = (event.data as { projectId?: unknown }).projectId;
-    if (typeof projectId === 'string') await trustMetrics.refreshProject(parseProjectId(projectId));
+  const refreshOn = async (event: { data: { projectId: string } }) => {
+    await trustMetrics.refreshProject(parseProjectId(event.data.projectId));
     return { status: 202 as const, body: { metrics: 'refreshed' } };
   };
 
@@ -108,7 +107,7 @@ export function createApp(rt: Runtime, patience: PatientOptions = {}): FunctionA
     ],
     handlers: {
       'flux.backup.requested': async (event) => {
-        const data = event.data as { projectId?: string; projectHash?: string };
+        const { data } = event;
         const project = data.projectId
           ? registry.byId(parseProjectId(data.projectId))
           : data.projectHash

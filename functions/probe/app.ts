@@ -81,7 +81,7 @@ export function createApp(rt: Runtime, options: ProbeAppOptions = {}): FunctionA
     handlers: {
       // A migrated tenant moved: probe it at once rather than at the next cycle.
       'flux.migrate.completed': async (event) => {
-        const projectId = (event.data as { projectId: string }).projectId;
+        const { projectId } = event.data;
         const project = registry.byId(projectId);
         if (!project) {
           throw new AppError(

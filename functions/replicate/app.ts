@@ -129,7 +129,7 @@ export function createApp(rt: Runtime, deps: ReplicateDeps = {}): FunctionApp {
     ],
     handlers: {
       'flux.backup.created': async (event) => {
-        const data = event.data as { projectId: string; backupId: string; sha256: string };
+        const { data } = event;
         const projectId = parseProjectId(data.projectId);
         const backupId = parseBackupId(data.backupId);
         // Replicate follows the catalog, not the registry; an event naming neither is refused, not recorded.

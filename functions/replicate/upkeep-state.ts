@@ -29,7 +29,6 @@ const StateSchema = z.object({
   ),
 });
 export type UpkeepState = z.infer<typeof StateSchema>;
-export type KnownBackup = UpkeepState['backups'][string];
 
 export const emptyUpkeepState = (): UpkeepState => ({ version: 1, copies: {}, backups: {} });
 

@@ -6,7 +6,6 @@ import { randomUUID } from 'node:crypto';
 import { Readable } from 'node:stream';
 import { getConnInfo } from '@hono/node-server/conninfo';
 import { type Context, Hono } from 'hono';
-import type { ContentfulStatusCode } from 'hono/utils/http-status';
 import { Agent, type Dispatcher, request } from 'undici';
 import {
   type Config,
@@ -17,7 +16,7 @@ import {
   UPSTREAM_VARS,
 } from '../../shared/config.js';
 import { AppError, errnoOf, isAppError } from '../../shared/errors.js';
-import { answerUnroutedWith, errorBody } from '../../shared/kit/app.js';
+import { answerUnroutedWith, errorBody, httpStatusOf } from '../../shared/kit/app.js';
 import { allowedMethodsOf, isRecognisedMethod, notImplemented } from '../../shared/kit/methods.js';
 import type { Logger } from '../../shared/log.js';
 import type { Registry } from '../../shared/metrics.js';
@@ -133,7 +132,7 @@ export function createRouter(options: RouterOptions): Router {
       ? error
       : new AppError('internal', 'internal error in the router; see its logs', { cause: error });
     if (!isAppError(error)) log.error({ err: error, path: c.req.path }, 'unhandled router error');
-    return c.json(errorBody(appError), appError.status as ContentfulStatusCode);
+    return c.json(errorBody(appError), httpStatusOf(appError));
   });
 
   app.get('/healthz', (c) => c.json({ ok: true, fn: 'router' }));
@@ -293,7 +292,7 @@ export function createRouter(options: RouterOptions): Router {
 
 function respondUnimplemented(c: Context): Response {
   const error = notImplemented(c.req.method);
-  return c.json(errorBody(error), error.status as ContentfulStatusCode);
+  return c.json(errorBody(error), httpStatusOf(error));
 }
 
 /** A short, secret-free reason an upstream could not be reached (errno or undici code). */

@@ -1,11 +1,9 @@
 // Manifest authentication: the manifest's form of record-auth.ts (HMAC-SHA256 over its canonical JSON under
 // FLUX_MANIFEST_SECRETS, the first key tags, any verifies), kept for its callers.
-import { type Authenticity, authenticateRecord, RECORD_AUTH_ALG, tagRecord } from './record-auth.js';
+import { type Authenticity, authenticateRecord, tagRecord } from './record-auth.js';
 import { type Manifest, ManifestSchema } from './records.js';
 
 export { canonicalJson } from './record-auth.js';
-
-export const MANIFEST_AUTH_ALG = RECORD_AUTH_ALG;
 
 export type ManifestAuthenticity = Authenticity;
 

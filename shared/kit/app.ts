@@ -33,7 +33,19 @@ export interface EventAck {
   status?: 200 | 202;
   body?: Record<string, unknown>;
 }
-export type EventHandler = (event: CloudEvent) => Promise<EventAck | undefined>;
+/** A handler of one event type: the inbox has validated `event.data` against that type's schema. */
+export type EventHandler<T extends EventType = EventType> = (
+  event: CloudEvent<T>,
+) => Promise<EventAck | undefined>;
+export type EventHandlers = { [T in EventType]?: EventHandler<T> };
+
+/**
+ * An error's status as Hono types it. The one code outside Hono's list is nginx's 499 (client closed),
+ * which nobody reads but logs and metrics count.
+ */
+export function httpStatusOf(error: AppError): ContentfulStatusCode {
+  return httpStatusOf(error);
+}
 
 export interface KitOptions {
   name: FunctionName;
@@ -43,7 +55,7 @@ export interface KitOptions {
   inbox: Inbox;
   outbox: Outbox;
   checks: () => readonly ReadyCheck[];
-  handlers: Partial<Record<EventType, EventHandler>>;
+  handlers: EventHandlers;
   /**
    * What /readyz's security warnings look at beyond the config's sinks: the process environment
    * (NODE_TLS_REJECT_UNAUTHORIZED) and the registry whose database URLs this function connects to.
@@ -118,13 +130,13 @@ export function answerUnroutedWith(
     return c.body(null, 204);
   }
   if (answer.allow) c.header('Allow', answer.allow.join(', '));
-  return c.json(errorBody(answer.error, requestId), answer.error.status as ContentfulStatusCode);
+  return c.json(errorBody(answer.error, requestId), httpStatusOf(answer.error));
 }
 
 export function respondError(c: Context<AppEnv>, error: AppError): Response {
   if (error.retryAfterSeconds !== undefined)
     c.header('Retry-After', String(Math.ceil(error.retryAfterSeconds)));
-  return c.json(errorBody(error, c.get('requestId')), error.status as ContentfulStatusCode);
+  return c.json(errorBody(error, c.get('requestId')), httpStatusOf(error));
 }
 
 /** Parses a JSON body against `schema`: 415 for another content type, 400 for bad JSON or fields. */
@@ -327,7 +339,7 @@ export function createKit(options: KitOptions): Kit {
     if (received.kind === 'duplicate')
       return c.json({ ok: true, duplicate: true, id: received.eventId }, 200);
     const { event } = received;
-    const handler = options.handlers[event.type as EventType];
+    const handler = options.handlers[event.type as EventType] as EventHandler | undefined;
     try {
       const ack = handler
         ? await handler(event)

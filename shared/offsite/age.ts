@@ -21,8 +21,6 @@ const AGE_HEADER_MAX = 64 * 1024;
 /** An identity file is a few lines of keys. */
 const IDENTITY_FILE_MAX = 1024 * 1024;
 
-export const AGE_FORMAT = 'age-encryption.org/v1';
-
 export function isAgeHead(head: Uint8Array): boolean {
   return head.length >= AGE_MAGIC.length && Buffer.from(head.subarray(0, AGE_MAGIC.length)).equals(AGE_MAGIC);
 }

@@ -289,11 +289,6 @@ export async function fillLeaving(dir: string, leaveBytes: number): Promise<numb
   return bytes;
 }
 
-export async function freeBytes(dir: string): Promise<number> {
-  const fs = await statfs(dir);
-  return fs.bavail * fs.bsize;
-}
-
 // ---------------------------------------------------------------------------------------------------------
 // Small filesystems
 
@@ -491,14 +486,6 @@ export function faultsEnv(
     FLUX_REPLICATE_RECONCILE_INTERVAL_MS: String(60 * 60 * 1000),
     ...extra,
   };
-}
-
-export async function dockerHas(image: string, host?: string): Promise<boolean> {
-  const r = await execa('docker', [...(host ? ['-H', host] : []), 'image', 'inspect', image], {
-    reject: false,
-    timeout: 20_000,
-  });
-  return r.exitCode === 0;
 }
 
 /** Ids of containers (running or not) carrying every given label (`key=value`). */

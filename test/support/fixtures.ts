@@ -77,9 +77,6 @@ export function tenantRoleOf(projectId: string): string {
   return `t_${shortIdOf(projectId)}_role`;
 }
 
-/** Platform roles every Flux database expects. */
-export const FLUX_ROLES = ['anon', 'authenticated', 'service_role', 'authenticator'] as const;
-
 /**
  * Creates (if missing) the platform roles `anon`, `authenticated` (NOLOGIN), `service_role` (NOLOGIN
  * BYPASSRLS) and `authenticator` (LOGIN NOINHERIT, member of the other three). Roles are cluster-wide, so

@@ -23,8 +23,3 @@ export function upstreamClassify(newestFirst: readonly UpstreamRow[]): UpstreamT
   if (artifact !== 'artifact_valid') return 'pipeline_incomplete';
   return 'not_restore_verified';
 }
-
-/** Upstream's "safe destructive actions" gate: only restorable allows them without an override. */
-export function upstreamAllowsDestructive(newestFirst: readonly UpstreamRow[]): boolean {
-  return upstreamClassify(newestFirst) === 'restorable';
-}
