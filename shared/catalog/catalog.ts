@@ -319,12 +319,17 @@ export function createCatalog(options: CatalogOptions): Catalog {
   };
   const inFlightHashes = new Map<string, Promise<{ sizeBytes: number; sha256: string }>>();
 
-  async function load(projectId: string, backupId: string, names: Set<string>): Promise<CatalogEntry> {
+  /**
+   * One backup's records. `names` is its project directory's listing when the caller has one (a list);
+   * without it each file is read directly and a missing one is absent, so reading one backup costs the
+   * same in a project of one backup as in one of thousands.
+   */
+  async function load(projectId: string, backupId: string, names?: Set<string>): Promise<CatalogEntry> {
     const paths = backupPaths(root, projectId, backupId);
     const entry: CatalogEntry = { projectId, backupId, paths };
     const problems: string[] = [];
     const read = async <T>(file: string, schema: z.ZodType<T>): Promise<T | undefined> => {
-      if (!names.has(path.basename(file))) return undefined;
+      if (names && !names.has(path.basename(file))) return undefined;
       const { value, error } = await readJson(file, schema);
       if (error) problems.push(error);
       return value;
@@ -394,7 +399,7 @@ export function createCatalog(options: CatalogOptions): Catalog {
       entry.unreadable = problems.join('; ');
       options.log?.warn({ projectId, backupId, problems }, 'catalog file unreadable');
     }
-    if (names.has(path.basename(paths.dump))) {
+    if (!names || names.has(path.basename(paths.dump))) {
       try {
         const s = await stat(paths.dump);
         entry.dump = { sizeBytes: s.size, mtimeMs: s.mtimeMs };
@@ -450,9 +455,7 @@ export function createCatalog(options: CatalogOptions): Catalog {
     },
 
     async get(projectId, backupId) {
-      const paths = backupPaths(root, projectId, backupId);
-      const names = new Set(await namesIn(paths.dir));
-      const entry = await load(projectId, backupId, names);
+      const entry = await load(projectId, backupId);
       return entry.manifest || entry.state || entry.unreadable || entry.rejectedManifest ? entry : undefined;
     },
 
