@@ -10,9 +10,9 @@ import { destructiveGate } from '../../shared/catalog/freshness.js';
 import { newBackupId } from '../../shared/catalog/ids.js';
 import { AppError, ERROR_TABLE, errnoOf, fsWriteError, isAppError } from '../../shared/errors.js';
 import { createChildPids } from '../../shared/kit/child-pids.js';
+import { createJobRunner } from '../../shared/kit/jobs.js';
 import { requestBackup } from '../../shared/kit/peer.js';
 import type { Runtime } from '../../shared/kit/runtime.js';
-import { counter, DURATION_BUCKETS_S, gauge, histogram } from '../../shared/metrics.js';
 import { parsePgUrl, pgError, withPgClient } from '../../shared/pg/conn.js';
 import { takeSessionLease } from '../../shared/pg/lease.js';
 import { runSnapshotDump } from '../../shared/pg/snapshot.js';
@@ -37,6 +37,7 @@ import {
   tenantRoleOf,
 } from '../../shared/registry.js';
 import { backupPolicyOf } from '../../shared/schedule.js';
+import { migrateMetrics } from './metrics.js';
 import {
   compareWithSnapshot,
   describeMismatches,
@@ -142,6 +143,12 @@ function stateDirError(error: unknown, file: string, what: string): AppError {
 
 const sum = (xs: readonly number[]) => xs.reduce((a, b) => a + b, 0);
 
+/**
+ * How long stop() waits for cancelled runs to clean up: a rollback of the target waits up to 30 s for its
+ * locks, so this covers one; the process's shutdown watchdog stays the outer bound.
+ */
+const CANCEL_WAIT_MS = 60_000;
+
 const MIGRATE_RUNNER: RestoreRunner = {
   fn: 'migrate',
   failCode: 'migrate_failed',
@@ -149,37 +156,21 @@ const MIGRATE_RUNNER: RestoreRunner = {
 };
 
 export function createMigrator(rt: Runtime): Migrator {
-  const { config, log, metrics, catalog } = rt;
-  const leases = new Set<string>();
-  const controllers = new Set<AbortController>();
-  const inFlight = new Set<Promise<unknown>>();
-  let stopping = false;
+  const { config, log, catalog } = rt;
+  const { outcomes, phaseSeconds, running: runningGauge, lastSuccess } = migrateMetrics(rt.metrics);
+  // One run per project in this process, keyed by project id; stop() gives runs the grace period, then
+  // cancels them (children killed, target rolled back) and waits for that clean-up.
+  const jobs = createJobRunner({
+    name: 'migrate',
+    graceMs: config.FLUX_SHUTDOWN_GRACE_MS,
+    cancelWaitMs: CANCEL_WAIT_MS,
+  });
   const baseDir = path.join(config.FLUX_STATE_DIR, 'migrate');
   const runsDir = path.join(baseDir, 'runs');
   const workDir = path.join(baseDir, 'work');
   // pg_dump pids while they run (as dump records its own): one a kill -9 of this process left running is
   // killed at the next start, before recovery removes its temp dump.
   const children = createChildPids({ dir: path.join(config.FLUX_STATE_DIR, 'children', rt.name), log });
-
-  const outcomes = counter(metrics, 'flux_migrate_runs_total', 'Migrations by outcome and phase', [
-    'outcome',
-    'phase',
-    'reason',
-  ]);
-  const phaseSeconds = histogram(
-    metrics,
-    'flux_migrate_phase_duration_seconds',
-    'Wall time of each migration phase',
-    ['phase'],
-    DURATION_BUCKETS_S,
-  );
-  const runningGauge = gauge(metrics, 'flux_migrate_running', 'Migrations running in this process');
-  const lastSuccess = gauge(
-    metrics,
-    'flux_migrate_last_success_timestamp_seconds',
-    'Completion time of the newest successful migration',
-    ['project'],
-  );
 
   function endsOf(project: Project): Ends {
     if (project.engine !== 'v2_shared') {
@@ -420,9 +411,10 @@ export function createMigrator(rt: Runtime): Migrator {
   async function execute(
     project: Project,
     options: MigrateOptions,
-    controller: AbortController,
+    signal: AbortSignal,
   ): Promise<MigrateAnswer> {
     const t0 = performance.now();
+    // The same deadline as the runner's timeout, for the tools' own time limits.
     const deadline = Date.now() + config.FLUX_MIGRATE_TIMEOUT_MS;
     const remaining = () => Math.max(1, deadline - Date.now());
     const durations: Record<string, number> = {};
@@ -514,20 +506,10 @@ export function createMigrator(rt: Runtime): Migrator {
     const dumpAppName = `${MIGRATE_APP_NAME}-dump-${runId.toLowerCase()}`;
     // Stop and the deadline abort the run: children are killed by the signal, and this run's own queries on
     // the source (the snapshot's counting may wait on a lock) are cancelled so nothing lingers there.
-    const deadlineTimer = setTimeout(
-      () =>
-        controller.abort(
-          new AppError(
-            'timeout',
-            `the migration ran past FLUX_MIGRATE_TIMEOUT_MS (${config.FLUX_MIGRATE_TIMEOUT_MS} ms) and was cancelled`,
-          ),
-        ),
-      remaining(),
-    );
     const onAbort = () => {
       void cancelBackends(ends.sourceUrl, dumpAppName);
     };
-    controller.signal.addEventListener('abort', onAbort, { once: true });
+    signal.addEventListener('abort', onAbort, { once: true });
     let changes: TargetChanges = { roles: [], memberships: [] };
     let dumpFile: { discard(): Promise<void> } | undefined;
     const listFile = path.join(workDir, `${project.id}-${runId}.list`);
@@ -555,7 +537,7 @@ export function createMigrator(rt: Runtime): Migrator {
         const { manifest } = await requestBackup(rt, project, {
           reason: 'migrate_dump_only',
           causedBy: startedEvent.id,
-          signal: controller.signal,
+          signal: signal,
           timeoutMs: remaining(),
           onAccepted: async (backupId) => {
             record.backupId = backupId;
@@ -588,7 +570,7 @@ export function createMigrator(rt: Runtime): Migrator {
         compression: config.FLUX_DUMP_COMPRESSION,
         lockWaitTimeoutMs: config.FLUX_DUMP_LOCK_WAIT_TIMEOUT_MS,
         timeoutMs: remaining(),
-        signal: controller.signal,
+        signal: signal,
         applicationName: dumpAppName,
         target: dumpTarget,
         children,
@@ -620,7 +602,7 @@ export function createMigrator(rt: Runtime): Migrator {
       enter('restore');
       record.phase = 'restore';
       await saveRecord(record);
-      if (controller.signal.aborted) throw new AppError('shutting_down', 'migrate is stopping');
+      if (signal.aborted) throw new AppError('shutting_down', 'migrate is stopping');
       await restoreDump({
         url: ends.targetUrl,
         login: prepared.login,
@@ -632,7 +614,7 @@ export function createMigrator(rt: Runtime): Migrator {
         pathEnv: rt.env.PATH,
         appName: restoreAppName,
         timeoutMs: remaining(),
-        signal: controller.signal,
+        signal: signal,
         runner: MIGRATE_RUNNER,
       });
 
@@ -668,8 +650,7 @@ export function createMigrator(rt: Runtime): Migrator {
     } catch (error) {
       return await fail(error);
     } finally {
-      clearTimeout(deadlineTimer);
-      controller.signal.removeEventListener('abort', onAbort);
+      signal.removeEventListener('abort', onAbort);
       await dumpFile?.discard().catch(() => undefined);
       await rm(listFile, { force: true }).catch(() => undefined);
       await releaseTarget?.();
@@ -723,8 +704,8 @@ export function createMigrator(rt: Runtime): Migrator {
         ? error
         : new AppError('migrate_failed', (error as Error)?.message ?? String(error), { cause: error });
       if (e.code === 'internal') e = new AppError('migrate_failed', e.message, { cause: e });
-      const reason: unknown = controller.signal.reason;
-      if (controller.signal.aborted && isAppError(reason) && e !== reason) {
+      const reason: unknown = signal.reason;
+      if (signal.aborted && isAppError(reason) && e !== reason) {
         e = new AppError(reason.code, `${reason.message} during the ${failedPhase} phase (${e.message})`, {
           cause: e,
         });
@@ -791,7 +772,7 @@ export function createMigrator(rt: Runtime): Migrator {
 
   return {
     get running() {
-      return controllers.size;
+      return jobs.size;
     },
 
     async plan(project, options) {
@@ -818,8 +799,10 @@ export function createMigrator(rt: Runtime): Migrator {
           ),
         );
       }
-      if (stopping) throw refusal('lease', new AppError('shutting_down', 'migrate is stopping; retry later'));
-      if (leases.has(project.id)) {
+      if (jobs.isStopping) {
+        throw refusal('lease', new AppError('shutting_down', 'migrate is stopping; retry later'));
+      }
+      if (jobs.has(project.id)) {
         outcomes.inc({ outcome: 'refused', phase: 'lease', reason: 'conflict' });
         throw refusal(
           'lease',
@@ -832,19 +815,20 @@ export function createMigrator(rt: Runtime): Migrator {
           ),
         );
       }
-      leases.add(project.id);
-      const controller = new AbortController();
-      controllers.add(controller);
-      runningGauge.set(controllers.size);
-      const work = execute(project, options, controller);
-      inFlight.add(work);
+      // The run's deadline is the runner's: it aborts the run's signal as stop() does, with its own reason.
+      const work = jobs.run(project.id, (signal) => execute(project, options, signal), {
+        timeoutMs: config.FLUX_MIGRATE_TIMEOUT_MS,
+        timeoutError: () =>
+          new AppError(
+            'timeout',
+            `the migration ran past FLUX_MIGRATE_TIMEOUT_MS (${config.FLUX_MIGRATE_TIMEOUT_MS} ms) and was cancelled`,
+          ),
+      });
+      runningGauge.set(jobs.size);
       try {
         return await work;
       } finally {
-        inFlight.delete(work);
-        leases.delete(project.id);
-        controllers.delete(controller);
-        runningGauge.set(controllers.size);
+        runningGauge.set(jobs.size);
       }
     },
 
@@ -928,14 +912,8 @@ export function createMigrator(rt: Runtime): Migrator {
     },
 
     async stop() {
-      stopping = true;
-      // Runs get the grace period to finish; then they are cancelled (children killed, target rolled back).
-      const graceEnds = Date.now() + config.FLUX_SHUTDOWN_GRACE_MS;
-      while (controllers.size > 0 && Date.now() < graceEnds) await new Promise((r) => setTimeout(r, 50));
-      for (const c of controllers) {
-        c.abort(new AppError('shutting_down', 'migrate is stopping (SIGTERM) and cancelled this run'));
-      }
-      await Promise.allSettled([...inFlight]);
+      const left = await jobs.stop();
+      if (left.length > 0) log.warn({ projects: left }, 'migrations still cleaning up after their cancel');
     },
   };
 }
