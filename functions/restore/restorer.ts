@@ -12,6 +12,7 @@ import { distrustOf } from '../../shared/catalog/record-auth.js';
 import type { Manifest } from '../../shared/catalog/records.js';
 import { MINUTE_MS } from '../../shared/config.js';
 import { AppError, errnoOf, isAppError } from '../../shared/errors.js';
+import { createJobRunner } from '../../shared/kit/jobs.js';
 import { type Runtime, recordKeysOf } from '../../shared/kit/runtime.js';
 import { openArtifact, readOffsiteManifest } from '../../shared/offsite/artifact.js';
 import { lazyOffsiteStore } from '../../shared/offsite/index.js';
@@ -60,6 +61,17 @@ export interface Restorer {
 }
 
 const SWEEP_EVERY_MS = MINUTE_MS;
+/**
+ * How long stop() waits for cancelled runs to put things back: an in-place run restores the live copy,
+ * which waits on locks; the process's shutdown watchdog stays the outer bound.
+ */
+const CANCEL_WAIT_MS = 60_000;
+
+/** A run in flight, as GET …/restores/:id shows it. */
+interface RunningRestore {
+  restoreId: string;
+  progress: RestoreProgress;
+}
 
 export function createRestorer(rt: Runtime): Restorer {
   const { config, catalog, log } = rt;
@@ -68,12 +80,13 @@ export function createRestorer(rt: Runtime): Restorer {
   const records = createRecordStore(path.join(baseDir, 'runs'));
   const workDir = path.join(baseDir, 'work');
   const store = lazyOffsiteStore(config);
-  const leases = new Set<string>();
-  const inFlight = new Map<
-    string,
-    { controller: AbortController; progress: RestoreProgress; done: Promise<unknown> }
-  >();
-  let stopping = false;
+  // One run per project in this process, keyed by project id (the lease on the project's server guards
+  // across processes); each slot's value is what a reader of that run's progress sees.
+  const jobs = createJobRunner<RunningRestore>({
+    name: 'restore',
+    graceMs: config.FLUX_SHUTDOWN_GRACE_MS,
+    cancelWaitMs: CANCEL_WAIT_MS,
+  });
   let sweepTimer: NodeJS.Timeout | undefined;
 
   const keys = recordKeysOf(config);
@@ -228,13 +241,21 @@ export function createRestorer(rt: Runtime): Restorer {
       );
   }
 
+  function runningOf(restoreId: string): RunningRestore | undefined {
+    for (const key of jobs.keys()) {
+      const run = jobs.value(key);
+      if (run?.restoreId === restoreId) return run;
+    }
+    return undefined;
+  }
+
   function sweep(now = new Date()): Promise<number> {
     return sweepPrevious({ rt, records, metrics }, now);
   }
 
   return {
     get running() {
-      return inFlight.size;
+      return jobs.size;
     },
 
     async plan(project, backupId, body) {
@@ -311,7 +332,7 @@ export function createRestorer(rt: Runtime): Restorer {
     },
 
     async start(project, backupId, body) {
-      if (stopping) throw new AppError('shutting_down', 'restore is stopping; retry against the new process');
+      jobs.assertOpen();
       const ends = endsOf(rt.registry, project, rt.env, body.targetUrl);
       checkRequest(project, body, ends);
       if (body.mode === 'in_place' && !body.yes) {
@@ -357,7 +378,7 @@ export function createRestorer(rt: Runtime): Restorer {
           );
         }
       }
-      if (leases.has(project.id)) {
+      if (jobs.has(project.id)) {
         throw new AppError(
           'conflict',
           `a restore of ${project.slug} is already running; wait for it to finish`,
@@ -366,7 +387,11 @@ export function createRestorer(rt: Runtime): Restorer {
           },
         );
       }
-      leases.add(project.id);
+      const deadline = Date.now() + config.FLUX_RESTORE_TIMEOUT_MS;
+      const slot = jobs.claim(project.id, {
+        timeoutMs: config.FLUX_RESTORE_TIMEOUT_MS,
+        timeoutError: () => new AppError('timeout', 'the restore ran past FLUX_RESTORE_TIMEOUT_MS'),
+      });
       let release: (() => Promise<void>) | undefined;
       try {
         release = await takeSessionLease(ends.serverUrl, `flux-ops-restore:${project.id}`, {
@@ -375,7 +400,7 @@ export function createRestorer(rt: Runtime): Restorer {
           what: 'taking the restore lease on the project server',
         });
       } catch (error) {
-        leases.delete(project.id);
+        slot.release();
         throw error;
       }
       const restoreId = newBackupId();
@@ -400,61 +425,57 @@ export function createRestorer(rt: Runtime): Restorer {
       try {
         await records.save(record);
       } catch (error) {
-        leases.delete(project.id);
+        slot.release();
         await release();
         throw error;
       }
-      const controller = new AbortController();
       const progress: RestoreProgress = {
         stage: 'plan',
         bytes: 0,
         totalBytes: manifest.sizeBytes,
         stageStartedAt: Date.now(),
       };
-      const timer = setTimeout(
-        () => controller.abort(new AppError('timeout', 'the restore ran past FLUX_RESTORE_TIMEOUT_MS')),
-        config.FLUX_RESTORE_TIMEOUT_MS,
+      slot.value = { restoreId, progress };
+      metrics.running.set(jobs.size);
+      const done = slot.track(
+        (async () => {
+          try {
+            const final = await executeRun({
+              rt,
+              records,
+              metrics,
+              workDir,
+              store,
+              project,
+              ends,
+              entry,
+              manifest,
+              body,
+              record,
+              progress,
+              pgRestore: tool,
+              signal: slot.signal,
+              deadline,
+            });
+            await writeReceipt(catalog.root, final, config.FLUX_MANIFEST_SECRETS).catch((error) =>
+              log.error({ err: error, restoreId }, 'could not write the restore receipt'),
+            );
+            return final;
+          } finally {
+            await release?.();
+          }
+        })(),
       );
-      metrics.running.set(inFlight.size + 1);
-      const done = (async () => {
-        try {
-          const final = await executeRun({
-            rt,
-            records,
-            metrics,
-            workDir,
-            store,
-            project,
-            ends,
-            entry,
-            manifest,
-            body,
-            record,
-            progress,
-            pgRestore: tool,
-            signal: controller.signal,
-            deadline: Date.now() + config.FLUX_RESTORE_TIMEOUT_MS,
-          });
-          await writeReceipt(catalog.root, final, config.FLUX_MANIFEST_SECRETS).catch((error) =>
-            log.error({ err: error, restoreId }, 'could not write the restore receipt'),
-          );
-          return final;
-        } finally {
-          clearTimeout(timer);
-          inFlight.delete(restoreId);
-          leases.delete(project.id);
-          metrics.running.set(inFlight.size);
-          await release?.();
-        }
-      })();
-      inFlight.set(restoreId, { controller, progress, done });
+      // After track's own handler: by then the slot is free.
+      const updateGauge = () => metrics.running.set(jobs.size);
+      done.then(updateGauge, updateGauge);
       return { record, done };
     },
 
     async get(restoreId) {
       const record = await records.read(restoreId);
       if (!record) return undefined;
-      const running = inFlight.get(restoreId);
+      const running = runningOf(restoreId);
       return running ? { ...record, progress: { ...running.progress } } : record;
     },
 
@@ -475,7 +496,7 @@ export function createRestorer(rt: Runtime): Restorer {
 
     async recover() {
       for (const record of await records.list()) {
-        if (record.status !== 'running' || inFlight.has(record.restoreId)) continue;
+        if (record.status !== 'running' || runningOf(record.restoreId)) continue;
         await recoverRun({ rt, records, metrics }, record);
       }
       await rm(workDir, { recursive: true, force: true }).catch(() => undefined);
@@ -489,15 +510,10 @@ export function createRestorer(rt: Runtime): Restorer {
     sweep,
 
     async stop() {
-      stopping = true;
       if (sweepTimer) clearInterval(sweepTimer);
-      const graceEnds = Date.now() + config.FLUX_SHUTDOWN_GRACE_MS;
-      while (inFlight.size > 0 && Date.now() < graceEnds) await new Promise((r) => setTimeout(r, 50));
-      for (const run of inFlight.values())
-        run.controller.abort(
-          new AppError('shutting_down', 'restore is stopping (SIGTERM) and cancelled this run'),
-        );
-      await Promise.allSettled([...inFlight.values()].map((r) => r.done));
+      const left = await jobs.stop();
+      if (left.length > 0)
+        log.warn({ projects: left }, 'restores still putting things back after their cancel');
     },
   };
 }
