@@ -1,5 +1,4 @@
-// The two ends of a migration, from the registry: the pooled source (its cluster, schema and dump slots)
-// and the tenant's dedicated target database.
+// The two ends of a migration, from the registry: the pooled source and the dedicated target.
 import { AppError } from '../../shared/errors.js';
 import type { Runtime } from '../../shared/kit/runtime.js';
 import { parsePgUrl } from '../../shared/pg/conn.js';

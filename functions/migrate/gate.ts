@@ -1,5 +1,4 @@
-// The backup gate of a migration: the project's newest backup restorable and fresh (a restorable backup
-// within maxAge), judged on dumps re-hashed in full now.
+// The backup gate of a migration: a restorable newest backup, fresh within maxAge, re-hashed now.
 import { GATE_ARTIFACT_PROOF } from '../../shared/catalog/catalog.js';
 import { destructiveGate } from '../../shared/catalog/freshness.js';
 import type { Runtime } from '../../shared/kit/runtime.js';

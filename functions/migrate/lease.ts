@@ -1,6 +1,4 @@
-// A migration's leases: one run per project in this process (a slot of the shared job runner, which also
-// carries the run's cancel signal and its FLUX_MIGRATE_TIMEOUT_MS deadline) and, across processes, a
-// session advisory lock in the target held for the whole run.
+// A migration's leases: one run per project in this process, and an advisory lock in the target.
 import type { Config } from '../../shared/config.js';
 import { AppError } from '../../shared/errors.js';
 import { createJobRunner } from '../../shared/kit/jobs.js';

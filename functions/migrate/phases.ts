@@ -1,6 +1,4 @@
-// The phases of a real migration, as ordered lists (dump-only, and the whole move), each entered through
-// one helper that times the phase before it and records the new one in the run record before it changes
-// anything, so a crash at any instant leaves a record recovery can act on.
+// The phases of a real migration as ordered lists, each entered through one recording, timing helper.
 import path from 'node:path';
 import { ensureDir } from '../../shared/atomic.js';
 import { AppError } from '../../shared/errors.js';
@@ -103,7 +101,10 @@ export function createPhaseClock(phaseSeconds: MigrateMetrics['phaseSeconds']): 
   };
 }
 
-/** Enters a phase of the run: the clock moves on and the run record names the phase, saved first. */
+/**
+ * Enters a phase of the run: the clock moves on and the run record names the phase, saved before the
+ * phase changes anything, so a crash at any instant leaves a record recovery can act on.
+ */
 export async function enterPhase(ctx: RunContext, clock: PhaseClock, phase: Phase): Promise<void> {
   clock.enter(phase);
   ctx.record.phase = phase;

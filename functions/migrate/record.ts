@@ -1,6 +1,4 @@
-// The run record of a migration (FLUX_STATE_DIR/migrate/runs, the newest run per project): what the run
-// created in the target, so that a restarted process rolls back a run a crash interrupted. Also the one
-// way a failed run's rollback is told, in its answer, its record and its event.
+// The run record of a migration, its crash recovery, and the one message for a failure's rollback.
 import { readdir, readFile } from 'node:fs/promises';
 import path from 'node:path';
 import { ensureDir, writeJsonAtomic } from '../../shared/atomic.js';

@@ -1,6 +1,4 @@
-// One real migration: the refusals (preflight, backup gate, the target lease) while nothing has moved,
-// then the phases in order, and the answer: completed, or failed with the target rolled back to exactly
-// what it was. The source is only ever read.
+// One real migration: refusals while nothing has moved, the phases in order, and the answer.
 import { rm } from 'node:fs/promises';
 import path from 'node:path';
 import { newBackupId } from '../../shared/catalog/ids.js';

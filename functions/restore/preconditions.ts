@@ -1,6 +1,4 @@
-// What a restore must establish before it touches anything: the backup and a manifest that vouches for
-// it (local, or offsite when asked), the in-place gate on that backup, an archive this process's
-// pg_restore can read, and the target server's version.
+// What a restore must establish before it touches anything: backup, manifest, gate, readable archive.
 import { type CatalogEntry, GATE_ARTIFACT_PROOF, rejectionOf } from '../../shared/catalog/catalog.js';
 import { classify } from '../../shared/catalog/classifier.js';
 import { destructiveGate } from '../../shared/catalog/freshness.js';
