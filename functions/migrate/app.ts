@@ -3,6 +3,7 @@
 import { z } from 'zod';
 import { AppError, isAppError } from '../../shared/errors.js';
 import { createKit, readJson } from '../../shared/kit/app.js';
+import { createLifecycle } from '../../shared/kit/lifecycle.js';
 import { type CheckOutcome, dirWritableCheck, type ReadyCheck } from '../../shared/kit/readiness.js';
 import type { FunctionApp, Runtime } from '../../shared/kit/runtime.js';
 import { requireProjectByHash, resolveUrl, tenantSchemaOf } from '../../shared/registry.js';
@@ -253,19 +254,26 @@ export function createApp(rt: Runtime): FunctionApp {
     return c.json({ run });
   });
 
+  const lifecycle = createLifecycle(rt.log)
+    .step('catalog', undefined, () => rt.catalog.flush())
+    .step('inbox', () => rt.inbox.start())
+    .step('recovery', () => migrator.recover())
+    .step(
+      'outbox',
+      () => rt.outbox.start(),
+      () => rt.outbox.stop(),
+    );
+
   return {
     name: 'migrate',
     app,
     accepts: [],
-    async start() {
-      await rt.inbox.start();
-      await migrator.recover();
-      await rt.outbox.start();
-    },
+    start: () => lifecycle.start(),
     async stop() {
+      // Runs are started by requests, which the app answers whether or not start() ran, so they are
+      // drained (finished, or cancelled and rolled back) before anything the lifecycle started stops.
       await migrator.stop();
-      await rt.outbox.stop();
-      await rt.catalog.flush();
+      await lifecycle.stop();
     },
   };
 }

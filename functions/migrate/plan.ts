@@ -10,6 +10,11 @@ export type MigrateTool = (typeof MIGRATE_TOOLS)[number];
 export const PHASES = ['preflight', 'gate', 'dump', 'prepare', 'restore', 'validate'] as const;
 export type Phase = (typeof PHASES)[number];
 
+/** The rows of all the tables counted. */
+export function totalRows(tables: readonly { rows: number }[]): number {
+  return tables.reduce((n, t) => n + t.rows, 0);
+}
+
 /** The client-tool major an image should carry: new enough for both servers. */
 export function neededMajor(sourceMajor?: number, targetMajor?: number): number | undefined {
   const majors = [sourceMajor, targetMajor].filter((m): m is number => typeof m === 'number' && m > 0);

@@ -3,6 +3,7 @@
 // both servers: the source in a READ ONLY snapshot, the target through catalog queries.
 import type pg from 'pg';
 import { AppError, isAppError } from '../../shared/errors.js';
+import type { Runtime } from '../../shared/kit/runtime.js';
 import { parsePgUrl, pgError, withPgClient } from '../../shared/pg/conn.js';
 import { authenticatorMemberships, stubRoles } from '../../shared/pg/platform-roles.js';
 import {
@@ -14,18 +15,32 @@ import {
   serverFacts,
   type TableCount,
 } from '../../shared/pg/snapshot.js';
+import type { Project } from '../../shared/registry.js';
 import { missingToolMessage, requireTool, type ToolInfo } from '../../shared/tools.js';
+import type { Ends } from './ends.js';
 import {
   MIGRATE_TOOLS,
   type MigrateTool,
   majorOf,
   neededMajor,
+  type Problem,
   type ServerIdentity,
   type TargetFacts,
+  targetProblems,
   toolVersionProblems,
 } from './plan.js';
 
 export const MIGRATE_APP_NAME = 'flux-ops-migrate';
+
+/** The application_name of a run's pg_dump on the source: how a cancel finds its queries there. */
+export function dumpAppNameOf(runId: string): string {
+  return `${MIGRATE_APP_NAME}-dump-${runId.toLowerCase()}`;
+}
+
+/** The application_name of a run's pg_restore in the target: how a rollback finds its sessions. */
+export function restoreAppNameOf(runId: string): string {
+  return `${MIGRATE_APP_NAME}-restore-${runId.toLowerCase()}`;
+}
 
 export interface SourceFacts {
   server: ServerIdentity & { serverVersion: string };
@@ -233,4 +248,85 @@ export async function probeServer(
     },
     `connecting to ${what}`,
   );
+}
+
+export interface Preflight {
+  source: SourceFacts;
+  target?: Awaited<ReturnType<typeof inspectTarget>>;
+  targetError?: AppError;
+  tools: Partial<Tools>;
+  problems: Problem[];
+}
+
+/**
+ * The whole preflight of a run or a dry run: both servers inspected, the tools found for their majors,
+ * and what in the target refuses the move. A missing source schema throws; a target that cannot be read
+ * is kept as `targetError` (the dry run reports it, the run refuses with it).
+ */
+export async function runPreflight(
+  rt: Pick<Runtime, 'config' | 'env'>,
+  project: Project,
+  ends: Ends,
+  mode: { counts: boolean; dumpOnly: boolean; timeoutMs: number; inspectTarget: boolean },
+): Promise<Preflight> {
+  const what = `cluster ${ends.cluster}`;
+  let source: SourceFacts | undefined;
+  let sourceError: unknown;
+  try {
+    source = await inspectSource(ends.sourceUrl, ends.schema, {
+      counts: mode.counts,
+      lockTimeoutMs: rt.config.FLUX_DUMP_LOCK_WAIT_TIMEOUT_MS,
+      statementTimeoutMs: mode.timeoutMs,
+      what,
+    });
+  } catch (error) {
+    sourceError = error;
+  }
+  let target: Preflight['target'];
+  let targetError: AppError | undefined;
+  try {
+    if (!mode.inspectTarget) throw new AppError('not_found', 'a dump-only run does not use the target');
+    target = await inspectTarget(
+      ends.targetUrl,
+      { schema: ends.schema, tenantRole: ends.tenantRole, policyRoles: source?.inventory?.roles ?? [] },
+      `dedicated database of ${project.slug}`,
+    );
+  } catch (error) {
+    targetError = isAppError(error) ? error : pgError(error, 'reading the target');
+  }
+  // Tools first: a missing pg_dump is the failure an old, un-rebuilt image shows, whatever else is wrong.
+  const sourceMajor = source ? Math.floor(source.server.serverVersionNum / 10000) : undefined;
+  const targetMajor = target ? Math.floor(target.server.serverVersionNum / 10000) : undefined;
+  const tools = await requireMigrateTools(rt.env.PATH, mode.dumpOnly ? ['pg_dump'] : MIGRATE_TOOLS, {
+    source: sourceMajor,
+    target: mode.dumpOnly ? undefined : targetMajor,
+  });
+  if (!source) throw sourceError;
+  if (!source.schemaExists) {
+    throw new AppError(
+      'not_found',
+      `schema ${ends.schema} of ${project.slug} does not exist on ${what}: the registry's cluster for this project does not hold its data`,
+    );
+  }
+  const problems = target
+    ? targetProblems(source.server, target, {
+        schema: ends.schema,
+        tenantRole: ends.tenantRole,
+        policyRoles: source.inventory?.roles ?? [],
+      })
+    : [];
+  return {
+    source,
+    tools,
+    problems,
+    ...(target ? { target } : {}),
+    ...(targetError ? { targetError } : {}),
+  };
+}
+
+/** A tool the preflight found, for a phase that needs it (a dump-only preflight looks for pg_dump only). */
+export function requireToolInfo(tools: Partial<Tools>, name: keyof Tools): ToolInfo {
+  const info = tools[name];
+  if (!info) throw new AppError('tool_missing', `${name} is not on PATH of this process`);
+  return info;
 }

@@ -4,6 +4,7 @@
 import { parseBackupId } from '../../shared/catalog/ids.js';
 import { AppError, ERROR_TABLE } from '../../shared/errors.js';
 import { createKit, readJson } from '../../shared/kit/app.js';
+import { createLifecycle } from '../../shared/kit/lifecycle.js';
 import { dirWritableCheck, registryCheck, toolCheck } from '../../shared/kit/readiness.js';
 import type { FunctionApp, Runtime } from '../../shared/kit/runtime.js';
 import { lazyOffsiteStore } from '../../shared/offsite/index.js';
@@ -93,21 +94,29 @@ export function createApp(rt: Runtime): FunctionApp {
     },
   );
 
+  const lifecycle = createLifecycle(rt.log)
+    .step('catalog', undefined, () => rt.catalog.flush())
+    // A wrong identity fails here, with the fix, not at the first restore from offsite.
+    .step('age keys', () => rt.ageKeys.checkNewest(lazyOffsiteStore(rt.config), rt.log))
+    .step('inbox', () => rt.inbox.start())
+    .step(
+      'outbox',
+      () => rt.outbox.start(),
+      () => rt.outbox.stop(),
+    )
+    // Recovery also starts the sweep of set-aside copies; restorer.stop() ends it.
+    .step('recovery', () => restorer.recover());
+
   return {
     name: 'restore',
     app,
     accepts: [],
-    async start() {
-      // A wrong identity fails here, with the fix, not at the first restore from offsite.
-      await rt.ageKeys.checkNewest(lazyOffsiteStore(rt.config), rt.log);
-      await rt.inbox.start();
-      await rt.outbox.start();
-      await restorer.recover();
-    },
+    start: () => lifecycle.start(),
     async stop() {
+      // Runs are started by requests, which the app answers whether or not start() ran, so they are
+      // drained (finished, or cancelled and put back) before anything the lifecycle started stops.
       await restorer.stop();
-      await rt.outbox.stop();
-      await rt.catalog.flush();
+      await lifecycle.stop();
     },
   };
 }

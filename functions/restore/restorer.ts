@@ -1,32 +1,17 @@
-// The restore function's work: the gate and the plan, one run per project at a time (here and across
-// processes, by a lease on the project's server), runs in flight with their progress, the crash recovery
-// at start, and the sweep that drops set-aside copies once FLUX_RESTORE_KEEP_PREVIOUS_HOURS have passed.
+// The restore function's work: the plan, one run per project at a time (here and across processes, by a
+// lease on the project's server), runs in flight with their progress, the crash recovery at start, and the
+// sweep that drops set-aside copies once FLUX_RESTORE_KEEP_PREVIOUS_HOURS have passed. What a restore must
+// establish before it touches anything (backup, gate, readable archive) is in preconditions.ts.
 import { rm } from 'node:fs/promises';
 import path from 'node:path';
-import { type CatalogEntry, GATE_ARTIFACT_PROOF, rejectionOf } from '../../shared/catalog/catalog.js';
-import { classify } from '../../shared/catalog/classifier.js';
-import { destructiveGate } from '../../shared/catalog/freshness.js';
 import { newBackupId } from '../../shared/catalog/ids.js';
-import { authenticateManifest } from '../../shared/catalog/manifest-auth.js';
-import { distrustOf } from '../../shared/catalog/record-auth.js';
-import type { Manifest } from '../../shared/catalog/records.js';
 import { MINUTE_MS } from '../../shared/config.js';
-import { AppError, errnoOf, isAppError } from '../../shared/errors.js';
-import { type Runtime, recordKeysOf } from '../../shared/kit/runtime.js';
-import { openArtifact, readOffsiteManifest } from '../../shared/offsite/artifact.js';
+import { AppError, isAppError } from '../../shared/errors.js';
+import { createJobRunner } from '../../shared/kit/jobs.js';
+import type { Runtime } from '../../shared/kit/runtime.js';
 import { lazyOffsiteStore } from '../../shared/offsite/index.js';
-import {
-  type ArchiveHeader,
-  canRead,
-  HEADER_READ_BYTES,
-  parseArchiveHeader,
-  readArchiveHeader,
-} from '../../shared/pg/archive-header.js';
-import { withPgClient } from '../../shared/pg/conn.js';
 import { takeSessionLease } from '../../shared/pg/lease.js';
 import { clusterNameOf, type Project } from '../../shared/registry.js';
-import { backupPolicyOf } from '../../shared/schedule.js';
-import { requireTool, type ToolInfo } from '../../shared/tools.js';
 import { type Ends, endsOf, requireOwnServer, whereOf } from './ends.js';
 import { restoreMetrics } from './metrics.js';
 import {
@@ -38,6 +23,7 @@ import {
   stagingNameOf,
   totalsOf,
 } from './plan.js';
+import { createPreconditions, gateRefusal } from './preconditions.js';
 import { createRecordStore, type RestoreRecord, writeReceipt } from './record.js';
 import { recoverRun, sweepPrevious } from './recovery.js';
 import { dropPrevious, executeRun, type RestoreProgress } from './run.js';
@@ -60,6 +46,17 @@ export interface Restorer {
 }
 
 const SWEEP_EVERY_MS = MINUTE_MS;
+/**
+ * How long stop() waits for cancelled runs to put things back: an in-place run restores the live copy,
+ * which waits on locks; the process's shutdown watchdog stays the outer bound.
+ */
+const CANCEL_WAIT_MS = 60_000;
+
+/** A run in flight, as GET …/restores/:id shows it. */
+interface RunningRestore {
+  restoreId: string;
+  progress: RestoreProgress;
+}
 
 export function createRestorer(rt: Runtime): Restorer {
   const { config, catalog, log } = rt;
@@ -68,144 +65,16 @@ export function createRestorer(rt: Runtime): Restorer {
   const records = createRecordStore(path.join(baseDir, 'runs'));
   const workDir = path.join(baseDir, 'work');
   const store = lazyOffsiteStore(config);
-  const leases = new Set<string>();
-  const inFlight = new Map<
-    string,
-    { controller: AbortController; progress: RestoreProgress; done: Promise<unknown> }
-  >();
-  let stopping = false;
+  // One run per project in this process, keyed by project id (the lease on the project's server guards
+  // across processes); each slot's value is what a reader of that run's progress sees.
+  const jobs = createJobRunner<RunningRestore>({
+    name: 'restore',
+    graceMs: config.FLUX_SHUTDOWN_GRACE_MS,
+    cancelWaitMs: CANCEL_WAIT_MS,
+  });
   let sweepTimer: NodeJS.Timeout | undefined;
 
-  const keys = recordKeysOf(config);
-
-  /** The backup and its manifest: from the local catalog, or from the offsite store when asked. */
-  async function backupOf(project: Project, backupId: string, source: 'local' | 'offsite') {
-    const entry = await catalog.get(project.id, backupId);
-    let manifest: Manifest | undefined = entry?.manifest;
-    // A local manifest that is not believed vouches for nothing: refused from the local copy; from the
-    // offsite one only the stored manifest, if it authenticates, can vouch for the bytes.
-    const rejected = source === 'local' ? rejectionOf(entry, 'restored (nothing was touched)') : undefined;
-    if (rejected) throw rejected;
-    if (!manifest && source === 'offsite') {
-      manifest = await readOffsiteManifest(store(), project.id, backupId);
-      const why = manifest ? distrustOf(authenticateManifest(manifest, keys.secrets), keys) : undefined;
-      if (why) {
-        throw new AppError(
-          'manifest_not_authentic',
-          `the offsite manifest of backup ${backupId}: ${why}; refused, nothing was restored`,
-          { details: { reason: 'manifest_not_authentic', source: 'offsite' } },
-        );
-      }
-    }
-    if (!manifest) {
-      throw new AppError(
-        'not_found',
-        `no complete backup ${backupId} for project ${project.slug}${source === 'offsite' ? ' locally or offsite' : ''}: list them with flux-ops backup list -p ${project.slug}`,
-      );
-    }
-    if (manifest.projectId !== project.id)
-      throw new AppError('not_found', `backup ${backupId} is not a backup of ${project.slug}`);
-    return { entry, manifest };
-  }
-
-  /** The gate of an in-place restore: the chosen backup itself must be artifact-valid and restore-verified. */
-  async function gateOf(project: Project, entry: CatalogEntry | undefined, source: 'local' | 'offsite') {
-    if (!entry) {
-      return {
-        passes: false,
-        tier: 'not_restore_verified',
-        message: 'the backup is known only from the offsite store and has no verification here',
-        next: `flux-ops catalog rebuild --from offsite, then flux-ops backup verify -p ${project.slug} --source offsite`,
-      };
-    }
-    // Every byte of the local dump hashed now: a cached validation misses a byte flipped with its mtime kept
-    // (an offsite copy is proven while it streams, so its local dump is not what the gate leans on).
-    const artifact = await catalog.checkArtifact(entry, source === 'local' ? GATE_ARTIFACT_PROOF : 'cached');
-    const facts = catalog.facts(entry, artifact);
-    // An offsite copy is proven while it streams; only the local file must be valid beforehand.
-    const trust = classify(
-      source === 'offsite' ? { ...facts, artifact: 'valid' } : facts,
-      new Date(),
-      project.slug,
-    );
-    // And the project must be fresh: its newest restorable backup younger than maxAge. The backup restored
-    // may be an older one on purpose; what the gate asks is that a recent proven copy exists should the
-    // live data, once replaced, be needed back beyond the safety backup.
-    const { maxAgeMs } = backupPolicyOf(project, config);
-    const { freshness } = await catalog.trust(project.id, project.slug, new Date(), {
-      maxAgeMs,
-      proof: GATE_ARTIFACT_PROOF,
-    });
-    const verdict = destructiveGate(trust, freshness);
-    const next = trust.tier === 'restorable' ? freshness.next : (trust.next ?? freshness.next);
-    return {
-      passes: verdict.passes,
-      tier: trust.tier,
-      freshness: freshness.freshness,
-      ageSeconds: freshness.ageSeconds,
-      maxAgeSeconds: freshness.maxAgeSeconds,
-      message: verdict.passes ? trust.message : verdict.message,
-      ...(next ? { next } : {}),
-    };
-  }
-
-  async function pgRestoreTool(): Promise<ToolInfo> {
-    return requireTool('pg_restore', rt.env.PATH);
-  }
-
-  /** The archive's format version against this process's pg_restore: a clear refusal before anything is touched. */
-  async function requireReadable(
-    manifest: Manifest,
-    entry: CatalogEntry | undefined,
-    source: 'local' | 'offsite',
-  ) {
-    const tool = await pgRestoreTool();
-    let header: ArchiveHeader;
-    try {
-      if (source === 'local' && entry) header = await readArchiveHeader(entry.paths.dump);
-      else {
-        const artifact = await openArtifact(
-          { projectId: manifest.projectId, backupId: manifest.backupId, manifest },
-          'offsite',
-          { store, identities: rt.ageKeys.identities() },
-        );
-        if (!artifact) throw new AppError('not_found', `backup ${manifest.backupId} has no offsite copy`);
-        header = parseArchiveHeader(await artifact.readHead(HEADER_READ_BYTES));
-      }
-    } catch (error) {
-      if (isAppError(error)) throw error;
-      if (errnoOf(error) === 'ENOENT') {
-        throw new AppError(
-          'not_found',
-          `the local dump of backup ${manifest.backupId} is missing: restore from the offsite copy ("source": "offsite")`,
-        );
-      }
-      throw new AppError(
-        'artifact_invalid',
-        `backup ${manifest.backupId} is not a readable archive: ${(error as Error).message}`,
-      );
-    }
-    if (!canRead(tool.major, header.version, manifest.pgDump.major)) {
-      throw new AppError(
-        'tool_version',
-        `the archive (format ${header.versionText}, written by pg_dump ${manifest.pgDump.version}) is newer than this process's ` +
-          `pg_restore ${tool.version}: install the PostgreSQL ${manifest.pgDump.major} client tools (or newer) in the restore image and restart it; nothing was touched`,
-        { details: { archive: header.versionText, pgRestore: tool.version } },
-      );
-    }
-    return { tool, header };
-  }
-
-  async function serverVersionOf(url: string): Promise<string> {
-    return withPgClient(
-      url,
-      RESTORE_APP_NAME,
-      async (c) => {
-        return (await c.query<{ v: string }>(`SELECT current_setting('server_version') AS v`)).rows[0]!.v;
-      },
-      'connecting to the restore target',
-    );
-  }
+  const { backupOf, gateOf, requireReadable, serverVersionOf } = createPreconditions(rt, store);
 
   function namesOf(ends: Ends, body: RestoreBody, restoreId: string, at: Date) {
     if (body.mode === 'new') {
@@ -228,13 +97,21 @@ export function createRestorer(rt: Runtime): Restorer {
       );
   }
 
+  function runningOf(restoreId: string): RunningRestore | undefined {
+    for (const key of jobs.keys()) {
+      const run = jobs.value(key);
+      if (run?.restoreId === restoreId) return run;
+    }
+    return undefined;
+  }
+
   function sweep(now = new Date()): Promise<number> {
     return sweepPrevious({ rt, records, metrics }, now);
   }
 
   return {
     get running() {
-      return inFlight.size;
+      return jobs.size;
     },
 
     async plan(project, backupId, body) {
@@ -311,7 +188,7 @@ export function createRestorer(rt: Runtime): Restorer {
     },
 
     async start(project, backupId, body) {
-      if (stopping) throw new AppError('shutting_down', 'restore is stopping; retry against the new process');
+      jobs.assertOpen();
       const ends = endsOf(rt.registry, project, rt.env, body.targetUrl);
       checkRequest(project, body, ends);
       if (body.mode === 'in_place' && !body.yes) {
@@ -326,25 +203,7 @@ export function createRestorer(rt: Runtime): Restorer {
         const gate = await gateOf(project, entry, body.source);
         if (!gate.passes) {
           metrics.runs.inc({ mode: body.mode, outcome: 'refused', reason: 'precondition_failed' });
-          throw new AppError(
-            'precondition_failed',
-            `backup gate for ${project.slug} on cluster ${clusterNameOf(project)}: ${gate.message}; an in-place restore needs a restore-verified backup and a restorable backup younger than maxAge` +
-              `${gate.next ? `; next: ${gate.next}` : ''}; or pass --skip-backup-check. Nothing was done`,
-            {
-              details: {
-                cluster: clusterNameOf(project),
-                tier: gate.tier,
-                ...('freshness' in gate
-                  ? {
-                      freshness: gate.freshness,
-                      ageSeconds: gate.ageSeconds,
-                      maxAgeSeconds: gate.maxAgeSeconds,
-                    }
-                  : {}),
-                ...(gate.next ? { next: gate.next } : {}),
-              },
-            },
-          );
+          throw gateRefusal(project, gate);
         }
       }
       const { tool } = await requireReadable(manifest, entry, body.source);
@@ -357,7 +216,7 @@ export function createRestorer(rt: Runtime): Restorer {
           );
         }
       }
-      if (leases.has(project.id)) {
+      if (jobs.has(project.id)) {
         throw new AppError(
           'conflict',
           `a restore of ${project.slug} is already running; wait for it to finish`,
@@ -366,7 +225,11 @@ export function createRestorer(rt: Runtime): Restorer {
           },
         );
       }
-      leases.add(project.id);
+      const deadline = Date.now() + config.FLUX_RESTORE_TIMEOUT_MS;
+      const slot = jobs.claim(project.id, {
+        timeoutMs: config.FLUX_RESTORE_TIMEOUT_MS,
+        timeoutError: () => new AppError('timeout', 'the restore ran past FLUX_RESTORE_TIMEOUT_MS'),
+      });
       let release: (() => Promise<void>) | undefined;
       try {
         release = await takeSessionLease(ends.serverUrl, `flux-ops-restore:${project.id}`, {
@@ -375,7 +238,7 @@ export function createRestorer(rt: Runtime): Restorer {
           what: 'taking the restore lease on the project server',
         });
       } catch (error) {
-        leases.delete(project.id);
+        slot.release();
         throw error;
       }
       const restoreId = newBackupId();
@@ -400,61 +263,57 @@ export function createRestorer(rt: Runtime): Restorer {
       try {
         await records.save(record);
       } catch (error) {
-        leases.delete(project.id);
+        slot.release();
         await release();
         throw error;
       }
-      const controller = new AbortController();
       const progress: RestoreProgress = {
         stage: 'plan',
         bytes: 0,
         totalBytes: manifest.sizeBytes,
         stageStartedAt: Date.now(),
       };
-      const timer = setTimeout(
-        () => controller.abort(new AppError('timeout', 'the restore ran past FLUX_RESTORE_TIMEOUT_MS')),
-        config.FLUX_RESTORE_TIMEOUT_MS,
+      slot.value = { restoreId, progress };
+      metrics.running.set(jobs.size);
+      const done = slot.track(
+        (async () => {
+          try {
+            const final = await executeRun({
+              rt,
+              records,
+              metrics,
+              workDir,
+              store,
+              project,
+              ends,
+              entry,
+              manifest,
+              body,
+              record,
+              progress,
+              pgRestore: tool,
+              signal: slot.signal,
+              deadline,
+            });
+            await writeReceipt(catalog.root, final, config.FLUX_MANIFEST_SECRETS).catch((error) =>
+              log.error({ err: error, restoreId }, 'could not write the restore receipt'),
+            );
+            return final;
+          } finally {
+            await release?.();
+          }
+        })(),
       );
-      metrics.running.set(inFlight.size + 1);
-      const done = (async () => {
-        try {
-          const final = await executeRun({
-            rt,
-            records,
-            metrics,
-            workDir,
-            store,
-            project,
-            ends,
-            entry,
-            manifest,
-            body,
-            record,
-            progress,
-            pgRestore: tool,
-            signal: controller.signal,
-            deadline: Date.now() + config.FLUX_RESTORE_TIMEOUT_MS,
-          });
-          await writeReceipt(catalog.root, final, config.FLUX_MANIFEST_SECRETS).catch((error) =>
-            log.error({ err: error, restoreId }, 'could not write the restore receipt'),
-          );
-          return final;
-        } finally {
-          clearTimeout(timer);
-          inFlight.delete(restoreId);
-          leases.delete(project.id);
-          metrics.running.set(inFlight.size);
-          await release?.();
-        }
-      })();
-      inFlight.set(restoreId, { controller, progress, done });
+      // After track's own handler: by then the slot is free.
+      const updateGauge = () => metrics.running.set(jobs.size);
+      done.then(updateGauge, updateGauge);
       return { record, done };
     },
 
     async get(restoreId) {
       const record = await records.read(restoreId);
       if (!record) return undefined;
-      const running = inFlight.get(restoreId);
+      const running = runningOf(restoreId);
       return running ? { ...record, progress: { ...running.progress } } : record;
     },
 
@@ -475,7 +334,7 @@ export function createRestorer(rt: Runtime): Restorer {
 
     async recover() {
       for (const record of await records.list()) {
-        if (record.status !== 'running' || inFlight.has(record.restoreId)) continue;
+        if (record.status !== 'running' || runningOf(record.restoreId)) continue;
         await recoverRun({ rt, records, metrics }, record);
       }
       await rm(workDir, { recursive: true, force: true }).catch(() => undefined);
@@ -489,15 +348,10 @@ export function createRestorer(rt: Runtime): Restorer {
     sweep,
 
     async stop() {
-      stopping = true;
       if (sweepTimer) clearInterval(sweepTimer);
-      const graceEnds = Date.now() + config.FLUX_SHUTDOWN_GRACE_MS;
-      while (inFlight.size > 0 && Date.now() < graceEnds) await new Promise((r) => setTimeout(r, 50));
-      for (const run of inFlight.values())
-        run.controller.abort(
-          new AppError('shutting_down', 'restore is stopping (SIGTERM) and cancelled this run'),
-        );
-      await Promise.allSettled([...inFlight.values()].map((r) => r.done));
+      const left = await jobs.stop();
+      if (left.length > 0)
+        log.warn({ projects: left }, 'restores still putting things back after their cancel');
     },
   };
 }
