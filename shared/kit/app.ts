@@ -44,7 +44,7 @@ export type EventHandlers = { [T in EventType]?: EventHandler<T> };
  * which nobody reads but logs and metrics count.
  */
 export function httpStatusOf(error: AppError): ContentfulStatusCode {
-  return httpStatusOf(error);
+  return error.status as ContentfulStatusCode;
 }
 
 export interface KitOptions {
