@@ -1,8 +1,8 @@
 // Human output of the CLI: aligned tables, binary sizes, rates, ages; and the stdout/stderr pair every
 // command writes through (stdout for results, stderr for progress and errors).
 import type { Writable } from 'node:stream';
+import { KIB } from '../shared/units.js';
 
-export const KIB = 1024;
 const UNITS = ['B', 'KiB', 'MiB', 'GiB', 'TiB', 'PiB'];
 
 /** 0 B, 512 B, 1.5 KiB, 20.0 MiB, 3.21 GiB: three significant digits above bytes. */

@@ -18,6 +18,7 @@ import {
 import { parseRecipients } from '../shared/offsite/age.js';
 import type { ProjectRegistry } from '../shared/registry.js';
 import { formatDuration, parseDuration } from '../shared/schedule.js';
+import { DAY_MS } from '../shared/units.js';
 import type { ComposeModel, ComposeService } from './compose.js';
 
 export type { SecurityFinding };
@@ -27,8 +28,6 @@ export const AUDIT_EXIT = { clean: 0, warnings: 1, critical: 2 } as const;
 
 /** The most backup files whose modes one audit reads (a catalog larger than this is sampled). */
 export const MAX_FILES_SCANNED = 100_000;
-
-const DAY_MS = 24 * 60 * 60 * 1000;
 
 export interface AuditInputs {
   /** The functions' environment: this process's, with the env files over it. */

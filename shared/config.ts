@@ -5,11 +5,7 @@ import { z } from 'zod';
 import { AppError } from './errors.js';
 import { parseRecipients } from './offsite/age.js';
 import { DEFAULT_MAX_AGE, parseDuration, scheduleProblem } from './schedule.js';
-
-export const SECOND_MS = 1000;
-export const MINUTE_MS = 60 * SECOND_MS;
-export const HOUR_MS = 60 * MINUTE_MS;
-export const MIB = 1024 * 1024;
+import { HOUR_MS, MIB, MINUTE_MS, SECOND_MS } from './units.js';
 
 export const SCOPES = [
   'backups:read',

@@ -13,6 +13,7 @@ import { createApp as createDumpApp } from '../functions/dump/app.js';
 import { createApp as createMigrateApp } from '../functions/migrate/app.js';
 import type { FunctionApp } from '../shared/kit/runtime.js';
 import type { Cluster, Project } from '../shared/registry.js';
+import { HOUR_MS } from '../shared/units.js';
 import { seedTenant } from './support/fixtures.js';
 import { freePort, type PgCluster, startPostgres } from './support/pg.js';
 import {
@@ -27,7 +28,6 @@ import {
 const BIN = path.resolve(import.meta.dirname, '../bin/flux-ops.mjs');
 const MIGRATE = makeToken('ci-migrate', ['migrate']);
 const MAX_AGE_S = 26 * 3600;
-const HOUR_MS = 3_600_000;
 const id = randomUUID();
 const project: Project = {
   id,

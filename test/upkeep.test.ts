@@ -16,6 +16,7 @@ import { backupPaths } from '../shared/catalog/layout.js';
 import type { FunctionApp } from '../shared/kit/runtime.js';
 import { createOffsiteStore } from '../shared/offsite/index.js';
 import { dumpKeyOf } from '../shared/offsite/keys.js';
+import { DAY_MS } from '../shared/units.js';
 import {
   type FakeBackup,
   fakeManifest,
@@ -34,8 +35,6 @@ import {
   type TestRuntime,
   testRuntime,
 } from './support/runtime.js';
-
-const DAY_MS = 24 * 60 * 60 * 1000;
 
 interface Harness {
   env: TestEnv;

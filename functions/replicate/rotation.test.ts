@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { HOUR_MS } from '../../shared/config.js';
+import { HOUR_MS } from '../../shared/units.js';
 import { fullRotationMs, type RetainedCopy, selectForRehash, shareBytes } from './rotation.js';
 
 const DAY = 24 * HOUR_MS;

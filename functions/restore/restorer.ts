@@ -5,13 +5,13 @@
 import { rm } from 'node:fs/promises';
 import path from 'node:path';
 import { newBackupId } from '../../shared/catalog/ids.js';
-import { MINUTE_MS } from '../../shared/config.js';
 import { AppError, isAppError } from '../../shared/errors.js';
 import { createJobRunner } from '../../shared/kit/jobs.js';
 import type { Runtime } from '../../shared/kit/runtime.js';
 import { lazyOffsiteStore } from '../../shared/offsite/index.js';
 import { takeSessionLease } from '../../shared/pg/lease.js';
 import { clusterNameOf, type Project } from '../../shared/registry.js';
+import { MINUTE_MS } from '../../shared/units.js';
 import { type Ends, endsOf, requireOwnServer, whereOf } from './ends.js';
 import { restoreMetrics } from './metrics.js';
 import {

@@ -12,7 +12,6 @@ import {
   FUNCTION_NAMES,
   type FunctionName,
   redactUrl,
-  SECOND_MS,
   UPSTREAM_VARS,
 } from '../../shared/config.js';
 import { AppError, errnoOf, isAppError } from '../../shared/errors.js';
@@ -20,6 +19,7 @@ import { answerUnroutedWith, errorBody, httpStatusOf } from '../../shared/kit/ap
 import { allowedMethodsOf, isRecognisedMethod, notImplemented } from '../../shared/kit/methods.js';
 import type { Logger } from '../../shared/log.js';
 import type { Registry } from '../../shared/metrics.js';
+import { SECOND_MS } from '../../shared/units.js';
 import { routeOf } from '../all/routes.js';
 import { registerStatusRoutes } from '../status/page.js';
 import { routerMetrics } from './metrics.js';

@@ -5,7 +5,7 @@
 import { createHash } from 'node:crypto';
 import type { Env, Hono, MiddlewareHandler } from 'hono';
 import { TRUST_TIERS, type TrustTier } from '../../shared/catalog/classifier.js';
-import { SECOND_MS } from '../../shared/config.js';
+import { SECOND_MS } from '../../shared/units.js';
 
 export const STATUS_PATH = '/status';
 export const DEFAULT_REFRESH_MS = 30 * SECOND_MS;

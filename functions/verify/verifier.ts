@@ -5,7 +5,6 @@ import { createHash } from 'node:crypto';
 import { Readable } from 'node:stream';
 import { type CatalogEntry, rejectionOf } from '../../shared/catalog/catalog.js';
 import type { Manifest, Rung, RungName, VerifyReceipt } from '../../shared/catalog/records.js';
-import { MINUTE_MS } from '../../shared/config.js';
 import { AppError, isAppError } from '../../shared/errors.js';
 import type { Runtime } from '../../shared/kit/runtime.js';
 import { createLimiter } from '../../shared/limiter.js';
@@ -38,6 +37,7 @@ import { parseLastJson, queryJson, runSql, sqlError, throwIfCanceled } from '../
 import { createDriverSelection, type DriverSelection, sandboxTtlMs } from '../../shared/sandbox/select.js';
 import type { ExecResult, Sandbox } from '../../shared/sandbox/types.js';
 import { watchServer } from '../../shared/sandbox/watch.js';
+import { MINUTE_MS } from '../../shared/units.js';
 import {
   extensionsSql,
   missingExtensionsSelect,

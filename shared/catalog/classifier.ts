@@ -3,7 +3,7 @@
 // not done yet, pipeline_incomplete an artifact that is not valid, not_restore_verified a valid artifact no
 // verification passed or failed for), so the upstream CLI reading our rows (upstream.ts) gives the same
 // tier; `unverifiable` is ours: never a pass and never a restore_failed.
-import { HOUR_MS } from '../config.js';
+import { HOUR_MS } from '../units.js';
 
 export const TRUST_TIERS = [
   'no_backups',

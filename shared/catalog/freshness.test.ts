@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { HOUR_MS } from '../config.js';
+import { HOUR_MS } from '../units.js';
 import type { BackupFacts } from './classifier.js';
 import { destructiveGate, freshnessOf, isRestorable, upstreamFreshnessOf } from './freshness.js';
 

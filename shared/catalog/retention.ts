@@ -2,6 +2,7 @@
 // function over a project's backups (newest first). It never selects the newest restorable backup,
 // counts only restore-verified backups toward the keep floor, and never touches a backup still being
 // written or newer than the newest restorable one (still in its pipeline).
+import { DAY_MS } from '../units.js';
 import type { BackupFacts } from './classifier.js';
 
 export interface RetentionPolicy {
@@ -12,8 +13,6 @@ export interface RetentionPolicy {
 export function isRetentionEnabled(policy: RetentionPolicy): boolean {
   return policy.keepCount > 0 || policy.keepDays > 0;
 }
-
-const DAY_MS = 24 * 60 * 60 * 1000;
 
 export function selectForDeletion(
   newestFirst: readonly BackupFacts[],

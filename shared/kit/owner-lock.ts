@@ -9,6 +9,7 @@ import { fsyncDir } from '../atomic.js';
 import type { Config, FunctionName } from '../config.js';
 import { AppError, errnoOf } from '../errors.js';
 import type { Logger } from '../log.js';
+import { SECOND_MS } from '../units.js';
 import {
   currentIdentity,
   lookupPid,
@@ -18,7 +19,6 @@ import {
   readOr,
 } from './process-identity.js';
 
-const SECOND_MS = 1000;
 /** How often a held lock's mtime is refreshed (the heartbeat another pid namespace judges it by). */
 export const OWNER_HEARTBEAT_MS = 10 * SECOND_MS;
 /** A lock whose holder this process cannot see (another host or pid namespace) is stale after this. */

@@ -9,8 +9,8 @@
 // the HTTP status it would have had, and `X-Flux-Deferred: 1` says so. Upstream's CLI refuses such a body
 // (it matches none of its answers), so it exits non-zero; it never reads it as a success.
 import type { Context } from 'hono';
-import { SECOND_MS } from '../config.js';
 import { AppError, isAppError } from '../errors.js';
+import { SECOND_MS } from '../units.js';
 import { type AppEnv, errorBody } from './app.js';
 
 export interface PatientOptions {

@@ -3,11 +3,11 @@
 // from the catalog the functions share. Used where a function needs a backup taken by dump and must wait
 // for it (restore's safety backup, a dump-only migration).
 import type { Manifest } from '../catalog/records.js';
-import { SECOND_MS } from '../config.js';
 import { AppError, type ErrorCode, isAppError } from '../errors.js';
 import { CLOUDEVENTS_CONTENT_TYPE, createEvent } from '../events/envelope.js';
 import { signWebhook } from '../events/signature.js';
 import type { Project } from '../registry.js';
+import { SECOND_MS } from '../units.js';
 import type { Runtime } from './runtime.js';
 
 /** How often the catalog is read while a requested backup runs. */

@@ -6,8 +6,9 @@ import { createHash, randomUUID } from 'node:crypto';
 import { hostname } from 'node:os';
 import { addAbortSignal, Readable } from 'node:stream';
 import type { ListObjectsV2CommandOutput, PutObjectCommandInput, S3Client } from '@aws-sdk/client-s3';
-import { MIB, redactUrl } from '../config.js';
+import { redactUrl } from '../config.js';
 import { AppError, isAppError } from '../errors.js';
+import { MIB } from '../units.js';
 import { assertKey, assertPrefix, assertSha256 } from './keys.js';
 import type { ContentHash, OffsiteObject, OffsiteStore, PutOptions, PutResult } from './types.js';
 

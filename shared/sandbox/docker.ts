@@ -8,9 +8,9 @@ import os from 'node:os';
 import { type Readable, Writable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import type Docker from 'dockerode';
-import { MIB } from '../config.js';
 import { AppError, errnoOf, isAppError } from '../errors.js';
 import type { Logger } from '../log.js';
+import { MIB } from '../units.js';
 import {
   type CreateSandboxOptions,
   createTail,

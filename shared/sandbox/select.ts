@@ -1,8 +1,9 @@
 // Chooses the sandbox driver from FLUX_VERIFY_DRIVER: docker, local, or auto (docker when the engine
 // answers and the image is present, else local when its tools are there). Decided per verification, so a
 // Docker engine that comes back is used again without a restart.
-import { type Config, MINUTE_MS } from '../config.js';
+import type { Config } from '../config.js';
 import type { Logger } from '../log.js';
+import { MINUTE_MS } from '../units.js';
 import { createDockerDriver } from './docker.js';
 import { createLocalDriver } from './local.js';
 import { type DriverStatus, type SandboxDriver, sandboxUnavailable } from './types.js';
