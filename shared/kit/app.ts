@@ -14,10 +14,10 @@ import type { Inbox } from '../events/inbox.js';
 import type { Outbox } from '../events/outbox.js';
 import type { Logger } from '../log.js';
 import { counter, DURATION_BUCKETS_S, histogram, type Registry } from '../metrics.js';
+import { type ReadyCheck, runChecks } from '../readiness.js';
 import type { ProjectRegistry } from '../registry.js';
 import { createAuthenticator, createRateLimiter, type DenialReason, requireScopeOf } from './auth.js';
 import { allowedMethodsOf, answerUnrouted } from './methods.js';
-import { type ReadyCheck, runChecks } from './readiness.js';
 import { postureCheck } from './security.js';
 
 /** Why a request got its 401 or 403 (the access log says it; the answer's body says it its own way). */

@@ -5,8 +5,8 @@ import { isIP } from 'node:net';
 import { type Config, redactUrl } from '../config.js';
 import { isAppError } from '../errors.js';
 import { isSocketHost, parsePgUrl } from '../pg/conninfo.js';
+import type { ReadyCheck } from '../readiness.js';
 import { type ProjectRegistry, resolveUrl } from '../registry.js';
-import type { ReadyCheck } from './readiness.js';
 
 export type Severity = 'warning' | 'critical';
 

@@ -8,7 +8,7 @@ import path from 'node:path';
 import { addAbortSignal, type Readable } from 'node:stream';
 import { fsyncDir, STREAM_CHUNK_BYTES, streamToPendingFile, TEMP_PREFIX } from '../atomic.js';
 import { AppError, errnoOf, fsWriteError, isAppError } from '../errors.js';
-import { dirWritableCheck } from '../kit/readiness.js';
+import { dirWritableCheck } from '../readiness.js';
 import { assertKey, assertPrefix, assertSha256 } from './keys.js';
 import type { ContentHash, OffsiteObject, OffsiteStore, PutResult } from './types.js';
 

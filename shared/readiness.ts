@@ -3,9 +3,9 @@ import { randomBytes } from 'node:crypto';
 import { constants } from 'node:fs';
 import { access, rm, stat, writeFile } from 'node:fs/promises';
 import path from 'node:path';
-import { errnoOf, isAppError, RUN_AS_UID } from '../errors.js';
-import type { ProjectRegistry } from '../registry.js';
-import { requireRelationKindProtection, requireTool } from '../tools.js';
+import { errnoOf, isAppError, RUN_AS_UID } from './errors.js';
+import type { ProjectRegistry } from './registry.js';
+import { requireRelationKindProtection, requireTool } from './tools.js';
 
 export interface CheckResult {
   name: string;
