@@ -1,8 +1,9 @@
 // Prometheus metrics: one registry per process, shared by the functions it hosts, so the all-in-one
 // process and a single-function process expose the same names.
-import { Counter, collectDefaultMetrics, Gauge, Histogram, Registry } from 'prom-client';
+import { Counter, collectDefaultMetrics, Gauge, Histogram, Registry as MetricsRegistry } from 'prom-client';
 
-export { Counter, Gauge, Histogram, Registry } from 'prom-client';
+/** The metrics registry (prom-client's); the project registry is ProjectRegistry in registry.ts. */
+export { Counter, Gauge, Histogram, MetricsRegistry };
 
 /**
  * Names outside the flux_ prefix on purpose: prom-client's process and Node defaults as prom-client names
@@ -18,8 +19,8 @@ export const BLACKBOX_METRIC_NAMES = [
   'probe_http_duration_seconds',
 ] as const;
 
-export function createRegistry(options: { defaultMetrics?: boolean } = {}): Registry {
-  const registry = new Registry();
+export function createRegistry(options: { defaultMetrics?: boolean } = {}): MetricsRegistry {
+  const registry = new MetricsRegistry();
   // No prefix: the defaults keep the names prom-client gives them (process_cpu_seconds_total, …).
   if (options.defaultMetrics !== false) collectDefaultMetrics({ register: registry });
   return registry;
@@ -29,22 +30,36 @@ export function createRegistry(options: { defaultMetrics?: boolean } = {}): Regi
  * Returns the metric registered under `name`, or registers the one `make` builds. Functions mounted
  * twice into one registry (tests, all-in-one) then share their metrics instead of throwing.
  */
-export function metric<T>(registry: Registry, name: string, make: (registers: Registry[]) => T): T {
+export function metric<T>(
+  registry: MetricsRegistry,
+  name: string,
+  make: (registers: MetricsRegistry[]) => T,
+): T {
   const existing = registry.getSingleMetric(name);
   if (existing) return existing as unknown as T;
   return make([registry]);
 }
 
-export function counter(registry: Registry, name: string, help: string, labelNames: string[] = []): Counter {
+export function counter(
+  registry: MetricsRegistry,
+  name: string,
+  help: string,
+  labelNames: string[] = [],
+): Counter {
   return metric(registry, name, (registers) => new Counter({ name, help, labelNames, registers }));
 }
 
-export function gauge(registry: Registry, name: string, help: string, labelNames: string[] = []): Gauge {
+export function gauge(
+  registry: MetricsRegistry,
+  name: string,
+  help: string,
+  labelNames: string[] = [],
+): Gauge {
   return metric(registry, name, (registers) => new Gauge({ name, help, labelNames, registers }));
 }
 
 export function histogram(
-  registry: Registry,
+  registry: MetricsRegistry,
   name: string,
   help: string,
   labelNames: string[] = [],

@@ -16,7 +16,7 @@ import { type CloudEvent, createEvent, type EventType } from '../shared/events/e
 import { signWebhook } from '../shared/events/signature.js';
 import type { FunctionApp } from '../shared/kit/runtime.js';
 import { silentLogger } from '../shared/log.js';
-import { createRegistry, type Registry } from '../shared/metrics.js';
+import { createRegistry, type MetricsRegistry } from '../shared/metrics.js';
 import { type Cluster, createStaticRegistry, type Project } from '../shared/registry.js';
 import { seedTenant } from './support/fixtures.js';
 import {
@@ -172,7 +172,7 @@ let aioEnv: TestEnv;
 let backupId: string;
 const apps = {} as Record<FunctionName, FunctionApp>;
 const runtimes = {} as Record<FunctionName, TestRuntime>;
-let aioMetrics: Registry;
+let aioMetrics: MetricsRegistry;
 const urls = {} as Record<FunctionName, string>;
 let router: Router;
 let all: AllInOne;
@@ -1017,7 +1017,7 @@ describe('methods Node answers before the app', () => {
 });
 
 /** `flux_http_requests_total` samples of a registry by status, for one function. */
-async function requestStatuses(registry: Registry, fn: FunctionName): Promise<Map<string, number>> {
+async function requestStatuses(registry: MetricsRegistry, fn: FunctionName): Promise<Map<string, number>> {
   const out = new Map<string, number>();
   for (const line of (await registry.metrics()).split('\n')) {
     const m = /^flux_http_requests_total\{(.*)\} (\d+)$/.exec(line);

@@ -16,7 +16,7 @@ import {
   recordKeysOf,
 } from '../../shared/kit/runtime.js';
 import { createLogger, type Logger } from '../../shared/log.js';
-import { createRegistry, type Registry } from '../../shared/metrics.js';
+import { createRegistry, type MetricsRegistry } from '../../shared/metrics.js';
 import { createFileRegistry, type ProjectRegistry, type ReloadableRegistry } from '../../shared/registry.js';
 import { createApp as createDump } from '../dump/app.js';
 import { createApp as createMigrate } from '../migrate/app.js';
@@ -39,7 +39,7 @@ export const FACTORIES: Record<FunctionName, (rt: Runtime) => FunctionApp> = {
 
 export interface AllInOneOptions {
   log?: Logger;
-  metrics?: Registry;
+  metrics?: MetricsRegistry;
   registry?: ProjectRegistry;
 }
 

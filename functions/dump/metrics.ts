@@ -1,9 +1,9 @@
 // dump's metric declarations, one group per module that updates them (the trust series computed from the
 // catalog, with their computation, are in trust-metrics.ts).
-import { counter, DURATION_BUCKETS_S, gauge, histogram, type Registry } from '../../shared/metrics.js';
+import { counter, DURATION_BUCKETS_S, gauge, histogram, type MetricsRegistry } from '../../shared/metrics.js';
 
 /** The backups: outcomes, wall time, bytes, the newest good one, the per-cluster queue. */
-export function dumpMetrics(metrics: Registry) {
+export function dumpMetrics(metrics: MetricsRegistry) {
   return {
     outcomes: counter(metrics, 'flux_dump_backups_total', 'Backups by outcome', [
       'project',
@@ -30,7 +30,7 @@ export function dumpMetrics(metrics: Registry) {
 }
 
 /** The cluster view: reachability, tenants, open placement findings. */
-export function clusterMetrics(registry: Registry) {
+export function clusterMetrics(registry: MetricsRegistry) {
   return {
     reachableGauge: gauge(
       registry,
@@ -51,7 +51,7 @@ export function clusterMetrics(registry: Registry) {
 }
 
 /** Maintenance preflights by verdict. */
-export function preflightMetrics(registry: Registry) {
+export function preflightMetrics(registry: MetricsRegistry) {
   return {
     runs: counter(registry, 'flux_cluster_preflights_total', 'Maintenance preflights by verdict', [
       'cluster',
@@ -61,7 +61,7 @@ export function preflightMetrics(registry: Registry) {
 }
 
 /** The catalog rebuilt from offsite. */
-export function rebuildMetrics(registry: Registry) {
+export function rebuildMetrics(registry: MetricsRegistry) {
   return {
     results: counter(
       registry,
@@ -73,7 +73,7 @@ export function rebuildMetrics(registry: Registry) {
 }
 
 /** The schedule: decisions, projects due, its last tick. */
-export function scheduleMetrics(registry: Registry) {
+export function scheduleMetrics(registry: MetricsRegistry) {
   return {
     decisions: counter(
       registry,

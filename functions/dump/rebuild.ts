@@ -8,7 +8,7 @@ import type { Catalog } from '../../shared/catalog/catalog.js';
 import type { OffsiteStatus } from '../../shared/catalog/classifier.js';
 import { errnoOf } from '../../shared/errors.js';
 import type { Logger } from '../../shared/log.js';
-import type { Registry } from '../../shared/metrics.js';
+import type { MetricsRegistry } from '../../shared/metrics.js';
 import type { OffsiteStore } from '../../shared/offsite/types.js';
 import { rebuildMetrics } from './metrics.js';
 import { manifestCheckFor, offsiteDumpStatus, scanOffsite } from './offsite-catalog.js';
@@ -55,7 +55,7 @@ export function createCatalogRebuilder(options: {
   catalog: Catalog;
   store: () => OffsiteStore;
   log: Logger;
-  metrics: Registry;
+  metrics: MetricsRegistry;
   /** FLUX_MANIFEST_SECRETS. */
   secrets: readonly string[];
 }): CatalogRebuilder {

@@ -18,7 +18,7 @@ import type { Catalog } from '../../shared/catalog/catalog.js';
 import type { Config } from '../../shared/config.js';
 import { isAppError } from '../../shared/errors.js';
 import type { Logger } from '../../shared/log.js';
-import type { Registry } from '../../shared/metrics.js';
+import type { MetricsRegistry } from '../../shared/metrics.js';
 import type { Project, ProjectRegistry } from '../../shared/registry.js';
 import { backupPolicyOf } from '../../shared/schedule.js';
 import { type Decision, decide, type ProjectView, slotStateOf } from './due.js';
@@ -50,7 +50,7 @@ export interface SchedulerOptions {
   /** Starts a backup the way every other caller does (and whatever the app hangs on its end). */
   startBackup: (project: Project, reason: string) => Promise<StartedBackup>;
   log: Logger;
-  metrics: Registry;
+  metrics: MetricsRegistry;
   now?: () => number;
 }
 

@@ -9,7 +9,7 @@ import { TRUST_TIERS, type TrustTier } from '../../shared/catalog/classifier.js'
 import { FRESHNESS_STATES, type FreshnessState } from '../../shared/catalog/freshness.js';
 import type { Config } from '../../shared/config.js';
 import type { Logger } from '../../shared/log.js';
-import { gauge, type Registry } from '../../shared/metrics.js';
+import { gauge, type MetricsRegistry } from '../../shared/metrics.js';
 import type { Project, ProjectRegistry } from '../../shared/registry.js';
 import { backupPolicyOf } from '../../shared/schedule.js';
 
@@ -39,7 +39,7 @@ export function createTrustMetrics(options: {
   catalog: Catalog;
   registry: ProjectRegistry;
   config: Pick<Config, 'FLUX_BACKUP_SCHEDULE' | 'FLUX_BACKUP_MAX_AGE' | 'FLUX_BACKUP_METRICS_REFRESH_MS'>;
-  metrics: Registry;
+  metrics: MetricsRegistry;
   log: Logger;
 }): TrustMetrics {
   const { catalog, registry, config, log } = options;

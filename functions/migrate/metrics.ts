@@ -1,7 +1,7 @@
 // The migrate function's metric declarations (one place, so a dashboard author reads them together).
-import { counter, DURATION_BUCKETS_S, gauge, histogram, type Registry } from '../../shared/metrics.js';
+import { counter, DURATION_BUCKETS_S, gauge, histogram, type MetricsRegistry } from '../../shared/metrics.js';
 
-export function migrateMetrics(metrics: Registry) {
+export function migrateMetrics(metrics: MetricsRegistry) {
   return {
     outcomes: counter(metrics, 'flux_migrate_runs_total', 'Migrations by outcome and phase', [
       'outcome',

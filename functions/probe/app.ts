@@ -12,13 +12,13 @@ import { registryCheck, warningOutcome } from '../../shared/readiness.js';
 import { createMonitor } from './monitor.js';
 import { createProber, type Prober } from './prober.js';
 import { createScheduler } from './scheduler.js';
-import { loadTrust, type Trust } from './trust.js';
+import { type CaTrust, loadTrust } from './trust.js';
 
 const RunBody = z.object({ slug: z.string().min(1).max(128).optional() }).loose();
 
 export interface ProbeAppOptions {
   /** Read once by the process edge; loaded from NODE_EXTRA_CA_CERTS and FLUX_PROBE_CA_FILE if absent. */
-  trust?: Trust;
+  trust?: CaTrust;
   prober?: Prober;
 }
 

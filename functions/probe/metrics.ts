@@ -1,11 +1,11 @@
 // probe's metric declarations: blackbox_exporter's names (stock dashboards and alerts) and its own cycle.
-import { counter, gauge, type Registry } from '../../shared/metrics.js';
+import { counter, gauge, type MetricsRegistry } from '../../shared/metrics.js';
 
 /** blackbox_exporter labels its probe series by target; ours are the tenant and the host probed. */
 const LABELS = ['tenant', 'host'];
 
 /** The prober's series, per tenant and host, and the cycle's. */
-export function probeMetrics(registry: Registry) {
+export function probeMetrics(registry: MetricsRegistry) {
   return {
     success: gauge(registry, 'probe_success', 'Whether the probe succeeded', LABELS),
     duration: gauge(registry, 'probe_duration_seconds', 'How long the probe took', LABELS),

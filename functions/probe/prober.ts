@@ -6,7 +6,7 @@ import http from 'node:http';
 import https from 'node:https';
 import tls from 'node:tls';
 import { PROBE_TIMEOUT_CODE } from './rules.js';
-import type { Trust } from './trust.js';
+import type { CaTrust } from './trust.js';
 
 export const PHASES = ['resolve', 'connect', 'tls', 'processing', 'transfer'] as const;
 export type Phase = (typeof PHASES)[number];
@@ -79,7 +79,7 @@ function earliestExpiry(cert: tls.DetailedPeerCertificate | undefined): Date | n
   return earliest === null ? null : new Date(earliest);
 }
 
-export function createProber(options: { trust: Trust; timeoutMs: number }): Prober {
+export function createProber(options: { trust: CaTrust; timeoutMs: number }): Prober {
   const { trust, timeoutMs } = options;
 
   return {

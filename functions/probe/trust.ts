@@ -14,7 +14,7 @@ export interface TrustSource {
   certificates: number;
 }
 
-export interface Trust {
+export interface CaTrust {
   /** Every trusted CA, PEM: system roots first, then the extra files in order. */
   ca: readonly string[];
   /** Built once from `ca`; every probe's TLS connection uses it (building one per request is costly). */
@@ -64,7 +64,7 @@ export interface TrustOptions {
   caFile?: string | undefined;
 }
 
-export function loadTrust(options: TrustOptions): Trust {
+export function loadTrust(options: TrustOptions): CaTrust {
   const system = [...tls.rootCertificates];
   const ca = [...system];
   const sources: TrustSource[] = [{ name: 'system', certificates: system.length }];

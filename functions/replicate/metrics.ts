@@ -1,8 +1,8 @@
 // replicate's metric declarations, one group per module that updates them.
-import { counter, DURATION_BUCKETS_S, gauge, histogram, type Registry } from '../../shared/metrics.js';
+import { counter, DURATION_BUCKETS_S, gauge, histogram, type MetricsRegistry } from '../../shared/metrics.js';
 
 /** The copies: outcomes, failures, bytes, lag and time of each copy, jobs by state. */
-export function copyMetrics(registry: Registry) {
+export function copyMetrics(registry: MetricsRegistry) {
   return {
     results: counter(registry, 'flux_replicate_results_total', 'Replication jobs by outcome', ['outcome']),
     failures: counter(registry, 'flux_replicate_failures_total', 'Replications given up, by reason', [
@@ -34,7 +34,7 @@ export function copyMetrics(registry: Registry) {
 }
 
 /** The rotating re-hash's reads. */
-export function rehashMetrics(registry: Registry) {
+export function rehashMetrics(registry: MetricsRegistry) {
   return {
     rehashBytes: counter(registry, 'flux_rehash_bytes_total', 'Bytes read by the rotating re-hash', [
       'place',
@@ -43,7 +43,7 @@ export function rehashMetrics(registry: Registry) {
 }
 
 /** Offsite retention's removals. */
-export function expiryMetrics(registry: Registry) {
+export function expiryMetrics(registry: MetricsRegistry) {
   return {
     expiredTotal: counter(
       registry,
@@ -59,7 +59,7 @@ export function expiryMetrics(registry: Registry) {
 }
 
 /** The reconcile scan: gaps found and when it last ran. */
-export function reconcileMetrics(registry: Registry) {
+export function reconcileMetrics(registry: MetricsRegistry) {
   return {
     gapGauge: gauge(
       registry,
@@ -82,7 +82,7 @@ export function reconcileMetrics(registry: Registry) {
 }
 
 /** The upkeep sweep: copies re-hashed, what did not match, the rotation's oldest proof. */
-export function upkeepMetrics(registry: Registry) {
+export function upkeepMetrics(registry: MetricsRegistry) {
   return {
     rehashed: counter(
       registry,

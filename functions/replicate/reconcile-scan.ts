@@ -3,7 +3,7 @@
 // gap gauges and says what it found.
 import type { Catalog } from '../../shared/catalog/catalog.js';
 import type { Logger } from '../../shared/log.js';
-import type { Registry } from '../../shared/metrics.js';
+import type { MetricsRegistry } from '../../shared/metrics.js';
 import { dumpKeyOf, manifestKeyOf } from '../../shared/offsite/keys.js';
 import type { OffsiteStore } from '../../shared/offsite/types.js';
 import { errorText } from './copier.js';
@@ -31,7 +31,7 @@ export interface ReconcileScanOptions {
   catalog: Catalog;
   store: OffsiteStore;
   log: Logger;
-  metrics: Registry;
+  metrics: MetricsRegistry;
   /** A copy job for this backup has not settled yet. */
   isCopying(projectId: string, backupId: string): boolean;
   request(request: ReplicateRequest): Promise<ReplicateResult>;

@@ -12,7 +12,7 @@ import { createJobRunner } from '../../shared/kit/jobs.js';
 import type { Emit } from '../../shared/kit/runtime.js';
 import { createLimiter } from '../../shared/limiter.js';
 import type { Logger } from '../../shared/log.js';
-import type { Registry } from '../../shared/metrics.js';
+import type { MetricsRegistry } from '../../shared/metrics.js';
 import type { AgeIdentities } from '../../shared/offsite/age.js';
 import { dumpKeyOf } from '../../shared/offsite/keys.js';
 import type { OffsiteStore } from '../../shared/offsite/types.js';
@@ -74,7 +74,7 @@ export interface ReplicatorOptions {
   catalog: Catalog;
   store: OffsiteStore;
   log: Logger;
-  metrics: Registry;
+  metrics: MetricsRegistry;
   emit: Emit;
   concurrency: number;
   maxAttempts: number;

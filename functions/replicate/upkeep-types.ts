@@ -5,7 +5,7 @@ import type { Catalog, CatalogEntry } from '../../shared/catalog/catalog.js';
 import type { Manifest } from '../../shared/catalog/records.js';
 import type { Emit } from '../../shared/kit/runtime.js';
 import type { Logger } from '../../shared/log.js';
-import type { Registry } from '../../shared/metrics.js';
+import type { MetricsRegistry } from '../../shared/metrics.js';
 import type { AgeIdentities } from '../../shared/offsite/age.js';
 import type { OffsiteObject, OffsiteStore } from '../../shared/offsite/types.js';
 import type { CopyPlace, RetainedCopy } from './rotation.js';
@@ -51,7 +51,7 @@ export interface UpkeepContext {
   catalog: Catalog;
   store: OffsiteStore;
   log: Logger;
-  metrics: Registry;
+  metrics: MetricsRegistry;
   emit: Emit;
   /** Aborted when replicate stops. */
   signal: AbortSignal;

@@ -11,7 +11,7 @@ import { isRetentionEnabled, type RetentionPolicy } from '../../shared/catalog/r
 import { AppError } from '../../shared/errors.js';
 import type { Emit } from '../../shared/kit/runtime.js';
 import type { Logger } from '../../shared/log.js';
-import type { Registry } from '../../shared/metrics.js';
+import type { MetricsRegistry } from '../../shared/metrics.js';
 import type { AgeIdentities } from '../../shared/offsite/age.js';
 import type { OffsiteStore } from '../../shared/offsite/types.js';
 import { createCopyRehash } from './copy-rehash.js';
@@ -40,7 +40,7 @@ export interface UpkeepOptions {
   catalog: Catalog;
   store: OffsiteStore;
   log: Logger;
-  metrics: Registry;
+  metrics: MetricsRegistry;
   emit: Emit;
   stateDir: string;
   everyMs: number;

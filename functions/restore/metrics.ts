@@ -1,7 +1,7 @@
 // The restore function's metric declarations (one place, so a dashboard author reads them together).
-import { counter, DURATION_BUCKETS_S, gauge, histogram, type Registry } from '../../shared/metrics.js';
+import { counter, DURATION_BUCKETS_S, gauge, histogram, type MetricsRegistry } from '../../shared/metrics.js';
 
-export function restoreMetrics(metrics: Registry) {
+export function restoreMetrics(metrics: MetricsRegistry) {
   return {
     runs: counter(metrics, 'flux_restore_runs_total', 'Restores by mode, outcome and bounded reason', [
       'mode',

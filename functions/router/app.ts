@@ -18,7 +18,7 @@ import { AppError, errnoOf, isAppError } from '../../shared/errors.js';
 import { answerUnroutedWith, errorBody, httpStatusOf } from '../../shared/kit/app.js';
 import { allowedMethodsOf, isRecognisedMethod, notImplemented } from '../../shared/kit/methods.js';
 import type { Logger } from '../../shared/log.js';
-import type { Registry } from '../../shared/metrics.js';
+import type { MetricsRegistry } from '../../shared/metrics.js';
 import { SECOND_MS } from '../../shared/units.js';
 import { routeOf } from '../all/routes.js';
 import { registerStatusRoutes } from '../status/page.js';
@@ -55,7 +55,7 @@ const REQUEST_ID = /^[A-Za-z0-9._-]{1,64}$/;
 export interface RouterOptions {
   upstreams: Upstreams;
   log: Logger;
-  metrics: Registry;
+  metrics: MetricsRegistry;
   connectTimeoutMs?: number;
   readyTimeoutMs?: number;
 }

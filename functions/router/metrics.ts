@@ -1,8 +1,8 @@
 // The router's metric declarations: what it forwarded, what it could not reach, and how long upstreams took.
-import { counter, DURATION_BUCKETS_S, histogram, type Registry } from '../../shared/metrics.js';
+import { counter, DURATION_BUCKETS_S, histogram, type MetricsRegistry } from '../../shared/metrics.js';
 
 /** Per function forwarded to. */
-export function routerMetrics(registry: Registry) {
+export function routerMetrics(registry: MetricsRegistry) {
   return {
     requests: counter(registry, 'flux_router_requests_total', 'Requests forwarded by function and status', [
       'fn',

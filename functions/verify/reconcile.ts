@@ -8,7 +8,7 @@ import type { Catalog, CatalogEntry } from '../../shared/catalog/catalog.js';
 import { copyVerifications } from '../../shared/catalog/copies.js';
 import { isAppError } from '../../shared/errors.js';
 import type { Logger } from '../../shared/log.js';
-import { counter, gauge, type Registry } from '../../shared/metrics.js';
+import { counter, gauge, type MetricsRegistry } from '../../shared/metrics.js';
 import type { Verifier, VerifySource } from './verifier.js';
 
 /** The events of FLUX_VERIFY_ON that make a backup owed a verification, and which copy each one restores. */
@@ -46,7 +46,7 @@ export interface VerifyReconcileOptions {
   /** FLUX_VERIFY_RECONCILE_INTERVAL_MS. */
   intervalMs: number;
   log: Logger;
-  metrics: Registry;
+  metrics: MetricsRegistry;
 }
 
 export interface ReconcileSummary {

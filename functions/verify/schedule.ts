@@ -8,7 +8,7 @@ import type { Catalog } from '../../shared/catalog/catalog.js';
 import { copyVerifications } from '../../shared/catalog/copies.js';
 import { isAppError } from '../../shared/errors.js';
 import type { Logger } from '../../shared/log.js';
-import { counter, type Registry } from '../../shared/metrics.js';
+import { counter, type MetricsRegistry } from '../../shared/metrics.js';
 import type { ProjectRegistry } from '../../shared/registry.js';
 import type { Verifier, VerifySource } from './verifier.js';
 
@@ -19,7 +19,7 @@ export interface ReverifyOptions {
   /** FLUX_VERIFY_QUEUE_MAX: scheduled work queues into half of it, the rest stays free for new backups. */
   queueMax: number;
   log: Logger;
-  metrics: Registry;
+  metrics: MetricsRegistry;
   /** A verification older than this is due again; 0 = no schedule. */
   afterMs: number;
   source: VerifySource;

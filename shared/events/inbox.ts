@@ -8,7 +8,7 @@ import path from 'node:path';
 import { ensureDir, writeJsonAtomic } from '../atomic.js';
 import { AppError, errnoOf } from '../errors.js';
 import type { Logger } from '../log.js';
-import { counter, type Registry } from '../metrics.js';
+import { counter, type MetricsRegistry } from '../metrics.js';
 import { type CloudEvent, parseEvent } from './envelope.js';
 import { verifyWebhook } from './signature.js';
 
@@ -19,7 +19,7 @@ export interface InboxOptions {
   secrets: readonly string[];
   toleranceMs: number;
   log: Logger;
-  metrics: Registry;
+  metrics: MetricsRegistry;
 }
 
 export type Received =

@@ -9,7 +9,7 @@ import { ensureDir, fsyncDir, writeJsonAtomic } from '../atomic.js';
 import { type EventSink, redactUrl } from '../config.js';
 import { AppError, errnoOf, isAppError, RUN_AS_UID } from '../errors.js';
 import type { Logger } from '../log.js';
-import { counter, Gauge, gauge, metric, type Registry } from '../metrics.js';
+import { counter, Gauge, gauge, type MetricsRegistry, metric } from '../metrics.js';
 import { CLOUDEVENTS_CONTENT_TYPE, type CloudEvent, typeMatches } from './envelope.js';
 import type { EventLog } from './eventlog.js';
 import { signWebhook } from './signature.js';
@@ -37,7 +37,7 @@ export interface OutboxOptions {
   sinks: () => readonly EventSink[];
   secrets: readonly string[];
   log: Logger;
-  metrics: Registry;
+  metrics: MetricsRegistry;
   /** Delay before each attempt (FLUX_OUTBOX_RETRY_SCHEDULE_MS); its length is the number of attempts. */
   retryScheduleMs: readonly number[];
   /** The function label of the per-sink metrics (default: the outbox directory's name). */
@@ -172,7 +172,7 @@ interface SinkStats {
 }
 
 // The lag gauge is read at scrape time from every outbox sharing the registry (the all-in-one's five).
-const lagSources = new WeakMap<Registry, Set<(g: Gauge) => void>>();
+const lagSources = new WeakMap<MetricsRegistry, Set<(g: Gauge) => void>>();
 
 export function createOutbox(options: OutboxOptions): Outbox {
   const pendingDir = path.join(options.dir, 'pending');

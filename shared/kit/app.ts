@@ -13,7 +13,7 @@ import type { CloudEvent, EventType } from '../events/envelope.js';
 import type { Inbox } from '../events/inbox.js';
 import type { Outbox } from '../events/outbox.js';
 import type { Logger } from '../log.js';
-import { counter, DURATION_BUCKETS_S, histogram, type Registry } from '../metrics.js';
+import { counter, DURATION_BUCKETS_S, histogram, type MetricsRegistry } from '../metrics.js';
 import { type ReadyCheck, runChecks } from '../readiness.js';
 import type { ProjectRegistry } from '../registry.js';
 import { createAuthenticator, createRateLimiter, type DenialReason, requireScopeOf } from './auth.js';
@@ -51,7 +51,7 @@ export interface KitOptions {
   name: FunctionName;
   config: Config;
   log: Logger;
-  metrics: Registry;
+  metrics: MetricsRegistry;
   inbox: Inbox;
   outbox: Outbox;
   checks: () => readonly ReadyCheck[];

@@ -11,7 +11,7 @@ import { createEventLog } from '../events/eventlog.js';
 import { createInbox, type Inbox } from '../events/inbox.js';
 import { createOutbox, type Outbox } from '../events/outbox.js';
 import { createLogger, type Logger } from '../log.js';
-import { counter, createRegistry, type Registry } from '../metrics.js';
+import { counter, createRegistry, type MetricsRegistry } from '../metrics.js';
 import { type AgeKeys, ageKeysFromConfig } from '../offsite/age-keys.js';
 import { createFileRegistry, type ProjectRegistry } from '../registry.js';
 import type { App } from './app.js';
@@ -37,7 +37,7 @@ export interface Runtime {
   /** The process environment, for env:NAME URLs and the PATH child tools are found on. */
   env: NodeJS.ProcessEnv;
   log: Logger;
-  metrics: Registry;
+  metrics: MetricsRegistry;
   registry: ProjectRegistry;
   catalog: Catalog;
   outbox: Outbox;
@@ -63,7 +63,7 @@ export interface FunctionApp {
 
 export interface RuntimeOptions {
   log?: Logger;
-  metrics?: Registry;
+  metrics?: MetricsRegistry;
   registry?: ProjectRegistry;
   catalog?: Catalog;
   /** Extra sinks beyond FLUX_EVENT_SINKS (the all-in-one process adds its loopback wiring). */
