@@ -5,6 +5,7 @@
 import type { CatalogEntry } from '../../shared/catalog/catalog.js';
 import type { Manifest, VerifyReceipt } from '../../shared/catalog/records.js';
 import { AppError, isAppError } from '../../shared/errors.js';
+import { createJobRunner } from '../../shared/kit/jobs.js';
 import type { Runtime } from '../../shared/kit/runtime.js';
 import { createLimiter } from '../../shared/limiter.js';
 import { type Artifact, openArtifact } from '../../shared/offsite/artifact.js';
@@ -74,9 +75,13 @@ export function createVerifier(rt: Runtime, options: VerifierOptions = {}): Veri
     name: 'verifications',
     retryAfterSeconds: 60,
   });
-  const inFlight = new Map<string, StartedVerification>();
-  const controllers = new Set<AbortController>();
-  let stopping = false;
+  // In-flight verifications get the grace period at stop; then they are cancelled (restore killed, sandbox
+  // removed) and get 15 s more to clean up.
+  const jobs = createJobRunner<StartedVerification>({
+    name: 'verify',
+    graceMs: config.FLUX_SHUTDOWN_GRACE_MS,
+    cancelWaitMs: 15_000,
+  });
   let reaper: NodeJS.Timeout | undefined;
 
   const m = verifyMetrics(metrics, selection.drivers);
@@ -163,7 +168,7 @@ export function createVerifier(rt: Runtime, options: VerifierOptions = {}): Veri
   return {
     selection,
     get running() {
-      return inFlight.size;
+      return jobs.size;
     },
 
     get queued() {
@@ -172,15 +177,15 @@ export function createVerifier(rt: Runtime, options: VerifierOptions = {}): Veri
 
     isRunning(projectId, backupId, source) {
       const copies = source ? [source] : VERIFY_SOURCES;
-      return copies.some((copy) => inFlight.has(`${projectId}/${backupId}/${copy}`));
+      return copies.some((copy) => jobs.has(`${projectId}/${backupId}/${copy}`));
     },
 
     async start(request) {
-      if (stopping) throw new AppError('shutting_down', 'verify is stopping; retry against the new process');
+      jobs.assertOpen();
       const source = request.source ?? 'local';
       // One verification per copy at a time: each copy's receipt is its own (the local and the offsite one).
       const key = `${request.projectId}/${request.backupId}/${source}`;
-      const running = inFlight.get(key);
+      const running = jobs.value(key);
       if (running) return { ...running, joined: true };
       const entry = await catalog.get(request.projectId, request.backupId);
       if (!entry) {
@@ -207,7 +212,7 @@ export function createVerifier(rt: Runtime, options: VerifierOptions = {}): Veri
         store: offsiteStore,
         identities: rt.ageKeys.identities(),
       });
-      const joined = inFlight.get(key);
+      const joined = jobs.value(key);
       if (joined) return { ...joined, joined: true };
       // Refuse at once when the queue is full, rather than accepting work that would be refused later.
       if (
@@ -220,35 +225,35 @@ export function createVerifier(rt: Runtime, options: VerifierOptions = {}): Veri
           { retryAfterSeconds: 60 },
         );
       }
-      const controller = new AbortController();
-      controllers.add(controller);
-      const done = limiter
-        .run(async () => {
-          updateQueue();
-          const timer = setTimeout(
-            () =>
-              controller.abort(
-                new AppError(
-                  'timeout',
-                  `the verification ran longer than FLUX_VERIFY_TIMEOUT_MS (${config.FLUX_VERIFY_TIMEOUT_MS} ms); the restore was killed and the sandbox removed`,
+      const slot = jobs.claim(key);
+      // The deadline runs from the moment a slot is free, not while the verification waits in the queue.
+      const deadline = new AbortController();
+      const signal = AbortSignal.any([slot.signal, deadline.signal]);
+      const done = slot.track(
+        limiter
+          .run(async () => {
+            updateQueue();
+            const timer = setTimeout(
+              () =>
+                deadline.abort(
+                  new AppError(
+                    'timeout',
+                    `the verification ran longer than FLUX_VERIFY_TIMEOUT_MS (${config.FLUX_VERIFY_TIMEOUT_MS} ms); the restore was killed and the sandbox removed`,
+                  ),
                 ),
-              ),
-            config.FLUX_VERIFY_TIMEOUT_MS,
-          );
-          try {
-            return await verify(manifest, artifact, source, request.causedBy, controller.signal);
-          } finally {
-            clearTimeout(timer);
-          }
-        }, controller.signal)
-        .finally(() => {
-          controllers.delete(controller);
-          inFlight.delete(key);
-          updateQueue();
-        });
+              config.FLUX_VERIFY_TIMEOUT_MS,
+            );
+            try {
+              return await verify(manifest, artifact, source, request.causedBy, signal);
+            } finally {
+              clearTimeout(timer);
+            }
+          }, signal)
+          .finally(updateQueue),
+      );
       done.catch(() => undefined);
       const started: StartedVerification = { backupId: request.backupId, joined: false, done };
-      inFlight.set(key, started);
+      slot.value = started;
       updateQueue();
       return started;
     },
@@ -262,17 +267,11 @@ export function createVerifier(rt: Runtime, options: VerifierOptions = {}): Veri
     },
 
     async stop() {
-      stopping = true;
       if (reaper) clearInterval(reaper);
-      // In-flight verifications get the grace period; then they are cancelled (restore killed, sandbox removed).
-      const graceEnds = Date.now() + config.FLUX_SHUTDOWN_GRACE_MS;
-      while (inFlight.size > 0 && Date.now() < graceEnds) await new Promise((r) => setTimeout(r, 50));
-      for (const c of controllers) c.abort(new AppError('shutting_down', 'verify is stopping'));
-      const deadline = Date.now() + 15_000;
-      while (inFlight.size > 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 25));
-      if (inFlight.size > 0) {
+      const left = await jobs.stop();
+      if (left.length > 0) {
         log.warn(
-          { verifications: [...inFlight.keys()] },
+          { verifications: left },
           'verifications still running 15 s after they were cancelled; closing their sandboxes under them',
         );
       }

@@ -1,7 +1,7 @@
 // A worker's jobs in flight: one slot per key (a second request joins or is refused by the caller), an
 // AbortController per job, a stopping flag, an optional per-job deadline, and the drain every worker needs
 // at SIGTERM: the grace period to finish, then abort, then a bounded wait for the cancelled work to clean up.
-// dump, verify, replicate and migrate each run their work through one of these.
+// dump, verify, replicate, migrate and restore each run their work through one of these.
 import { setMaxListeners } from 'node:events';
 import { AppError } from '../errors.js';
 
