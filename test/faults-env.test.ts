@@ -9,7 +9,6 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { TEMP_PREFIX } from '../shared/atomic.js';
 import type { ApiBackup } from '../shared/catalog/catalog.js';
 import type { BackupState, OffsiteReceipt, VerifyReceipt } from '../shared/catalog/records.js';
-import { describeDocker, dockerGate } from '../shared/sandbox/contract.js';
 import { LABEL, sandboxNamePrefix } from '../shared/sandbox/docker.js';
 import { readReceipt, writeBackup, writeLargeBackup } from './replicate-fixtures.js';
 import {
@@ -38,6 +37,7 @@ import {
 import { seedTenant } from './support/fixtures.js';
 import { type PgCluster, startPostgres } from './support/pg.js';
 import { eventually, makeTestEnv, type TestEnv } from './support/runtime.js';
+import { describeDocker, dockerGate } from './support/sandbox-contract.js';
 
 const IMAGE = process.env.FLUX_TEST_VERIFY_IMAGE ?? 'flux-ops/postgres-verify:15';
 const SOCKET = process.env.FLUX_DOCKER_SOCKET ?? '/var/run/docker.sock';

@@ -13,7 +13,6 @@ import type { ApiBackup } from '../shared/catalog/catalog.js';
 import type { BackupState, OffsiteReceipt, VerifyReceipt } from '../shared/catalog/records.js';
 import type { Delivery } from '../shared/events/outbox.js';
 import { createFsOffsiteStore } from '../shared/offsite/fs.js';
-import { describeDocker, dockerGate } from '../shared/sandbox/contract.js';
 import { LABEL, sandboxNamePrefix } from '../shared/sandbox/docker.js';
 import { LOCAL_SANDBOX_PREFIX } from '../shared/sandbox/local.js';
 import { writeLargeBackup } from './replicate-fixtures.js';
@@ -39,6 +38,7 @@ import {
 import { seedTenant } from './support/fixtures.js';
 import { type PgCluster, startPostgres } from './support/pg.js';
 import { eventually, makeTestEnv, type TestEnv } from './support/runtime.js';
+import { describeDocker, dockerGate } from './support/sandbox-contract.js';
 
 const IMAGE = process.env.FLUX_TEST_VERIFY_IMAGE ?? 'flux-ops/postgres-verify:15';
 const SOCKET = process.env.FLUX_DOCKER_SOCKET ?? '/var/run/docker.sock';

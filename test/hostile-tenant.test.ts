@@ -16,7 +16,6 @@ import { createVerifier } from '../functions/verify/verifier.js';
 import type { VerifyReceipt } from '../shared/catalog/records.js';
 import type { FunctionApp } from '../shared/kit/runtime.js';
 import type { Cluster, Project } from '../shared/registry.js';
-import { dockerGate } from '../shared/sandbox/contract.js';
 import { createDockerDriver } from '../shared/sandbox/docker.js';
 import { createDriverSelection } from '../shared/sandbox/select.js';
 import { startFunction } from './support/faults.js';
@@ -31,6 +30,7 @@ import {
 } from './support/hostile.js';
 import { type PgCluster, quoteIdent, startPostgres } from './support/pg.js';
 import { ADMIN, makeTestEnv, type TestEnv, testRuntime } from './support/runtime.js';
+import { dockerGate } from './support/sandbox-contract.js';
 
 const SOCKET = process.env.FLUX_DOCKER_SOCKET ?? '/var/run/docker.sock';
 const IMAGE = process.env.FLUX_TEST_VERIFY_IMAGE ?? 'flux-ops/postgres-verify:15';

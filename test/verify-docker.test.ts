@@ -11,7 +11,6 @@ import { createApp as createVerifyApp } from '../functions/verify/app.js';
 import type { Manifest, VerifyReceipt } from '../shared/catalog/records.js';
 import type { FunctionApp } from '../shared/kit/runtime.js';
 import type { Cluster, Project } from '../shared/registry.js';
-import { describeDocker, dockerGate } from '../shared/sandbox/contract.js';
 import { createDockerDriver, demuxLogs, LABEL, SPARE_NAME_PREFIX } from '../shared/sandbox/docker.js';
 import { seedSlowRestoreTenant, seedTenant } from './support/fixtures.js';
 import { type PgCluster, startPostgres } from './support/pg.js';
@@ -23,6 +22,7 @@ import {
   type TestRuntime,
   testRuntime,
 } from './support/runtime.js';
+import { describeDocker, dockerGate } from './support/sandbox-contract.js';
 
 const SOCKET = process.env.FLUX_DOCKER_SOCKET ?? '/var/run/docker.sock';
 const IMAGE = process.env.FLUX_TEST_VERIFY_IMAGE ?? 'flux-ops/postgres-verify:15';

@@ -8,7 +8,6 @@ import path from 'node:path';
 import Docker from 'dockerode';
 import { execa } from 'execa';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
-import { describeDocker, dockerGate, sandboxContract } from '../shared/sandbox/contract.js';
 import { createDockerDriver, LABEL, SPARE_NAME_PREFIX, sandboxNamePrefix } from '../shared/sandbox/docker.js';
 import {
   createLocalDriver,
@@ -21,6 +20,7 @@ import type { Sandbox } from '../shared/sandbox/types.js';
 import { isAlive, processesWith } from './support/faults.js';
 import { type PgCluster, startPostgres } from './support/pg.js';
 import { eventually } from './support/runtime.js';
+import { describeDocker, dockerGate, sandboxContract } from './support/sandbox-contract.js';
 
 const SOCKET = process.env.FLUX_DOCKER_SOCKET ?? '/var/run/docker.sock';
 const IMAGE = process.env.FLUX_TEST_VERIFY_IMAGE ?? 'flux-ops/postgres-verify:15';

@@ -4,8 +4,8 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { Readable } from 'node:stream';
 import { describe, expect, it } from 'vitest';
+import { offsiteStoreContract } from '../../test/support/offsite-contract.js';
 import { isAppError } from '../errors.js';
-import { offsiteStoreContract } from './contract.js';
 import { createFsOffsiteStore } from './fs.js';
 import { createOffsiteStore } from './index.js';
 

@@ -22,11 +22,11 @@ import {
   startS3Server,
   upstreamStatus,
 } from '../../test/s3-server.js';
+import { offsiteStoreContract } from '../../test/support/offsite-contract.js';
 import { loadConfig, redactConfig } from '../config.js';
 import { isAppError } from '../errors.js';
 import { createLogger } from '../log.js';
 import { MIB } from '../units.js';
-import { offsiteStoreContract } from './contract.js';
 import { createOffsiteStore } from './index.js';
 import { createS3OffsiteStore, parseS3Url, type S3OffsiteOptions } from './s3.js';
 import type { OffsiteStore } from './types.js';

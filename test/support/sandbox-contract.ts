@@ -5,9 +5,14 @@ import { createReadStream } from 'node:fs';
 import { stat } from 'node:fs/promises';
 import { Readable } from 'node:stream';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
-import { createDockerDriver } from './docker.js';
-import { queryJson, textArray } from './query.js';
-import { type ExecResult, type Sandbox, type SandboxDriver, throwawaySettings } from './types.js';
+import { createDockerDriver } from '../../shared/sandbox/docker.js';
+import { queryJson, textArray } from '../../shared/sandbox/query.js';
+import {
+  type ExecResult,
+  type Sandbox,
+  type SandboxDriver,
+  throwawaySettings,
+} from '../../shared/sandbox/types.js';
 
 export interface ContractFixture {
   /** A small custom-format dump of one table `public.items` with `rows` rows. */

@@ -4,8 +4,8 @@
 import { createHash, randomBytes } from 'node:crypto';
 import { Readable } from 'node:stream';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { isAppError } from '../errors.js';
-import type { OffsiteStore, PutResult } from './types.js';
+import { isAppError } from '../../shared/errors.js';
+import type { OffsiteStore, PutResult } from '../../shared/offsite/types.js';
 
 export interface ContractSubject {
   store: OffsiteStore;
