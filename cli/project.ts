@@ -1,5 +1,6 @@
-// Turning -p <slug> into the project's hash (GET /api/ops/v1/status lists slug and hash; --hash skips
+// Turning -p <slug> into the project's hash (GET /api/ops/v1/projects, the registry's list; --hash skips
 // the lookup) and --latest into a backup id.
+import type { ApiProject, ProjectsAnswer } from '../shared/api-types.js';
 import { AppError } from '../shared/errors.js';
 import type { BackupRef, ProjectRef } from './args.js';
 import { type ApiClient, ApiError } from './http.js';
@@ -61,6 +62,25 @@ export async function fetchStatus(client: ApiClient): Promise<ProjectStatus[]> {
 }
 
 /**
+ * The registry's projects from the cheap lookup (GET /api/ops/v1/projects); a deployment from before it
+ * answers 404 there, and then the status list (which names slug and hash too) is read instead.
+ */
+export async function fetchProjects(client: ApiClient): Promise<ApiProject[]> {
+  try {
+    const answer = await client.json<ProjectsAnswer>('GET', '/api/ops/v1/projects');
+    return answer.body.projects ?? [];
+  } catch (error) {
+    if (!(error instanceof ApiError && error.status === 404)) throw error;
+    return (await fetchStatus(client)).map((p) => ({
+      id: p.id,
+      slug: p.slug,
+      hash: p.hash,
+      engine: p.engine as ApiProject['engine'],
+    }));
+  }
+}
+
+/**
  * The project's slug and hash. With --hash no lookup is made (the slug shown is the hash unless -p is
  * also given) unless `needSlug` demands the real slug.
  */
@@ -70,9 +90,9 @@ export async function resolveProject(
   options: { needSlug?: boolean } = {},
 ): Promise<ResolvedProject> {
   if (ref.hash && (ref.slug || !options.needSlug)) return { hash: ref.hash, slug: ref.slug ?? ref.hash };
-  let projects: ProjectStatus[];
+  let projects: ApiProject[];
   try {
-    projects = await fetchStatus(client);
+    projects = await fetchProjects(client);
   } catch (error) {
     if (error instanceof ApiError && error.status === 403) {
       throw new ApiError(

@@ -26,6 +26,8 @@ let env: TestEnv;
 let fn: FunctionApp;
 let server: ServerType;
 let base: string;
+/** Every request the server received, as "METHOD /path". */
+const requested: string[] = [];
 
 interface CliResult {
   exitCode: number;
@@ -72,7 +74,11 @@ beforeAll(async () => {
   fn = createApp(rt);
   await fn.start();
   server = await new Promise<ServerType>((resolve) => {
-    const s = serve({ fetch: fn.app.fetch, port: 0, hostname: '127.0.0.1' }, () => resolve(s));
+    const fetch = (request: Request) => {
+      requested.push(`${request.method} ${new URL(request.url).pathname}`);
+      return fn.app.fetch(request);
+    };
+    const s = serve({ fetch, port: 0, hostname: '127.0.0.1' }, () => resolve(s));
   });
   base = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
 });
@@ -229,6 +235,24 @@ describe('errors an operator meets', () => {
     const r = await cli(['backup', 'status', '--json', '--token-file', file], { FLUX_API_TOKEN: undefined });
     expect(r.exitCode).toBe(0);
     expect(JSON.parse(r.stdout)).toHaveProperty('projects');
+  });
+
+  it('-p <slug> is looked up in the registry list (GET /api/ops/v1/projects), not the whole trust status', async () => {
+    requested.length = 0;
+    const r = await cli(['backup', 'list', '-p', 'other-tenant', '--json']);
+    expect(r.exitCode).toBe(0);
+    expect(requested).toEqual([
+      'GET /api/ops/v1/projects',
+      `GET /api/cli/v1/projects/${hashOf(otherId)}/backups`,
+    ]);
+    const answer = await fn.app.request('/api/ops/v1/projects', { headers: ADMIN.header });
+    expect(answer.status).toBe(200);
+    expect(await answer.json()).toEqual({
+      projects: [
+        { id: tenantId, slug: SLUG, hash: hashOf(tenantId), engine: 'v2_shared' },
+        { id: otherId, slug: 'other-tenant', hash: hashOf(otherId), engine: 'v2_shared' },
+      ],
+    });
   });
 
   it('an unknown slug names the known ones; --json prints the error as JSON too', async () => {

@@ -56,6 +56,7 @@ const REQUIRED_SCOPE: Record<FunctionName, Record<string, Scope>> = {
     'GET /api/cli/v1/projects/:hash/backups': 'backups:read',
     'GET /api/cli/v1/projects/:hash/backups/:backupId': 'backups:read',
     'GET /api/cli/v1/projects/:hash/backups/:backupId/download': 'backups:read',
+    'GET /api/ops/v1/projects': 'backups:read',
     'GET /api/ops/v1/status': 'backups:read',
     'POST /api/ops/v1/catalog/rebuild': 'backups:write',
     'GET /api/ops/v1/clusters': 'backups:read',

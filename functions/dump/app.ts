@@ -4,6 +4,7 @@
 import path from 'node:path';
 import { Readable } from 'node:stream';
 import { z } from 'zod';
+import type { ProjectsAnswer } from '../../shared/api-types.js';
 import { type CatalogEntry, GATE_ARTIFACT_PROOF, rejectionOf } from '../../shared/catalog/catalog.js';
 import { upstreamFreshnessOf } from '../../shared/catalog/freshness.js';
 import {
@@ -278,6 +279,14 @@ export function createApp(rt: Runtime, patience: PatientOptions = {}): FunctionA
       }),
     );
   });
+
+  // The cheap lookup: slug, hash and engine from the registry alone, so turning a slug into a hash does
+  // not compute every project's trust.
+  app.get('/api/ops/v1/projects', requireScope('backups:read'), (c) =>
+    c.json({
+      projects: registry.list().map((p) => ({ id: p.id, slug: p.slug, hash: p.hash, engine: p.engine })),
+    } satisfies ProjectsAnswer),
+  );
 
   app.get('/api/ops/v1/status', requireScope('backups:read'), async (c) => {
     const projects = [];
