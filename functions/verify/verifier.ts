@@ -227,15 +227,19 @@ export function createVerifier(rt: Runtime, options: VerifierOptions = {}): Veri
       }
       const slot = jobs.claim(key);
       // The deadline runs from the moment a slot is free, not while the verification waits in the queue.
-      const deadline = new AbortController();
-      const signal = AbortSignal.any([slot.signal, deadline.signal]);
+      // One controller for the job's work, aborted by the runner's stop or by the deadline (a plain
+      // controller, not AbortSignal.any: every listener of the restore sits on this one signal).
+      const controller = new AbortController();
+      const onStop = () => controller.abort(slot.signal.reason);
+      slot.signal.addEventListener('abort', onStop, { once: true });
+      const signal = controller.signal;
       const done = slot.track(
         limiter
           .run(async () => {
             updateQueue();
             const timer = setTimeout(
               () =>
-                deadline.abort(
+                controller.abort(
                   new AppError(
                     'timeout',
                     `the verification ran longer than FLUX_VERIFY_TIMEOUT_MS (${config.FLUX_VERIFY_TIMEOUT_MS} ms); the restore was killed and the sandbox removed`,
@@ -249,7 +253,10 @@ export function createVerifier(rt: Runtime, options: VerifierOptions = {}): Veri
               clearTimeout(timer);
             }
           }, signal)
-          .finally(updateQueue),
+          .finally(() => {
+            slot.signal.removeEventListener('abort', onStop);
+            updateQueue();
+          }),
       );
       done.catch(() => undefined);
       const started: StartedVerification = { backupId: request.backupId, joined: false, done };
