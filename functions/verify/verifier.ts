@@ -226,9 +226,8 @@ export function createVerifier(rt: Runtime, options: VerifierOptions = {}): Veri
         );
       }
       const slot = jobs.claim(key);
-      // The deadline runs from the moment a slot is free, not while the verification waits in the queue.
-      // One controller for the job's work, aborted by the runner's stop or by the deadline (a plain
-      // controller, not AbortSignal.any: every listener of the restore sits on this one signal).
+      // One plain controller for the job's work, aborted by the runner's stop or by the deadline; the
+      // deadline runs from the moment a slot is free, not while the verification waits in the queue.
       const controller = new AbortController();
       const onStop = () => controller.abort(slot.signal.reason);
       slot.signal.addEventListener('abort', onStop, { once: true });
