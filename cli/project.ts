@@ -65,18 +65,13 @@ export async function fetchStatus(client: ApiClient): Promise<ProjectStatus[]> {
  * The registry's projects from the cheap lookup (GET /api/ops/v1/projects); a deployment from before it
  * answers 404 there, and then the status list (which names slug and hash too) is read instead.
  */
-export async function fetchProjects(client: ApiClient): Promise<ApiProject[]> {
+export async function fetchProjects(client: ApiClient): Promise<Array<Pick<ApiProject, 'slug' | 'hash'>>> {
   try {
     const answer = await client.json<ProjectsAnswer>('GET', '/api/ops/v1/projects');
     return answer.body.projects ?? [];
   } catch (error) {
     if (!(error instanceof ApiError && error.status === 404)) throw error;
-    return (await fetchStatus(client)).map((p) => ({
-      id: p.id,
-      slug: p.slug,
-      hash: p.hash,
-      engine: p.engine as ApiProject['engine'],
-    }));
+    return fetchStatus(client);
   }
 }
 
@@ -90,7 +85,7 @@ export async function resolveProject(
   options: { needSlug?: boolean } = {},
 ): Promise<ResolvedProject> {
   if (ref.hash && (ref.slug || !options.needSlug)) return { hash: ref.hash, slug: ref.slug ?? ref.hash };
-  let projects: ApiProject[];
+  let projects: Array<Pick<ApiProject, 'slug' | 'hash'>>;
   try {
     projects = await fetchProjects(client);
   } catch (error) {

@@ -28,6 +28,7 @@ let server: ServerType;
 let base: string;
 /** Every request the server received, as "METHOD /path". */
 const requested: string[] = [];
+let withoutProjectLookup = false;
 
 interface CliResult {
   exitCode: number;
@@ -75,7 +76,11 @@ beforeAll(async () => {
   await fn.start();
   server = await new Promise<ServerType>((resolve) => {
     const fetch = (request: Request) => {
-      requested.push(`${request.method} ${new URL(request.url).pathname}`);
+      const pathname = new URL(request.url).pathname;
+      requested.push(`${request.method} ${pathname}`);
+      // A server from before the project lookup answers 404 there.
+      if (withoutProjectLookup && pathname === '/api/ops/v1/projects')
+        return Response.json({ error: 'not found', code: 'not_found' }, { status: 404 });
       return fn.app.fetch(request);
     };
     const s = serve({ fetch, port: 0, hostname: '127.0.0.1' }, () => resolve(s));
@@ -253,6 +258,22 @@ describe('errors an operator meets', () => {
         { id: otherId, slug: 'other-tenant', hash: hashOf(otherId), engine: 'v2_shared' },
       ],
     });
+  });
+
+  it('against a server without the project lookup (404), -p <slug> is read from the status list', async () => {
+    requested.length = 0;
+    withoutProjectLookup = true;
+    try {
+      const r = await cli(['backup', 'list', '-p', 'other-tenant', '--json']);
+      expect(r.exitCode).toBe(0);
+    } finally {
+      withoutProjectLookup = false;
+    }
+    expect(requested).toEqual([
+      'GET /api/ops/v1/projects',
+      'GET /api/ops/v1/status',
+      `GET /api/cli/v1/projects/${hashOf(otherId)}/backups`,
+    ]);
   });
 
   it('an unknown slug names the known ones; --json prints the error as JSON too', async () => {
