@@ -9,7 +9,7 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { hashFile, TEMP_PREFIX } from '../shared/atomic.js';
-import type { ApiBackup } from '../shared/catalog/catalog.js';
+import type { ApiBackup } from '../shared/catalog/read-model.js';
 import type { BackupState, OffsiteReceipt, VerifyReceipt } from '../shared/catalog/records.js';
 import type { Delivery } from '../shared/events/outbox.js';
 import { createFsOffsiteStore } from '../shared/offsite/fs.js';

@@ -10,7 +10,7 @@ import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createdEventIdOf } from '../functions/dump/created-event.js';
 import { TEMP_PREFIX } from '../shared/atomic.js';
-import type { ApiBackup } from '../shared/catalog/catalog.js';
+import type { ApiBackup } from '../shared/catalog/read-model.js';
 import {
   type DedupeSink,
   type FnProcess,

@@ -11,7 +11,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createApp as createDumpApp } from '../functions/dump/app.js';
 import { createApp as createReplicateApp } from '../functions/replicate/app.js';
 import { createApp as createVerifyApp } from '../functions/verify/app.js';
-import type { CatalogEntry } from '../shared/catalog/catalog.js';
+import type { CatalogEntry } from '../shared/catalog/read-model.js';
 import type { Manifest } from '../shared/catalog/records.js';
 import type { FunctionApp } from '../shared/kit/runtime.js';
 import { openArtifact } from '../shared/offsite/artifact.js';

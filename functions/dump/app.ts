@@ -5,7 +5,7 @@ import path from 'node:path';
 import { Readable } from 'node:stream';
 import { z } from 'zod';
 import type { ProjectsAnswer } from '../../shared/api-types.js';
-import { type CatalogEntry, GATE_ARTIFACT_PROOF, rejectionOf } from '../../shared/catalog/catalog.js';
+import { GATE_ARTIFACT_PROOF, rejectionOf } from '../../shared/catalog/catalog.js';
 import { upstreamFreshnessOf } from '../../shared/catalog/freshness.js';
 import {
   parseBackupId,
@@ -13,6 +13,7 @@ import {
   parseProjectHash,
   parseProjectId,
 } from '../../shared/catalog/ids.js';
+import type { CatalogEntry } from '../../shared/catalog/read-model.js';
 import type { Manifest } from '../../shared/catalog/records.js';
 import { AppError, isAppError } from '../../shared/errors.js';
 import { createKit, readJson } from '../../shared/kit/app.js';

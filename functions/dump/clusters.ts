@@ -8,6 +8,7 @@ import path from 'node:path';
 import { ensureDir, writeJsonAtomic } from '../../shared/atomic.js';
 import { labelsOf, type Trust } from '../../shared/catalog/classifier.js';
 import type { FreshnessState } from '../../shared/catalog/freshness.js';
+import { factsOf } from '../../shared/catalog/read-model.js';
 import { AppError, isAppError } from '../../shared/errors.js';
 import type { Runtime } from '../../shared/kit/runtime.js';
 import { parsePgUrl, pgError, SQLSTATE, withPgClient } from '../../shared/pg/conn.js';
@@ -301,7 +302,7 @@ export function createClusterViews(
       const artifact = await catalog.checkArtifact(restorable);
       offsite = {
         key: catalog.toApi(restorable, artifact).offsiteKey,
-        replicated: labelsOf(catalog.facts(restorable, artifact)).offsiteReplicated,
+        replicated: labelsOf(factsOf(restorable, artifact)).offsiteReplicated,
       };
     }
     return {

@@ -4,9 +4,9 @@
 import { rm, stat } from 'node:fs/promises';
 import path from 'node:path';
 import { ensureDir } from '../../shared/atomic.js';
-import type { ApiBackup } from '../../shared/catalog/catalog.js';
 import { newBackupId } from '../../shared/catalog/ids.js';
 import { signManifest } from '../../shared/catalog/manifest-auth.js';
+import { type ApiBackup, factsOf } from '../../shared/catalog/read-model.js';
 import type { Manifest } from '../../shared/catalog/records.js';
 import { AppError, fsWriteError, isAppError } from '../../shared/errors.js';
 import { createChildPids } from '../../shared/kit/child-pids.js';
@@ -119,9 +119,7 @@ export function createDumper(rt: Runtime): Dumper {
     // Off by default: then nothing is listed or re-hashed after a create.
     if (!isRetentionEnabled(policy)) return;
     const entries = await catalog.list(project.id);
-    const facts = await Promise.all(
-      entries.map(async (e) => catalog.facts(e, await catalog.checkArtifact(e))),
-    );
+    const facts = await Promise.all(entries.map(async (e) => factsOf(e, await catalog.checkArtifact(e))));
     for (const backupId of selectForDeletion(facts, policy, new Date())) {
       await catalog.remove(project.id, backupId);
       log.info({ projectId: project.id, backupId }, 'retention removed a backup');

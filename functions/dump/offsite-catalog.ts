@@ -1,13 +1,14 @@
 // What the offsite store holds, read back as a catalog: each backup's manifest (read with
 // readOffsiteManifest, which refuses one naming another project or backup) and its dump object's
 // metadata, for `GET …/backups?source=offsite` and the catalog rebuild. Dump bytes are never read here.
-import type { ApiBackup, ArtifactCheck, Catalog, CatalogEntry } from '../../shared/catalog/catalog.js';
+import type { Catalog } from '../../shared/catalog/catalog.js';
 import type { OffsiteStatus } from '../../shared/catalog/classifier.js';
 import { isUuid } from '../../shared/catalog/ids.js';
 import { parseCatalogName } from '../../shared/catalog/layout.js';
 import { authenticateManifest, type ManifestAuthenticity } from '../../shared/catalog/manifest-auth.js';
+import type { ApiBackup, ArtifactCheck, CatalogEntry } from '../../shared/catalog/read-model.js';
+import { upstreamOffsiteStatus } from '../../shared/catalog/read-model.js';
 import type { Manifest } from '../../shared/catalog/records.js';
-import { upstreamOffsiteStatus } from '../../shared/catalog/upstream.js';
 import { isAppError } from '../../shared/errors.js';
 import { storedSizeFits } from '../../shared/offsite/age.js';
 import { readOffsiteManifest } from '../../shared/offsite/artifact.js';

@@ -4,8 +4,9 @@
 // copies in flight, retries with backoff, a failure receipt and event when attempts run out. The
 // reconcile scan compares every local manifest with its receipt.
 import { setTimeout as sleep } from 'node:timers/promises';
-import type { Catalog, CatalogEntry } from '../../shared/catalog/catalog.js';
+import type { Catalog } from '../../shared/catalog/catalog.js';
 import { isProjectHash } from '../../shared/catalog/ids.js';
+import type { CatalogEntry } from '../../shared/catalog/read-model.js';
 import type { OffsiteReceipt } from '../../shared/catalog/records.js';
 import { AppError, isAppError } from '../../shared/errors.js';
 import { createJobRunner } from '../../shared/kit/jobs.js';

@@ -1,7 +1,8 @@
 // The shapes upkeep's modules share (upkeep.ts runs the sweep; copy-rehash.ts, offsite-expiry.ts and
 // offsite-inventory.ts each do one part of it).
 
-import type { Catalog, CatalogEntry } from '../../shared/catalog/catalog.js';
+import type { Catalog } from '../../shared/catalog/catalog.js';
+import type { CatalogEntry } from '../../shared/catalog/read-model.js';
 import type { Manifest } from '../../shared/catalog/records.js';
 import type { Emit } from '../../shared/kit/runtime.js';
 import type { Logger } from '../../shared/log.js';

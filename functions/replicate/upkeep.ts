@@ -6,7 +6,7 @@
 
 import type { Catalog } from '../../shared/catalog/catalog.js';
 import type { RestoreStatus } from '../../shared/catalog/classifier.js';
-import { restoreViewOf } from '../../shared/catalog/copies.js';
+import { restoreViewOf } from '../../shared/catalog/read-model.js';
 import { isRetentionEnabled, type RetentionPolicy } from '../../shared/catalog/retention.js';
 import { AppError } from '../../shared/errors.js';
 import type { Emit } from '../../shared/kit/runtime.js';

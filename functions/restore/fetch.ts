@@ -7,7 +7,7 @@ import path from 'node:path';
 import { Transform } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { ensureDir, hashFile, STREAM_CHUNK_BYTES } from '../../shared/atomic.js';
-import type { CatalogEntry } from '../../shared/catalog/catalog.js';
+import type { CatalogEntry } from '../../shared/catalog/read-model.js';
 import type { Manifest } from '../../shared/catalog/records.js';
 import { AppError, errnoOf, fsWriteError } from '../../shared/errors.js';
 import type { AgeIdentities } from '../../shared/offsite/age.js';

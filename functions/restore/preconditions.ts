@@ -1,8 +1,9 @@
 // What a restore must establish before it touches anything: backup, manifest, gate, readable archive.
-import { type CatalogEntry, GATE_ARTIFACT_PROOF, rejectionOf } from '../../shared/catalog/catalog.js';
+import { GATE_ARTIFACT_PROOF, rejectionOf } from '../../shared/catalog/catalog.js';
 import { classify } from '../../shared/catalog/classifier.js';
 import { destructiveGate } from '../../shared/catalog/freshness.js';
 import { authenticateManifest } from '../../shared/catalog/manifest-auth.js';
+import { type CatalogEntry, factsOf } from '../../shared/catalog/read-model.js';
 import { distrustOf } from '../../shared/catalog/record-auth.js';
 import type { Manifest } from '../../shared/catalog/records.js';
 import { AppError, errnoOf, isAppError } from '../../shared/errors.js';
@@ -72,7 +73,7 @@ export function createPreconditions(rt: Runtime, store: () => OffsiteStore) {
     // Every byte of the local dump hashed now: a cached validation misses a byte flipped with its mtime kept
     // (an offsite copy is proven while it streams, so its local dump is not what the gate leans on).
     const artifact = await catalog.checkArtifact(entry, source === 'local' ? GATE_ARTIFACT_PROOF : 'cached');
-    const facts = catalog.facts(entry, artifact);
+    const facts = factsOf(entry, artifact);
     // An offsite copy is proven while it streams; only the local file must be valid beforehand.
     const trust = classify(
       source === 'offsite' ? { ...facts, artifact: 'valid' } : facts,

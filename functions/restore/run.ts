@@ -5,7 +5,7 @@
 import { rm } from 'node:fs/promises';
 import path from 'node:path';
 import { ensureDir } from '../../shared/atomic.js';
-import type { CatalogEntry } from '../../shared/catalog/catalog.js';
+import type { CatalogEntry } from '../../shared/catalog/read-model.js';
 import type { Manifest } from '../../shared/catalog/records.js';
 import { AppError, fsWriteError, isAppError } from '../../shared/errors.js';
 import { requestBackup } from '../../shared/kit/peer.js';

@@ -2,8 +2,8 @@
 // the CLI-compatible verify route (sync, or async with Prefer: respond-async), event triggers per
 // FLUX_VERIFY_ON, and readiness that reports the selected sandbox driver.
 import { z } from 'zod';
-import { copyVerifications, restoreViewOf } from '../../shared/catalog/copies.js';
 import { parseBackupId, parseProjectId } from '../../shared/catalog/ids.js';
+import { copyVerifications, restoreViewOf } from '../../shared/catalog/read-model.js';
 import type { VerifyReceipt } from '../../shared/catalog/records.js';
 import { verifyTriggers } from '../../shared/config.js';
 import { AppError } from '../../shared/errors.js';

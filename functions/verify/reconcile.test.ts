@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import type { CatalogEntry } from '../../shared/catalog/catalog.js';
+import type { CatalogEntry } from '../../shared/catalog/read-model.js';
 import { owedVerification } from './reconcile.js';
 
 const SHA = 'a'.repeat(64);

@@ -4,8 +4,9 @@
 // process that was down, or a queue that was full, end in a verification all the same. It queues into half
 // of FLUX_VERIFY_QUEUE_MAX at most (new backups' verifications keep the other half); what does not fit
 // waits for the next scan.
-import type { Catalog, CatalogEntry } from '../../shared/catalog/catalog.js';
-import { copyVerifications } from '../../shared/catalog/copies.js';
+import type { Catalog } from '../../shared/catalog/catalog.js';
+import type { CatalogEntry } from '../../shared/catalog/read-model.js';
+import { copyVerifications } from '../../shared/catalog/read-model.js';
 import { isAppError } from '../../shared/errors.js';
 import type { Logger } from '../../shared/log.js';
 import { counter, gauge, type MetricsRegistry } from '../../shared/metrics.js';

@@ -1,7 +1,8 @@
 // The report of one verification: the receipt written beside the backup, the metrics, the log line and
 // the event. A receipt vouches only for the manifest's sha256; a refused pair gets a tagged receipt that
 // says why and vouches for nothing.
-import { type CatalogEntry, rejectionOf } from '../../shared/catalog/catalog.js';
+import { rejectionOf } from '../../shared/catalog/catalog.js';
+import type { CatalogEntry } from '../../shared/catalog/read-model.js';
 import type { VerifyReceipt } from '../../shared/catalog/records.js';
 import type { AppError } from '../../shared/errors.js';
 import type { Runtime } from '../../shared/kit/runtime.js';

@@ -5,7 +5,7 @@
 // half of the verify queue at most (new backups' verifications keep the other half), and what does not
 // fit is left for the next sweep.
 import type { Catalog } from '../../shared/catalog/catalog.js';
-import { copyVerifications } from '../../shared/catalog/copies.js';
+import { copyVerifications } from '../../shared/catalog/read-model.js';
 import { isAppError } from '../../shared/errors.js';
 import type { Logger } from '../../shared/log.js';
 import { counter, type MetricsRegistry } from '../../shared/metrics.js';
@@ -59,7 +59,7 @@ export function createReverifySchedule(options: ReverifyOptions): ReverifySchedu
   async function dueBackup(projectId: string, now: number): Promise<string | undefined> {
     const newest = (await catalog.list(projectId)).find((e) => e.manifest);
     if (!newest?.manifest || verifier.isRunning(projectId, newest.backupId, options.source)) return undefined;
-    // The copy this schedule restores carries its own last verification (copies.ts).
+    // The copy this schedule restores carries its own last verification (copyVerifications).
     const since = copyVerifications(newest)[options.source]?.finishedAt ?? newest.manifest.completedAt;
     return now - Date.parse(since) >= afterMs ? newest.backupId : undefined;
   }

@@ -2,7 +2,7 @@
 // timeout that kills the restore and removes the sandbox; the rungs are climbed in ladder.ts and reported
 // (receipt, metrics, event) in report.ts. A verification that could not run is recorded as `unverifiable`,
 // never as a pass.
-import type { CatalogEntry } from '../../shared/catalog/catalog.js';
+import type { CatalogEntry } from '../../shared/catalog/read-model.js';
 import type { Manifest, VerifyReceipt } from '../../shared/catalog/records.js';
 import { AppError, isAppError } from '../../shared/errors.js';
 import { createJobRunner } from '../../shared/kit/jobs.js';

@@ -8,19 +8,24 @@ import { ensureDir, hashFile, TEMP_PREFIX, writeJsonAtomic } from '../atomic.js'
 import { AppError, errnoOf, fsWriteError } from '../errors.js';
 import type { Logger } from '../log.js';
 import { DEFAULT_MAX_AGE_MS } from '../schedule.js';
-import {
-  type ArtifactStatus,
-  type BackupFacts,
-  type BackupStatus,
-  classify,
-  type OffsiteStatus,
-  type RestoreStatus,
-  type Trust,
-} from './classifier.js';
-import { type CopyName, copiesNote, copyVerifications, restoreViewOf, verifiedCopies } from './copies.js';
-import { type Freshness, freshnessOf, isRestorable, type RestorableFacts } from './freshness.js';
+import type { RestorableFacts } from './freshness.js';
 import { isUuid } from './ids.js';
 import { type BackupPaths, backupPaths, type CatalogFile, parseCatalogName, projectDir } from './layout.js';
+import {
+  type ApiBackup,
+  type ArtifactCheck,
+  apiBackupOf,
+  type BackupFinding,
+  believed,
+  type CatalogEntry,
+  type CatalogFinding,
+  createdAtOf,
+  findingsOf,
+  mayBeRestorable,
+  type ProjectTrust,
+  projectTrust,
+  restorableOf,
+} from './read-model.js';
 import {
   authenticateRecord,
   distrustOf,
@@ -41,62 +46,6 @@ import {
   type VerifyReceipt,
   VerifyReceiptSchema,
 } from './records.js';
-import {
-  type UpstreamArtifactStatus,
-  type UpstreamBackupStatus,
-  type UpstreamOffsiteStatus,
-  type UpstreamRestoreStatus,
-  upstreamArtifactStatus,
-  upstreamBackupStatus,
-  upstreamOffsiteStatus,
-  upstreamRestoreStatus,
-} from './upstream.js';
-
-/**
- * Why a record beside a backup is not believed: it does not authenticate under FLUX_MANIFEST_SECRETS,
- * or it names another backup than its path. The record then counts as absent.
- */
-export const CATALOG_FINDING_CODES = [
-  'manifest_not_authentic',
-  'manifest_misplaced',
-  'receipt_not_authentic',
-  'receipt_misplaced',
-] as const;
-export type CatalogFindingCode = (typeof CATALOG_FINDING_CODES)[number];
-
-export interface CatalogFinding {
-  code: CatalogFindingCode;
-  /** Which record: `manifest`, `verify`, `verifyOffsite`, `offsite`, `rehash`. */
-  file: CatalogFile;
-  message: string;
-}
-
-export interface CatalogEntry {
-  projectId: string;
-  backupId: string;
-  paths: BackupPaths;
-  manifest?: Manifest;
-  state?: BackupState;
-  offsite?: OffsiteReceipt;
-  /** verify's receipt for the local dump (`.verify.json`; see copies.ts for one written before per-copy receipts). */
-  verify?: VerifyReceipt;
-  /** verify's receipt for the offsite copy (`.verify-offsite.json`). */
-  verifyOffsite?: VerifyReceipt;
-  /** replicate's re-hash found the dump not matching its manifest (see RehashRecordSchema). */
-  rehash?: RehashRecord;
-  /** Set when a sidecar exists but cannot be parsed. */
-  unreadable?: string;
-  /** Records found here but not believed (each counts as absent): see CatalogFinding. */
-  findings?: CatalogFinding[];
-  /** The manifest that lies here but was not believed (findings say why): never a source of facts. */
-  rejectedManifest?: Manifest;
-  dump?: { sizeBytes: number; mtimeMs: number };
-}
-
-export interface ArtifactCheck {
-  status: ArtifactStatus;
-  error?: string;
-}
 
 /**
  * How checkArtifact proves the dump: `cached` takes a hash read before while the file keeps its size and
@@ -110,67 +59,6 @@ export type ArtifactProof = 'cached' | 'rehash';
  * time, before they pass (a cached validation is no proof after a byte flipped with its mtime kept).
  */
 export const GATE_ARTIFACT_PROOF: ArtifactProof = 'rehash';
-
-/** One copy's verification as the API rows show it. */
-export interface CopyVerificationView {
-  status: VerifyReceipt['status'];
-  finishedAt: string;
-  error: string | null;
-  /** The copy's verification passed and the copy still holds these bytes: it counts as restorable. */
-  proven: boolean;
-}
-
-/**
- * The backup as the CLI-compatible API returns it. The upstream fields (`status`, `artifactValidationStatus`,
- * `offsiteStatus`, `restoreVerificationStatus`) speak upstream's words (upstream.ts); the `…Outcome` fields
- * are ours, with the states upstream has no word for (`missing`, `conflict`, `unverifiable`).
- */
-export interface ApiBackup {
-  id: string;
-  projectId: string;
-  kind: string;
-  format: 'custom';
-  status: UpstreamBackupStatus;
-  sizeBytes: number | null;
-  checksumSha256: string | null;
-  createdAt: string;
-  completedAt: string | null;
-  /** The dump's path relative to FLUX_BACKUPS_LOCAL_DIR (`<projectId>/<backupId>.dump`). */
-  primaryArtifactRelativePath: string;
-  /** The dump's path on the server running dump. */
-  primaryArtifactAbsolutePath: string;
-  localArtifactStatus: 'present' | 'missing';
-  offsiteStatus: UpstreamOffsiteStatus;
-  /** Ours: adds `conflict` (a different copy is already offsite), which upstream reads as failed. */
-  offsiteOutcome: OffsiteStatus;
-  offsiteKey: string | null;
-  offsiteContentSha256: string | null;
-  offsiteReplicatedAt: string | null;
-  /** Manifest arrival to offsite proven, as replicate measured it. */
-  offsiteLagSeconds: number | null;
-  /**
-   * How the offsite copy is stored: `age` and the public keys it was encrypted to (whose identities
-   * open it; empty = found encrypted, recipients not known), or null for a plain copy or none.
-   */
-  offsiteEncryption: { format: 'age'; recipients: string[] } | null;
-  artifactValidationStatus: UpstreamArtifactStatus;
-  /** Ours: adds `missing` (the local dump file is gone), which upstream reads as artifact_invalid. */
-  artifactValidationOutcome: ArtifactStatus;
-  artifactValidationError: string | null;
-  restoreVerificationStatus: UpstreamRestoreStatus;
-  /** Ours: adds `unverifiable` (verify could not run: never a pass), which upstream reads as pending. */
-  restoreVerificationOutcome: RestoreStatus;
-  restoreVerificationAt: string | null;
-  restoreVerificationError: string | null;
-  restoreVerificationSource: 'local' | 'offsite' | null;
-  /** The copies proven restorable for the current manifest (each by its own verification). */
-  verifiedCopies: CopyName[];
-  /** Each copy's own verification for the current manifest, null when it has none. */
-  copyVerifications: Record<CopyName, CopyVerificationView | null>;
-  error: string | null;
-  /** Records of this backup not believed (manifest_not_authentic, manifest_misplaced, …); absent when none. */
-  findings?: CatalogFinding[];
-}
 
 /**
  * The refusal of a backup whose manifest lies here but is not believed (verify, restore and download
@@ -189,12 +77,6 @@ export function rejectionOf(entry: CatalogEntry | undefined, action: string): Ap
   );
 }
 
-/** A catalog finding with the backup it is about, as trust() and the status list them. */
-export interface BackupFinding extends CatalogFinding {
-  projectId: string;
-  backupId: string;
-}
-
 export interface Catalog {
   readonly root: string;
   paths(projectId: string, backupId: string): BackupPaths;
@@ -206,7 +88,6 @@ export interface Catalog {
   checkArtifact(entry: CatalogEntry, proof?: ArtifactProof): Promise<ArtifactCheck>;
   /** Records a hash we just computed ourselves, so the next list does not re-hash. */
   rememberArtifact(file: string, sizeBytes: number, mtimeMs: number, sha256: string): void;
-  facts(entry: CatalogEntry, artifact: ArtifactCheck): BackupFacts;
   toApi(entry: CatalogEntry, artifact: ArtifactCheck): ApiBackup;
   /**
    * The newest backup's tier and the project's freshness (its newest restorable backup against
@@ -217,7 +98,7 @@ export interface Catalog {
     slug?: string,
     now?: Date,
     policy?: { maxAgeMs?: number; proof?: ArtifactProof },
-  ): Promise<Trust & { backup?: ApiBackup; freshness: Freshness; findings?: BackupFinding[] }>;
+  ): Promise<ProjectTrust>;
   writeManifest(manifest: Manifest): Promise<void>;
   writeState(state: BackupState): Promise<void>;
   writeOffsiteReceipt(receipt: OffsiteReceipt): Promise<void>;
@@ -245,10 +126,6 @@ async function readJson<T>(file: string, schema: z.ZodType<T>): Promise<{ value?
   } catch {
     return { error: `${path.basename(file)} is not valid JSON` };
   }
-}
-
-function createdAtOf(entry: CatalogEntry): string {
-  return entry.manifest?.createdAt ?? entry.state?.createdAt ?? new Date(0).toISOString();
 }
 
 export interface CatalogOptions {
@@ -519,142 +396,34 @@ export function createCatalog(options: CatalogOptions): Catalog {
       remember(file, { sizeBytes, mtimeMs, sha256 });
     },
 
-    facts(entry, artifact) {
-      const status: BackupStatus = entry.manifest
-        ? 'completed'
-        : entry.state?.status === 'running'
-          ? 'running'
-          : 'failed';
-      // Each copy's own verification: restore_verified when a valid copy is proven (copies.ts).
-      const { status: restore, receipt: verify } = restoreViewOf(entry, artifact.status);
-      const offsite: OffsiteStatus = entry.offsite
-        ? entry.offsite.status === 'replicated' && entry.offsite.contentSha256 !== entry.manifest?.sha256
-          ? 'failed'
-          : entry.offsite.status
-        : 'pending';
-      const error =
-        status === 'failed'
-          ? (entry.state?.error ?? entry.unreadable ?? entry.findings?.map((f) => f.message).join('; '))
-          : artifact.status !== 'valid'
-            ? artifact.error
-            : verify && verify.status !== 'restore_verified'
-              ? verify.error
-              : undefined;
-      return {
-        backupId: entry.backupId,
-        status,
-        createdAt: createdAtOf(entry),
-        artifact: artifact.status,
-        restore,
-        offsite,
-        error,
-      };
-    },
-
     toApi(entry, artifact) {
-      const facts = catalog.facts(entry, artifact);
-      const m = entry.manifest;
-      const v = restoreViewOf(entry, artifact.status).receipt;
-      const restoreStatus = upstreamRestoreStatus(facts);
-      const proven = verifiedCopies(entry, artifact.status);
-      const perCopy = copyVerifications(entry);
-      const viewOf = (copy: CopyName): CopyVerificationView | null => {
-        const r = perCopy[copy];
-        return r
-          ? {
-              status: r.status,
-              finishedAt: r.finishedAt,
-              error: r.status === 'restore_verified' ? null : (r.error ?? r.reason ?? null),
-              proven: proven.includes(copy),
-            }
-          : null;
-      };
-      return {
-        id: entry.backupId,
-        projectId: entry.projectId,
-        kind: m?.kind ?? entry.state?.kind ?? 'project_db',
-        format: 'custom',
-        status: upstreamBackupStatus(facts.status),
-        sizeBytes: m?.sizeBytes ?? null,
-        checksumSha256: m?.sha256 ?? null,
-        createdAt: createdAtOf(entry),
-        completedAt: m?.completedAt ?? null,
-        primaryArtifactRelativePath: path.relative(root, entry.paths.dump),
-        primaryArtifactAbsolutePath: path.resolve(entry.paths.dump),
-        localArtifactStatus: entry.dump ? 'present' : 'missing',
-        offsiteStatus: upstreamOffsiteStatus(facts.offsite),
-        offsiteOutcome: facts.offsite,
-        offsiteKey: entry.offsite?.key ?? null,
-        offsiteContentSha256: entry.offsite?.contentSha256 ?? null,
-        offsiteReplicatedAt: entry.offsite?.status === 'replicated' ? entry.offsite.at : null,
-        offsiteLagSeconds: entry.offsite?.status === 'replicated' ? (entry.offsite.lagSeconds ?? null) : null,
-        offsiteEncryption: entry.offsite?.encryption
-          ? { format: entry.offsite.encryption.format, recipients: entry.offsite.encryption.recipients }
-          : null,
-        artifactValidationStatus: upstreamArtifactStatus(artifact.status),
-        artifactValidationOutcome: artifact.status,
-        artifactValidationError: artifact.error ?? null,
-        restoreVerificationStatus: restoreStatus,
-        restoreVerificationOutcome: facts.restore,
-        restoreVerificationAt: v?.finishedAt ?? null,
-        restoreVerificationError:
-          v && v.status !== 'restore_verified'
-            ? (v.error ?? v.reason ?? null)
-            : v && restoreStatus !== 'restore_verified'
-              ? `the verification${v.source === 'offsite' ? ' of the offsite copy' : ''} was of bytes the local dump no longer holds (${artifact.error ?? artifact.status})`
-              : null,
-        restoreVerificationSource: v?.source ?? null,
-        verifiedCopies: proven,
-        copyVerifications: { local: viewOf('local'), offsite: viewOf('offsite') },
-        error: facts.status === 'failed' ? (facts.error ?? null) : (artifact.error ?? null),
-        ...(entry.findings ? { findings: entry.findings } : {}),
-      };
+      return apiBackupOf(entry, artifact, root);
     },
 
     async trust(projectId, slug, now = new Date(), policy = {}) {
       const listed = await catalog.list(projectId);
-      const found: BackupFinding[] = listed.flatMap((e) =>
-        (e.findings ?? []).map((f) => ({ projectId, backupId: e.backupId, ...f })),
-      );
-      const findings = found.length > 0 ? { findings: found } : {};
-      // A backup whose manifest is not believed is absent: no tier and no freshness come from it.
-      const entries = listed.filter((e) => !e.rejectedManifest);
-      const maxAgeMs = policy.maxAgeMs ?? DEFAULT_MAX_AGE_MS;
-      const [newest] = entries;
-      if (!newest) {
-        return {
-          ...classify(undefined, now, slug),
-          freshness: freshnessOf(undefined, maxAgeMs, now, slug),
-          ...findings,
-        };
-      }
+      const entries = believed(listed);
       const proof = policy.proof ?? 'cached';
-      const artifact = await catalog.checkArtifact(newest, proof);
-      const facts = catalog.facts(newest, artifact);
+      const [entry] = entries;
+      const newest = entry ? { entry, artifact: await catalog.checkArtifact(entry, proof) } : undefined;
       // The newest restorable backup: the newest one itself when it is, else the first older one a copy's
       // verify receipt passed for (only those are hashed, and outside a gate the hashes are cached).
       let restorable: RestorableFacts | undefined;
-      for (const entry of entries) {
-        const passed = Object.values(copyVerifications(entry)).some((r) => r.status === 'restore_verified');
-        if (!entry.manifest || !passed) continue;
-        const checked = entry === newest ? artifact : await catalog.checkArtifact(entry, proof);
-        const f = entry === newest ? facts : catalog.facts(entry, checked);
-        if (isRestorable(f)) {
-          const verifiedAt = restoreViewOf(entry, checked.status).receipt?.finishedAt;
-          restorable = { backupId: entry.backupId, createdAt: f.createdAt, verifiedAt };
-          break;
-        }
+      for (const e of entries) {
+        if (!mayBeRestorable(e)) continue;
+        restorable = restorableOf(e, e === entry ? newest!.artifact : await catalog.checkArtifact(e, proof));
+        if (restorable) break;
       }
-      const trust = classify(facts, now, slug);
-      // Which copy is proven, and any copy whose verification did not pass: never hidden by the other's.
-      const note = copiesNote(newest, artifact.status);
-      return {
-        ...trust,
-        ...(note && newest.manifest ? { message: `${trust.message} (${note})` } : {}),
-        backup: catalog.toApi(newest, artifact),
-        freshness: freshnessOf(restorable, maxAgeMs, now, slug),
-        ...findings,
-      };
+      return projectTrust({
+        projectId,
+        slug,
+        root,
+        newest,
+        restorable,
+        findings: findingsOf(projectId, listed),
+        maxAgeMs: policy.maxAgeMs ?? DEFAULT_MAX_AGE_MS,
+        now,
+      });
     },
 
     async writeManifest(manifest) {

@@ -1,7 +1,7 @@
 // The trust classifier: a pure function over the facts of a project's newest backup. Tier names and their
 // meaning are upstream's (backup-trust.ts of the upstream flux repository: artifact_pending is a validation
 // not done yet, pipeline_incomplete an artifact that is not valid, not_restore_verified a valid artifact no
-// verification passed or failed for), so the upstream CLI reading our rows (upstream.ts) gives the same
+// verification passed or failed for), so the upstream CLI reading our rows (read-model.ts) gives the same
 // tier; `unverifiable` is ours: never a pass and never a restore_failed.
 import { HOUR_MS } from '../units.js';
 

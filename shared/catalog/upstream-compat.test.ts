@@ -1,9 +1,8 @@
-// Every catalog state, read two ways: our classifier over the catalog's facts, and the upstream flux CLI's
-// classifier (rewritten in test/support/upstream-classifier.ts) over the row the CLI-compatible list answers
-// with. The tiers must agree for every state, and every upstream field must be one of upstream's words.
+// Every catalog state, read two ways through the read model: our classifier over factsOf, and the upstream
+// flux CLI's classifier (rewritten in test/support/upstream-classifier.ts) over the row apiBackupOf gives
+// the CLI-compatible list. The tiers must agree for every state, and every upstream field must be one of upstream's words.
 import { describe, expect, it } from 'vitest';
 import { upstreamClassify } from '../../test/support/upstream-classifier.js';
-import { type ArtifactCheck, type CatalogEntry, createCatalog } from './catalog.js';
 import {
   type ArtifactStatus,
   classify,
@@ -11,17 +10,21 @@ import {
   TRUST_TIERS,
   type TrustTier,
 } from './classifier.js';
-import type { Manifest, OffsiteReceipt, VerifyReceipt } from './records.js';
+import { backupPaths } from './layout.js';
 import {
+  type ArtifactCheck,
+  apiBackupOf,
+  type CatalogEntry,
+  factsOf,
   UPSTREAM_ARTIFACT_STATUSES,
   UPSTREAM_BACKUP_STATUSES,
   UPSTREAM_OFFSITE_STATUSES,
   UPSTREAM_RESTORE_STATUSES,
   upstreamTierOf,
-} from './upstream.js';
+} from './read-model.js';
+import type { Manifest, OffsiteReceipt, VerifyReceipt } from './records.js';
 
 const root = '/srv/flux/backups';
-const catalog = createCatalog({ root });
 const projectId = '550e8400-e29b-41d4-a716-446655440000';
 const backupId = '01JDZ0000000000000000000AA';
 const now = new Date('2026-11-26T12:00:00Z');
@@ -121,7 +124,11 @@ function states(): State[] {
       for (const artifact of ARTIFACTS) {
         for (const restore of RESTORES) {
           for (const offsite of OFFSITES) {
-            const entry: CatalogEntry = { projectId, backupId, paths: catalog.paths(projectId, backupId) };
+            const entry: CatalogEntry = {
+              projectId,
+              backupId,
+              paths: backupPaths(root, projectId, backupId),
+            };
             if (status === 'completed') entry.manifest = manifestAt(createdAt);
             else
               entry.state = {
@@ -163,8 +170,8 @@ describe('the upstream CLI reads our CLI-route rows as we do', () => {
     const mismatches: string[] = [];
     const seen = new Set<TrustTier>();
     for (const { name, entry, artifact } of all) {
-      const ours = classify(catalog.facts(entry, artifact), now, 'bloom');
-      const row = catalog.toApi(entry, artifact);
+      const ours = classify(factsOf(entry, artifact), now, 'bloom');
+      const row = apiBackupOf(entry, artifact, root);
       seen.add(ours.tier);
       const theirs = upstreamClassify([row]);
       if (upstreamTierOf(ours.tier) !== theirs)
@@ -188,7 +195,7 @@ describe('the upstream CLI reads our CLI-route rows as we do', () => {
       restoreVerificationStatus: new Set<string>(),
     };
     for (const { entry, artifact } of all) {
-      const row = catalog.toApi(entry, artifact);
+      const row = apiBackupOf(entry, artifact, root);
       for (const key of Object.keys(words) as Array<keyof typeof words>) words[key].add(row[key]);
     }
     const within = (found: Set<string>, allowed: readonly string[]) =>
@@ -202,7 +209,7 @@ describe('the upstream CLI reads our CLI-route rows as we do', () => {
 
   it('unverifiable reads as pending upstream, with the reason; never a pass, never a failure', () => {
     const state = all.find((s) => s.name.startsWith('completed × artifact valid × restore unverifiable'))!;
-    const row = catalog.toApi(state.entry, state.artifact);
+    const row = apiBackupOf(state.entry, state.artifact, root);
     expect(row).toMatchObject({
       status: 'complete',
       artifactValidationStatus: 'artifact_valid',
@@ -217,7 +224,7 @@ describe('the upstream CLI reads our CLI-route rows as we do', () => {
     const state = all.find((s) =>
       s.name.startsWith('completed × artifact missing × restore none × offsite conflict'),
     )!;
-    const row = catalog.toApi(state.entry, state.artifact);
+    const row = apiBackupOf(state.entry, state.artifact, root);
     expect(row).toMatchObject({
       artifactValidationStatus: 'artifact_invalid',
       artifactValidationOutcome: 'missing',
@@ -232,7 +239,7 @@ describe('the upstream CLI reads our CLI-route rows as we do', () => {
   it('the table can fail: our internal words fed to upstream’s classifier disagree', () => {
     // The facts in our own words (completed, valid, …) are what the CLI routes used to send.
     const disagreements = all.filter(({ entry, artifact }) => {
-      const facts = catalog.facts(entry, artifact);
+      const facts = factsOf(entry, artifact);
       const ours = classify(facts, now).tier;
       const oldRow = {
         status: facts.status,

@@ -3,7 +3,8 @@
 
 import { randomBytes } from 'node:crypto';
 import path from 'node:path';
-import { type BackupFinding, type Catalog, createCatalog } from '../catalog/catalog.js';
+import { type Catalog, createCatalog } from '../catalog/catalog.js';
+import type { BackupFinding } from '../catalog/read-model.js';
 import type { RecordKeys } from '../catalog/record-auth.js';
 import { type Config, type EventSink, type FunctionName, UPSTREAM_VARS } from '../config.js';
 import { type CloudEvent, createEvent, type EventData, type EventType } from '../events/envelope.js';

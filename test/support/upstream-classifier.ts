@@ -3,7 +3,7 @@
 // row counts; a status other than `complete` is latest_not_complete; then restore_verified is restorable,
 // restore_failed or skipped is restore_failed; then an artifact still `pending` is artifact_pending, any
 // other artifact word but `artifact_valid` is pipeline_incomplete; what is left is not_restore_verified.
-import type { UpstreamTrustTier } from '../../shared/catalog/upstream.js';
+import type { UpstreamTrustTier } from '../../shared/catalog/read-model.js';
 
 export interface UpstreamRow {
   status: string;
