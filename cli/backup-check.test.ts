@@ -1,10 +1,11 @@
 import { describe, expect, it } from 'vitest';
+import type { TrustTier } from '../shared/catalog/classifier.js';
 import { checkProjects } from './backup.js';
 
 const HOUR_S = 3600;
 const row = (
   slug: string,
-  tier: string,
+  tier: TrustTier,
   freshness: 'fresh' | 'stale' | 'never_verified',
   ageSeconds: number | null,
 ) => ({

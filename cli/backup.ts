@@ -190,7 +190,7 @@ Flags:
     const project = await resolveProject(client, projectRef(this.name, ctx.values, true)!);
     const answer = await fetchBackupList(client, project, source);
     const { backups } = answer;
-    const fresh = (answer as { freshness?: ServerFreshness }).freshness;
+    const fresh = answer.freshness;
     if (ctx.json) {
       printJson(ctx.io, source === 'offsite' ? answer : { backups, ...(fresh ? { freshness: fresh } : {}) });
       return 0;
@@ -492,18 +492,8 @@ function nextStep(p: ProjectStatus): string {
   return p.next ? `${p.message}; next: ${p.next}` : p.message;
 }
 
-/** The freshness the server gives beside the tier (absent from an older server). */
-interface ServerFreshness {
-  freshness: 'fresh' | 'stale' | 'never_verified';
-  ageSeconds: number | null;
-  maxAgeSeconds: number;
-  message: string;
-  next?: string;
-}
-type StatusRow = ProjectStatus & { freshness?: ServerFreshness };
-
-const freshnessOfRow = (p: StatusRow) => p.freshness?.freshness ?? '-';
-const ageOfRow = (p: StatusRow) =>
+const freshnessOfRow = (p: ProjectStatus) => p.freshness?.freshness ?? '-';
+const ageOfRow = (p: ProjectStatus) =>
   p.freshness
     ? `${p.freshness.ageSeconds === null ? '-' : formatDuration(p.freshness.ageSeconds * 1000)} / ${formatDuration(p.freshness.maxAgeSeconds * 1000)}`
     : '-';
@@ -530,7 +520,7 @@ export interface CheckOutcome {
 
 const STATUS_OF = ['OK', 'WARNING', 'CRITICAL', 'UNKNOWN'] as const;
 
-export function checkProjects(projects: readonly StatusRow[], maxAgeMs?: number): CheckOutcome {
+export function checkProjects(projects: readonly ProjectStatus[], maxAgeMs?: number): CheckOutcome {
   const unknown = (summary: string): CheckOutcome => ({
     code: 3,
     status: 'UNKNOWN',
@@ -635,7 +625,7 @@ Flags:
       );
     }
     const ref = projectRef(this.name, ctx.values, false);
-    let projects: StatusRow[];
+    let projects: ProjectStatus[];
     try {
       projects = await fetchStatus(ctx.client());
       if (ref) {
@@ -678,7 +668,7 @@ Flags:
   },
 };
 
-function printStatusTable(ctx: Parameters<Command['run']>[0], projects: readonly StatusRow[]): void {
+function printStatusTable(ctx: Parameters<Command['run']>[0], projects: readonly ProjectStatus[]): void {
   const now = new Date();
   println(
     ctx.io.out,
@@ -703,7 +693,7 @@ function printCheck(
   ctx: Parameters<Command['run']>[0],
   outcome: CheckOutcome,
   nagios: boolean,
-  projects: readonly StatusRow[],
+  projects: readonly ProjectStatus[],
 ): void {
   if (ctx.json) {
     printJson(ctx.io, { check: outcome, projects });

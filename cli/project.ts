@@ -1,55 +1,32 @@
 // Turning -p <slug> into the project's hash (GET /api/ops/v1/projects, the registry's list; --hash skips
 // the lookup) and --latest into a backup id.
-import type { ApiProject, ProjectsAnswer } from '../shared/api-types.js';
+import type {
+  ApiProject,
+  BackupAnswer,
+  ProjectsAnswer,
+  StatusAnswer,
+  StatusRow,
+} from '../shared/api-types.js';
 import { AppError } from '../shared/errors.js';
 import type { BackupRef, ProjectRef } from './args.js';
 import { type ApiClient, ApiError } from './http.js';
 
-export interface ProjectStatus {
-  id: string;
-  slug: string;
-  hash: string;
-  engine?: string;
-  tier: string;
-  trustworthy?: boolean;
-  message: string;
-  next?: string;
-  labels: { artifactValidated: boolean; restoreVerified: boolean; offsiteReplicated: boolean };
-  backupId?: string;
-  backup?: ApiBackup;
-}
+/**
+ * A project of the status answer as the CLI reads it: the server's own row (StatusRow), whose later
+ * fields (freshness, schedule, findings, …) a server from before them leaves out (`--check` answers
+ * UNKNOWN without freshness).
+ */
+export type ProjectStatus = Pick<StatusRow, 'id' | 'slug' | 'hash' | 'tier' | 'message' | 'labels'> &
+  Partial<Omit<StatusRow, 'id' | 'slug' | 'hash' | 'tier' | 'message' | 'labels'>>;
 
-export interface ApiBackup {
-  id: string;
-  kind: string;
-  status: string;
-  sizeBytes: number | null;
-  checksumSha256: string | null;
-  createdAt: string;
-  completedAt: string | null;
-  localArtifactStatus?: string;
-  /** Upstream's words (complete, artifact_valid, …); the `…Outcome` fields are ours. */
-  offsiteStatus?: string;
-  offsiteOutcome?: string;
-  /** How the offsite copy is stored: age and the public keys whose identities open it, or null (plain). */
-  offsiteEncryption?: { format: string; recipients: string[] } | null;
-  artifactValidationStatus?: string;
-  artifactValidationOutcome?: string;
-  restoreVerificationStatus?: string;
-  restoreVerificationOutcome?: string;
-  restoreVerificationAt?: string | null;
-  restoreVerificationError?: string | null;
-  /** The copies proven restorable (each by its own verification), and each copy's verification. */
-  verifiedCopies?: string[];
-  copyVerifications?: Record<
-    string,
-    { status: string; finishedAt: string; error: string | null; proven: boolean } | null
-  >;
-  error?: string | null;
-  /** While a backup runs: what the dump is doing and how many bytes it wrote. */
-  progress?: { stage: string; bytes: number; startedAt?: string };
-  [key: string]: unknown;
-}
+type BackupCore = 'id' | 'kind' | 'status' | 'sizeBytes' | 'checksumSha256' | 'createdAt' | 'completedAt';
+
+/**
+ * A backup row as the CLI reads it: the server's own (ApiBackup, BackupAnswer), whose later fields (the
+ * `…Outcome` words, per-copy verifications, encryption) a server from before them leaves out.
+ */
+export type ApiBackup = Pick<BackupAnswer['backup'], BackupCore> &
+  Partial<Omit<BackupAnswer['backup'], BackupCore>>;
 
 export interface ResolvedProject {
   slug: string;
@@ -57,7 +34,10 @@ export interface ResolvedProject {
 }
 
 export async function fetchStatus(client: ApiClient): Promise<ProjectStatus[]> {
-  const answer = await client.json<{ projects: ProjectStatus[] }>('GET', '/api/ops/v1/status');
+  const answer = await client.json<{ projects: ProjectStatus[] } & Omit<StatusAnswer, 'projects'>>(
+    'GET',
+    '/api/ops/v1/status',
+  );
   return answer.body.projects ?? [];
 }
 
@@ -118,6 +98,8 @@ export type BackupSource = 'local' | 'offsite';
 /** The offsite list's answer: rows from the store's manifests, and the manifests it refused. */
 export interface BackupList {
   backups: ApiBackup[];
+  /** The project's freshness (the local list; absent from an older server and from the offsite list). */
+  freshness?: StatusRow['freshness'];
   invalid?: Array<{ id: string; key: string; error: string }>;
   store?: string;
 }

@@ -15,7 +15,7 @@ import { Hono } from 'hono';
 import { type Browser, chromium, type Locator, type Page } from 'playwright-core';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { type AllInOne, createAllInOne } from '../functions/all/app.js';
-import { registerStatusRoutes, TOKEN_STORAGE_KEY } from '../functions/status/page.js';
+import { registerStatusRoutes, TOKEN_STORAGE_KEY } from '../functions/dump/status/page.js';
 import { createApp as createVerify } from '../functions/verify/app.js';
 import { loadConfig } from '../shared/config.js';
 import { createLogger } from '../shared/log.js';

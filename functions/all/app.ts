@@ -19,11 +19,11 @@ import { createLogger, type Logger } from '../../shared/log.js';
 import { createRegistry, type MetricsRegistry } from '../../shared/metrics.js';
 import { createFileRegistry, type ProjectRegistry, type ReloadableRegistry } from '../../shared/registry.js';
 import { createApp as createDump } from '../dump/app.js';
+import { registerStatusRoutes } from '../dump/status/page.js';
 import { createApp as createMigrate } from '../migrate/app.js';
 import { createApp as createProbe } from '../probe/app.js';
 import { createApp as createReplicate } from '../replicate/app.js';
 import { createApp as createRestore } from '../restore/app.js';
-import { registerStatusRoutes } from '../status/page.js';
 import { createApp as createVerify } from '../verify/app.js';
 import { routeOf } from './routes.js';
 

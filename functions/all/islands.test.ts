@@ -16,11 +16,17 @@ describe('the function folders', () => {
     );
     for (const folder of folders) {
       if (MOUNTERS.has(folder.name)) continue;
-      for (const file of await readdir(path.join(FUNCTIONS, folder.name))) {
-        if (!file.endsWith('.ts')) continue;
-        const text = await readFile(path.join(FUNCTIONS, folder.name, file), 'utf8');
-        for (const m of text.matchAll(/from '\.\.\/([a-z]+)\//g)) {
-          if (m[1] !== folder.name) crossings.push(`functions/${folder.name}/${file} → functions/${m[1]}`);
+      const files = await readdir(path.join(FUNCTIONS, folder.name), { recursive: true });
+      for (const file of files) {
+        if (!/\.[jt]s$/.test(file)) continue;
+        const full = path.join(FUNCTIONS, folder.name, file);
+        const text = await readFile(full, 'utf8');
+        // Every relative import resolved: one that lands in another function folder is a crossing.
+        for (const m of text.matchAll(/from '(\.[^']*)'/g)) {
+          const target = path.relative(FUNCTIONS, path.resolve(path.dirname(full), m[1]!));
+          const [top] = target.split(path.sep);
+          if (!target.startsWith('..') && top !== folder.name)
+            crossings.push(`functions/${folder.name}/${file} → functions/${top}`);
         }
       }
     }

@@ -5,7 +5,7 @@ import { acquireOwnerLocks } from '../../shared/kit/owner-lock.js';
 import { exitWithStartupError, loadConfigOrExit, serveProcess } from '../../shared/kit/serve.js';
 import { createLogger } from '../../shared/log.js';
 import { createFileRegistry, type ReloadableRegistry } from '../../shared/registry.js';
-import { STATUS_PATH } from '../status/page.js';
+import { STATUS_PATH } from '../dump/status/page.js';
 import { type AllInOne, createAllInOne } from './app.js';
 import { devTokenFor, devTokenNotice, loopbackBase, NO_TOKENS_WARNING } from './dev-token.js';
 

@@ -1,10 +1,11 @@
 // dump: pg_dump backups of a project into the catalog, the CLI-compatible backups API (create, list,
-// show, download; list and download also from the offsite copy), the trust status of every project,
-// and the catalog rebuilt from the offsite store's manifests (dump is the manifests' one writer).
+// show, download; list and download also from the offsite copy), the status room (status/: every
+// project's trust and the page that shows it), and the catalog rebuilt from the offsite store's
+// manifests (dump is the manifests' one writer).
 import path from 'node:path';
 import { Readable } from 'node:stream';
 import { z } from 'zod';
-import type { ProjectsAnswer } from '../../shared/api-types.js';
+import type { BackupAnswer, BackupStartedAnswer } from '../../shared/api-types.js';
 import { GATE_ARTIFACT_PROOF, rejectionOf } from '../../shared/catalog/catalog.js';
 import { upstreamFreshnessOf } from '../../shared/catalog/freshness.js';
 import {
@@ -32,6 +33,7 @@ import { downloadFromOffsite, lazyOffsiteStore, parseArtifactSource } from './of
 import { createPreflight } from './preflight.js';
 import { createCatalogRebuilder } from './rebuild.js';
 import { createBackupScheduler } from './schedule.js';
+import { registerStatusApi } from './status/api.js';
 import { createTrustMetrics } from './trust-metrics.js';
 
 const CreateBody = z.object({ kind: z.enum(['project_db', 'tenant_export']).optional() }).loose();
@@ -147,7 +149,10 @@ export function createApp(rt: Runtime, patience: PatientOptions = {}): FunctionA
     if (/respond-async/i.test(c.req.header('prefer') ?? '')) {
       c.header('Location', location);
       c.header('Preference-Applied', 'respond-async');
-      return c.json({ backup: { id: started.backupId, status: 'running' }, location }, 202);
+      return c.json(
+        { backup: { id: started.backupId, status: 'running' }, location } satisfies BackupStartedAnswer,
+        202,
+      );
     }
     // Upstream's answer: 200 with { backup }; a dump that runs long still answers a client that waits.
     c.header('Location', location);
@@ -200,7 +205,9 @@ export function createApp(rt: Runtime, patience: PatientOptions = {}): FunctionA
       throw new AppError('not_found', `no backup ${c.req.param('backupId')} for project ${project.slug}`);
     const backup = catalog.toApi(entry, await catalog.checkArtifact(entry));
     const progress = dumper.progress(entry.backupId);
-    return c.json({ backup: progress && backup.status === 'running' ? { ...backup, progress } : backup });
+    return c.json({
+      backup: progress && backup.status === 'running' ? { ...backup, progress } : backup,
+    } satisfies BackupAnswer);
   });
 
   app.get(
@@ -281,29 +288,7 @@ export function createApp(rt: Runtime, patience: PatientOptions = {}): FunctionA
     );
   });
 
-  // The cheap lookup: slug, hash and engine from the registry alone, so turning a slug into a hash does
-  // not compute every project's trust.
-  app.get('/api/ops/v1/projects', requireScope('backups:read'), (c) =>
-    c.json({
-      projects: registry.list().map((p) => ({ id: p.id, slug: p.slug, hash: p.hash, engine: p.engine })),
-    } satisfies ProjectsAnswer),
-  );
-
-  app.get('/api/ops/v1/status', requireScope('backups:read'), async (c) => {
-    const projects = [];
-    for (const project of registry.list()) {
-      const policy = backupPolicyOf(project, config);
-      projects.push({
-        id: project.id,
-        slug: project.slug,
-        hash: project.hash,
-        engine: project.engine,
-        schedule: policy.schedule?.text ?? null,
-        ...(await catalog.trust(project.id, project.slug, new Date(), { maxAgeMs: policy.maxAgeMs })),
-      });
-    }
-    return c.json({ projects });
-  });
+  registerStatusApi(kit, rt);
 
   app.get('/api/ops/v1/clusters', requireScope('backups:read'), async (c) =>
     c.json({ clusters: await clusterViews.list() }),

@@ -3,6 +3,7 @@
 // then retention and events. Start-up recovery is recovery.ts; the created event, created-event.ts.
 import { rm, stat } from 'node:fs/promises';
 import path from 'node:path';
+import type { BackupProgress } from '../../shared/api-types.js';
 import { ensureDir } from '../../shared/atomic.js';
 import { newBackupId } from '../../shared/catalog/ids.js';
 import { signManifest } from '../../shared/catalog/manifest-auth.js';
@@ -35,16 +36,10 @@ export interface StartedBackup {
   done: Promise<{ backup: ApiBackup; manifest: Manifest }>;
 }
 
-export interface DumpProgress {
-  stage: 'queued' | 'dumping' | 'finishing';
-  bytes: number;
-  startedAt: string;
-}
-
 export interface Dumper {
   recover(): Promise<void>;
   /** Progress of a running backup (stage and bytes written so far), for the API and the CLI. */
-  progress(backupId: string): DumpProgress | undefined;
+  progress(backupId: string): BackupProgress | undefined;
   /** Validates, takes the project lease and starts; throws 409/503 before any file is written. */
   start(project: Project, options?: { causedBy?: string }): Promise<StartedBackup>;
   stop(): Promise<void>;
@@ -66,7 +61,7 @@ export function createDumper(rt: Runtime): Dumper {
     graceMs: config.FLUX_SHUTDOWN_GRACE_MS,
     cancelWaitMs: 10_000,
   });
-  const progress = new Map<string, DumpProgress>();
+  const progress = new Map<string, BackupProgress>();
   // pg_dump pids while they run: a pg_dump whose dump process was kill -9'd is killed at the next start.
   const children = createChildPids({
     dir: path.join(config.FLUX_STATE_DIR, 'children', rt.name),
@@ -146,7 +141,7 @@ export function createDumper(rt: Runtime): Dumper {
     try {
       const { source, clusterKey, limiter, slot } = admitted ?? admit(project, signal);
       queueGauge.set({ cluster: clusterKey, state: 'waiting' }, limiter.waiting);
-      const live: DumpProgress = { stage: 'queued', bytes: 0, startedAt: createdAt };
+      const live: BackupProgress = { stage: 'queued', bytes: 0, startedAt: createdAt };
       progress.set(backupId, live);
       const result = await runInSlot(slot, async () => {
         live.stage = 'dumping';

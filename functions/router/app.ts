@@ -21,7 +21,7 @@ import type { Logger } from '../../shared/log.js';
 import type { MetricsRegistry } from '../../shared/metrics.js';
 import { SECOND_MS } from '../../shared/units.js';
 import { routeOf } from '../all/routes.js';
-import { registerStatusRoutes } from '../status/page.js';
+import { registerStatusRoutes } from '../dump/status/page.js';
 import { routerMetrics } from './metrics.js';
 
 export type Upstreams = Record<FunctionName, string>;

@@ -1,12 +1,13 @@
-// The status page: one static HTML page (no build step) whose small inline script fetches the trust status
-// (dump, GET /api/ops/v1/status) and the latest probes (probe, GET /probes) from the same origin with a
-// Bearer token the operator pastes once, joins them per project and renders one table, refreshed on a
-// timer. Mounted on the all-in-one process and on the router with registerStatusRoutes().
+// The status page, in one room with the API it reads (api.ts): one static HTML page (no build step) whose
+// small script (page-script.js) fetches the trust status (GET /api/ops/v1/status) and the latest probes
+// (probe, GET /probes) from the same origin with a Bearer token the operator pastes once, joins them per
+// project and renders one table, refreshed on a timer. Mounted on the all-in-one process and on the
+// router with registerStatusRoutes(); the API is dump's, which holds the catalog.
 import { createHash } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import type { Env, Hono, MiddlewareHandler } from 'hono';
-import { TRUST_TIERS, type TrustTier } from '../../shared/catalog/classifier.js';
-import { SECOND_MS } from '../../shared/units.js';
+import { TRUST_TIERS, type TrustTier } from '../../../shared/catalog/classifier.js';
+import { SECOND_MS } from '../../../shared/units.js';
 
 export const STATUS_PATH = '/status';
 export const DEFAULT_REFRESH_MS = 30 * SECOND_MS;
