@@ -560,6 +560,11 @@ export const VARS = {
     schema: int(16, 0, 10_000),
     description: 'Waiting verifications beyond the concurrency (503 beyond).',
   },
+  FLUX_VERIFY_HOLD_MAX: {
+    schema: int(10_000, 0, 1_000_000),
+    description:
+      'Backup events held (answered 202) while every verification slot and the queue are busy, started as slots free (0 = refuse with 503 instead; beyond it, 503). Kept in memory: the reconcile scan at start-up finds what a stopped process held.',
+  },
   FLUX_VERIFY_ON: {
     schema: z.string().default('flux.backup.created'),
     description: 'Event types that trigger a verification (comma-separated; `none` = on demand only).',

@@ -593,6 +593,85 @@ describe('limits', () => {
   });
 });
 
+describe('held events', () => {
+  it('an event verify cannot queue yet is held (202) and verified when the slot frees; a full hold refuses', async () => {
+    const base = await mkdtemp(path.join(tmpdir(), 'flux-verify-held-'));
+    await chmod(base, 0o755);
+    // Its own catalog: the start-up reconcile finds nothing, so only these events start verifications.
+    const env = await makeTestEnv({
+      FLUX_VERIFY_DRIVER: 'local',
+      FLUX_VERIFY_LOCAL_DIR: base,
+      FLUX_VERIFY_CONCURRENCY: '1',
+      FLUX_VERIFY_QUEUE_MAX: '0',
+      FLUX_VERIFY_HOLD_MAX: '1',
+      FLUX_VERIFY_TIMEOUT_MS: '8000',
+    });
+    const dump = createDumpApp(testRuntime('dump', env, { projects, clusters }));
+    const rt = testRuntime('verify', env, { projects, clusters });
+    const fn = createVerifyApp(rt);
+    const backupHere = async (project: Project) => {
+      const res = await dump.app.request(`/api/cli/v1/projects/${project.hash}/backups`, {
+        method: 'POST',
+        headers: ADMIN.header,
+      });
+      expect(res.status, await res.clone().text()).toBe(200);
+      const { backup: made } = (await res.json()) as { backup: { id: string } };
+      return { project, manifest: (await rt.catalog.get(project.id, made.id))!.manifest! };
+    };
+    const created = (b: { project: Project; manifest: Manifest }) =>
+      backupCreatedEvent(b.project.id, b.manifest.backupId, {
+        projectHash: b.project.hash,
+        kind: 'tenant_export',
+        sizeBytes: b.manifest.sizeBytes,
+        sha256: b.manifest.sha256,
+        createdAt: b.manifest.createdAt,
+        completedAt: b.manifest.completedAt,
+      });
+    const metric = async (result: string) => {
+      const text = await (await fn.app.request('/metrics')).text();
+      const m = text.match(new RegExp(`flux_verify_held_total\\{result="${result}"\\} (\\d+)`));
+      return Number(m?.[1] ?? 0);
+    };
+    try {
+      await fn.start();
+      const slowBackup = await backupHere(slow);
+      const waiting = await backupHere(empty);
+      const third = await backupHere(empty);
+      const busy = await fn.app.request('/events', signedEvent(created(slowBackup)));
+      expect(await busy.json()).toMatchObject({ verifying: slowBackup.manifest.backupId });
+      // Every slot busy and no queue: the next event is held, not refused with a Retry-After.
+      const held = await fn.app.request('/events', signedEvent(created(waiting)));
+      expect(held.status).toBe(202);
+      expect(await held.json()).toMatchObject({ held: waiting.manifest.backupId, place: 1 });
+      const status = await fn.app.request(
+        `/api/cli/v1/projects/${empty.hash}/backups/${waiting.manifest.backupId}/verify`,
+        { headers: ADMIN.header },
+      );
+      expect(await status.json()).toMatchObject({ running: true });
+      // The hold is full (FLUX_VERIFY_HOLD_MAX=1): refused as before, for the sender to retry.
+      const refused = await fn.app.request('/events', signedEvent(created(third)));
+      expect(refused.status).toBe(503);
+      expect(await refused.json()).toMatchObject({ code: 'queue_full' });
+      // The slow restore times out; its slot goes to the held backup, which is verified for real.
+      const receipt = await eventually(
+        async () => (await rt.catalog.get(empty.id, waiting.manifest.backupId))?.verify,
+        120_000,
+      );
+      expect(receipt).toMatchObject({ status: 'restore_verified', source: 'local' });
+      const slowReceipt = (await rt.catalog.get(slow.id, slowBackup.manifest.backupId))?.verify;
+      expect(slowReceipt).toMatchObject({ status: 'unverifiable', reason: 'timeout' });
+      expect(await metric('held')).toBe(1);
+      expect(await metric('started')).toBe(1);
+      expect(await metric('refused')).toBe(1);
+      expect((await rt.catalog.get(empty.id, third.manifest.backupId))?.verify).toBeUndefined();
+    } finally {
+      await fn.stop();
+      await env.cleanup();
+      await rm(base, { recursive: true, force: true });
+    }
+  });
+});
+
 describe('scheduled re-verification', () => {
   /** A schedule over the empty tenant only (the other projects' backups are not these tests' to verify). */
   const emptyTenantSchedule = (rt: TestRuntime, verifier: Verifier, queueMax: number) =>

@@ -6,7 +6,7 @@ import { parseBackupId, parseProjectId } from '../../shared/catalog/ids.js';
 import { copyVerifications, restoreViewOf } from '../../shared/catalog/read-model.js';
 import type { VerifyReceipt } from '../../shared/catalog/records.js';
 import { verifyTriggers } from '../../shared/config.js';
-import { AppError } from '../../shared/errors.js';
+import { AppError, isAppError } from '../../shared/errors.js';
 import type { CloudEvent, EventType } from '../../shared/events/envelope.js';
 import { createKit, type EventHandler, readJson } from '../../shared/kit/app.js';
 import { type PatientOptions, patientJson } from '../../shared/kit/patient.js';
@@ -14,9 +14,16 @@ import type { FunctionApp, Runtime } from '../../shared/kit/runtime.js';
 import { lazyOffsiteStore } from '../../shared/offsite/index.js';
 import { dirWritableCheck } from '../../shared/readiness.js';
 import { requireProjectByHash } from '../../shared/registry.js';
+import { createHeldVerifications } from './held.js';
 import { createVerifyReconcile } from './reconcile.js';
 import { createReverifySchedule } from './schedule.js';
-import { createVerifier, VERIFY_SOURCES, type VerifierOptions, type VerifySource } from './verifier.js';
+import {
+  createVerifier,
+  VERIFY_SOURCES,
+  type Verifier,
+  type VerifierOptions,
+  type VerifySource,
+} from './verifier.js';
 
 /** Events verify can be triggered by, and which copy each one verifies. */
 const TRIGGER_SOURCES: Partial<Record<EventType, VerifySource>> = {
@@ -69,16 +76,49 @@ export function createApp(
     );
   }
 
+  const held = createHeldVerifications({
+    verifier,
+    max: config.FLUX_VERIFY_HOLD_MAX,
+    log: rt.log,
+    metrics: rt.metrics,
+  });
+  verifier.onSettled(() => void held.drain());
+  // What the scans and the status route see: a held backup counts as on its way, so it is not queued twice.
+  const scheduling: Pick<Verifier, 'start' | 'isRunning' | 'queued'> = {
+    start: (request) => verifier.start(request),
+    isRunning: (projectId, backupId, source) =>
+      verifier.isRunning(projectId, backupId, source) || held.has(projectId, backupId, source),
+    get queued() {
+      return verifier.queued;
+    },
+  };
+
   const onBackupEvent: EventHandler = async (event: CloudEvent) => {
     const data = event.data as { projectId: string; backupId: string };
-    const source = TRIGGER_SOURCES[event.type] ?? 'local';
-    const started = await verifier.start({
+    const request = {
       projectId: parseProjectId(data.projectId),
       backupId: parseBackupId(data.backupId),
-      source,
+      source: TRIGGER_SOURCES[event.type] ?? 'local',
       causedBy: event.id,
-    });
-    return { status: 202, body: { verifying: started.backupId, joined: started.joined } };
+    };
+    // Backups that already wait keep their order: a new one goes behind them, not into a slot they wait for.
+    if (held.size === 0) {
+      try {
+        const started = await verifier.start(request);
+        return { status: 202, body: { verifying: started.backupId, joined: started.joined } };
+      } catch (error) {
+        if (!(isAppError(error) && error.code === 'queue_full')) throw error;
+      }
+    }
+    const place = held.hold(request);
+    if (place === undefined) {
+      throw new AppError(
+        'queue_full',
+        `verifications: every slot busy and ${held.size} backup events held (FLUX_VERIFY_HOLD_MAX=${config.FLUX_VERIFY_HOLD_MAX}); retry later`,
+        { retryAfterSeconds: 60 },
+      );
+    }
+    return { status: 202, body: { held: request.backupId, place } };
   };
 
   const kit = createKit({
@@ -160,7 +200,7 @@ export function createApp(
     const receipt = view.receipt ?? null;
     return c.json({
       backupId,
-      running: verifier.isRunning(project.id, backupId),
+      running: scheduling.isRunning(project.id, backupId),
       restoreVerificationStatus:
         view.status === 'unverifiable' || view.status === 'skipped' ? 'pending' : view.status,
       restoreVerificationOutcome: view.status,
@@ -172,7 +212,7 @@ export function createApp(
   const schedule = createReverifySchedule({
     registry,
     catalog,
-    verifier,
+    verifier: scheduling,
     log: rt.log,
     metrics: rt.metrics,
     afterMs: config.FLUX_VERIFY_REVERIFY_AFTER_MS,
@@ -182,7 +222,7 @@ export function createApp(
 
   const reconcile = createVerifyReconcile({
     catalog,
-    verifier,
+    verifier: scheduling,
     triggers,
     queueMax: config.FLUX_VERIFY_QUEUE_MAX,
     intervalMs: config.FLUX_VERIFY_RECONCILE_INTERVAL_MS,
@@ -206,6 +246,9 @@ export function createApp(
     async stop() {
       reconcile.stop();
       schedule.stop();
+      const dropped = held.clear();
+      if (dropped > 0)
+        rt.log.info({ held: dropped }, 'held verifications left to the next start-up reconcile');
       await verifier.stop();
       await rt.outbox.stop();
       await rt.catalog.flush();

@@ -62,7 +62,7 @@ export function verifyMetrics(metrics: MetricsRegistry, drivers: readonly Sandbo
       'Finish time of the newest restore-verified backup',
       ['project'],
     ),
-    queue: gauge(metrics, 'flux_verify_queue', 'Verifications running and waiting', ['state']),
+    queue: queueGauge(metrics),
     reaped: counter(
       metrics,
       'flux_verify_leftovers_removed_total',
@@ -73,3 +73,19 @@ export function verifyMetrics(metrics: MetricsRegistry, drivers: readonly Sandbo
 }
 
 export type VerifyMetrics = ReturnType<typeof verifyMetrics>;
+
+const queueGauge = (metrics: MetricsRegistry) =>
+  gauge(metrics, 'flux_verify_queue', 'Verifications running, waiting for a slot, and held', ['state']);
+
+/** The hold of backup events verify could not queue yet (held.ts). */
+export function heldMetrics(metrics: MetricsRegistry) {
+  return {
+    queue: queueGauge(metrics),
+    results: counter(
+      metrics,
+      'flux_verify_held_total',
+      'Backup events held for a verification slot, by what became of them (held, started, dropped, refused)',
+      ['result'],
+    ),
+  };
+}

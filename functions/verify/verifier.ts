@@ -45,6 +45,8 @@ export interface Verifier {
   readonly running: number;
   /** Verifications waiting for a slot (FLUX_VERIFY_QUEUE_MAX at most). */
   readonly queued: number;
+  /** Called each time a verification settles (its slot is free again). */
+  onSettled(listener: () => void): void;
   /** Sweeps leftover sandboxes now, then every REAP_INTERVAL_MS. */
   startReaper(): Promise<void>;
   reap(): Promise<number>;
@@ -83,6 +85,7 @@ export function createVerifier(rt: Runtime, options: VerifierOptions = {}): Veri
     cancelWaitMs: 15_000,
   });
   let reaper: NodeJS.Timeout | undefined;
+  const settled: Array<() => void> = [];
 
   const m = verifyMetrics(metrics, selection.drivers);
   const report = createVerifyReport(rt, m);
@@ -255,6 +258,7 @@ export function createVerifier(rt: Runtime, options: VerifierOptions = {}): Veri
           .finally(() => {
             slot.signal.removeEventListener('abort', onStop);
             updateQueue();
+            for (const listener of settled) listener();
           }),
       );
       done.catch(() => undefined);
@@ -265,6 +269,10 @@ export function createVerifier(rt: Runtime, options: VerifierOptions = {}): Veri
     },
 
     reap,
+
+    onSettled(listener) {
+      settled.push(listener);
+    },
 
     async startReaper() {
       await reap();
