@@ -1,5 +1,5 @@
 // Artifact validation: hashed once per size+mtime, and the validation survives a restart.
-import { mkdtemp, open, rm, stat, utimes } from 'node:fs/promises';
+import { mkdtemp, open, readFile, rm, stat, utimes, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -218,5 +218,46 @@ describe('per-copy verify receipts', () => {
     ]);
     await catalog.remove(projectId, backupId);
     expect(await stat(entry.paths.verifyOffsite).catch(() => undefined)).toBeUndefined();
+  });
+
+  it('trust reads back from the newest only as far as it needs; findings it did not read again stay shown', async () => {
+    const root = path.join(dir, 'history');
+    const made: string[] = [];
+    for (let i = 0; i < 12; i++) made.push((await backupWithDump(root)).backupId);
+    const newest = made.at(-1)!;
+    const setup = createCatalog({ root });
+    // Every older manifest names another backup: reading one reports a finding, so a read shows.
+    for (const backupId of made.slice(0, -1)) {
+      const file = setup.paths(projectId, backupId).manifest;
+      const manifest = JSON.parse(await readFile(file, 'utf8')) as Manifest;
+      await writeFile(file, JSON.stringify({ ...manifest, backupId: newest }));
+    }
+    const sha = (await setup.get(projectId, newest))!.manifest!.sha256;
+    await setup.writeVerifyReceipt(receipt(newest, sha, 'local', true));
+
+    const seen: string[] = [];
+    const catalog = createCatalog({ root, onFinding: (f) => seen.push(f.backupId) });
+    const first = await catalog.trust(projectId, 'p');
+    expect(first).toMatchObject({ tier: 'restorable', backupId: newest });
+    expect(first.freshness).toMatchObject({ freshness: 'fresh', backupId: newest });
+    // Only the newest batch was read: not every backup of the project's history.
+    expect(seen.length).toBeLessThan(made.length - 1);
+    expect(seen.every((id) => made.slice(-4).includes(id))).toBe(true);
+
+    // A list reads them all; from then on trust shows every finding, newest first, until a backup goes.
+    expect(await catalog.list(projectId)).toHaveLength(made.length);
+    expect(new Set(seen)).toEqual(new Set(made.slice(0, -1)));
+    const second = await catalog.trust(projectId, 'p');
+    expect(second.findings?.map((f) => f.backupId)).toEqual(made.slice(0, -1).reverse());
+    expect(second.findings?.every((f) => f.code === 'manifest_misplaced')).toBe(true);
+    await catalog.remove(projectId, made[0]!);
+    expect((await catalog.trust(projectId, 'p')).findings).toHaveLength(made.length - 2);
+    // One put right behind the catalog's back: trust reads it again and the finding is gone.
+    const fixed = setup.paths(projectId, made[1]!).manifest;
+    const wrong = JSON.parse(await readFile(fixed, 'utf8')) as Manifest;
+    await writeFile(fixed, JSON.stringify({ ...wrong, backupId: made[1] }));
+    const third = await catalog.trust(projectId, 'p');
+    expect(third.findings?.map((f) => f.backupId)).not.toContain(made[1]);
+    expect(third.findings).toHaveLength(made.length - 3);
   });
 });

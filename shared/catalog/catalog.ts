@@ -16,11 +16,9 @@ import {
   type ArtifactCheck,
   apiBackupOf,
   type BackupFinding,
-  believed,
   type CatalogEntry,
   type CatalogFinding,
   createdAtOf,
-  findingsOf,
   mayBeRestorable,
   type ProjectTrust,
   projectTrust,
@@ -92,6 +90,8 @@ export interface Catalog {
   /**
    * The newest backup's tier and the project's freshness (its newest restorable backup against
    * `policy.maxAgeMs`, default DEFAULT_MAX_AGE_MS). `policy.proof` as checkArtifact's (a gate re-hashes).
+   * Reads back from the newest backup only until both are known (and the backups a finding was seen in),
+   * so its cost does not grow with a project's history.
    */
   trust(
     projectId: string,
@@ -154,6 +154,12 @@ const RECORD_KIND: Partial<Record<CatalogFile, RecordKind>> = {
   rehash: 'rehash-record',
 };
 
+/** Records nobody wrote a manifest or state for (a lone receipt) are not backups. */
+const isBackup = (e: CatalogEntry) => Boolean(e.manifest || e.state || e.unreadable || e.rejectedManifest);
+
+/** How many backups trust() reads at once going back from the newest. */
+const NEWEST_BATCH = 4;
+
 /** Findings remembered per process, so a record read on every list is reported once. */
 const REPORTED_MAX = 10_000;
 
@@ -175,6 +181,20 @@ export function createCatalog(options: CatalogOptions): Catalog {
   const { root } = options;
   const keys: RecordKeys = options.keys ?? { secrets: [] };
   const reported = new Set<string>();
+  // Each project's findings as last read, per backup: trust() reads these backups again to show them.
+  const knownFindings = new Map<string, Map<string, CatalogFinding[]>>();
+  const knowFindings = (projectId: string, backupId: string, findings: CatalogFinding[] | undefined) => {
+    let perBackup = knownFindings.get(projectId);
+    if (!findings) {
+      perBackup?.delete(backupId);
+      return;
+    }
+    if (!perBackup) {
+      perBackup = new Map();
+      knownFindings.set(projectId, perBackup);
+    }
+    perBackup.set(backupId, findings);
+  };
   const artifactCache = loadArtifactCache(options.cacheFile);
   let saveTimer: NodeJS.Timeout | undefined;
   let saving: Promise<void> = Promise.resolve();
@@ -272,6 +292,7 @@ export function createCatalog(options: CatalogOptions): Catalog {
       entry.findings = findings;
       for (const finding of findings) report(entry, finding);
     }
+    knowFindings(projectId, backupId, entry.findings);
     if (problems.length > 0) {
       entry.unreadable = problems.join('; ');
       options.log?.warn({ projectId, backupId, problems }, 'catalog file unreadable');
@@ -299,6 +320,29 @@ export function createCatalog(options: CatalogOptions): Catalog {
     options.onFinding?.({ projectId: entry.projectId, backupId: entry.backupId, ...finding }, entry);
   }
 
+  /** A project's backup ids, newest first (ids are ULIDs of the moment dump started), and its file names. */
+  async function listing(projectId: string): Promise<{ ids: string[]; names: Set<string> }> {
+    const names = (await namesIn(projectDir(root, projectId))).filter((n) => !n.startsWith(TEMP_PREFIX));
+    const ids = new Set<string>();
+    for (const name of names) {
+      const parsed = parseCatalogName(name);
+      if (parsed) ids.add(parsed.backupId);
+    }
+    return { ids: [...ids].sort().reverse(), names: new Set(names) };
+  }
+
+  /**
+   * A project's backups newest first, read a few at a time for a reader that stops at what it needs (the
+   * newest believed one, the newest restorable one): the cost follows how far back it looks, not the
+   * project's history.
+   */
+  async function* newestFirst(projectId: string, ids: string[], names: Set<string>) {
+    for (let i = 0; i < ids.length; i += NEWEST_BATCH) {
+      const batch = await Promise.all(ids.slice(i, i + NEWEST_BATCH).map((id) => load(projectId, id, names)));
+      yield* batch.filter(isBackup);
+    }
+  }
+
   async function namesIn(dir: string): Promise<string[]> {
     try {
       return await readdir(dir);
@@ -317,23 +361,16 @@ export function createCatalog(options: CatalogOptions): Catalog {
     },
 
     async list(projectId) {
-      const names = (await namesIn(projectDir(root, projectId))).filter((n) => !n.startsWith(TEMP_PREFIX));
-      const ids = new Set<string>();
-      for (const name of names) {
-        const parsed = parseCatalogName(name);
-        if (parsed) ids.add(parsed.backupId);
-      }
-      const nameSet = new Set(names);
-      const entries = await Promise.all([...ids].map((id) => load(projectId, id, nameSet)));
-      // Records nobody wrote a manifest or state for (a lone receipt) are not backups.
+      const { ids, names } = await listing(projectId);
+      const entries = await Promise.all(ids.map((id) => load(projectId, id, names)));
       return entries
-        .filter((e) => e.manifest || e.state || e.unreadable || e.rejectedManifest)
+        .filter(isBackup)
         .sort((a, b) => createdAtOf(b).localeCompare(createdAtOf(a)) || b.backupId.localeCompare(a.backupId));
     },
 
     async get(projectId, backupId) {
       const entry = await load(projectId, backupId);
-      return entry.manifest || entry.state || entry.unreadable || entry.rejectedManifest ? entry : undefined;
+      return isBackup(entry) ? entry : undefined;
     },
 
     async checkArtifact(entry, proof = 'cached') {
@@ -401,26 +438,41 @@ export function createCatalog(options: CatalogOptions): Catalog {
     },
 
     async trust(projectId, slug, now = new Date(), policy = {}) {
-      const listed = await catalog.list(projectId);
-      const entries = believed(listed);
       const proof = policy.proof ?? 'cached';
-      const [entry] = entries;
-      const newest = entry ? { entry, artifact: await catalog.checkArtifact(entry, proof) } : undefined;
-      // The newest restorable backup: the newest one itself when it is, else the first older one a copy's
-      // verify receipt passed for (only those are hashed, and outside a gate the hashes are cached).
+      const { ids, names } = await listing(projectId);
+      let newest: { entry: CatalogEntry; artifact: ArtifactCheck } | undefined;
       let restorable: RestorableFacts | undefined;
-      for (const e of entries) {
-        if (!mayBeRestorable(e)) continue;
-        restorable = restorableOf(e, e === entry ? newest!.artifact : await catalog.checkArtifact(e, proof));
+      // Read back from the newest only as far as needed: the newest believed backup gives the tier, the
+      // newest restorable one the freshness (only backups a copy's receipt passed for are hashed, and
+      // outside a gate the hashes are cached).
+      const read = new Set<string>();
+      for await (const entry of newestFirst(projectId, ids, names)) {
+        read.add(entry.backupId);
+        if (entry.rejectedManifest) continue;
+        const artifact = newest ? undefined : await catalog.checkArtifact(entry, proof);
+        newest ??= { entry, artifact: artifact! };
+        if (!mayBeRestorable(entry)) continue;
+        restorable = restorableOf(entry, artifact ?? (await catalog.checkArtifact(entry, proof)));
         if (restorable) break;
       }
+      // Findings of every backup still here: a backup an earlier read found one in is read again (its
+      // records may have been put right since); the others have none as far as this process has read.
+      const present = new Set(ids);
+      const again = [...(knownFindings.get(projectId)?.keys() ?? [])].filter(
+        (id) => present.has(id) && !read.has(id),
+      );
+      await Promise.all(again.map((id) => load(projectId, id, names)));
+      const findings = [...(knownFindings.get(projectId) ?? [])]
+        .filter(([backupId]) => present.has(backupId))
+        .sort(([a], [b]) => b.localeCompare(a))
+        .flatMap(([backupId, found]) => found.map((f) => ({ projectId, backupId, ...f })));
       return projectTrust({
         projectId,
         slug,
         root,
         newest,
         restorable,
-        findings: findingsOf(projectId, listed),
+        findings,
         maxAgeMs: policy.maxAgeMs ?? DEFAULT_MAX_AGE_MS,
         now,
       });
@@ -489,6 +541,7 @@ export function createCatalog(options: CatalogOptions): Catalog {
       for (const file of [p.manifest, p.dump, p.verify, p.verifyOffsite, p.offsite, p.state, p.rehash])
         await rm(file, { force: true });
       remember(p.dump, undefined);
+      knowFindings(projectId, backupId, undefined);
     },
   };
   return catalog;

@@ -5,12 +5,10 @@ import { describe, expect, it } from 'vitest';
 import { fakeManifest } from '../../test/replicate-fixtures.js';
 import { backupPaths } from './layout.js';
 import {
-  believed,
   type CatalogEntry,
   type CopiesEntry,
   copiesNote,
   copyVerifications,
-  findingsOf,
   mayBeRestorable,
   projectTrust,
   restorableOf,
@@ -165,13 +163,10 @@ describe("a project's trust from its entries", () => {
     const rejected = full(A, {
       findings: [{ code: 'manifest_not_authentic', file: 'manifest', message: 'tag does not verify' }],
     });
-    rejected.rejectedManifest = rejected.manifest!;
-    delete rejected.manifest;
-    expect(believed([rejected])).toEqual([]);
     const trust = projectTrust({
       projectId,
       root,
-      findings: findingsOf(projectId, [rejected]),
+      findings: rejected.findings!.map((f) => ({ projectId, backupId: A, ...f })),
       maxAgeMs: DAY,
       now,
     });

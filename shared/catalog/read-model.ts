@@ -402,16 +402,6 @@ export function apiBackupOf(entry: CatalogEntry, artifact: ArtifactCheck, root: 
 /** A project's trust as the status, the gates and the metrics read it. */
 export type ProjectTrust = Trust & { backup?: ApiBackup; freshness: Freshness; findings?: BackupFinding[] };
 
-/** Every finding of a project's backups, each with the backup it is about. */
-export function findingsOf(projectId: string, entries: readonly CatalogEntry[]): BackupFinding[] {
-  return entries.flatMap((e) => (e.findings ?? []).map((f) => ({ projectId, backupId: e.backupId, ...f })));
-}
-
-/** A backup whose manifest is not believed is absent: no tier and no freshness come from it. */
-export function believed(entries: readonly CatalogEntry[]): CatalogEntry[] {
-  return entries.filter((e) => !e.rejectedManifest);
-}
-
 /**
  * Whether an entry can be a restorable backup at all: complete, and a copy's verification passed for its
  * current manifest. Only these need their artifact checked to find the newest restorable one.
