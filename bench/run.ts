@@ -18,6 +18,7 @@ import {
   writeReport,
 } from './report.js';
 import { benchRestore } from './restore.js';
+import { benchStatus } from './status.js';
 import { dropCaches, ROOT, releaseAll, runnerDescription, useBuiltRunner } from './support.js';
 import { benchVerify } from './verify.js';
 
@@ -28,6 +29,7 @@ const MODULES: Array<[Group, (ctx: BenchContext) => Promise<void>]> = [
   ['restore', benchRestore],
   ['probe', benchProbe],
   ['events', benchEvents],
+  ['status', benchStatus],
 ];
 
 const say = (line: string) => process.stdout.write(`${line}\n`);
@@ -50,7 +52,7 @@ function parseOptions(argv: string[]): { options: BenchOptions; out: string; tsx
   if (values.help) {
     say(
       [
-        'usage: npm run bench -- [--quick] [--only dump,replicate,verify,restore,probe,events] [--rounds N] [--warmup N]',
+        'usage: npm run bench -- [--quick] [--only dump,replicate,verify,restore,probe,events,status] [--rounds N] [--warmup N]',
         '                        [--dump-mb 500] [--tsx] [--out bench/results.json]',
         '  --quick     small sizes (about 50/100 MB databases, a 128 MiB backup), 3 rounds',
         '  --only restore  mode new vs createdb + pg_restore, and the in-place windows (v2 and v1)',

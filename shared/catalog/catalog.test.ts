@@ -18,14 +18,17 @@ beforeAll(async () => {
 // A catalog's validation cache is saved 200 ms after its last check: retried until those saves are done.
 afterAll(async () => rm(dir, { recursive: true, force: true, maxRetries: 10, retryDelay: 100 }));
 
-async function backupWithDump(root: string): Promise<{ backupId: string; dump: string }> {
-  const backupId = newBackupId();
+async function backupWithDump(
+  root: string,
+  backupId = newBackupId(),
+  createdAt = new Date().toISOString(),
+): Promise<{ backupId: string; dump: string }> {
   const catalog = createCatalog({ root });
   const paths = catalog.paths(projectId, backupId);
   await ensureDir(paths.dir);
   await writeFileAtomic(paths.dump, Buffer.alloc(256 * 1024, 7));
   const { sizeBytes, sha256 } = await hashFile(paths.dump);
-  const now = new Date().toISOString();
+  const now = createdAt;
   const manifest: Manifest = {
     manifestVersion: 1,
     backupId,
@@ -259,5 +262,40 @@ describe('per-copy verify receipts', () => {
     const third = await catalog.trust(projectId, 'p');
     expect(third.findings?.map((f) => f.backupId)).not.toContain(made[1]);
     expect(third.findings).toHaveLength(made.length - 3);
+  });
+
+  it('a catalog holding UUID ids (not sortable by time) is read whole: the newest is by creation time', async () => {
+    const root = path.join(dir, 'uuids');
+    const older = await backupWithDump(
+      root,
+      'ffffffff-0000-4000-8000-000000000000',
+      '2026-01-01T00:00:00.000Z',
+    );
+    const newer = await backupWithDump(
+      root,
+      '00000000-0000-4000-8000-000000000000',
+      '2026-01-02T00:00:00.000Z',
+    );
+    const catalog = createCatalog({ root });
+    const sha = (await catalog.get(projectId, older.backupId))!.manifest!.sha256;
+    await catalog.writeVerifyReceipt(receipt(older.backupId, sha, 'local', true));
+    const trust = await catalog.trust(projectId, 'p', new Date('2026-01-02T01:00:00.000Z'));
+    // The newer one (the lower id) gives the tier; the older restorable one the freshness.
+    expect(trust).toMatchObject({ tier: 'not_restore_verified', backupId: newer.backupId });
+    expect(trust.freshness).toMatchObject({ backupId: older.backupId });
+  });
+
+  it('a kept directory listing is dropped the moment the directory changes: a new backup is the newest', async () => {
+    const root = path.join(dir, 'listing');
+    const first = await backupWithDump(root);
+    const catalog = createCatalog({ root });
+    const projectDirectory = path.dirname(first.dump);
+    // Still for an hour: the listing is kept.
+    const anHourAgo = new Date(Date.now() - 3_600_000);
+    await utimes(projectDirectory, anHourAgo, anHourAgo);
+    expect((await catalog.trust(projectId, 'p')).backupId).toBe(first.backupId);
+    const second = await backupWithDump(root);
+    expect((await catalog.trust(projectId, 'p')).backupId).toBe(second.backupId);
+    expect(await catalog.list(projectId)).toHaveLength(2);
   });
 });

@@ -9,7 +9,7 @@ import { AppError, errnoOf, fsWriteError } from '../errors.js';
 import type { Logger } from '../log.js';
 import { DEFAULT_MAX_AGE_MS } from '../schedule.js';
 import type { RestorableFacts } from './freshness.js';
-import { isUuid } from './ids.js';
+import { isUlid, isUuid } from './ids.js';
 import { type BackupPaths, backupPaths, type CatalogFile, parseCatalogName, projectDir } from './layout.js';
 import {
   type ApiBackup,
@@ -157,8 +157,11 @@ const RECORD_KIND: Partial<Record<CatalogFile, RecordKind>> = {
 /** Records nobody wrote a manifest or state for (a lone receipt) are not backups. */
 const isBackup = (e: CatalogEntry) => Boolean(e.manifest || e.state || e.unreadable || e.rejectedManifest);
 
-/** How many backups trust() reads at once going back from the newest. */
-const NEWEST_BATCH = 4;
+/** How long a project directory must have been unchanged for its listing to be kept. */
+const LISTING_SETTLED_MS = 2_000;
+
+/** The most backups trust() reads at once going back from the newest. */
+const NEWEST_BATCH_MAX = 16;
 
 /** Findings remembered per process, so a record read on every list is reported once. */
 const REPORTED_MAX = 10_000;
@@ -320,15 +323,37 @@ export function createCatalog(options: CatalogOptions): Catalog {
     options.onFinding?.({ projectId: entry.projectId, backupId: entry.backupId, ...finding }, entry);
   }
 
+  // Each project directory's listing, kept while the directory is unchanged (its mtime, to the
+  // nanosecond): a status does not re-read thousands of names to learn nothing was added.
+  const listings = new Map<string, { mtimeNs: bigint; ids: string[]; names: Set<string> }>();
+
   /** A project's backup ids, newest first (ids are ULIDs of the moment dump started), and its file names. */
   async function listing(projectId: string): Promise<{ ids: string[]; names: Set<string> }> {
-    const names = (await namesIn(projectDir(root, projectId))).filter((n) => !n.startsWith(TEMP_PREFIX));
+    const dir = projectDir(root, projectId);
+    let mtimeNs: bigint;
+    try {
+      mtimeNs = (await stat(dir, { bigint: true })).mtimeNs;
+    } catch (error) {
+      if (errnoOf(error) !== 'ENOENT') throw error;
+      listings.delete(projectId);
+      return { ids: [], names: new Set() };
+    }
+    const kept = listings.get(projectId);
+    if (kept && kept.mtimeNs === mtimeNs) return kept;
+    const names = (await namesIn(dir)).filter((n) => !n.startsWith(TEMP_PREFIX));
+    // A backup's files start with its id (a 26-character ULID, or a 36-character UUID): one parse each.
     const ids = new Set<string>();
     for (const name of names) {
+      if (ids.has(name.slice(0, 26)) || ids.has(name.slice(0, 36))) continue;
       const parsed = parseCatalogName(name);
       if (parsed) ids.add(parsed.backupId);
     }
-    return { ids: [...ids].sort().reverse(), names: new Set(names) };
+    const listed = { mtimeNs, ids: [...ids].sort().reverse(), names: new Set(names) };
+    // A change in the same clock tick as the last one may leave the mtime as it was: a listing is kept
+    // only once the directory has been still for a while (git's "racy" rule).
+    if (Date.now() - Number(mtimeNs / 1_000_000n) > LISTING_SETTLED_MS) listings.set(projectId, listed);
+    else listings.delete(projectId);
+    return listed;
   }
 
   /**
@@ -337,8 +362,9 @@ export function createCatalog(options: CatalogOptions): Catalog {
    * project's history.
    */
   async function* newestFirst(projectId: string, ids: string[], names: Set<string>) {
-    for (let i = 0; i < ids.length; i += NEWEST_BATCH) {
-      const batch = await Promise.all(ids.slice(i, i + NEWEST_BATCH).map((id) => load(projectId, id, names)));
+    // The newest alone first (usually all a status needs), then batches doubling up to NEWEST_BATCH_MAX.
+    for (let i = 0, size = 1; i < ids.length; i += size, size = Math.min(size * 2, NEWEST_BATCH_MAX)) {
+      const batch = await Promise.all(ids.slice(i, i + size).map((id) => load(projectId, id, names)));
       yield* batch.filter(isBackup);
     }
   }
@@ -446,7 +472,10 @@ export function createCatalog(options: CatalogOptions): Catalog {
       // newest restorable one the freshness (only backups a copy's receipt passed for are hashed, and
       // outside a gate the hashes are cached).
       const read = new Set<string>();
-      for await (const entry of newestFirst(projectId, ids, names)) {
+      // ULIDs sort by creation time; a catalog holding any other id (a UUID) is read whole and sorted by
+      // creation time, as list() does.
+      const ordered = ids.every(isUlid) ? newestFirst(projectId, ids, names) : catalog.list(projectId);
+      for await (const entry of await ordered) {
         read.add(entry.backupId);
         if (entry.rejectedManifest) continue;
         const artifact = newest ? undefined : await catalog.checkArtifact(entry, proof);
