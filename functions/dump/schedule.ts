@@ -45,7 +45,7 @@ export interface SchedulerOptions {
     | 'FLUX_BACKUP_SCHEDULE_CATCHUP_PER_MINUTE'
   >;
   registry: ProjectRegistry;
-  catalog: Pick<Catalog, 'list'>;
+  catalog: Pick<Catalog, 'newest'>;
   dumper: Pick<Dumper, 'isRunning' | 'load'>;
   /** Starts a backup the way every other caller does (and whatever the app hangs on its end). */
   startBackup: (project: Project, reason: string) => Promise<StartedBackup>;
@@ -147,8 +147,8 @@ export function createBackupScheduler(options: SchedulerOptions): BackupSchedule
     // The catalog is read only for a slot the state file does not already cover.
     const slot = slotStateOf(view, t, spread);
     if (slot && !slot.satisfied) {
-      const newest = (await catalog.list(project.id)).find(
-        (e) => e.manifest || e.state?.status === 'running',
+      const newest = await catalog.newest(project.id, (e) =>
+        Boolean(e.manifest || e.state?.status === 'running'),
       );
       const createdAt = newest?.manifest?.createdAt ?? newest?.state?.createdAt;
       if (createdAt) view.newestMs = Date.parse(createdAt);

@@ -1,7 +1,9 @@
 // The catalog as metrics: per project the newest backup's and the newest restorable backup's timestamps,
 // the trust tier and the freshness as state sets (1 for the current one, 0 for the others), the age
-// against maxAge, the backup count and bytes; and fleet gauges. Computed from the files at start-up, so a
-// restarted process answers its first scrape with them before any new backup, and kept current after each
+// against maxAge, the backup count and bytes; and fleet gauges. Computed from the files at start-up, in the
+// background (the process listens at once, however long the history), and a scrape that comes before that
+// first computation is done waits for it: a restarted process answers its first scrape with them before
+// any new backup. Kept current after each
 // backup, verification and replication this process hears of, and every FLUX_BACKUP_METRICS_REFRESH_MS.
 // Only dump registers them (it writes the manifests): one scrape of the deployment holds each series once.
 import type { Catalog } from '../../shared/catalog/catalog.js';
@@ -9,7 +11,7 @@ import { TRUST_TIERS, type TrustTier } from '../../shared/catalog/classifier.js'
 import { FRESHNESS_STATES, type FreshnessState } from '../../shared/catalog/freshness.js';
 import type { Config } from '../../shared/config.js';
 import type { Logger } from '../../shared/log.js';
-import { gauge, type MetricsRegistry } from '../../shared/metrics.js';
+import { Gauge, type MetricsRegistry, metric } from '../../shared/metrics.js';
 import type { Project, ProjectRegistry } from '../../shared/registry.js';
 import { backupPolicyOf } from '../../shared/schedule.js';
 
@@ -32,7 +34,7 @@ export interface TrustMetrics {
   /** One project, after an event about it. */
   refreshProject(projectId: string): Promise<void>;
   start(): Promise<void>;
-  stop(): void;
+  stop(): Promise<void>;
 }
 
 export function createTrustMetrics(options: {
@@ -44,6 +46,24 @@ export function createTrustMetrics(options: {
 }): TrustMetrics {
   const { catalog, registry, config, log } = options;
   const m = options.metrics;
+  // The first computation, started by start(): a scrape before it is done waits for it (prom-client
+  // awaits each metric's collect), so no scrape reads the series absent or half-built after a restart.
+  let first: Promise<void> | undefined;
+  const gauge = (registry: MetricsRegistry, name: string, help: string, labelNames: string[] = []) =>
+    metric(
+      registry,
+      name,
+      (registers) =>
+        new Gauge({
+          name,
+          help,
+          labelNames,
+          registers,
+          async collect() {
+            await first;
+          },
+        }),
+    );
   const newest = gauge(
     m,
     'flux_backup_newest_timestamp_seconds',
@@ -183,7 +203,7 @@ export function createTrustMetrics(options: {
       writeFleet();
     },
     async start() {
-      await this.refresh().catch((error) =>
+      first = this.refresh().catch((error) =>
         log.error({ err: error }, 'backup metrics: first refresh failed'),
       );
       timer = setInterval(
@@ -193,9 +213,11 @@ export function createTrustMetrics(options: {
       );
       timer.unref();
     },
-    stop() {
+    async stop() {
       if (timer) clearInterval(timer);
       timer = undefined;
+      // No catalog read outlives the stop.
+      await full?.catch(() => undefined);
     },
   };
 }

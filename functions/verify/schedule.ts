@@ -57,7 +57,7 @@ export function createReverifySchedule(options: ReverifyOptions): ReverifySchedu
 
   /** Whether `projectId`'s newest complete backup is due, and which one it is. */
   async function dueBackup(projectId: string, now: number): Promise<string | undefined> {
-    const newest = (await catalog.list(projectId)).find((e) => e.manifest);
+    const newest = await catalog.newest(projectId, (e) => e.manifest !== undefined);
     if (!newest?.manifest || verifier.isRunning(projectId, newest.backupId, options.source)) return undefined;
     // The copy this schedule restores carries its own last verification (copyVerifications).
     const since = copyVerifications(newest)[options.source]?.finishedAt ?? newest.manifest.completedAt;

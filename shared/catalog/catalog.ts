@@ -82,6 +82,11 @@ export interface Catalog {
   /** A project's backups, newest first. */
   list(projectId: string): Promise<CatalogEntry[]>;
   get(projectId: string, backupId: string): Promise<CatalogEntry | undefined>;
+  /**
+   * The newest backup `match` accepts, read back from the newest only as far as needed (the same order as
+   * list()), so its cost follows how far back it looks, not the project's history.
+   */
+  newest(projectId: string, match: (entry: CatalogEntry) => boolean): Promise<CatalogEntry | undefined>;
   /** The local dump against its manifest; `proof` (default `cached`) says whether a cached hash may stand. */
   checkArtifact(entry: CatalogEntry, proof?: ArtifactProof): Promise<ArtifactCheck>;
   /** Records a hash we just computed ourselves, so the next list does not re-hash. */
@@ -369,6 +374,14 @@ export function createCatalog(options: CatalogOptions): Catalog {
     }
   }
 
+  /**
+   * A project's backups newest first, as list() orders them: read lazily when every id is a ULID (they
+   * sort by creation time); a catalog holding any other id (a UUID) is read whole and sorted as list() does.
+   */
+  async function inOrder(projectId: string, ids: string[], names: Set<string>) {
+    return ids.every(isUlid) ? newestFirst(projectId, ids, names) : catalog.list(projectId);
+  }
+
   async function namesIn(dir: string): Promise<string[]> {
     try {
       return await readdir(dir);
@@ -397,6 +410,12 @@ export function createCatalog(options: CatalogOptions): Catalog {
     async get(projectId, backupId) {
       const entry = await load(projectId, backupId);
       return isBackup(entry) ? entry : undefined;
+    },
+
+    async newest(projectId, match) {
+      const { ids, names } = await listing(projectId);
+      for await (const entry of await inOrder(projectId, ids, names)) if (match(entry)) return entry;
+      return undefined;
     },
 
     async checkArtifact(entry, proof = 'cached') {
@@ -472,10 +491,7 @@ export function createCatalog(options: CatalogOptions): Catalog {
       // newest restorable one the freshness (only backups a copy's receipt passed for are hashed, and
       // outside a gate the hashes are cached).
       const read = new Set<string>();
-      // ULIDs sort by creation time; a catalog holding any other id (a UUID) is read whole and sorted by
-      // creation time, as list() does.
-      const ordered = ids.every(isUlid) ? newestFirst(projectId, ids, names) : catalog.list(projectId);
-      for await (const entry of await ordered) {
+      for await (const entry of await inOrder(projectId, ids, names)) {
         read.add(entry.backupId);
         if (entry.rejectedManifest) continue;
         const artifact = newest ? undefined : await catalog.checkArtifact(entry, proof);

@@ -1,0 +1,63 @@
+// dump starts without walking the catalog: its first computation of the backup metrics runs in the
+// background, and a scrape that comes before it is done waits for it. Shown with a manifest that is a
+// FIFO, so reading it blocks until the test writes it: start() returns while the computation is stuck
+// there, and the scrape answers once it is released, with the series.
+import { randomUUID } from 'node:crypto';
+import { open, rename, writeFile } from 'node:fs/promises';
+import { execa } from 'execa';
+import { describe, expect, it } from 'vitest';
+import { ensureDir } from '../../shared/atomic.js';
+import { newBackupId } from '../../shared/catalog/ids.js';
+import { backupPaths } from '../../shared/catalog/layout.js';
+import type { Project } from '../../shared/registry.js';
+import { fakeManifest } from '../../test/replicate-fixtures.js';
+import { makeTestEnv, testRuntime } from '../../test/support/runtime.js';
+import { createApp } from './app.js';
+
+describe('backup metrics at start-up', () => {
+  it('start() does not wait for the catalog; the first scrape waits for the first computation', async () => {
+    const env = await makeTestEnv();
+    const id = randomUUID();
+    const project = {
+      id,
+      hash: id.replaceAll('-', '').slice(0, 7),
+      slug: 'slow-catalog',
+      engine: 'v1_dedicated',
+      databaseUrl: 'env:UNUSED_URL',
+    } as Project;
+    const backupId = newBackupId();
+    const paths = backupPaths(env.config.FLUX_BACKUPS_LOCAL_DIR, id, backupId);
+    await ensureDir(paths.dir);
+    await execa('mkfifo', [paths.manifest]);
+    const fn = createApp(testRuntime('dump', env, { projects: [project] }));
+    let writer: Awaited<ReturnType<typeof open>> | undefined;
+    try {
+      await fn.start();
+      // Listening while the computation is held at the FIFO: health answers.
+      expect((await fn.app.request('/healthz')).status).toBe(200);
+      let scraped = false;
+      const scrape = Promise.resolve(fn.app.request('/metrics')).then(async (res) => {
+        scraped = true;
+        return res.text();
+      });
+      await new Promise((resolve) => setTimeout(resolve, 50));
+      expect(scraped).toBe(false);
+      // Opening the writer releases the reader held at the FIFO; a plain manifest then takes the FIFO's
+      // place, so every later read of it finds the file.
+      const manifest = JSON.stringify(fakeManifest(id, backupId, { sizeBytes: 1, sha256: 'a'.repeat(64) }));
+      writer = await open(paths.manifest, 'w');
+      await writeFile(`${paths.manifest}.plain`, manifest);
+      await rename(`${paths.manifest}.plain`, paths.manifest);
+      await writer.write(manifest);
+      await writer.close();
+      writer = undefined;
+      const text = await scrape;
+      expect(text).toMatch(/flux_backup_count\{project="slow-catalog"\} 1/);
+      expect(text).toMatch(/flux_backup_fleet_projects 1/);
+    } finally {
+      await writer?.close();
+      await fn.stop();
+      await env.cleanup();
+    }
+  });
+});
