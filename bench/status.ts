@@ -7,8 +7,7 @@ import { writeFile } from 'node:fs/promises';
 import { ensureDir, writeJsonAtomic } from '../shared/atomic.js';
 import { newBackupId } from '../shared/catalog/ids.js';
 import { backupPaths } from '../shared/catalog/layout.js';
-import type { VerifyReceipt } from '../shared/catalog/records.js';
-import { fakeManifest } from '../test/replicate-fixtures.js';
+import { fakeManifest, fakeVerifyReceipt } from '../test/replicate-fixtures.js';
 import { freePort } from '../test/support/pg.js';
 import { type BenchContext, type Dirs, hashOf, writeRegistry } from './context.js';
 import { alternate, summarize } from './stats.js';
@@ -27,21 +26,10 @@ async function writeHistory(dirs: Dirs, projectId: string, count: number): Promi
     await writeFile(paths.dump, bytes);
     const manifest = { ...fakeManifest(projectId, backupId, { sizeBytes: bytes.length, sha256 }), createdAt };
     await writeJsonAtomic(paths.manifest, manifest);
-    const receipt: VerifyReceipt = {
-      backupId,
-      projectId,
-      status: 'restore_verified',
-      sha256,
-      source: 'local',
-      driver: 'local',
-      versions: {},
-      rungs: [],
-      stages: {},
-      startedAt: createdAt,
-      finishedAt: createdAt,
-      seconds: 1,
-    };
-    await writeJsonAtomic(paths.verify, receipt);
+    await writeJsonAtomic(
+      paths.verify,
+      fakeVerifyReceipt(projectId, backupId, sha256, 'restore_verified', createdAt),
+    );
   }
 }
 

@@ -7,7 +7,12 @@ import path from 'node:path';
 import { ensureDir, tempPathFor, writeFileAtomic, writeJsonAtomic } from '../shared/atomic.js';
 import { newBackupId } from '../shared/catalog/ids.js';
 import { backupPaths } from '../shared/catalog/layout.js';
-import { type Manifest, type OffsiteReceipt, OffsiteReceiptSchema } from '../shared/catalog/records.js';
+import {
+  type Manifest,
+  type OffsiteReceipt,
+  OffsiteReceiptSchema,
+  type VerifyReceipt,
+} from '../shared/catalog/records.js';
 import { errnoOf } from '../shared/errors.js';
 
 export const sha256Of = (bytes: Buffer | string) => createHash('sha256').update(bytes).digest('hex');
@@ -47,6 +52,31 @@ export function fakeManifest(
     sequences: [],
     extensions: [],
     roles: [],
+  };
+}
+
+/** A verify receipt of the local copy for `sha256`, finished at `at`; a failure carries a reason and error. */
+export function fakeVerifyReceipt(
+  projectId: string,
+  backupId: string,
+  sha256: string,
+  status: VerifyReceipt['status'] = 'restore_verified',
+  at = new Date().toISOString(),
+): VerifyReceipt {
+  return {
+    backupId,
+    projectId,
+    status,
+    sha256,
+    source: 'local',
+    driver: 'local',
+    versions: {},
+    rungs: [],
+    stages: {},
+    startedAt: at,
+    finishedAt: at,
+    seconds: 1,
+    ...(status === 'restore_verified' ? {} : { reason: 'r', error: `${status}: why` }),
   };
 }
 

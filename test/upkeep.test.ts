@@ -20,6 +20,7 @@ import { DAY_MS } from '../shared/units.js';
 import {
   type FakeBackup,
   fakeManifest,
+  fakeVerifyReceipt,
   metricValue,
   newProjectId,
   readReceipt,
@@ -139,20 +140,10 @@ async function agedBackup(
     completedAt: at,
   });
   if (restore) {
-    await writeJsonAtomic(backupPaths(local, projectId, b.backupId).verify, {
-      backupId: b.backupId,
-      projectId,
-      status: restore,
-      sha256: b.sha256,
-      source: 'local',
-      driver: 'local',
-      versions: {},
-      rungs: [],
-      stages: {},
-      startedAt: at,
-      finishedAt: at,
-      seconds: 1,
-    });
+    await writeJsonAtomic(
+      backupPaths(local, projectId, b.backupId).verify,
+      fakeVerifyReceipt(projectId, b.backupId, b.sha256, restore, at),
+    );
   }
   return b;
 }

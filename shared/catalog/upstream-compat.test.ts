@@ -2,6 +2,7 @@
 // flux CLI's classifier (rewritten in test/support/upstream-classifier.ts) over the row apiBackupOf gives
 // the CLI-compatible list. The tiers must agree for every state, and every upstream field must be one of upstream's words.
 import { describe, expect, it } from 'vitest';
+import { fakeVerifyReceipt } from '../../test/replicate-fixtures.js';
 import { upstreamClassify } from '../../test/support/upstream-classifier.js';
 import {
   type ArtifactStatus,
@@ -76,23 +77,8 @@ function manifestAt(createdAt: string): Manifest {
   };
 }
 
-function verifyReceipt(status: VerifyReceipt['status'], sha256: string, at: string): VerifyReceipt {
-  return {
-    backupId,
-    projectId,
-    status,
-    sha256,
-    source: 'local',
-    driver: 'local',
-    versions: {},
-    rungs: [],
-    stages: {},
-    startedAt: at,
-    finishedAt: at,
-    seconds: 1,
-    ...(status === 'restore_verified' ? {} : { reason: 'r', error: `${status}: why` }),
-  };
-}
+const verifyReceipt = (status: VerifyReceipt['status'], sha256: string, at: string) =>
+  fakeVerifyReceipt(projectId, backupId, sha256, status, at);
 
 function offsiteReceipt(kind: (typeof OFFSITES)[number], at: string): OffsiteReceipt | undefined {
   if (kind === 'none') return undefined;
