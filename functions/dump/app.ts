@@ -90,9 +90,10 @@ export function createApp(rt: Runtime, patience: PatientOptions = {}): FunctionA
     log: rt.log,
     metrics: rt.metrics,
   });
-  // Verify and replicate write their receipts before they emit: the event is the moment to recompute.
+  // Verify and replicate write their receipts before they emit: the event is the moment to recompute
+  // (a receipt changes no backup count or size: the project's history is not read again).
   const refreshOn = async (event: { data: { projectId: string } }) => {
-    await trustMetrics.refreshProject(parseProjectId(event.data.projectId));
+    await trustMetrics.refreshProject(parseProjectId(event.data.projectId), 'receipts');
     return { status: 202 as const, body: { metrics: 'refreshed' } };
   };
 

@@ -31,8 +31,11 @@ interface ProjectFacts {
 export interface TrustMetrics {
   /** Every project of the registry again (projects no longer in it lose their series). */
   refresh(): Promise<void>;
-  /** One project, after an event about it. */
-  refreshProject(projectId: string): Promise<void>;
+  /**
+   * One project, after an event about it. `receipts`: only a receipt changed (a verification, a
+   * replication), so its backup count and bytes are kept and its history is not read again.
+   */
+  refreshProject(projectId: string, changed?: 'backups' | 'receipts'): Promise<void>;
   start(): Promise<void>;
   stop(): Promise<void>;
 }
@@ -120,12 +123,17 @@ export function createTrustMetrics(options: {
   let timer: NodeJS.Timeout | undefined;
   let full: Promise<void> | undefined;
 
-  async function factsOf(project: Project): Promise<ProjectFacts> {
+  /** The project's facts; with `kept` (its count and bytes still hold) its history is not listed. */
+  async function factsOf(
+    project: Project,
+    kept?: Pick<ProjectFacts, 'count' | 'bytes'>,
+  ): Promise<ProjectFacts> {
     const { maxAgeMs } = backupPolicyOf(project, config);
     const trust = await catalog.trust(project.id, project.slug, new Date(), { maxAgeMs });
-    const entries = await catalog.list(project.id);
-    const complete = entries.filter((e) => e.manifest);
-    const newestComplete = complete[0]?.manifest;
+    const complete = kept ? undefined : (await catalog.list(project.id)).filter((e) => e.manifest);
+    const newestComplete = complete
+      ? complete[0]?.manifest
+      : (await catalog.newest(project.id, (e) => e.manifest !== undefined))?.manifest;
     const f = trust.freshness;
     return {
       slug: project.slug,
@@ -135,8 +143,8 @@ export function createTrustMetrics(options: {
       ...(f.createdAt ? { restorableAt: Date.parse(f.createdAt) / 1000 } : {}),
       ageSeconds: f.ageSeconds,
       maxAgeSeconds: f.maxAgeSeconds,
-      count: complete.length,
-      bytes: complete.reduce((n, e) => n + (e.manifest?.sizeBytes ?? 0), 0),
+      count: complete?.length ?? kept!.count,
+      bytes: complete ? complete.reduce((n, e) => n + (e.manifest?.sizeBytes ?? 0), 0) : kept!.bytes,
       offsiteReplicated: trust.labels.offsiteReplicated,
     };
   }
@@ -194,10 +202,11 @@ export function createTrustMetrics(options: {
       });
       return full;
     },
-    async refreshProject(projectId) {
+    async refreshProject(projectId, changed = 'backups') {
       const project = registry.byId(projectId);
       if (!project) return;
-      const facts = await factsOf(project);
+      const before = known.get(projectId);
+      const facts = await factsOf(project, changed === 'receipts' ? before : undefined);
       known.set(projectId, facts);
       write(facts);
       writeFleet();
