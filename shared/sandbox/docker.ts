@@ -11,26 +11,21 @@ import type Docker from 'dockerode';
 import { AppError, errnoOf, isAppError } from '../errors.js';
 import type { Logger } from '../log.js';
 import { MIB } from '../units.js';
+import { createTail, parseVersionText, shortCommand } from './output.js';
+import { settingsArgs, throwawaySettings } from './settings.js';
+import { prepareSpare, type SpareSlot, spareStateOf } from './spares.js';
 import {
   type CreateSandboxOptions,
-  createTail,
   type DriverStatus,
   type ExecOptions,
   type ExecResult,
-  parseVersionText,
-  prepareSpare,
   SANDBOX_STOPPED,
   SANDBOX_SUPERUSER,
   type Sandbox,
   type SandboxDriver,
   type SandboxVersions,
-  type SpareSlot,
-  sandboxUnavailable,
-  settingsArgs,
-  shortCommand,
-  spareStateOf,
-  throwawaySettings,
 } from './types.js';
+import { sandboxUnavailable } from './unavailable.js';
 
 export const DRIVER_NAME = 'docker' as const;
 

@@ -33,23 +33,19 @@ import {
   SANDBOX_OS_USER,
   type Wrapped,
 } from './boundary.js';
+import { createTail, shortCommand } from './output.js';
+import { settingsArgs, throwawaySettings } from './settings.js';
+import { prepareSpare, type SpareSlot, spareStateOf } from './spares.js';
 import {
   type CreateSandboxOptions,
-  createTail,
   type DriverStatus,
   type ExecOptions,
   type ExecResult,
-  prepareSpare,
   SANDBOX_SUPERUSER,
   type Sandbox,
   type SandboxDriver,
-  type SpareSlot,
-  sandboxUnavailable,
-  settingsArgs,
-  shortCommand,
-  spareStateOf,
-  throwawaySettings,
 } from './types.js';
+import { sandboxUnavailable } from './unavailable.js';
 
 export const DRIVER_NAME = 'local' as const;
 
