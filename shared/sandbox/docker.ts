@@ -13,7 +13,7 @@ import type { Logger } from '../log.js';
 import { MIB } from '../units.js';
 import { createTail, parseVersionText, shortCommand } from './output.js';
 import { settingsArgs, throwawaySettings } from './settings.js';
-import { prepareSpare, type SpareSlot, spareStateOf } from './spares.js';
+import { createSparePool } from './spares.js';
 import {
   type CreateSandboxOptions,
   type DriverStatus,
@@ -49,8 +49,6 @@ const EXIT_CODE_WAIT_MS = 30_000;
 export const SPARE_NAME_PREFIX = 'flux-verify-spare-';
 /** An unclaimed spare is replaced this often, so its expiry label always covers a whole verification. */
 const SPARE_REFRESH_MS = 30 * 60_000;
-/** After a spare could not be prepared, background attempts pause this long (a verification still tries). */
-const SPARE_RETRY_MS = 30_000;
 /** How long a verification may hold a sandbox when the caller does not say (FLUX_VERIFY_TIMEOUT_MS default + grace). */
 const DEFAULT_SANDBOX_TTL_MS = 65 * 60_000;
 const PING_TIMEOUT_MS = 5_000;
@@ -143,10 +141,6 @@ export function createDockerDriver(options: DockerDriverOptions): SandboxDriver 
   const concurrency = options.concurrency ?? 1;
   let clientPromise: Promise<Docker> | undefined;
   const live = new Set<DockerSandbox>();
-  let spare: SpareSlot<DockerSandbox> | undefined;
-  let spareFailedAt = 0;
-  /** Background preparations and removals (close() waits for them). */
-  const pending = new Set<Promise<unknown>>();
   let closed = false;
   /** Id of the configured image as last inspected: a spare of an image since replaced is not used. */
   let imageId: string | undefined;
@@ -326,79 +320,54 @@ export function createDockerDriver(options: DockerDriverOptions): SandboxDriver 
     }
   }
 
-  function track<T>(promise: Promise<T>): Promise<T> {
-    pending.add(promise);
-    void promise.finally(() => pending.delete(promise)).catch(() => undefined);
-    return promise;
-  }
-
-  function discard(sandbox: DockerSandbox): void {
-    void track(
-      sandbox.destroy().catch((e) => log?.error({ err: e, id: sandbox.id }, 'spare sandbox removal failed')),
-    );
-  }
-
-  /** Starts preparing the next spare when there is none (and none failed moments ago). */
-  function refillSpare(): void {
-    if (!useSpare || closed || spare || Date.now() - spareFailedAt < SPARE_RETRY_MS) return;
-    if ([...live].filter((s) => s.isClaimed).length >= concurrency) return;
-    spare = prepareSpare(
-      async (slot) => {
-        const docker = await client();
-        await ping(docker);
-        const info = await inspectImage(docker);
-        // No backup id label: it is not known yet (the name says it once claimed). The expiry covers
-        // the time until this spare is replaced plus a whole verification.
-        const sandbox = await startContainer(
-          docker,
-          info.Id,
-          `${SPARE_NAME_PREFIX}${randomBytes(4).toString('hex')}`,
-          {},
-          Date.now() + spareRefreshMs + sandboxTtlMs,
-          undefined,
-        );
-        slot.timer = setTimeout(() => {
-          if (spare !== slot) return;
-          spare = undefined;
-          discard(sandbox);
-          refillSpare();
-        }, spareRefreshMs);
-        slot.timer.unref();
-        return sandbox;
-      },
-      (slot, error) => {
-        spareFailedAt = Date.now();
-        if (spare === slot) spare = undefined;
-        if (!closed) log?.warn({ err: error }, 'could not prepare a spare docker sandbox');
-      },
-    );
-    track(spare.sandbox);
-  }
+  // A spare is only prepared while fewer containers than the concurrency serve verifications, and an
+  // unclaimed one is replaced every spareRefreshMs, so its expiry label always covers a verification.
+  const spares = createSparePool<DockerSandbox>({
+    enabled: useSpare,
+    hasRoom: () => [...live].filter((s) => s.isClaimed).length < concurrency,
+    refreshMs: spareRefreshMs,
+    async create() {
+      const docker = await client();
+      await ping(docker);
+      const info = await inspectImage(docker);
+      // No backup id label: it is not known yet (the name says it once claimed). The expiry covers
+      // the time until this spare is replaced plus a whole verification.
+      return startContainer(
+        docker,
+        info.Id,
+        `${SPARE_NAME_PREFIX}${randomBytes(4).toString('hex')}`,
+        {},
+        Date.now() + spareRefreshMs + sandboxTtlMs,
+        undefined,
+      );
+    },
+    destroy: (sandbox) => sandbox.destroy(),
+    onError: (error, what, sandbox) => {
+      if (what === 'prepare') log?.warn({ err: error }, 'could not prepare a spare docker sandbox');
+      else log?.error({ err: error, id: sandbox?.id }, 'spare sandbox removal failed');
+    },
+  });
 
   /**
    * The spare for this verification (waiting for it if it is still starting: it started earlier than a
    * new one would), renamed after the backup; undefined when there is none that fits.
    */
   async function takeSpare(createOptions: CreateSandboxOptions): Promise<DockerSandbox | undefined> {
-    const slot = spare;
-    if (!slot) return undefined;
-    spare = undefined;
-    clearTimeout(slot.timer);
     // The next spare starts when a sandbox is removed, not while this one restores (a container start
     // copies the image and runs initdb, taking CPU and disk from the restore), unless the concurrency
     // leaves room for another verification at once.
-    const sandbox = await slot.sandbox;
+    const sandbox = await spares.take();
     if (!sandbox) return undefined;
     const fits =
       sandbox.expiresAtMs >= Date.now() + createOptions.ttlMs &&
       sandbox.imageId === imageId &&
       !createOptions.signal?.aborted;
     if (fits && (await sandbox.claim(createOptions.backupId))) {
-      refillSpare();
+      spares.refill();
       return sandbox;
     }
     sandbox.isClaimed = false;
-    discard(sandbox);
+    spares.discard(sandbox);
     return undefined;
   }
 
@@ -411,7 +380,7 @@ export function createDockerDriver(options: DockerDriverOptions): SandboxDriver 
         await ping(docker);
         const info = await inspectImage(docker);
         const versions = imageVersions(info);
-        refillSpare();
+        spares.refill();
         return {
           driver: DRIVER_NAME,
           ok: true,
@@ -450,7 +419,7 @@ export function createDockerDriver(options: DockerDriverOptions): SandboxDriver 
       );
     },
 
-    spareState: () => spareStateOf(useSpare, spare),
+    spareState: () => spares.state(),
 
     async reap(now = new Date()) {
       let docker: Docker;
@@ -493,9 +462,7 @@ export function createDockerDriver(options: DockerDriverOptions): SandboxDriver 
 
     async close() {
       closed = true;
-      clearTimeout(spare?.timer);
-      spare = undefined;
-      await Promise.all([...pending]);
+      await spares.close();
       await Promise.all([...live].map((s) => s.destroy().catch(() => undefined)));
       live.clear();
     },
@@ -711,7 +678,7 @@ export function createDockerDriver(options: DockerDriverOptions): SandboxDriver 
         await removeContainer(this.#container);
         live.delete(this);
         // A verification is over (or a spare was discarded): the next spare starts now, off its path.
-        refillSpare();
+        spares.refill();
       })().catch((error) => {
         // Not removed (engine gone?): a later call retries, the reaper sweeps it after its expiry.
         this.#destroyed = undefined;

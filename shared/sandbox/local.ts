@@ -35,7 +35,7 @@ import {
 } from './boundary.js';
 import { createTail, shortCommand } from './output.js';
 import { settingsArgs, throwawaySettings } from './settings.js';
-import { prepareSpare, type SpareSlot, spareStateOf } from './spares.js';
+import { createSparePool } from './spares.js';
 import {
   type CreateSandboxOptions,
   type DriverStatus,
@@ -59,8 +59,6 @@ export const LOCAL_MARKER = 'sandbox.json';
 const READY_POLL_MIN_MS = 5;
 const READY_POLL_MAX_MS = 50;
 const STOP_WAIT_MS = 10_000;
-/** After a spare could not be prepared, background attempts pause this long (a verification still tries). */
-const SPARE_RETRY_MS = 30_000;
 /** A directory without a marker younger than this may be one being created right now. */
 const UNMARKED_GRACE_MS = 10 * 60_000;
 
@@ -202,10 +200,6 @@ export function createLocalDriver(options: LocalDriverOptions): SandboxDriver {
   const useSpare = options.spare ?? true;
   /** The template's data directory, made by the first sandbox that needs it. */
   let template: Promise<PreparedDir> | undefined;
-  let spare: SpareSlot<LocalSandbox> | undefined;
-  let spareFailedAt = 0;
-  /** Background preparations (close() cancels them, then waits for them). */
-  const preparing = new Set<Promise<unknown>>();
   let closed = false;
   // Aborted by close(): an initdb, copy or server start still running (a spare being prepared) is
   // killed rather than waited for, so a stop does not last as long as a start-up on a loaded machine.
@@ -447,36 +441,31 @@ export function createLocalDriver(options: LocalDriverOptions): SandboxDriver {
     }
   }
 
-  function track<T>(promise: Promise<T>): Promise<T> {
-    preparing.add(promise);
-    void promise.finally(() => preparing.delete(promise)).catch(() => undefined);
-    return promise;
-  }
-
-  /** Starts preparing the next spare when there is none (and none failed moments ago). */
-  function refillSpare(): void {
-    if (!useSpare || closed || spare || Date.now() - spareFailedAt < SPARE_RETRY_MS) return;
-    spare = prepareSpare(
-      async () => startSandbox(await tools(), closing.signal),
-      (slot, error) => {
-        spareFailedAt = Date.now();
-        if (spare === slot) spare = undefined;
-        if (!closed) log?.warn({ err: error }, 'could not prepare a spare local sandbox');
-      },
-    );
-    track(spare.sandbox);
-  }
+  // close() aborts a spare being prepared: its server start through the pool's signal, its initdb and
+  // copy through `closing`.
+  const spares = createSparePool<LocalSandbox>({
+    enabled: useSpare,
+    create: async (signal) => startSandbox(await tools(), signal),
+    destroy: (sandbox) => sandbox.destroy(),
+    onError: (error, what) =>
+      log?.warn(
+        { err: error },
+        what === 'prepare'
+          ? 'could not prepare a spare local sandbox'
+          : 'could not remove a spare local sandbox',
+      ),
+  });
 
   /** The spare (waiting for it if it is still starting: it started earlier than a new one would), or a new sandbox. */
   async function takeSandbox(t: Tools, signal: AbortSignal | undefined): Promise<LocalSandbox> {
-    const slot = spare;
-    if (slot) {
-      spare = undefined;
+    const state = spares.state();
+    if (state === 'ready' || state === 'starting') {
+      const taking = spares.take();
       // The next spare is prepared while this verification restores. One still starting is replaced when
       // it is up: two preparations at once would only slow each other down.
-      if (slot.isReady) refillSpare();
-      const sandbox = await slot.sandbox;
-      refillSpare();
+      if (state === 'ready') spares.refill();
+      const sandbox = await taking;
+      spares.refill();
       if (sandbox?.isRunning) return sandbox;
       if (sandbox) await sandbox.destroy();
     }
@@ -484,7 +473,7 @@ export function createLocalDriver(options: LocalDriverOptions): SandboxDriver {
     try {
       return await startSandbox(t, signal);
     } finally {
-      refillSpare();
+      spares.refill();
     }
   }
 
@@ -525,7 +514,7 @@ export function createLocalDriver(options: LocalDriverOptions): SandboxDriver {
             detail: `local sandbox unavailable: ${(error as Error).message}`,
           };
         }
-        refillSpare();
+        spares.refill();
         return {
           driver: DRIVER_NAME,
           ok: true,
@@ -572,7 +561,7 @@ export function createLocalDriver(options: LocalDriverOptions): SandboxDriver {
       }
     },
 
-    spareState: () => spareStateOf(useSpare, spare),
+    spareState: () => spares.state(),
 
     async reap(now = new Date()) {
       let names: string[];
@@ -633,9 +622,8 @@ export function createLocalDriver(options: LocalDriverOptions): SandboxDriver {
 
     async close() {
       closed = true;
-      spare = undefined;
       closing.abort(new AppError('shutting_down', 'the local sandbox driver is closed'));
-      await Promise.all([...preparing]);
+      await spares.close();
       await Promise.all([...live].map((s) => s.destroy()));
       live.clear();
       const made = await template?.catch(() => undefined);
