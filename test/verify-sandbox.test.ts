@@ -8,13 +8,10 @@ import path from 'node:path';
 import Docker from 'dockerode';
 import { execa } from 'execa';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
-import { createDockerDriver, LABEL, SPARE_NAME_PREFIX, sandboxNamePrefix } from '../shared/sandbox/docker.js';
-import {
-  createLocalDriver,
-  LOCAL_MARKER,
-  LOCAL_SANDBOX_PREFIX,
-  type LocalMarker,
-} from '../shared/sandbox/local.js';
+import { createDockerDriver } from '../shared/sandbox/docker.js';
+import { LABEL, SPARE_NAME_PREFIX, sandboxNamePrefix } from '../shared/sandbox/docker-engine.js';
+import { createLocalDriver } from '../shared/sandbox/local.js';
+import { LOCAL_MARKER, LOCAL_SANDBOX_PREFIX, type LocalMarker } from '../shared/sandbox/local-marker.js';
 import { queryJson } from '../shared/sandbox/query.js';
 import type { Sandbox } from '../shared/sandbox/types.js';
 import { isAlive, processesWith } from './support/faults.js';

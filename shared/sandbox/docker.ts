@@ -8,9 +8,19 @@ import os from 'node:os';
 import { type Readable, Writable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import type Docker from 'dockerode';
-import { AppError, errnoOf, isAppError } from '../errors.js';
+import { AppError, isAppError } from '../errors.js';
 import type { Logger } from '../log.js';
 import { MIB } from '../units.js';
+import {
+  demuxLogs,
+  engineError as engineErrorOf,
+  LABEL,
+  removeContainer,
+  SPARE_NAME_PREFIX,
+  sandboxNamePrefix,
+  statusCodeOf,
+} from './docker-engine.js';
+import { reapContainers } from './docker-reaper.js';
 import { createTail, parseVersionText, shortCommand } from './output.js';
 import { settingsArgs, throwawaySettings } from './settings.js';
 import { createSparePool } from './spares.js';
@@ -29,15 +39,6 @@ import { sandboxUnavailable } from './unavailable.js';
 
 export const DRIVER_NAME = 'docker' as const;
 
-/** Labels every sandbox container carries; the reaper finds leftovers by the first. */
-export const LABEL = {
-  verify: 'flux-ops.verify',
-  backupId: 'flux-ops.verify.backup-id',
-  projectId: 'flux-ops.verify.project-id',
-  expiresAt: 'flux-ops.verify.expires-at',
-  instance: 'flux-ops.verify.instance',
-} as const;
-
 /** Where streamed files land inside the container (exists in every postgres image). */
 const INPUT_DIR = '/tmp';
 /** Readiness polls (each an exec) start this soon after the container starts and back off to the max. */
@@ -45,32 +46,11 @@ const READY_POLL_MIN_MS = 25;
 const READY_POLL_MAX_MS = 250;
 /** How long an ended exec's exit code is waited for. */
 const EXIT_CODE_WAIT_MS = 30_000;
-/** Names of spare containers; a claimed spare is renamed after its backup (labels cannot change). */
-export const SPARE_NAME_PREFIX = 'flux-verify-spare-';
 /** An unclaimed spare is replaced this often, so its expiry label always covers a whole verification. */
 const SPARE_REFRESH_MS = 30 * 60_000;
 /** How long a verification may hold a sandbox when the caller does not say (FLUX_VERIFY_TIMEOUT_MS default + grace). */
 const DEFAULT_SANDBOX_TTL_MS = 65 * 60_000;
 const PING_TIMEOUT_MS = 5_000;
-/** A labelled container without a readable expiry is a leftover after this long. */
-const UNLABELLED_EXPIRY_MS = 24 * 60 * 60_000;
-const CONNECTION_ERRNOS = new Set(['ENOENT', 'ECONNREFUSED', 'EACCES', 'EPERM', 'ECONNRESET', 'ENOTSOCK']);
-
-/**
- * Whether the `<hostname>:<pid>` an instance label names is a process of this host that has exited: its
- * sandboxes are leftovers at once (a crashed verifier can no longer finish or remove them). Labels of
- * other hosts, or not of that form (tests), are left to the expiry rule.
- */
-export function ownerExited(label: string | undefined, hostname: string = os.hostname()): boolean {
-  const m = /^(.+):(\d+)$/.exec(label ?? '');
-  if (!m || m[1] !== hostname || Number(m[2]) === process.pid) return false;
-  try {
-    process.kill(Number(m[2]), 0);
-    return false;
-  } catch (error) {
-    return errnoOf(error) === 'ESRCH';
-  }
-}
 
 export interface DockerDriverOptions {
   socketPath: string;
@@ -94,29 +74,7 @@ export interface DockerDriverOptions {
   log?: Logger;
 }
 
-/** The name of a verification's container: its backup id, whether it started cold or as a spare. */
-export function sandboxNamePrefix(backupId: string): string {
-  return `flux-verify-${backupId.toLowerCase()}-`;
-}
-
 type ContainerHandle = Docker.Container;
-
-function statusCodeOf(error: unknown): number | undefined {
-  const code = (error as { statusCode?: unknown })?.statusCode;
-  return typeof code === 'number' ? code : undefined;
-}
-
-/** Container logs of a non-TTY container come framed (8-byte header: stream, 0, 0, 0, length BE). */
-export function demuxLogs(framed: Buffer): string {
-  const parts: Buffer[] = [];
-  let pos = 0;
-  while (pos + 8 <= framed.length && framed[pos]! <= 2 && framed.readUIntBE(pos + 1, 3) === 0) {
-    const length = framed.readUInt32BE(pos + 4);
-    parts.push(framed.subarray(pos + 8, pos + 8 + length));
-    pos += 8 + length;
-  }
-  return pos === 0 ? framed.toString('utf8') : Buffer.concat(parts).toString('utf8');
-}
 
 export function createDockerDriver(options: DockerDriverOptions): SandboxDriver {
   const { image, log } = options;
@@ -153,24 +111,7 @@ export function createDockerDriver(options: DockerDriverOptions): SandboxDriver 
     return clientPromise;
   }
 
-  function engineError(error: unknown, what: string): AppError {
-    if (isAppError(error)) return error;
-    const errno = errnoOf(error);
-    const message = (error as Error)?.message ?? String(error);
-    if ((errno && CONNECTION_ERRNOS.has(errno)) || /socket hang up|connect/i.test(message)) {
-      const fix =
-        errno === 'EACCES' || errno === 'EPERM'
-          ? `this process (uid ${process.getuid?.()}) may not use the socket: add its group (the socket's gid) to the service, or run the verifier where it may`
-          : 'start the Docker engine, or mount its socket into this container and point FLUX_DOCKER_SOCKET at it';
-      return sandboxUnavailable(
-        'docker_unavailable',
-        `${what}: the Docker engine at FLUX_DOCKER_SOCKET=${options.socketPath} does not answer (${errno ?? message.slice(0, 120)}); ${fix}. ` +
-          'Or set FLUX_VERIFY_DRIVER=local to verify with a local throwaway cluster.',
-        { cause: error },
-      );
-    }
-    return sandboxUnavailable('sandbox_failed', `${what}: ${message.slice(0, 500)}`, { cause: error });
-  }
+  const engineError = (error: unknown, what: string) => engineErrorOf(error, what, options.socketPath);
 
   async function ping(docker: Docker): Promise<void> {
     let timer: NodeJS.Timeout | undefined;
@@ -223,18 +164,6 @@ export function createDockerDriver(options: DockerDriverOptions): SandboxDriver 
           pgRestoreMajor: parsed.major,
         }
       : {};
-  }
-
-  async function removeContainer(container: ContainerHandle): Promise<void> {
-    try {
-      // v: also the anonymous volume the official image declares for PGDATA.
-      await container.remove({ force: true, v: true });
-    } catch (error) {
-      const status = statusCodeOf(error);
-      if (status === 404) return;
-      if (status === 409 && /already in progress/i.test((error as Error).message)) return;
-      throw error;
-    }
   }
 
   /**
@@ -421,44 +350,8 @@ export function createDockerDriver(options: DockerDriverOptions): SandboxDriver 
 
     spareState: () => spares.state(),
 
-    async reap(now = new Date()) {
-      let docker: Docker;
-      let containers: Docker.ContainerInfo[];
-      try {
-        docker = await client();
-        containers = await docker.listContainers({ all: true, filters: { label: [`${LABEL.verify}=1`] } });
-      } catch (error) {
-        log?.debug({ err: error }, 'docker reaper: engine not reachable');
-        return 0;
-      }
-      const ours = new Set([...live].map((s) => s.id));
-      let removed = 0;
-      for (const c of containers) {
-        if (ours.has(c.Id)) continue;
-        const labelled = Date.parse(c.Labels?.[LABEL.expiresAt] ?? '');
-        const expires = Number.isFinite(labelled) ? labelled : c.Created * 1000 + UNLABELLED_EXPIRY_MS;
-        const owner = c.Labels?.[LABEL.instance];
-        // Orphaned: made by a process that is gone (a restarted container keeps its hostname and pid 1,
-        // so our own label on a container older than this process is a previous incarnation's).
-        const orphaned =
-          ownerExited(owner) || (owner === instance && c.Created * 1000 < performance.timeOrigin - 1000);
-        if (!orphaned && expires > now.getTime()) continue;
-        try {
-          await removeContainer(docker.getContainer(c.Id));
-          removed += 1;
-          log?.warn(
-            { container: c.Id.slice(0, 12), backupId: c.Labels?.[LABEL.backupId] },
-            'removed a leftover sandbox container',
-          );
-        } catch (error) {
-          log?.warn(
-            { err: error, container: c.Id.slice(0, 12) },
-            'could not remove a leftover sandbox container',
-          );
-        }
-      }
-      return removed;
-    },
+    reap: (now = new Date()) =>
+      reapContainers({ client, instance, log }, new Set([...live].map((s) => s.id)), now),
 
     async close() {
       closed = true;

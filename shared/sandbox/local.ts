@@ -5,25 +5,14 @@
 // and one spare sandbox is kept started and ready, so a verification waits for neither.
 import { randomInt } from 'node:crypto';
 import { createWriteStream } from 'node:fs';
-import {
-  chmod,
-  chown,
-  mkdir,
-  mkdtemp,
-  readdir,
-  readFile,
-  rename,
-  rm,
-  stat,
-  writeFile,
-} from 'node:fs/promises';
+import { chmod, chown, mkdir, mkdtemp, readFile, rename, rm, stat } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import type { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { execa, type ResultPromise } from 'execa';
 import { STREAM_CHUNK_BYTES } from '../atomic.js';
-import { AppError, errnoOf } from '../errors.js';
+import { AppError } from '../errors.js';
 import type { Logger } from '../log.js';
 import { requireTool, type ToolInfo, which } from '../tools.js';
 import {
@@ -33,6 +22,15 @@ import {
   SANDBOX_OS_USER,
   type Wrapped,
 } from './boundary.js';
+import {
+  LOCAL_SANDBOX_PREFIX,
+  type MarkerState,
+  type PreparedDir,
+  preparedDir,
+  STAGING_PREFIX,
+  writeMarker,
+} from './local-marker.js';
+import { reapLocalSandboxes } from './local-reaper.js';
 import { createTail, shortCommand } from './output.js';
 import { settingsArgs, throwawaySettings } from './settings.js';
 import { createSparePool } from './spares.js';
@@ -49,18 +47,10 @@ import { sandboxUnavailable } from './unavailable.js';
 
 export const DRIVER_NAME = 'local' as const;
 
-/** Prefix of every local sandbox directory (the reaper only ever touches these). */
-export const LOCAL_SANDBOX_PREFIX = 'flux-verify-';
-/** A sandbox directory while it is being made (before its marker is in). */
-const STAGING_PREFIX = `.${LOCAL_SANDBOX_PREFIX}`;
-/** The file in each directory saying whose it is and what it is for. */
-export const LOCAL_MARKER = 'sandbox.json';
 /** Readiness: postmaster.pid is re-read after this, doubling up to READY_POLL_MAX_MS (no process per poll). */
 const READY_POLL_MIN_MS = 5;
 const READY_POLL_MAX_MS = 50;
 const STOP_WAIT_MS = 10_000;
-/** A directory without a marker younger than this may be one being created right now. */
-const UNMARKED_GRACE_MS = 10 * 60_000;
 
 const TOOLS = ['initdb', 'postgres', 'pg_restore', 'psql'] as const;
 
@@ -83,43 +73,9 @@ export interface LocalDriverOptions {
   log?: Logger;
 }
 
-/**
- * `template`: the initdb output sandboxes are copied from (never started); `spare`: a started sandbox no
- * verification holds yet; `active`: a verification's sandbox, with the expiry after which it is a leftover.
- */
-export type MarkerState = 'template' | 'spare' | 'active';
-
-export interface LocalMarker {
-  ownerPid: number;
-  /** The process that runs the server (its boundary's wrapper), once started. */
-  serverPid?: number;
-  state: MarkerState;
-  createdAt: string;
-  expiresAt: string | null;
-  projectId?: string;
-  backupId?: string;
-}
-
-interface PreparedDir {
-  dir: string;
-  data: string;
-  socket: string;
-  input: string;
-  log: string;
-}
-
 type Tools = Record<(typeof TOOLS)[number], ToolInfo>;
 
 const sleep = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms));
-
-function pidAlive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (error) {
-    return errnoOf(error) === 'EPERM';
-  }
-}
 
 async function lookupOsUser(name: string): Promise<OsUser | undefined> {
   const [uid, gid] = await Promise.all([
@@ -170,13 +126,6 @@ function stopOnExit(server: ResultPromise): void {
   }
   runningServers.add(server);
   void server.finally(() => runningServers.delete(server)).catch(() => undefined);
-}
-
-/** Rewritten in place by rename: a reaper (or anyone) reading it never sees half a marker. */
-async function writeMarker(dir: string, marker: LocalMarker): Promise<void> {
-  const tmp = path.join(dir, `.${LOCAL_MARKER}.${process.pid}.${randomInt(1e9)}`);
-  await writeFile(tmp, `${JSON.stringify(marker)}\n`, { mode: 0o600 });
-  await rename(tmp, path.join(dir, LOCAL_MARKER));
 }
 
 export function createLocalDriver(options: LocalDriverOptions): SandboxDriver {
@@ -330,13 +279,7 @@ export function createLocalDriver(options: LocalDriverOptions): SandboxDriver {
       await rm(staging, { recursive: true, force: true, maxRetries: 3 }).catch(() => undefined);
       throw error;
     }
-    return {
-      dir,
-      data: path.join(dir, 'data'),
-      socket: path.join(dir, 'sock'),
-      input: path.join(dir, 'in'),
-      log: path.join(dir, 'postgres.log'),
-    };
+    return preparedDir(dir);
   }
 
   function initdbArgs(data: string): string[] {
@@ -477,24 +420,6 @@ export function createLocalDriver(options: LocalDriverOptions): SandboxDriver {
     }
   }
 
-  async function removeLeftover(dir: string, marker: LocalMarker | undefined): Promise<void> {
-    // Inside the boundary the postmaster's pid is one of its own namespace: the wrapper's, recorded in
-    // the marker, is the one to stop (its death ends the namespace). Without a boundary, postmaster.pid.
-    const pidFile = path.join(dir, 'data', 'postmaster.pid');
-    const pid = marker?.serverPid ?? Number((await readFile(pidFile, 'utf8').catch(() => '')).split('\n')[0]);
-    if (Number.isInteger(pid) && pid > 0 && pidAlive(pid)) {
-      // Only a postmaster serving this very directory is signalled (pids get reused).
-      const cmdline = await readFile(`/proc/${pid}/cmdline`, 'utf8').catch(() => '');
-      if (cmdline.includes(path.join(dir, 'data'))) {
-        process.kill(pid, 'SIGQUIT');
-        const deadline = Date.now() + STOP_WAIT_MS;
-        while (pidAlive(pid) && Date.now() < deadline) await sleep(25);
-        if (pidAlive(pid)) process.kill(pid, 'SIGKILL');
-      }
-    }
-    await rm(dir, { recursive: true, force: true, maxRetries: 3 });
-  }
-
   const driver: SandboxDriver = {
     name: DRIVER_NAME,
 
@@ -563,62 +488,8 @@ export function createLocalDriver(options: LocalDriverOptions): SandboxDriver {
 
     spareState: () => spares.state(),
 
-    async reap(now = new Date()) {
-      let names: string[];
-      try {
-        names = await readdir(baseDir);
-      } catch {
-        return 0;
-      }
-      const ours = new Set([...live].map((s) => s.id));
-      let removed = 0;
-      for (const name of names) {
-        const dir = path.join(baseDir, name);
-        if (name.startsWith(STAGING_PREFIX)) {
-          // A directory being made right now, or one a crash left before its rename.
-          const s = await stat(dir).catch(() => undefined);
-          if (s && now.getTime() - s.mtimeMs > UNMARKED_GRACE_MS)
-            await rm(dir, { recursive: true, force: true, maxRetries: 3 }).catch(() => undefined);
-          continue;
-        }
-        if (!name.startsWith(LOCAL_SANDBOX_PREFIX)) continue;
-        if (ours.has(dir)) continue;
-        let marker: LocalMarker | undefined;
-        try {
-          marker = JSON.parse(await readFile(path.join(dir, LOCAL_MARKER), 'utf8')) as LocalMarker;
-        } catch {
-          marker = undefined;
-        }
-        let stale: boolean;
-        if (!marker) {
-          const s = await stat(dir).catch(() => undefined);
-          stale = s !== undefined && now.getTime() - s.mtimeMs > UNMARKED_GRACE_MS;
-        } else if (marker.ownerPid === process.pid) {
-          // Our own template and spares (ready or starting) are not leftovers; an active one we no longer track is.
-          stale =
-            marker.state === 'active' &&
-            marker.expiresAt !== null &&
-            Date.parse(marker.expiresAt) < now.getTime();
-        } else {
-          stale =
-            !pidAlive(marker.ownerPid) ||
-            (marker.expiresAt !== null && Date.parse(marker.expiresAt) < now.getTime());
-        }
-        if (!stale) continue;
-        try {
-          await removeLeftover(dir, marker);
-          await boundary.releaseLeftover(name);
-          // A dead process's template is its cache, not a sandbox: removed, not counted.
-          if (marker?.state !== 'template') {
-            removed += 1;
-            log?.warn({ dir, backupId: marker?.backupId }, 'removed a leftover local sandbox');
-          }
-        } catch (error) {
-          log?.warn({ err: error, dir }, 'could not remove a leftover local sandbox');
-        }
-      }
-      return removed;
-    },
+    reap: (now = new Date()) =>
+      reapLocalSandboxes({ baseDir, boundary, log }, new Set([...live].map((s) => s.id)), now),
 
     async close() {
       closed = true;
