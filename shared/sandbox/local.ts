@@ -2,26 +2,16 @@
 // random port, no TCP, crash-unsafe settings, removed afterwards. The server runs inside the boundary of
 // boundary.ts (namespaces, chroot, a sandbox-only OS user, cgroup limits). initdb runs once per driver, into a
 // template directory; every sandbox starts from a copy of it (a copy costs a fraction of initdb's CPU),
-// and one spare sandbox is kept started and ready, so a verification waits for neither.
-import { randomInt } from 'node:crypto';
-import { createWriteStream } from 'node:fs';
-import { chmod, chown, mkdir, mkdtemp, readFile, rename, rm, stat } from 'node:fs/promises';
+// and one spare sandbox is kept started and ready, so a verification waits for neither. The started
+// server itself is local-sandbox.ts; the leftovers' reaper local-reaper.ts; its OS user local-user.ts.
+import { chmod, chown, mkdir, mkdtemp, rename, rm } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
-import type { Readable } from 'node:stream';
-import { pipeline } from 'node:stream/promises';
-import { execa, type ResultPromise } from 'execa';
-import { STREAM_CHUNK_BYTES } from '../atomic.js';
+import { execa } from 'execa';
 import { AppError } from '../errors.js';
 import type { Logger } from '../log.js';
 import { requireTool, type ToolInfo, which } from '../tools.js';
-import {
-  createBoundary,
-  type IsolationMode,
-  type OsUser,
-  SANDBOX_OS_USER,
-  type Wrapped,
-} from './boundary.js';
+import { createBoundary, type IsolationMode, type Wrapped } from './boundary.js';
 import {
   LOCAL_SANDBOX_PREFIX,
   type MarkerState,
@@ -31,26 +21,21 @@ import {
   writeMarker,
 } from './local-marker.js';
 import { reapLocalSandboxes } from './local-reaper.js';
-import { createTail, shortCommand } from './output.js';
+import { LocalSandbox } from './local-sandbox.js';
+import { createServerUser } from './local-user.js';
 import { settingsArgs, throwawaySettings } from './settings.js';
 import { createSparePool } from './spares.js';
 import {
   type CreateSandboxOptions,
   type DriverStatus,
-  type ExecOptions,
-  type ExecResult,
   SANDBOX_SUPERUSER,
   type Sandbox,
   type SandboxDriver,
+  type SandboxVersions,
 } from './types.js';
 import { sandboxUnavailable } from './unavailable.js';
 
 export const DRIVER_NAME = 'local' as const;
-
-/** Readiness: postmaster.pid is re-read after this, doubling up to READY_POLL_MAX_MS (no process per poll). */
-const READY_POLL_MIN_MS = 5;
-const READY_POLL_MAX_MS = 50;
-const STOP_WAIT_MS = 10_000;
 
 const TOOLS = ['initdb', 'postgres', 'pg_restore', 'psql'] as const;
 
@@ -75,57 +60,14 @@ export interface LocalDriverOptions {
 
 type Tools = Record<(typeof TOOLS)[number], ToolInfo>;
 
-const sleep = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms));
-
-async function lookupOsUser(name: string): Promise<OsUser | undefined> {
-  const [uid, gid] = await Promise.all([
-    execa('id', ['-u', name], { reject: false, cleanup: false }),
-    execa('id', ['-g', name], { reject: false, cleanup: false }),
-  ]);
-  if (uid.exitCode !== 0 || gid.exitCode !== 0) return undefined;
-  return { name, uid: Number(String(uid.stdout).trim()), gid: Number(String(gid.stdout).trim()) };
-}
-
-/** Creates the sandbox-only system user (no home, no shell); tolerates a concurrent creation. */
-async function createSandboxUser(name: string): Promise<OsUser | undefined> {
-  for (let attempt = 0; attempt < 20; attempt++) {
-    const existing = await lookupOsUser(name);
-    if (existing) return existing;
-    const created = await execa(
-      'useradd',
-      [
-        '--system',
-        '--user-group',
-        '--no-create-home',
-        '--home-dir',
-        '/nonexistent',
-        '--shell',
-        '/usr/sbin/nologin',
-        name,
-      ],
-      { reject: false, cleanup: false },
-    ).catch(() => undefined);
-    if (!created) return undefined;
-    // 9: created meanwhile by someone else; 10: the passwd file is locked by a concurrent useradd.
-    if (created.exitCode !== 0 && created.exitCode !== 9 && created.exitCode !== 10) return undefined;
-    if (created.exitCode !== 0) await sleep(50 + attempt * 20);
-  }
-  return lookupOsUser(name);
-}
-
-/** Servers of every local driver in this process: stopped if the process exits without closing them. */
-const runningServers = new Set<ResultPromise>();
-let isExitHookInstalled = false;
-
-function stopOnExit(server: ResultPromise): void {
-  if (!isExitHookInstalled) {
-    isExitHookInstalled = true;
-    process.on('exit', () => {
-      for (const s of runningServers) s.kill('SIGQUIT');
-    });
-  }
-  runningServers.add(server);
-  void server.finally(() => runningServers.delete(server)).catch(() => undefined);
+/** A local sandbox's versions are those of the tools on PATH (one major, checked by tools()). */
+function versionsOf(t: Tools): SandboxVersions {
+  return {
+    server: t.postgres.version,
+    serverMajor: t.postgres.major,
+    pgRestore: t.pg_restore.version,
+    pgRestoreMajor: t.pg_restore.major,
+  };
 }
 
 export function createLocalDriver(options: LocalDriverOptions): SandboxDriver {
@@ -154,7 +96,6 @@ export function createLocalDriver(options: LocalDriverOptions): SandboxDriver {
   // killed rather than waited for, so a stop does not last as long as a start-up on a loaded machine.
   const closing = new AbortController();
   const live = new Set<LocalSandbox>();
-  let osUserPromise: Promise<OsUser | undefined> | undefined;
 
   async function tools(): Promise<Tools> {
     // Settled in TOOLS order, so a PATH without any of them names the first (initdb) every time.
@@ -175,56 +116,11 @@ export function createLocalDriver(options: LocalDriverOptions): SandboxDriver {
     return { initdb, postgres, pg_restore: pgRestore, psql };
   }
 
-  /**
-   * The sandbox-only OS user the server runs as when we are root (undefined when we are not: then a user
-   * namespace separates it). Not `postgres`: other servers on the host trust that user on their sockets.
-   */
-  function serverUser(): Promise<OsUser | undefined> {
-    osUserPromise ??= (async () => {
-      if (process.getuid?.() !== 0) return undefined;
-      const name = options.osUser ?? SANDBOX_OS_USER;
-      const user = options.osUser ? await lookupOsUser(name) : await createSandboxUser(name);
-      if (user && user.uid !== 0) {
-        if (name === 'postgres') {
-          log?.warn(
-            'FLUX_VERIFY_LOCAL_OS_USER=postgres: other Postgres servers on this host may trust that OS user; use a sandbox-only user',
-          );
-        }
-        return user;
-      }
-      throw sandboxUnavailable(
-        'tools_missing',
-        options.osUser
-          ? `FLUX_VERIFY_LOCAL_OS_USER=${options.osUser} is not an unprivileged OS user here (Postgres refuses root): ` +
-              `create it (useradd --system --no-create-home --shell /usr/sbin/nologin ${options.osUser}) or unset the variable`
-          : `this process runs as root and could not create the sandbox-only OS user ${SANDBOX_OS_USER} (useradd missing?): ` +
-              `create it (useradd --system --no-create-home --shell /usr/sbin/nologin ${SANDBOX_OS_USER}), or run flux-ops as uid 1001 like the image does`,
-      );
-    })();
-    osUserPromise.catch(() => {
-      osUserPromise = undefined;
-    });
-    return osUserPromise;
-  }
-
-  /** argv that runs `file` as the server user (setpriv, else runuser) when we are root. */
-  async function asServerUser(file: string, args: string[]): Promise<[string, string[]]> {
-    const user = await serverUser();
-    if (!user) return [file, args];
-    const setpriv = (await which('setpriv', options.pathEnv)) ?? (await which('setpriv', '/usr/bin:/bin'));
-    if (setpriv) {
-      return [
-        setpriv,
-        ['--reuid', String(user.uid), '--regid', String(user.gid), '--clear-groups', '--', file, ...args],
-      ];
-    }
-    const runuser = (await which('runuser', options.pathEnv)) ?? (await which('runuser', '/usr/sbin:/sbin'));
-    if (runuser) return [runuser, ['-u', user.name, '--', file, ...args]];
-    throw sandboxUnavailable(
-      'tools_missing',
-      'this process runs as root and needs setpriv (util-linux) or runuser to start the local sandbox as an unprivileged user',
-    );
-  }
+  const { user: serverUser, argv: asServerUser } = createServerUser({
+    osUser: options.osUser,
+    pathEnv: options.pathEnv,
+    log,
+  });
 
   /** Runs a tool as the server user in `cwd`; a failure is `sandbox_failed` with its stderr. */
   async function runAsServer(file: string, args: string[], cwd: string, what: string): Promise<void> {
@@ -351,7 +247,7 @@ export function createLocalDriver(options: LocalDriverOptions): SandboxDriver {
   /** A started, ready sandbox (state spare until a verification claims it). */
   async function startSandbox(t: Tools, signal?: AbortSignal): Promise<LocalSandbox> {
     const prepared = await prepareDir(t);
-    const sandbox = new LocalSandbox(prepared, t, options.pathEnv);
+    const sandbox = new LocalSandbox(prepared, versionsOf(t), options.pathEnv, (s) => live.delete(s));
     live.add(sandbox);
     try {
       if (closed) throw new AppError('shutting_down', 'the local sandbox driver is closed');
@@ -502,199 +398,6 @@ export function createLocalDriver(options: LocalDriverOptions): SandboxDriver {
       if (made) await rm(made.dir, { recursive: true, force: true, maxRetries: 3 });
     },
   };
-
-  class LocalSandbox implements Sandbox {
-    readonly driver = DRIVER_NAME;
-    readonly id: string;
-    readonly port = randomInt(20_000, 60_000);
-    readonly versions;
-    #prepared: PreparedDir;
-    #pathEnv: string | undefined;
-    #server: ResultPromise | undefined;
-    #exited = false;
-    #destroyed: Promise<void> | undefined;
-    #serverPid: number | undefined;
-    #release: (() => Promise<void>) | undefined;
-
-    constructor(prepared: PreparedDir, t: Tools, pathEnv: string | undefined) {
-      this.id = prepared.dir;
-      this.#prepared = prepared;
-      this.#pathEnv = pathEnv;
-      this.versions = {
-        server: t.postgres.version,
-        serverMajor: t.postgres.major,
-        pgRestore: t.pg_restore.version,
-        pgRestoreMajor: t.pg_restore.major,
-      };
-    }
-
-    get isRunning(): boolean {
-      return this.#server !== undefined && !this.#exited && this.#destroyed === undefined;
-    }
-
-    /** Hands the (running) sandbox to a verification: its marker now says whose and until when. */
-    async claim(createOptions: CreateSandboxOptions): Promise<void> {
-      await writeMarker(this.#prepared.dir, {
-        ownerPid: process.pid,
-        ...(this.#serverPid !== undefined ? { serverPid: this.#serverPid } : {}),
-        state: 'active',
-        createdAt: new Date().toISOString(),
-        expiresAt: new Date(Date.now() + createOptions.ttlMs).toISOString(),
-        projectId: createOptions.projectId,
-        backupId: createOptions.backupId,
-      });
-    }
-
-    async start(wrapped: Wrapped, signal: AbortSignal | undefined): Promise<void> {
-      this.#release = wrapped.release;
-      const server = execa(wrapped.file, wrapped.args, {
-        cwd: this.#prepared.dir,
-        env: { PATH: this.#pathEnv ?? '', LANG: 'C' },
-        extendEnv: false,
-        stdin: 'ignore',
-        stdout: 'ignore',
-        stderr: { file: this.#prepared.log },
-        reject: false,
-        // Not execa's cleanup: its signal-exit hook re-raises a SIGTERM that no other listener is left
-        // for, cutting the process's graceful shutdown short. The exit hook below stops the server; the
-        // reaper covers a SIGKILL of this process.
-        cleanup: false,
-      });
-      this.#server = server;
-      stopOnExit(server);
-      if (server.pid !== undefined) {
-        this.#serverPid = server.pid;
-        await writeMarker(this.#prepared.dir, {
-          ownerPid: process.pid,
-          serverPid: server.pid,
-          state: 'spare',
-          createdAt: new Date().toISOString(),
-          expiresAt: null,
-        });
-      }
-      server.then(
-        () => {
-          this.#exited = true;
-        },
-        () => {
-          this.#exited = true;
-        },
-      );
-      // The postmaster marks postmaster.pid "ready" once it accepts connections (what pg_ctl -w waits
-      // for): reading a file per poll is far cheaper than a psql per poll. One SELECT 1 confirms.
-      const pidFile = path.join(this.#prepared.data, 'postmaster.pid');
-      let delay = READY_POLL_MIN_MS;
-      for (;;) {
-        if (signal?.aborted) throw signal.reason ?? new AppError('shutting_down', 'cancelled');
-        if (this.#exited) {
-          const tail = (await readFile(this.#prepared.log, 'utf8').catch(() => '')).trim().slice(-800);
-          throw sandboxUnavailable(
-            'sandbox_failed',
-            `the local sandbox server exited during start-up: ${tail || 'no log output'}`,
-          );
-        }
-        const status = (await readFile(pidFile, 'utf8').catch(() => '')).split('\n')[7]?.trim();
-        if (status === 'ready') {
-          const probe = await this.exec(['psql', '-X', '-q', '-A', '-t', '-c', 'SELECT 1'], {
-            ...(signal ? { signal } : {}),
-          });
-          if (probe.exitCode === 0 && probe.stdout.trim() === '1') return;
-        }
-        await sleep(delay);
-        delay = Math.min(READY_POLL_MAX_MS, delay * 2);
-      }
-    }
-
-    async putFile(name: string, source: Readable, sizeBytes: number, opts: ExecOptions = {}) {
-      if (!/^[A-Za-z0-9._-]{1,128}$/.test(name))
-        throw new AppError('bad_request', `bad sandbox file name ${name}`);
-      const target = path.join(this.#prepared.input, name);
-      await pipeline(
-        source,
-        createWriteStream(target, { mode: 0o600, highWaterMark: STREAM_CHUNK_BYTES }),
-        ...(opts.signal ? [{ signal: opts.signal }] : []),
-      );
-      const written = (await stat(target)).size;
-      if (written !== sizeBytes) {
-        throw new AppError(
-          'artifact_invalid',
-          `streamed ${written} B into the sandbox where ${sizeBytes} B were announced (the file changed while being read)`,
-        );
-      }
-      return target;
-    }
-
-    async exec(argv: readonly string[], opts: ExecOptions = {}): Promise<ExecResult> {
-      const started = performance.now();
-      const [tool, ...args] = argv;
-      const file = tool ? await which(tool, this.#pathEnv) : undefined;
-      if (!file) {
-        return {
-          command: shortCommand(argv),
-          exitCode: 127,
-          stdout: '',
-          stderr: `${tool} not found on PATH`,
-          seconds: 0,
-          isCanceled: false,
-          failed: true,
-        };
-      }
-      const tail = createTail();
-      const child = execa(file, args, {
-        cwd: this.#prepared.dir,
-        env: {
-          PATH: this.#pathEnv ?? '',
-          PGHOST: this.#prepared.socket,
-          PGPORT: String(this.port),
-          PGUSER: opts.user ?? SANDBOX_SUPERUSER,
-          PGDATABASE: 'postgres',
-          PGAPPNAME: 'flux-ops-verify',
-          PGCONNECT_TIMEOUT: '10',
-          LANG: 'C',
-        },
-        extendEnv: false,
-        stdin: 'ignore',
-        buffer: { stdout: true, stderr: false },
-        maxBuffer: { stdout: 256 * 2 ** 20 },
-        ...(opts.signal ? { cancelSignal: opts.signal } : {}),
-        forceKillAfterDelay: 2_000,
-        reject: false,
-        // A tool outlives this process only as long as its server (see stopOnExit).
-        cleanup: false,
-      });
-      child.stderr?.on('data', (chunk: Buffer) => tail.push(chunk));
-      const result = await child;
-      const isCanceled = Boolean(result.isCanceled);
-      const exitCode = isCanceled ? null : (result.exitCode ?? null);
-      return {
-        command: shortCommand(argv),
-        exitCode,
-        stdout: typeof result.stdout === 'string' ? result.stdout : '',
-        stderr: tail.text(),
-        seconds: (performance.now() - started) / 1000,
-        isCanceled,
-        ...(this.#exited ? { sandboxGone: true } : {}),
-        failed: isCanceled || exitCode !== 0,
-      };
-    }
-
-    destroy(): Promise<void> {
-      this.#destroyed ??= (async () => {
-        const server = this.#server;
-        if (server && !this.#exited) {
-          // Immediate shutdown: nothing in a throwaway cluster is worth a checkpoint.
-          server.kill('SIGQUIT');
-          const timer = setTimeout(() => server.kill('SIGKILL'), STOP_WAIT_MS);
-          await server.catch(() => undefined);
-          clearTimeout(timer);
-        }
-        await this.#release?.();
-        await rm(this.#prepared.dir, { recursive: true, force: true, maxRetries: 3 });
-        live.delete(this);
-      })();
-      return this.#destroyed;
-    }
-  }
 
   return driver;
 }
