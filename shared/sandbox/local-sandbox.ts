@@ -33,11 +33,27 @@ const STOP_WAIT_MS = 10_000;
 const runningServers = new Set<ResultPromise>();
 let isExitHookInstalled = false;
 
+/**
+ * Signals the server's whole process group (it is spawned as the leader of its own). The boundary's
+ * wrapper, unshare, takes the namespace down with it only once its forked child has armed its parent-death
+ * signal: a wrapper stopped in the moment before (a start cancelled at once) would leave the namespace's
+ * init running, holding the log pipe open, and the server's promise would never settle. That init is in
+ * the group, so it is reached anyway.
+ */
+function signalGroup(server: ResultPromise, signal: NodeJS.Signals): void {
+  if (server.pid === undefined) return;
+  try {
+    process.kill(-server.pid, signal);
+  } catch {
+    // ESRCH: nothing of the group is left.
+  }
+}
+
 function stopOnExit(server: ResultPromise): void {
   if (!isExitHookInstalled) {
     isExitHookInstalled = true;
     process.on('exit', () => {
-      for (const s of runningServers) s.kill('SIGQUIT');
+      for (const s of runningServers) signalGroup(s, 'SIGQUIT');
     });
   }
   runningServers.add(server);
@@ -52,7 +68,10 @@ export class LocalSandbox implements Sandbox {
   #prepared: PreparedDir;
   #pathEnv: string | undefined;
   #server: ResultPromise | undefined;
+  /** The server process (the wrapper) has exited: the server is gone, whatever holds its pipes. */
   #exited = false;
+  /** Its promise settled: every holder of its stdio is gone too. */
+  #settled = false;
   #destroyed: Promise<void> | undefined;
   #serverPid: number | undefined;
   #release: (() => Promise<void>) | undefined;
@@ -91,6 +110,9 @@ export class LocalSandbox implements Sandbox {
 
   async start(wrapped: Wrapped, signal: AbortSignal | undefined): Promise<void> {
     this.#release = wrapped.release;
+    // No server for a preparation cancelled (or a sandbox removed) before it got this far.
+    if (signal?.aborted) throw signal.reason ?? new AppError('shutting_down', 'cancelled');
+    if (this.#destroyed) throw new AppError('shutting_down', 'the local sandbox was removed');
     const server = execa(wrapped.file, wrapped.args, {
       cwd: this.#prepared.dir,
       env: { PATH: this.#pathEnv ?? '', LANG: 'C' },
@@ -103,9 +125,17 @@ export class LocalSandbox implements Sandbox {
       // for, cutting the process's graceful shutdown short. The exit hook below stops the server; the
       // reaper covers a SIGKILL of this process.
       cleanup: false,
+      // Its own process group, stopped as a whole (signalGroup).
+      detached: true,
     });
     this.#server = server;
     stopOnExit(server);
+    server.once('exit', () => {
+      this.#exited = true;
+      // Whatever of its group outlived it escaped the namespace's teardown: it goes now, the moment the
+      // wrapper is reaped (before its pid could lead a new process group).
+      signalGroup(server, 'SIGKILL');
+    });
     if (server.pid !== undefined) {
       this.#serverPid = server.pid;
       await writeMarker(this.#prepared.dir, {
@@ -119,9 +149,11 @@ export class LocalSandbox implements Sandbox {
     server.then(
       () => {
         this.#exited = true;
+        this.#settled = true;
       },
       () => {
         this.#exited = true;
+        this.#settled = true;
       },
     );
     // The postmaster marks postmaster.pid "ready" once it accepts connections (what pg_ctl -w waits
@@ -225,10 +257,10 @@ export class LocalSandbox implements Sandbox {
   destroy(): Promise<void> {
     this.#destroyed ??= (async () => {
       const server = this.#server;
-      if (server && !this.#exited) {
+      if (server && !this.#settled) {
         // Immediate shutdown: nothing in a throwaway cluster is worth a checkpoint.
-        server.kill('SIGQUIT');
-        const timer = setTimeout(() => server.kill('SIGKILL'), STOP_WAIT_MS);
+        signalGroup(server, 'SIGQUIT');
+        const timer = setTimeout(() => signalGroup(server, 'SIGKILL'), STOP_WAIT_MS);
         await server.catch(() => undefined);
         clearTimeout(timer);
       }
