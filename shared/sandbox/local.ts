@@ -11,6 +11,7 @@ import { execa } from 'execa';
 import { AppError } from '../errors.js';
 import type { Logger } from '../log.js';
 import { requireTool, type ToolInfo, which } from '../tools.js';
+import { abortable, linkSignals } from './abort.js';
 import { createBoundary, type IsolationMode, type Wrapped } from './boundary.js';
 import {
   LOCAL_SANDBOX_PREFIX,
@@ -92,6 +93,8 @@ export function createLocalDriver(options: LocalDriverOptions): SandboxDriver {
   /** The template's data directory, made by the first sandbox that needs it. */
   let template: Promise<PreparedDir> | undefined;
   let closed = false;
+  /** Sandboxes being prepared (for a verification or as the spare): close() waits for them. */
+  const preparing = new Set<Promise<void>>();
   // Aborted by close(): an initdb, copy or server start still running (a spare being prepared) is
   // killed rather than waited for, so a stop does not last as long as a start-up on a loaded machine.
   const closing = new AbortController();
@@ -123,7 +126,13 @@ export function createLocalDriver(options: LocalDriverOptions): SandboxDriver {
   });
 
   /** Runs a tool as the server user in `cwd`; a failure is `sandbox_failed` with its stderr. */
-  async function runAsServer(file: string, args: string[], cwd: string, what: string): Promise<void> {
+  async function runAsServer(
+    file: string,
+    args: string[],
+    cwd: string,
+    what: string,
+    signal: AbortSignal = closing.signal,
+  ): Promise<void> {
     const [cmd, argv] = await asServerUser(file, args);
     const result = await execa(cmd, argv, {
       cwd,
@@ -133,11 +142,14 @@ export function createLocalDriver(options: LocalDriverOptions): SandboxDriver {
       reject: false,
       cleanup: false,
       timeout: 120_000,
-      cancelSignal: closing.signal,
+      cancelSignal: signal,
       forceKillAfterDelay: 2_000,
     });
-    if (result.isCanceled)
-      throw new AppError('shutting_down', `${what} was cancelled: the driver is closing`);
+    if (result.isCanceled) {
+      if (closing.signal.aborted)
+        throw new AppError('shutting_down', `${what} was cancelled: the driver is closing`);
+      throw signal.reason ?? new AppError('shutting_down', `${what} was cancelled`);
+    }
     if (result.exitCode !== 0) {
       const user = await serverUser();
       throw sandboxUnavailable(
@@ -208,8 +220,14 @@ export function createLocalDriver(options: LocalDriverOptions): SandboxDriver {
     }
   }
 
-  function initdb(t: Tools, prepared: PreparedDir): Promise<void> {
-    return runAsServer(t.initdb.path, initdbArgs(prepared.data), prepared.dir, 'initdb of the local sandbox');
+  function initdb(t: Tools, prepared: PreparedDir, signal?: AbortSignal): Promise<void> {
+    return runAsServer(
+      t.initdb.path,
+      initdbArgs(prepared.data),
+      prepared.dir,
+      'initdb of the local sandbox',
+      signal,
+    );
   }
 
   /** The initialised data directory every sandbox of this driver is copied from (made once). */
@@ -223,10 +241,15 @@ export function createLocalDriver(options: LocalDriverOptions): SandboxDriver {
     return made;
   }
 
-  /** A sandbox directory with a data directory copied from the template (initdb when cp is missing). */
-  async function prepareDir(t: Tools): Promise<PreparedDir> {
-    const source = await templateDir(t);
+  /**
+   * A sandbox directory with a data directory copied from the template (initdb when cp is missing). A
+   * cancelled preparation stops waiting for the template at once (its initdb goes on for the next one,
+   * until close() kills it) and kills its own copy.
+   */
+  async function prepareDir(t: Tools, signal: AbortSignal): Promise<PreparedDir> {
+    const source = await abortable(templateDir(t), signal);
     const user = await serverUser();
+    signal.throwIfAborted();
     return filledDir('spare', async (prepared) => {
       await mkdir(prepared.socket, { mode: 0o700 });
       await mkdir(prepared.input, { mode: 0o700 });
@@ -239,44 +262,65 @@ export function createLocalDriver(options: LocalDriverOptions): SandboxDriver {
           ['-a', source.data, prepared.data],
           prepared.dir,
           'copying the sandbox template',
+          signal,
         );
-      else await initdb(t, prepared);
+      else await initdb(t, prepared, signal);
     });
   }
 
-  /** A started, ready sandbox (state spare until a verification claims it). */
-  async function startSandbox(t: Tools, signal?: AbortSignal): Promise<LocalSandbox> {
-    const prepared = await prepareDir(t);
-    const sandbox = new LocalSandbox(prepared, versionsOf(t), options.pathEnv, (s) => live.delete(s));
-    live.add(sandbox);
+  /**
+   * A started, ready sandbox (state spare until a verification claims it). Every step heeds `signal` (a
+   * verification's) and close(), which waits for the preparation: it removes what it made itself, so
+   * close() never removes a sandbox still starting.
+   */
+  function startSandbox(t: Tools, signal?: AbortSignal): Promise<LocalSandbox> {
+    const started = startSandboxOnce(t, signal);
+    const settled = started.then(
+      () => undefined,
+      () => undefined,
+    );
+    preparing.add(settled);
+    void settled.finally(() => preparing.delete(settled));
+    return started;
+  }
+
+  async function startSandboxOnce(t: Tools, signal: AbortSignal | undefined): Promise<LocalSandbox> {
+    const cancel = linkSignals(closing.signal, signal);
     try {
-      if (closed) throw new AppError('shutting_down', 'the local sandbox driver is closed');
-      const serverArgs = [
-        '-D',
-        prepared.data,
-        '-k',
-        prepared.socket,
-        '-p',
-        String(sandbox.port),
-        '-c',
-        'listen_addresses=',
-        ...settingsArgs(throwawaySettings(maintenanceWorkMemMb)),
-      ];
-      let wrapped: Wrapped;
-      if (boundary.mode === 'none') {
-        const [cmd, args] = await asServerUser(t.postgres.path, serverArgs);
-        wrapped = { file: cmd, args, release: async () => undefined };
-      } else {
-        wrapped = await boundary.wrap(prepared.dir, await serverUser(), {
-          file: t.postgres.path,
-          args: serverArgs,
-        });
+      const prepared = await prepareDir(t, cancel.signal);
+      const sandbox = new LocalSandbox(prepared, versionsOf(t), options.pathEnv, (s) => live.delete(s));
+      try {
+        const serverArgs = [
+          '-D',
+          prepared.data,
+          '-k',
+          prepared.socket,
+          '-p',
+          String(sandbox.port),
+          '-c',
+          'listen_addresses=',
+          ...settingsArgs(throwawaySettings(maintenanceWorkMemMb)),
+        ];
+        let wrapped: Wrapped;
+        if (boundary.mode === 'none') {
+          const [cmd, args] = await asServerUser(t.postgres.path, serverArgs);
+          wrapped = { file: cmd, args, release: async () => undefined };
+        } else {
+          wrapped = await boundary.wrap(prepared.dir, await serverUser(), {
+            file: t.postgres.path,
+            args: serverArgs,
+          });
+        }
+        // start() spawns nothing once the signal is aborted.
+        await sandbox.start(wrapped, cancel.signal);
+        live.add(sandbox);
+        return sandbox;
+      } catch (error) {
+        await sandbox.destroy();
+        throw error;
       }
-      await sandbox.start(wrapped, signal);
-      return sandbox;
-    } catch (error) {
-      await sandbox.destroy();
-      throw error;
+    } finally {
+      cancel.dispose();
     }
   }
 
@@ -391,6 +435,7 @@ export function createLocalDriver(options: LocalDriverOptions): SandboxDriver {
       closed = true;
       closing.abort(new AppError('shutting_down', 'the local sandbox driver is closed'));
       await spares.close();
+      await Promise.all([...preparing]);
       await Promise.all([...live].map((s) => s.destroy()));
       live.clear();
       const made = await template?.catch(() => undefined);
