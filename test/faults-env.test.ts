@@ -9,7 +9,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { TEMP_PREFIX } from '../shared/atomic.js';
 import type { ApiBackup } from '../shared/catalog/read-model.js';
 import type { BackupState, OffsiteReceipt, VerifyReceipt } from '../shared/catalog/records.js';
-import { LABEL, sandboxNamePrefix } from '../shared/sandbox/docker.js';
+import { LABEL, sandboxNamePrefix } from '../shared/sandbox/docker-engine.js';
 import { readReceipt, writeBackup, writeLargeBackup } from './replicate-fixtures.js';
 import {
   containersLabelled,

@@ -13,8 +13,8 @@ import type { ApiBackup } from '../shared/catalog/read-model.js';
 import type { BackupState, OffsiteReceipt, VerifyReceipt } from '../shared/catalog/records.js';
 import type { Delivery } from '../shared/events/outbox.js';
 import { createFsOffsiteStore } from '../shared/offsite/fs.js';
-import { LABEL, sandboxNamePrefix } from '../shared/sandbox/docker.js';
-import { LOCAL_SANDBOX_PREFIX } from '../shared/sandbox/local.js';
+import { LABEL, sandboxNamePrefix } from '../shared/sandbox/docker-engine.js';
+import { LOCAL_SANDBOX_PREFIX } from '../shared/sandbox/local-marker.js';
 import { writeLargeBackup } from './replicate-fixtures.js';
 import {
   containersLabelled,

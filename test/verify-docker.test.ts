@@ -11,7 +11,8 @@ import { createApp as createVerifyApp } from '../functions/verify/app.js';
 import type { Manifest, VerifyReceipt } from '../shared/catalog/records.js';
 import type { FunctionApp } from '../shared/kit/runtime.js';
 import type { Cluster, Project } from '../shared/registry.js';
-import { createDockerDriver, demuxLogs, LABEL, SPARE_NAME_PREFIX } from '../shared/sandbox/docker.js';
+import { createDockerDriver } from '../shared/sandbox/docker.js';
+import { demuxLogs, LABEL, SPARE_NAME_PREFIX } from '../shared/sandbox/docker-engine.js';
 import { seedSlowRestoreTenant, seedTenant } from './support/fixtures.js';
 import { type PgCluster, startPostgres } from './support/pg.js';
 import {

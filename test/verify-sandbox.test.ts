@@ -8,13 +8,10 @@ import path from 'node:path';
 import Docker from 'dockerode';
 import { execa } from 'execa';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
-import { createDockerDriver, LABEL, SPARE_NAME_PREFIX, sandboxNamePrefix } from '../shared/sandbox/docker.js';
-import {
-  createLocalDriver,
-  LOCAL_MARKER,
-  LOCAL_SANDBOX_PREFIX,
-  type LocalMarker,
-} from '../shared/sandbox/local.js';
+import { createDockerDriver } from '../shared/sandbox/docker.js';
+import { LABEL, SPARE_NAME_PREFIX, sandboxNamePrefix } from '../shared/sandbox/docker-engine.js';
+import { createLocalDriver } from '../shared/sandbox/local.js';
+import { LOCAL_MARKER, LOCAL_SANDBOX_PREFIX, type LocalMarker } from '../shared/sandbox/local-marker.js';
 import { queryJson } from '../shared/sandbox/query.js';
 import type { Sandbox } from '../shared/sandbox/types.js';
 import { isAlive, processesWith } from './support/faults.js';
@@ -221,6 +218,74 @@ describe('local sandbox', () => {
     const result = await child;
     expect({ exitCode: result.exitCode, signal: result.signal }).toEqual({ exitCode: 0, signal: undefined });
     expect(await ownDirs()).toEqual([]);
+  });
+});
+
+describe('local sandbox: preparations cancelled or closed', () => {
+  // A directory of their own: what is left behind is told from the other drivers' templates and spares.
+  let base: string;
+  beforeAll(async () => {
+    base = await mkdtemp(path.join(tmpdir(), 'flux-verify-local-cancel-test-'));
+    await chmod(base, 0o755);
+  });
+  afterAll(() => rm(base, { recursive: true, force: true }));
+  const entries = async () => (await readdir(base)).sort();
+  const running = (tool: string) =>
+    processesWith(base).some((p) => p.argv.some((a) => a === tool || a.endsWith(`/${tool}`)));
+  const makeDriver = () => createLocalDriver({ pathEnv: process.env.PATH, baseDir: base, spare: false });
+
+  it('a cancelled verification stops waiting for the template at once; the next one uses it', async () => {
+    const driver = makeDriver();
+    try {
+      const controller = new AbortController();
+      const creating = driver.create({ ...IDS, ttlMs: 60_000, signal: controller.signal });
+      creating.catch(() => undefined);
+      await eventually(() => running('initdb'), 60_000, 5);
+      controller.abort(new Error('verification cancelled'));
+      await expect(creating).rejects.toThrow('verification cancelled');
+      // Rejected while the template's initdb still runs: the cancelled verification waited for nothing.
+      expect(running('initdb')).toBe(true);
+      const sandbox = await driver.create({ ...IDS, ttlMs: 60_000 });
+      await sandbox.destroy();
+    } finally {
+      await driver.close();
+    }
+    expect(await entries()).toEqual([]);
+    expect(processesWith(base)).toEqual([]);
+  });
+
+  it('close() during each step of a preparation returns, leaving no directory and no server', async () => {
+    // initdb of the template, the copy (its directory exists), the server starting (its wrapper runs).
+    const steps = {
+      initdb: async () => running('initdb'),
+      copy: async () =>
+        (await entries()).some((n) => n.startsWith(LOCAL_SANDBOX_PREFIX) && n !== templateName),
+      server: async () => running('unshare') || running('postgres'),
+    };
+    let templateName: string | undefined;
+    for (const [step, reached] of Object.entries(steps)) {
+      const driver = makeDriver();
+      const creating = driver.create({ ...IDS, ttlMs: 60_000 });
+      creating.catch(() => undefined);
+      templateName = undefined;
+      if (step !== 'initdb') {
+        templateName = await eventually(
+          async () => (await entries()).find((n) => n.startsWith(LOCAL_SANDBOX_PREFIX)),
+          60_000,
+          5,
+        );
+      }
+      await eventually(reached, 60_000, 5);
+      await driver.close();
+      // Cancelled, or (the server won the race) created and removed by close().
+      const outcome = await creating.then(
+        () => 'created',
+        (error: { code?: string }) => error.code,
+      );
+      expect(['shutting_down', 'created'], step).toContain(outcome);
+      expect(await entries(), step).toEqual([]);
+      expect(processesWith(base), step).toEqual([]);
+    }
   });
 });
 

@@ -14,7 +14,7 @@ import type { BackupPaths } from '../shared/catalog/layout.js';
 import type { Manifest, VerifyReceipt } from '../shared/catalog/records.js';
 import type { FunctionApp } from '../shared/kit/runtime.js';
 import { type Cluster, createStaticRegistry, type Project } from '../shared/registry.js';
-import { LOCAL_MARKER, LOCAL_SANDBOX_PREFIX, type LocalMarker } from '../shared/sandbox/local.js';
+import { LOCAL_MARKER, LOCAL_SANDBOX_PREFIX, type LocalMarker } from '../shared/sandbox/local-marker.js';
 import { descendantsOf, listProcesses } from './support/faults.js';
 import { seedProjectDb, seedSlowRestoreTenant, seedTenant, tenantSchemaOf } from './support/fixtures.js';
 import { type PgCluster, quoteIdent, startPostgres } from './support/pg.js';

@@ -11,7 +11,7 @@ import { execa } from 'execa';
 import { errnoOf } from '../errors.js';
 import type { Logger } from '../log.js';
 import { which } from '../tools.js';
-import { sandboxUnavailable } from './types.js';
+import { sandboxUnavailable } from './unavailable.js';
 
 export const ISOLATION_MODES = ['namespaces', 'none'] as const;
 export type IsolationMode = (typeof ISOLATION_MODES)[number];

@@ -2,82 +2,36 @@
 // pulled), the dump streamed in through the API as a tar stream, tools run inside through exec, readiness
 // by `SELECT 1` over the container's loopback, forced removal, and a reaper for labelled leftovers. One
 // spare container is kept started and ready (creating one costs seconds: the storage driver copies the
-// image, the entrypoint runs initdb); each verification consumes a fresh one, never a used one.
+// image, the entrypoint runs initdb); each verification consumes a fresh one, never a used one. The
+// container itself is docker-sandbox.ts; the leftovers' reaper docker-reaper.ts.
 import { randomBytes } from 'node:crypto';
 import os from 'node:os';
-import { type Readable, Writable } from 'node:stream';
-import { pipeline } from 'node:stream/promises';
 import type Docker from 'dockerode';
-import { AppError, errnoOf, isAppError } from '../errors.js';
+import { AppError, isAppError } from '../errors.js';
 import type { Logger } from '../log.js';
 import { MIB } from '../units.js';
 import {
-  type CreateSandboxOptions,
-  createTail,
-  type DriverStatus,
-  type ExecOptions,
-  type ExecResult,
-  parseVersionText,
-  prepareSpare,
-  SANDBOX_STOPPED,
-  SANDBOX_SUPERUSER,
-  type Sandbox,
-  type SandboxDriver,
-  type SandboxVersions,
-  type SpareSlot,
-  sandboxUnavailable,
-  settingsArgs,
-  shortCommand,
-  spareStateOf,
-  throwawaySettings,
-} from './types.js';
+  engineError as engineErrorOf,
+  LABEL,
+  SPARE_NAME_PREFIX,
+  sandboxNamePrefix,
+  statusCodeOf,
+} from './docker-engine.js';
+import { reapContainers } from './docker-reaper.js';
+import { DockerSandbox } from './docker-sandbox.js';
+import { parseVersionText } from './output.js';
+import { settingsArgs, throwawaySettings } from './settings.js';
+import { createSparePool } from './spares.js';
+import type { CreateSandboxOptions, DriverStatus, Sandbox, SandboxDriver, SandboxVersions } from './types.js';
+import { sandboxUnavailable } from './unavailable.js';
 
 export const DRIVER_NAME = 'docker' as const;
 
-/** Labels every sandbox container carries; the reaper finds leftovers by the first. */
-export const LABEL = {
-  verify: 'flux-ops.verify',
-  backupId: 'flux-ops.verify.backup-id',
-  projectId: 'flux-ops.verify.project-id',
-  expiresAt: 'flux-ops.verify.expires-at',
-  instance: 'flux-ops.verify.instance',
-} as const;
-
-/** Where streamed files land inside the container (exists in every postgres image). */
-const INPUT_DIR = '/tmp';
-/** Readiness polls (each an exec) start this soon after the container starts and back off to the max. */
-const READY_POLL_MIN_MS = 25;
-const READY_POLL_MAX_MS = 250;
-/** How long an ended exec's exit code is waited for. */
-const EXIT_CODE_WAIT_MS = 30_000;
-/** Names of spare containers; a claimed spare is renamed after its backup (labels cannot change). */
-export const SPARE_NAME_PREFIX = 'flux-verify-spare-';
 /** An unclaimed spare is replaced this often, so its expiry label always covers a whole verification. */
 const SPARE_REFRESH_MS = 30 * 60_000;
-/** After a spare could not be prepared, background attempts pause this long (a verification still tries). */
-const SPARE_RETRY_MS = 30_000;
 /** How long a verification may hold a sandbox when the caller does not say (FLUX_VERIFY_TIMEOUT_MS default + grace). */
 const DEFAULT_SANDBOX_TTL_MS = 65 * 60_000;
 const PING_TIMEOUT_MS = 5_000;
-/** A labelled container without a readable expiry is a leftover after this long. */
-const UNLABELLED_EXPIRY_MS = 24 * 60 * 60_000;
-const CONNECTION_ERRNOS = new Set(['ENOENT', 'ECONNREFUSED', 'EACCES', 'EPERM', 'ECONNRESET', 'ENOTSOCK']);
-
-/**
- * Whether the `<hostname>:<pid>` an instance label names is a process of this host that has exited: its
- * sandboxes are leftovers at once (a crashed verifier can no longer finish or remove them). Labels of
- * other hosts, or not of that form (tests), are left to the expiry rule.
- */
-export function ownerExited(label: string | undefined, hostname: string = os.hostname()): boolean {
-  const m = /^(.+):(\d+)$/.exec(label ?? '');
-  if (!m || m[1] !== hostname || Number(m[2]) === process.pid) return false;
-  try {
-    process.kill(Number(m[2]), 0);
-    return false;
-  } catch (error) {
-    return errnoOf(error) === 'ESRCH';
-  }
-}
 
 export interface DockerDriverOptions {
   socketPath: string;
@@ -99,30 +53,6 @@ export interface DockerDriverOptions {
   /** Tests: how often an unclaimed spare is replaced. */
   spareRefreshMs?: number;
   log?: Logger;
-}
-
-/** The name of a verification's container: its backup id, whether it started cold or as a spare. */
-export function sandboxNamePrefix(backupId: string): string {
-  return `flux-verify-${backupId.toLowerCase()}-`;
-}
-
-type ContainerHandle = Docker.Container;
-
-function statusCodeOf(error: unknown): number | undefined {
-  const code = (error as { statusCode?: unknown })?.statusCode;
-  return typeof code === 'number' ? code : undefined;
-}
-
-/** Container logs of a non-TTY container come framed (8-byte header: stream, 0, 0, 0, length BE). */
-export function demuxLogs(framed: Buffer): string {
-  const parts: Buffer[] = [];
-  let pos = 0;
-  while (pos + 8 <= framed.length && framed[pos]! <= 2 && framed.readUIntBE(pos + 1, 3) === 0) {
-    const length = framed.readUInt32BE(pos + 4);
-    parts.push(framed.subarray(pos + 8, pos + 8 + length));
-    pos += 8 + length;
-  }
-  return pos === 0 ? framed.toString('utf8') : Buffer.concat(parts).toString('utf8');
 }
 
 export function createDockerDriver(options: DockerDriverOptions): SandboxDriver {
@@ -148,10 +78,6 @@ export function createDockerDriver(options: DockerDriverOptions): SandboxDriver 
   const concurrency = options.concurrency ?? 1;
   let clientPromise: Promise<Docker> | undefined;
   const live = new Set<DockerSandbox>();
-  let spare: SpareSlot<DockerSandbox> | undefined;
-  let spareFailedAt = 0;
-  /** Background preparations and removals (close() waits for them). */
-  const pending = new Set<Promise<unknown>>();
   let closed = false;
   /** Id of the configured image as last inspected: a spare of an image since replaced is not used. */
   let imageId: string | undefined;
@@ -164,24 +90,7 @@ export function createDockerDriver(options: DockerDriverOptions): SandboxDriver 
     return clientPromise;
   }
 
-  function engineError(error: unknown, what: string): AppError {
-    if (isAppError(error)) return error;
-    const errno = errnoOf(error);
-    const message = (error as Error)?.message ?? String(error);
-    if ((errno && CONNECTION_ERRNOS.has(errno)) || /socket hang up|connect/i.test(message)) {
-      const fix =
-        errno === 'EACCES' || errno === 'EPERM'
-          ? `this process (uid ${process.getuid?.()}) may not use the socket: add its group (the socket's gid) to the service, or run the verifier where it may`
-          : 'start the Docker engine, or mount its socket into this container and point FLUX_DOCKER_SOCKET at it';
-      return sandboxUnavailable(
-        'docker_unavailable',
-        `${what}: the Docker engine at FLUX_DOCKER_SOCKET=${options.socketPath} does not answer (${errno ?? message.slice(0, 120)}); ${fix}. ` +
-          'Or set FLUX_VERIFY_DRIVER=local to verify with a local throwaway cluster.',
-        { cause: error },
-      );
-    }
-    return sandboxUnavailable('sandbox_failed', `${what}: ${message.slice(0, 500)}`, { cause: error });
-  }
+  const engineError = (error: unknown, what: string) => engineErrorOf(error, what, options.socketPath);
 
   async function ping(docker: Docker): Promise<void> {
     let timer: NodeJS.Timeout | undefined;
@@ -236,18 +145,6 @@ export function createDockerDriver(options: DockerDriverOptions): SandboxDriver 
       : {};
   }
 
-  async function removeContainer(container: ContainerHandle): Promise<void> {
-    try {
-      // v: also the anonymous volume the official image declares for PGDATA.
-      await container.remove({ force: true, v: true });
-    } catch (error) {
-      const status = statusCodeOf(error);
-      if (status === 404) return;
-      if (status === 409 && /already in progress/i.test((error as Error).message)) return;
-      throw error;
-    }
-  }
-
   /**
    * FLUX_VERIFY_CPUS, but no more than the engine has: the engine refuses a container asking for more
    * CPUs than it has, and the default (2) must work on a one-CPU host too.
@@ -280,7 +177,7 @@ export function createDockerDriver(options: DockerDriverOptions): SandboxDriver 
     signal: AbortSignal | undefined,
     isClaimed = false,
   ): Promise<DockerSandbox> {
-    let container: ContainerHandle;
+    let container: Docker.Container;
     const cpus = await cpuLimit(docker);
     try {
       container = await docker.createContainer({
@@ -311,7 +208,18 @@ export function createDockerDriver(options: DockerDriverOptions): SandboxDriver 
     } catch (error) {
       throw engineError(error, `creating a sandbox container from ${image}`);
     }
-    const sandbox = new DockerSandbox(container, image, fromImageId, expiresAtMs);
+    const sandbox = new DockerSandbox(container, {
+      image,
+      imageId: fromImageId,
+      expiresAtMs,
+      socketPath: options.socketPath,
+      log,
+      onDestroyed: (s) => {
+        live.delete(s);
+        // A verification is over (or a spare was discarded): the next spare starts now, off its path.
+        spares.refill();
+      },
+    });
     sandbox.isClaimed = isClaimed;
     live.add(sandbox);
     try {
@@ -331,79 +239,54 @@ export function createDockerDriver(options: DockerDriverOptions): SandboxDriver 
     }
   }
 
-  function track<T>(promise: Promise<T>): Promise<T> {
-    pending.add(promise);
-    void promise.finally(() => pending.delete(promise)).catch(() => undefined);
-    return promise;
-  }
-
-  function discard(sandbox: DockerSandbox): void {
-    void track(
-      sandbox.destroy().catch((e) => log?.error({ err: e, id: sandbox.id }, 'spare sandbox removal failed')),
-    );
-  }
-
-  /** Starts preparing the next spare when there is none (and none failed moments ago). */
-  function refillSpare(): void {
-    if (!useSpare || closed || spare || Date.now() - spareFailedAt < SPARE_RETRY_MS) return;
-    if ([...live].filter((s) => s.isClaimed).length >= concurrency) return;
-    spare = prepareSpare(
-      async (slot) => {
-        const docker = await client();
-        await ping(docker);
-        const info = await inspectImage(docker);
-        // No backup id label: it is not known yet (the name says it once claimed). The expiry covers
-        // the time until this spare is replaced plus a whole verification.
-        const sandbox = await startContainer(
-          docker,
-          info.Id,
-          `${SPARE_NAME_PREFIX}${randomBytes(4).toString('hex')}`,
-          {},
-          Date.now() + spareRefreshMs + sandboxTtlMs,
-          undefined,
-        );
-        slot.timer = setTimeout(() => {
-          if (spare !== slot) return;
-          spare = undefined;
-          discard(sandbox);
-          refillSpare();
-        }, spareRefreshMs);
-        slot.timer.unref();
-        return sandbox;
-      },
-      (slot, error) => {
-        spareFailedAt = Date.now();
-        if (spare === slot) spare = undefined;
-        if (!closed) log?.warn({ err: error }, 'could not prepare a spare docker sandbox');
-      },
-    );
-    track(spare.sandbox);
-  }
+  // A spare is only prepared while fewer containers than the concurrency serve verifications, and an
+  // unclaimed one is replaced every spareRefreshMs, so its expiry label always covers a verification.
+  const spares = createSparePool<DockerSandbox>({
+    enabled: useSpare,
+    hasRoom: () => [...live].filter((s) => s.isClaimed).length < concurrency,
+    refreshMs: spareRefreshMs,
+    async create() {
+      const docker = await client();
+      await ping(docker);
+      const info = await inspectImage(docker);
+      // No backup id label: it is not known yet (the name says it once claimed). The expiry covers
+      // the time until this spare is replaced plus a whole verification.
+      return startContainer(
+        docker,
+        info.Id,
+        `${SPARE_NAME_PREFIX}${randomBytes(4).toString('hex')}`,
+        {},
+        Date.now() + spareRefreshMs + sandboxTtlMs,
+        undefined,
+      );
+    },
+    destroy: (sandbox) => sandbox.destroy(),
+    onError: (error, what, sandbox) => {
+      if (what === 'prepare') log?.warn({ err: error }, 'could not prepare a spare docker sandbox');
+      else log?.error({ err: error, id: sandbox?.id }, 'spare sandbox removal failed');
+    },
+  });
 
   /**
    * The spare for this verification (waiting for it if it is still starting: it started earlier than a
    * new one would), renamed after the backup; undefined when there is none that fits.
    */
   async function takeSpare(createOptions: CreateSandboxOptions): Promise<DockerSandbox | undefined> {
-    const slot = spare;
-    if (!slot) return undefined;
-    spare = undefined;
-    clearTimeout(slot.timer);
     // The next spare starts when a sandbox is removed, not while this one restores (a container start
     // copies the image and runs initdb, taking CPU and disk from the restore), unless the concurrency
     // leaves room for another verification at once.
-    const sandbox = await slot.sandbox;
+    const sandbox = await spares.take();
     if (!sandbox) return undefined;
     const fits =
       sandbox.expiresAtMs >= Date.now() + createOptions.ttlMs &&
       sandbox.imageId === imageId &&
       !createOptions.signal?.aborted;
     if (fits && (await sandbox.claim(createOptions.backupId))) {
-      refillSpare();
+      spares.refill();
       return sandbox;
     }
     sandbox.isClaimed = false;
-    discard(sandbox);
+    spares.discard(sandbox);
     return undefined;
   }
 
@@ -416,7 +299,7 @@ export function createDockerDriver(options: DockerDriverOptions): SandboxDriver 
         await ping(docker);
         const info = await inspectImage(docker);
         const versions = imageVersions(info);
-        refillSpare();
+        spares.refill();
         return {
           driver: DRIVER_NAME,
           ok: true,
@@ -455,276 +338,18 @@ export function createDockerDriver(options: DockerDriverOptions): SandboxDriver 
       );
     },
 
-    spareState: () => spareStateOf(useSpare, spare),
+    spareState: () => spares.state(),
 
-    async reap(now = new Date()) {
-      let docker: Docker;
-      let containers: Docker.ContainerInfo[];
-      try {
-        docker = await client();
-        containers = await docker.listContainers({ all: true, filters: { label: [`${LABEL.verify}=1`] } });
-      } catch (error) {
-        log?.debug({ err: error }, 'docker reaper: engine not reachable');
-        return 0;
-      }
-      const ours = new Set([...live].map((s) => s.id));
-      let removed = 0;
-      for (const c of containers) {
-        if (ours.has(c.Id)) continue;
-        const labelled = Date.parse(c.Labels?.[LABEL.expiresAt] ?? '');
-        const expires = Number.isFinite(labelled) ? labelled : c.Created * 1000 + UNLABELLED_EXPIRY_MS;
-        const owner = c.Labels?.[LABEL.instance];
-        // Orphaned: made by a process that is gone (a restarted container keeps its hostname and pid 1,
-        // so our own label on a container older than this process is a previous incarnation's).
-        const orphaned =
-          ownerExited(owner) || (owner === instance && c.Created * 1000 < performance.timeOrigin - 1000);
-        if (!orphaned && expires > now.getTime()) continue;
-        try {
-          await removeContainer(docker.getContainer(c.Id));
-          removed += 1;
-          log?.warn(
-            { container: c.Id.slice(0, 12), backupId: c.Labels?.[LABEL.backupId] },
-            'removed a leftover sandbox container',
-          );
-        } catch (error) {
-          log?.warn(
-            { err: error, container: c.Id.slice(0, 12) },
-            'could not remove a leftover sandbox container',
-          );
-        }
-      }
-      return removed;
-    },
+    reap: (now = new Date()) =>
+      reapContainers({ client, instance, log }, new Set([...live].map((s) => s.id)), now),
 
     async close() {
       closed = true;
-      clearTimeout(spare?.timer);
-      spare = undefined;
-      await Promise.all([...pending]);
+      await spares.close();
       await Promise.all([...live].map((s) => s.destroy().catch(() => undefined)));
       live.clear();
     },
   };
-
-  class DockerSandbox implements Sandbox {
-    readonly driver = DRIVER_NAME;
-    readonly id: string;
-    readonly image: string;
-    readonly imageId: string;
-    /** What its expiry label says (ms). */
-    readonly expiresAtMs: number;
-    /** Serves a verification (a claimed spare, or started for one). */
-    isClaimed = false;
-    versions: SandboxVersions = { server: '', serverMajor: 0, pgRestore: '', pgRestoreMajor: 0 };
-    #container: ContainerHandle;
-    #destroyed: Promise<void> | undefined;
-
-    constructor(container: ContainerHandle, imageName: string, imageId: string, expiresAtMs: number) {
-      this.#container = container;
-      this.id = container.id;
-      this.image = imageName;
-      this.imageId = imageId;
-      this.expiresAtMs = expiresAtMs;
-    }
-
-    /** Hands a spare to a verification: renamed after its backup; false when it is no longer running. */
-    async claim(backupId: string): Promise<boolean> {
-      this.isClaimed = true;
-      const [running] = await Promise.all([
-        this.#container.inspect().then(
-          (info) => info.State?.Running === true,
-          () => false,
-        ),
-        this.#container
-          .rename({ name: `${sandboxNamePrefix(backupId)}${randomBytes(3).toString('hex')}` })
-          .catch((error: unknown) =>
-            log?.warn({ err: error, id: this.id }, 'could not rename a claimed spare'),
-          ),
-      ]);
-      return running;
-    }
-
-    async waitReady(signal: AbortSignal | undefined): Promise<void> {
-      // Over TCP on the container's loopback: the official image's temporary init server listens on the
-      // unix socket only, so it cannot pass for the real server (pg_isready would).
-      let delay = READY_POLL_MIN_MS;
-      for (;;) {
-        if (signal?.aborted) throw signal.reason ?? new AppError('shutting_down', 'cancelled');
-        const probe = await this.exec(['psql', '-h', '127.0.0.1', '-X', '-q', '-A', '-t', '-c', 'SELECT 1'], {
-          ...(signal ? { signal } : {}),
-        });
-        if (probe.exitCode === 0 && probe.stdout.trim() === '1') return;
-        const state = await this.#container.inspect().catch(() => undefined);
-        if (!state?.State?.Running) {
-          const logs = await this.#container
-            .logs({ stdout: true, stderr: true, tail: 30 })
-            .then(demuxLogs)
-            .catch(() => '');
-          const oom = state?.State?.OOMKilled ? ' (killed for exceeding FLUX_VERIFY_MEMORY_MB)' : '';
-          throw sandboxUnavailable(
-            'sandbox_failed',
-            `the sandbox container from ${this.image} stopped during start-up${oom}, exit ${state?.State?.ExitCode ?? '?'}: ${logs.trim().slice(-800) || 'no log output'}`,
-          );
-        }
-        await new Promise((r) => setTimeout(r, delay));
-        delay = Math.min(READY_POLL_MAX_MS, delay * 2);
-      }
-    }
-
-    async readVersions(signal: AbortSignal | undefined): Promise<void> {
-      const opts = signal ? { signal } : {};
-      const [restore, server] = await Promise.all([
-        this.exec(['pg_restore', '--version'], opts),
-        this.exec(['psql', '-X', '-q', '-A', '-t', '-c', 'SHOW server_version'], opts),
-      ]);
-      const r = parseVersionText(restore.stdout);
-      const s = parseVersionText(server.stdout);
-      if (!r || !s) {
-        throw sandboxUnavailable(
-          'sandbox_failed',
-          `image ${this.image} lacks working PostgreSQL client tools (pg_restore: ${restore.stderr.trim().slice(0, 200) || restore.stdout.trim().slice(0, 80)})`,
-        );
-      }
-      this.versions = {
-        server: s.version,
-        serverMajor: s.major,
-        pgRestore: r.version,
-        pgRestoreMajor: r.major,
-      };
-    }
-
-    async putFile(name: string, source: Readable, sizeBytes: number, opts: ExecOptions = {}) {
-      if (!/^[A-Za-z0-9._-]{1,128}$/.test(name))
-        throw new AppError('bad_request', `bad sandbox file name ${name}`);
-      const { default: tar } = await import('tar-stream');
-      const pack = tar.pack();
-      const entry = pack.entry({ name, size: sizeBytes, mode: 0o644, mtime: new Date() }, (error) => {
-        if (error) pack.destroy(error);
-      });
-      const packing = pipeline(source, entry).then(() => pack.finalize());
-      const upload = this.#container.putArchive(pack as unknown as NodeJS.ReadableStream, {
-        path: INPUT_DIR,
-        ...(opts.signal ? { abortSignal: opts.signal } : {}),
-      });
-      try {
-        await Promise.all([packing, upload]);
-      } catch (error) {
-        pack.destroy();
-        source.destroy();
-        if (opts.signal?.aborted) throw opts.signal.reason ?? error;
-        if (/size mismatch/i.test((error as Error).message)) {
-          throw new AppError(
-            'artifact_invalid',
-            `the dump did not stream exactly ${sizeBytes} B into the sandbox (it changed while being read)`,
-            { cause: error },
-          );
-        }
-        throw engineError(error, 'streaming the dump into the sandbox container');
-      }
-      return `${INPUT_DIR}/${name}`;
-    }
-
-    async exec(argv: readonly string[], opts: ExecOptions = {}): Promise<ExecResult> {
-      const started = performance.now();
-      const stdout: Buffer[] = [];
-      const stderr = createTail();
-      const result = (exitCode: number | null, isCanceled: boolean): ExecResult => ({
-        command: shortCommand(argv),
-        exitCode,
-        stdout: Buffer.concat(stdout).toString('utf8'),
-        stderr: stderr.text(),
-        seconds: (performance.now() - started) / 1000,
-        isCanceled,
-        failed: isCanceled || exitCode !== 0,
-      });
-      if (opts.signal?.aborted) return result(null, true);
-      let exec: Docker.Exec;
-      let stream: NodeJS.ReadWriteStream;
-      try {
-        exec = await this.#container.exec({
-          Cmd: [...argv],
-          AttachStdout: true,
-          AttachStderr: true,
-          User: 'postgres',
-          WorkingDir: INPUT_DIR,
-          Env: [
-            `PGUSER=${opts.user ?? SANDBOX_SUPERUSER}`,
-            'PGDATABASE=postgres',
-            'PGAPPNAME=flux-ops-verify',
-            'PGCONNECT_TIMEOUT=10',
-          ],
-        });
-        stream = (await exec.start({ hijack: true, stdin: false })) as NodeJS.ReadWriteStream;
-      } catch (error) {
-        const status = statusCodeOf(error);
-        if (status === 409 || status === 404 || status === 500) {
-          // The container stopped (or was removed): the command could not run.
-          stderr.push(Buffer.from(`${SANDBOX_STOPPED}: ${(error as Error).message.slice(0, 200)}`));
-          return { ...result(126, false), sandboxGone: true };
-        }
-        throw engineError(error, `running ${argv[0]} in the sandbox`);
-      }
-      const sink = (push: (b: Buffer) => void) =>
-        new Writable({
-          write(chunk: Buffer, _encoding, callback) {
-            push(chunk);
-            callback();
-          },
-        });
-      this.#container.modem.demuxStream(
-        stream,
-        sink((b) => stdout.push(b)),
-        sink((b) => stderr.push(b)),
-      );
-      const canceled = await new Promise<boolean>((resolve, reject) => {
-        const onAbort = () => {
-          (stream as unknown as { destroy(): void }).destroy();
-          resolve(true);
-        };
-        opts.signal?.addEventListener('abort', onAbort, { once: true });
-        const done = () => {
-          opts.signal?.removeEventListener('abort', onAbort);
-          resolve(false);
-        };
-        stream.once('end', done);
-        stream.once('close', done);
-        stream.once('error', (error) => {
-          opts.signal?.removeEventListener('abort', onAbort);
-          if (opts.signal?.aborted) resolve(true);
-          else reject(engineError(error, `reading ${argv[0]} output from the sandbox`));
-        });
-      });
-      if (canceled) return result(null, true);
-      // The stream ends a moment before the engine records the exit code (longer on a busy engine); an
-      // exit never recorded stays null, which no rung takes as the backup's fault.
-      const deadline = Date.now() + EXIT_CODE_WAIT_MS;
-      for (let delay = 20; Date.now() < deadline; delay = Math.min(500, delay * 2)) {
-        const info = await exec.inspect().catch((error) => {
-          // No answer at all: the engine went away mid-command (its stream just ended), so how the
-          // command ended is unknown; that says nothing about the backup (unverifiable, not a failure).
-          if (statusCodeOf(error) === undefined) throw engineError(error, `reading how ${argv[0]} ended`);
-          return undefined;
-        });
-        if (info && !info.Running) return result(info.ExitCode ?? null, false);
-        await new Promise((r) => setTimeout(r, delay));
-      }
-      return result(null, false);
-    }
-
-    destroy(): Promise<void> {
-      this.#destroyed ??= (async () => {
-        await removeContainer(this.#container);
-        live.delete(this);
-        // A verification is over (or a spare was discarded): the next spare starts now, off its path.
-        refillSpare();
-      })().catch((error) => {
-        // Not removed (engine gone?): a later call retries, the reaper sweeps it after its expiry.
-        this.#destroyed = undefined;
-        throw error;
-      });
-      return this.#destroyed;
-    }
-  }
 
   return driver;
 }

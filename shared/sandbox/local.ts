@@ -2,71 +2,41 @@
 // random port, no TCP, crash-unsafe settings, removed afterwards. The server runs inside the boundary of
 // boundary.ts (namespaces, chroot, a sandbox-only OS user, cgroup limits). initdb runs once per driver, into a
 // template directory; every sandbox starts from a copy of it (a copy costs a fraction of initdb's CPU),
-// and one spare sandbox is kept started and ready, so a verification waits for neither.
-import { randomInt } from 'node:crypto';
-import { createWriteStream } from 'node:fs';
-import {
-  chmod,
-  chown,
-  mkdir,
-  mkdtemp,
-  readdir,
-  readFile,
-  rename,
-  rm,
-  stat,
-  writeFile,
-} from 'node:fs/promises';
+// and one spare sandbox is kept started and ready, so a verification waits for neither. The started
+// server itself is local-sandbox.ts; the leftovers' reaper local-reaper.ts; its OS user local-user.ts.
+import { chmod, chown, mkdir, mkdtemp, rename, rm } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
-import type { Readable } from 'node:stream';
-import { pipeline } from 'node:stream/promises';
-import { execa, type ResultPromise } from 'execa';
-import { STREAM_CHUNK_BYTES } from '../atomic.js';
-import { AppError, errnoOf } from '../errors.js';
+import { execa } from 'execa';
+import { AppError } from '../errors.js';
 import type { Logger } from '../log.js';
 import { requireTool, type ToolInfo, which } from '../tools.js';
+import { abortable, linkSignals } from './abort.js';
+import { createBoundary, type IsolationMode, type Wrapped } from './boundary.js';
 import {
-  createBoundary,
-  type IsolationMode,
-  type OsUser,
-  SANDBOX_OS_USER,
-  type Wrapped,
-} from './boundary.js';
+  LOCAL_SANDBOX_PREFIX,
+  type MarkerState,
+  type PreparedDir,
+  preparedDir,
+  STAGING_PREFIX,
+  writeMarker,
+} from './local-marker.js';
+import { reapLocalSandboxes } from './local-reaper.js';
+import { LocalSandbox } from './local-sandbox.js';
+import { createServerUser } from './local-user.js';
+import { settingsArgs, throwawaySettings } from './settings.js';
+import { createSparePool } from './spares.js';
 import {
   type CreateSandboxOptions,
-  createTail,
   type DriverStatus,
-  type ExecOptions,
-  type ExecResult,
-  prepareSpare,
   SANDBOX_SUPERUSER,
   type Sandbox,
   type SandboxDriver,
-  type SpareSlot,
-  sandboxUnavailable,
-  settingsArgs,
-  shortCommand,
-  spareStateOf,
-  throwawaySettings,
+  type SandboxVersions,
 } from './types.js';
+import { sandboxUnavailable } from './unavailable.js';
 
 export const DRIVER_NAME = 'local' as const;
-
-/** Prefix of every local sandbox directory (the reaper only ever touches these). */
-export const LOCAL_SANDBOX_PREFIX = 'flux-verify-';
-/** A sandbox directory while it is being made (before its marker is in). */
-const STAGING_PREFIX = `.${LOCAL_SANDBOX_PREFIX}`;
-/** The file in each directory saying whose it is and what it is for. */
-export const LOCAL_MARKER = 'sandbox.json';
-/** Readiness: postmaster.pid is re-read after this, doubling up to READY_POLL_MAX_MS (no process per poll). */
-const READY_POLL_MIN_MS = 5;
-const READY_POLL_MAX_MS = 50;
-const STOP_WAIT_MS = 10_000;
-/** After a spare could not be prepared, background attempts pause this long (a verification still tries). */
-const SPARE_RETRY_MS = 30_000;
-/** A directory without a marker younger than this may be one being created right now. */
-const UNMARKED_GRACE_MS = 10 * 60_000;
 
 const TOOLS = ['initdb', 'postgres', 'pg_restore', 'psql'] as const;
 
@@ -89,100 +59,16 @@ export interface LocalDriverOptions {
   log?: Logger;
 }
 
-/**
- * `template`: the initdb output sandboxes are copied from (never started); `spare`: a started sandbox no
- * verification holds yet; `active`: a verification's sandbox, with the expiry after which it is a leftover.
- */
-export type MarkerState = 'template' | 'spare' | 'active';
-
-export interface LocalMarker {
-  ownerPid: number;
-  /** The process that runs the server (its boundary's wrapper), once started. */
-  serverPid?: number;
-  state: MarkerState;
-  createdAt: string;
-  expiresAt: string | null;
-  projectId?: string;
-  backupId?: string;
-}
-
-interface PreparedDir {
-  dir: string;
-  data: string;
-  socket: string;
-  input: string;
-  log: string;
-}
-
 type Tools = Record<(typeof TOOLS)[number], ToolInfo>;
 
-const sleep = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms));
-
-function pidAlive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (error) {
-    return errnoOf(error) === 'EPERM';
-  }
-}
-
-async function lookupOsUser(name: string): Promise<OsUser | undefined> {
-  const [uid, gid] = await Promise.all([
-    execa('id', ['-u', name], { reject: false, cleanup: false }),
-    execa('id', ['-g', name], { reject: false, cleanup: false }),
-  ]);
-  if (uid.exitCode !== 0 || gid.exitCode !== 0) return undefined;
-  return { name, uid: Number(String(uid.stdout).trim()), gid: Number(String(gid.stdout).trim()) };
-}
-
-/** Creates the sandbox-only system user (no home, no shell); tolerates a concurrent creation. */
-async function createSandboxUser(name: string): Promise<OsUser | undefined> {
-  for (let attempt = 0; attempt < 20; attempt++) {
-    const existing = await lookupOsUser(name);
-    if (existing) return existing;
-    const created = await execa(
-      'useradd',
-      [
-        '--system',
-        '--user-group',
-        '--no-create-home',
-        '--home-dir',
-        '/nonexistent',
-        '--shell',
-        '/usr/sbin/nologin',
-        name,
-      ],
-      { reject: false, cleanup: false },
-    ).catch(() => undefined);
-    if (!created) return undefined;
-    // 9: created meanwhile by someone else; 10: the passwd file is locked by a concurrent useradd.
-    if (created.exitCode !== 0 && created.exitCode !== 9 && created.exitCode !== 10) return undefined;
-    if (created.exitCode !== 0) await sleep(50 + attempt * 20);
-  }
-  return lookupOsUser(name);
-}
-
-/** Servers of every local driver in this process: stopped if the process exits without closing them. */
-const runningServers = new Set<ResultPromise>();
-let isExitHookInstalled = false;
-
-function stopOnExit(server: ResultPromise): void {
-  if (!isExitHookInstalled) {
-    isExitHookInstalled = true;
-    process.on('exit', () => {
-      for (const s of runningServers) s.kill('SIGQUIT');
-    });
-  }
-  runningServers.add(server);
-  void server.finally(() => runningServers.delete(server)).catch(() => undefined);
-}
-
-/** Rewritten in place by rename: a reaper (or anyone) reading it never sees half a marker. */
-async function writeMarker(dir: string, marker: LocalMarker): Promise<void> {
-  const tmp = path.join(dir, `.${LOCAL_MARKER}.${process.pid}.${randomInt(1e9)}`);
-  await writeFile(tmp, `${JSON.stringify(marker)}\n`, { mode: 0o600 });
-  await rename(tmp, path.join(dir, LOCAL_MARKER));
+/** A local sandbox's versions are those of the tools on PATH (one major, checked by tools()). */
+function versionsOf(t: Tools): SandboxVersions {
+  return {
+    server: t.postgres.version,
+    serverMajor: t.postgres.major,
+    pgRestore: t.pg_restore.version,
+    pgRestoreMajor: t.pg_restore.major,
+  };
 }
 
 export function createLocalDriver(options: LocalDriverOptions): SandboxDriver {
@@ -206,16 +92,13 @@ export function createLocalDriver(options: LocalDriverOptions): SandboxDriver {
   const useSpare = options.spare ?? true;
   /** The template's data directory, made by the first sandbox that needs it. */
   let template: Promise<PreparedDir> | undefined;
-  let spare: SpareSlot<LocalSandbox> | undefined;
-  let spareFailedAt = 0;
-  /** Background preparations (close() cancels them, then waits for them). */
-  const preparing = new Set<Promise<unknown>>();
   let closed = false;
+  /** Sandboxes being prepared (for a verification or as the spare): close() waits for them. */
+  const preparing = new Set<Promise<void>>();
   // Aborted by close(): an initdb, copy or server start still running (a spare being prepared) is
   // killed rather than waited for, so a stop does not last as long as a start-up on a loaded machine.
   const closing = new AbortController();
   const live = new Set<LocalSandbox>();
-  let osUserPromise: Promise<OsUser | undefined> | undefined;
 
   async function tools(): Promise<Tools> {
     // Settled in TOOLS order, so a PATH without any of them names the first (initdb) every time.
@@ -236,59 +119,20 @@ export function createLocalDriver(options: LocalDriverOptions): SandboxDriver {
     return { initdb, postgres, pg_restore: pgRestore, psql };
   }
 
-  /**
-   * The sandbox-only OS user the server runs as when we are root (undefined when we are not: then a user
-   * namespace separates it). Not `postgres`: other servers on the host trust that user on their sockets.
-   */
-  function serverUser(): Promise<OsUser | undefined> {
-    osUserPromise ??= (async () => {
-      if (process.getuid?.() !== 0) return undefined;
-      const name = options.osUser ?? SANDBOX_OS_USER;
-      const user = options.osUser ? await lookupOsUser(name) : await createSandboxUser(name);
-      if (user && user.uid !== 0) {
-        if (name === 'postgres') {
-          log?.warn(
-            'FLUX_VERIFY_LOCAL_OS_USER=postgres: other Postgres servers on this host may trust that OS user; use a sandbox-only user',
-          );
-        }
-        return user;
-      }
-      throw sandboxUnavailable(
-        'tools_missing',
-        options.osUser
-          ? `FLUX_VERIFY_LOCAL_OS_USER=${options.osUser} is not an unprivileged OS user here (Postgres refuses root): ` +
-              `create it (useradd --system --no-create-home --shell /usr/sbin/nologin ${options.osUser}) or unset the variable`
-          : `this process runs as root and could not create the sandbox-only OS user ${SANDBOX_OS_USER} (useradd missing?): ` +
-              `create it (useradd --system --no-create-home --shell /usr/sbin/nologin ${SANDBOX_OS_USER}), or run flux-ops as uid 1001 like the image does`,
-      );
-    })();
-    osUserPromise.catch(() => {
-      osUserPromise = undefined;
-    });
-    return osUserPromise;
-  }
-
-  /** argv that runs `file` as the server user (setpriv, else runuser) when we are root. */
-  async function asServerUser(file: string, args: string[]): Promise<[string, string[]]> {
-    const user = await serverUser();
-    if (!user) return [file, args];
-    const setpriv = (await which('setpriv', options.pathEnv)) ?? (await which('setpriv', '/usr/bin:/bin'));
-    if (setpriv) {
-      return [
-        setpriv,
-        ['--reuid', String(user.uid), '--regid', String(user.gid), '--clear-groups', '--', file, ...args],
-      ];
-    }
-    const runuser = (await which('runuser', options.pathEnv)) ?? (await which('runuser', '/usr/sbin:/sbin'));
-    if (runuser) return [runuser, ['-u', user.name, '--', file, ...args]];
-    throw sandboxUnavailable(
-      'tools_missing',
-      'this process runs as root and needs setpriv (util-linux) or runuser to start the local sandbox as an unprivileged user',
-    );
-  }
+  const { user: serverUser, argv: asServerUser } = createServerUser({
+    osUser: options.osUser,
+    pathEnv: options.pathEnv,
+    log,
+  });
 
   /** Runs a tool as the server user in `cwd`; a failure is `sandbox_failed` with its stderr. */
-  async function runAsServer(file: string, args: string[], cwd: string, what: string): Promise<void> {
+  async function runAsServer(
+    file: string,
+    args: string[],
+    cwd: string,
+    what: string,
+    signal: AbortSignal = closing.signal,
+  ): Promise<void> {
     const [cmd, argv] = await asServerUser(file, args);
     const result = await execa(cmd, argv, {
       cwd,
@@ -298,11 +142,14 @@ export function createLocalDriver(options: LocalDriverOptions): SandboxDriver {
       reject: false,
       cleanup: false,
       timeout: 120_000,
-      cancelSignal: closing.signal,
+      cancelSignal: signal,
       forceKillAfterDelay: 2_000,
     });
-    if (result.isCanceled)
-      throw new AppError('shutting_down', `${what} was cancelled: the driver is closing`);
+    if (result.isCanceled) {
+      if (closing.signal.aborted)
+        throw new AppError('shutting_down', `${what} was cancelled: the driver is closing`);
+      throw signal.reason ?? new AppError('shutting_down', `${what} was cancelled`);
+    }
     if (result.exitCode !== 0) {
       const user = await serverUser();
       throw sandboxUnavailable(
@@ -340,13 +187,7 @@ export function createLocalDriver(options: LocalDriverOptions): SandboxDriver {
       await rm(staging, { recursive: true, force: true, maxRetries: 3 }).catch(() => undefined);
       throw error;
     }
-    return {
-      dir,
-      data: path.join(dir, 'data'),
-      socket: path.join(dir, 'sock'),
-      input: path.join(dir, 'in'),
-      log: path.join(dir, 'postgres.log'),
-    };
+    return preparedDir(dir);
   }
 
   function initdbArgs(data: string): string[] {
@@ -379,8 +220,14 @@ export function createLocalDriver(options: LocalDriverOptions): SandboxDriver {
     }
   }
 
-  function initdb(t: Tools, prepared: PreparedDir): Promise<void> {
-    return runAsServer(t.initdb.path, initdbArgs(prepared.data), prepared.dir, 'initdb of the local sandbox');
+  function initdb(t: Tools, prepared: PreparedDir, signal?: AbortSignal): Promise<void> {
+    return runAsServer(
+      t.initdb.path,
+      initdbArgs(prepared.data),
+      prepared.dir,
+      'initdb of the local sandbox',
+      signal,
+    );
   }
 
   /** The initialised data directory every sandbox of this driver is copied from (made once). */
@@ -394,10 +241,15 @@ export function createLocalDriver(options: LocalDriverOptions): SandboxDriver {
     return made;
   }
 
-  /** A sandbox directory with a data directory copied from the template (initdb when cp is missing). */
-  async function prepareDir(t: Tools): Promise<PreparedDir> {
-    const source = await templateDir(t);
+  /**
+   * A sandbox directory with a data directory copied from the template (initdb when cp is missing). A
+   * cancelled preparation stops waiting for the template at once (its initdb goes on for the next one,
+   * until close() kills it) and kills its own copy.
+   */
+  async function prepareDir(t: Tools, signal: AbortSignal): Promise<PreparedDir> {
+    const source = await abortable(templateDir(t), signal);
     const user = await serverUser();
+    signal.throwIfAborted();
     return filledDir('spare', async (prepared) => {
       await mkdir(prepared.socket, { mode: 0o700 });
       await mkdir(prepared.input, { mode: 0o700 });
@@ -410,77 +262,93 @@ export function createLocalDriver(options: LocalDriverOptions): SandboxDriver {
           ['-a', source.data, prepared.data],
           prepared.dir,
           'copying the sandbox template',
+          signal,
         );
-      else await initdb(t, prepared);
+      else await initdb(t, prepared, signal);
     });
   }
 
-  /** A started, ready sandbox (state spare until a verification claims it). */
-  async function startSandbox(t: Tools, signal?: AbortSignal): Promise<LocalSandbox> {
-    const prepared = await prepareDir(t);
-    const sandbox = new LocalSandbox(prepared, t, options.pathEnv);
-    live.add(sandbox);
+  /**
+   * A started, ready sandbox (state spare until a verification claims it). Every step heeds `signal` (a
+   * verification's) and close(), which waits for the preparation: it removes what it made itself, so
+   * close() never removes a sandbox still starting.
+   */
+  function startSandbox(t: Tools, signal?: AbortSignal): Promise<LocalSandbox> {
+    const started = startSandboxOnce(t, signal);
+    const settled = started.then(
+      () => undefined,
+      () => undefined,
+    );
+    preparing.add(settled);
+    void settled.finally(() => preparing.delete(settled));
+    return started;
+  }
+
+  async function startSandboxOnce(t: Tools, signal: AbortSignal | undefined): Promise<LocalSandbox> {
+    const cancel = linkSignals(closing.signal, signal);
     try {
-      if (closed) throw new AppError('shutting_down', 'the local sandbox driver is closed');
-      const serverArgs = [
-        '-D',
-        prepared.data,
-        '-k',
-        prepared.socket,
-        '-p',
-        String(sandbox.port),
-        '-c',
-        'listen_addresses=',
-        ...settingsArgs(throwawaySettings(maintenanceWorkMemMb)),
-      ];
-      let wrapped: Wrapped;
-      if (boundary.mode === 'none') {
-        const [cmd, args] = await asServerUser(t.postgres.path, serverArgs);
-        wrapped = { file: cmd, args, release: async () => undefined };
-      } else {
-        wrapped = await boundary.wrap(prepared.dir, await serverUser(), {
-          file: t.postgres.path,
-          args: serverArgs,
-        });
+      const prepared = await prepareDir(t, cancel.signal);
+      const sandbox = new LocalSandbox(prepared, versionsOf(t), options.pathEnv, (s) => live.delete(s));
+      try {
+        const serverArgs = [
+          '-D',
+          prepared.data,
+          '-k',
+          prepared.socket,
+          '-p',
+          String(sandbox.port),
+          '-c',
+          'listen_addresses=',
+          ...settingsArgs(throwawaySettings(maintenanceWorkMemMb)),
+        ];
+        let wrapped: Wrapped;
+        if (boundary.mode === 'none') {
+          const [cmd, args] = await asServerUser(t.postgres.path, serverArgs);
+          wrapped = { file: cmd, args, release: async () => undefined };
+        } else {
+          wrapped = await boundary.wrap(prepared.dir, await serverUser(), {
+            file: t.postgres.path,
+            args: serverArgs,
+          });
+        }
+        // start() spawns nothing once the signal is aborted.
+        await sandbox.start(wrapped, cancel.signal);
+        live.add(sandbox);
+        return sandbox;
+      } catch (error) {
+        await sandbox.destroy();
+        throw error;
       }
-      await sandbox.start(wrapped, signal);
-      return sandbox;
-    } catch (error) {
-      await sandbox.destroy();
-      throw error;
+    } finally {
+      cancel.dispose();
     }
   }
 
-  function track<T>(promise: Promise<T>): Promise<T> {
-    preparing.add(promise);
-    void promise.finally(() => preparing.delete(promise)).catch(() => undefined);
-    return promise;
-  }
-
-  /** Starts preparing the next spare when there is none (and none failed moments ago). */
-  function refillSpare(): void {
-    if (!useSpare || closed || spare || Date.now() - spareFailedAt < SPARE_RETRY_MS) return;
-    spare = prepareSpare(
-      async () => startSandbox(await tools(), closing.signal),
-      (slot, error) => {
-        spareFailedAt = Date.now();
-        if (spare === slot) spare = undefined;
-        if (!closed) log?.warn({ err: error }, 'could not prepare a spare local sandbox');
-      },
-    );
-    track(spare.sandbox);
-  }
+  // close() aborts a spare being prepared: its server start through the pool's signal, its initdb and
+  // copy through `closing`.
+  const spares = createSparePool<LocalSandbox>({
+    enabled: useSpare,
+    create: async (signal) => startSandbox(await tools(), signal),
+    destroy: (sandbox) => sandbox.destroy(),
+    onError: (error, what) =>
+      log?.warn(
+        { err: error },
+        what === 'prepare'
+          ? 'could not prepare a spare local sandbox'
+          : 'could not remove a spare local sandbox',
+      ),
+  });
 
   /** The spare (waiting for it if it is still starting: it started earlier than a new one would), or a new sandbox. */
   async function takeSandbox(t: Tools, signal: AbortSignal | undefined): Promise<LocalSandbox> {
-    const slot = spare;
-    if (slot) {
-      spare = undefined;
+    const state = spares.state();
+    if (state === 'ready' || state === 'starting') {
+      const taking = spares.take();
       // The next spare is prepared while this verification restores. One still starting is replaced when
       // it is up: two preparations at once would only slow each other down.
-      if (slot.isReady) refillSpare();
-      const sandbox = await slot.sandbox;
-      refillSpare();
+      if (state === 'ready') spares.refill();
+      const sandbox = await taking;
+      spares.refill();
       if (sandbox?.isRunning) return sandbox;
       if (sandbox) await sandbox.destroy();
     }
@@ -488,26 +356,8 @@ export function createLocalDriver(options: LocalDriverOptions): SandboxDriver {
     try {
       return await startSandbox(t, signal);
     } finally {
-      refillSpare();
+      spares.refill();
     }
-  }
-
-  async function removeLeftover(dir: string, marker: LocalMarker | undefined): Promise<void> {
-    // Inside the boundary the postmaster's pid is one of its own namespace: the wrapper's, recorded in
-    // the marker, is the one to stop (its death ends the namespace). Without a boundary, postmaster.pid.
-    const pidFile = path.join(dir, 'data', 'postmaster.pid');
-    const pid = marker?.serverPid ?? Number((await readFile(pidFile, 'utf8').catch(() => '')).split('\n')[0]);
-    if (Number.isInteger(pid) && pid > 0 && pidAlive(pid)) {
-      // Only a postmaster serving this very directory is signalled (pids get reused).
-      const cmdline = await readFile(`/proc/${pid}/cmdline`, 'utf8').catch(() => '');
-      if (cmdline.includes(path.join(dir, 'data'))) {
-        process.kill(pid, 'SIGQUIT');
-        const deadline = Date.now() + STOP_WAIT_MS;
-        while (pidAlive(pid) && Date.now() < deadline) await sleep(25);
-        if (pidAlive(pid)) process.kill(pid, 'SIGKILL');
-      }
-    }
-    await rm(dir, { recursive: true, force: true, maxRetries: 3 });
   }
 
   const driver: SandboxDriver = {
@@ -529,7 +379,7 @@ export function createLocalDriver(options: LocalDriverOptions): SandboxDriver {
             detail: `local sandbox unavailable: ${(error as Error).message}`,
           };
         }
-        refillSpare();
+        spares.refill();
         return {
           driver: DRIVER_NAME,
           ok: true,
@@ -576,69 +426,15 @@ export function createLocalDriver(options: LocalDriverOptions): SandboxDriver {
       }
     },
 
-    spareState: () => spareStateOf(useSpare, spare),
+    spareState: () => spares.state(),
 
-    async reap(now = new Date()) {
-      let names: string[];
-      try {
-        names = await readdir(baseDir);
-      } catch {
-        return 0;
-      }
-      const ours = new Set([...live].map((s) => s.id));
-      let removed = 0;
-      for (const name of names) {
-        const dir = path.join(baseDir, name);
-        if (name.startsWith(STAGING_PREFIX)) {
-          // A directory being made right now, or one a crash left before its rename.
-          const s = await stat(dir).catch(() => undefined);
-          if (s && now.getTime() - s.mtimeMs > UNMARKED_GRACE_MS)
-            await rm(dir, { recursive: true, force: true, maxRetries: 3 }).catch(() => undefined);
-          continue;
-        }
-        if (!name.startsWith(LOCAL_SANDBOX_PREFIX)) continue;
-        if (ours.has(dir)) continue;
-        let marker: LocalMarker | undefined;
-        try {
-          marker = JSON.parse(await readFile(path.join(dir, LOCAL_MARKER), 'utf8')) as LocalMarker;
-        } catch {
-          marker = undefined;
-        }
-        let stale: boolean;
-        if (!marker) {
-          const s = await stat(dir).catch(() => undefined);
-          stale = s !== undefined && now.getTime() - s.mtimeMs > UNMARKED_GRACE_MS;
-        } else if (marker.ownerPid === process.pid) {
-          // Our own template and spares (ready or starting) are not leftovers; an active one we no longer track is.
-          stale =
-            marker.state === 'active' &&
-            marker.expiresAt !== null &&
-            Date.parse(marker.expiresAt) < now.getTime();
-        } else {
-          stale =
-            !pidAlive(marker.ownerPid) ||
-            (marker.expiresAt !== null && Date.parse(marker.expiresAt) < now.getTime());
-        }
-        if (!stale) continue;
-        try {
-          await removeLeftover(dir, marker);
-          await boundary.releaseLeftover(name);
-          // A dead process's template is its cache, not a sandbox: removed, not counted.
-          if (marker?.state !== 'template') {
-            removed += 1;
-            log?.warn({ dir, backupId: marker?.backupId }, 'removed a leftover local sandbox');
-          }
-        } catch (error) {
-          log?.warn({ err: error, dir }, 'could not remove a leftover local sandbox');
-        }
-      }
-      return removed;
-    },
+    reap: (now = new Date()) =>
+      reapLocalSandboxes({ baseDir, boundary, log }, new Set([...live].map((s) => s.id)), now),
 
     async close() {
       closed = true;
-      spare = undefined;
       closing.abort(new AppError('shutting_down', 'the local sandbox driver is closed'));
+      await spares.close();
       await Promise.all([...preparing]);
       await Promise.all([...live].map((s) => s.destroy()));
       live.clear();
@@ -647,199 +443,6 @@ export function createLocalDriver(options: LocalDriverOptions): SandboxDriver {
       if (made) await rm(made.dir, { recursive: true, force: true, maxRetries: 3 });
     },
   };
-
-  class LocalSandbox implements Sandbox {
-    readonly driver = DRIVER_NAME;
-    readonly id: string;
-    readonly port = randomInt(20_000, 60_000);
-    readonly versions;
-    #prepared: PreparedDir;
-    #pathEnv: string | undefined;
-    #server: ResultPromise | undefined;
-    #exited = false;
-    #destroyed: Promise<void> | undefined;
-    #serverPid: number | undefined;
-    #release: (() => Promise<void>) | undefined;
-
-    constructor(prepared: PreparedDir, t: Tools, pathEnv: string | undefined) {
-      this.id = prepared.dir;
-      this.#prepared = prepared;
-      this.#pathEnv = pathEnv;
-      this.versions = {
-        server: t.postgres.version,
-        serverMajor: t.postgres.major,
-        pgRestore: t.pg_restore.version,
-        pgRestoreMajor: t.pg_restore.major,
-      };
-    }
-
-    get isRunning(): boolean {
-      return this.#server !== undefined && !this.#exited && this.#destroyed === undefined;
-    }
-
-    /** Hands the (running) sandbox to a verification: its marker now says whose and until when. */
-    async claim(createOptions: CreateSandboxOptions): Promise<void> {
-      await writeMarker(this.#prepared.dir, {
-        ownerPid: process.pid,
-        ...(this.#serverPid !== undefined ? { serverPid: this.#serverPid } : {}),
-        state: 'active',
-        createdAt: new Date().toISOString(),
-        expiresAt: new Date(Date.now() + createOptions.ttlMs).toISOString(),
-        projectId: createOptions.projectId,
-        backupId: createOptions.backupId,
-      });
-    }
-
-    async start(wrapped: Wrapped, signal: AbortSignal | undefined): Promise<void> {
-      this.#release = wrapped.release;
-      const server = execa(wrapped.file, wrapped.args, {
-        cwd: this.#prepared.dir,
-        env: { PATH: this.#pathEnv ?? '', LANG: 'C' },
-        extendEnv: false,
-        stdin: 'ignore',
-        stdout: 'ignore',
-        stderr: { file: this.#prepared.log },
-        reject: false,
-        // Not execa's cleanup: its signal-exit hook re-raises a SIGTERM that no other listener is left
-        // for, cutting the process's graceful shutdown short. The exit hook below stops the server; the
-        // reaper covers a SIGKILL of this process.
-        cleanup: false,
-      });
-      this.#server = server;
-      stopOnExit(server);
-      if (server.pid !== undefined) {
-        this.#serverPid = server.pid;
-        await writeMarker(this.#prepared.dir, {
-          ownerPid: process.pid,
-          serverPid: server.pid,
-          state: 'spare',
-          createdAt: new Date().toISOString(),
-          expiresAt: null,
-        });
-      }
-      server.then(
-        () => {
-          this.#exited = true;
-        },
-        () => {
-          this.#exited = true;
-        },
-      );
-      // The postmaster marks postmaster.pid "ready" once it accepts connections (what pg_ctl -w waits
-      // for): reading a file per poll is far cheaper than a psql per poll. One SELECT 1 confirms.
-      const pidFile = path.join(this.#prepared.data, 'postmaster.pid');
-      let delay = READY_POLL_MIN_MS;
-      for (;;) {
-        if (signal?.aborted) throw signal.reason ?? new AppError('shutting_down', 'cancelled');
-        if (this.#exited) {
-          const tail = (await readFile(this.#prepared.log, 'utf8').catch(() => '')).trim().slice(-800);
-          throw sandboxUnavailable(
-            'sandbox_failed',
-            `the local sandbox server exited during start-up: ${tail || 'no log output'}`,
-          );
-        }
-        const status = (await readFile(pidFile, 'utf8').catch(() => '')).split('\n')[7]?.trim();
-        if (status === 'ready') {
-          const probe = await this.exec(['psql', '-X', '-q', '-A', '-t', '-c', 'SELECT 1'], {
-            ...(signal ? { signal } : {}),
-          });
-          if (probe.exitCode === 0 && probe.stdout.trim() === '1') return;
-        }
-        await sleep(delay);
-        delay = Math.min(READY_POLL_MAX_MS, delay * 2);
-      }
-    }
-
-    async putFile(name: string, source: Readable, sizeBytes: number, opts: ExecOptions = {}) {
-      if (!/^[A-Za-z0-9._-]{1,128}$/.test(name))
-        throw new AppError('bad_request', `bad sandbox file name ${name}`);
-      const target = path.join(this.#prepared.input, name);
-      await pipeline(
-        source,
-        createWriteStream(target, { mode: 0o600, highWaterMark: STREAM_CHUNK_BYTES }),
-        ...(opts.signal ? [{ signal: opts.signal }] : []),
-      );
-      const written = (await stat(target)).size;
-      if (written !== sizeBytes) {
-        throw new AppError(
-          'artifact_invalid',
-          `streamed ${written} B into the sandbox where ${sizeBytes} B were announced (the file changed while being read)`,
-        );
-      }
-      return target;
-    }
-
-    async exec(argv: readonly string[], opts: ExecOptions = {}): Promise<ExecResult> {
-      const started = performance.now();
-      const [tool, ...args] = argv;
-      const file = tool ? await which(tool, this.#pathEnv) : undefined;
-      if (!file) {
-        return {
-          command: shortCommand(argv),
-          exitCode: 127,
-          stdout: '',
-          stderr: `${tool} not found on PATH`,
-          seconds: 0,
-          isCanceled: false,
-          failed: true,
-        };
-      }
-      const tail = createTail();
-      const child = execa(file, args, {
-        cwd: this.#prepared.dir,
-        env: {
-          PATH: this.#pathEnv ?? '',
-          PGHOST: this.#prepared.socket,
-          PGPORT: String(this.port),
-          PGUSER: opts.user ?? SANDBOX_SUPERUSER,
-          PGDATABASE: 'postgres',
-          PGAPPNAME: 'flux-ops-verify',
-          PGCONNECT_TIMEOUT: '10',
-          LANG: 'C',
-        },
-        extendEnv: false,
-        stdin: 'ignore',
-        buffer: { stdout: true, stderr: false },
-        maxBuffer: { stdout: 256 * 2 ** 20 },
-        ...(opts.signal ? { cancelSignal: opts.signal } : {}),
-        forceKillAfterDelay: 2_000,
-        reject: false,
-        // A tool outlives this process only as long as its server (see stopOnExit).
-        cleanup: false,
-      });
-      child.stderr?.on('data', (chunk: Buffer) => tail.push(chunk));
-      const result = await child;
-      const isCanceled = Boolean(result.isCanceled);
-      const exitCode = isCanceled ? null : (result.exitCode ?? null);
-      return {
-        command: shortCommand(argv),
-        exitCode,
-        stdout: typeof result.stdout === 'string' ? result.stdout : '',
-        stderr: tail.text(),
-        seconds: (performance.now() - started) / 1000,
-        isCanceled,
-        ...(this.#exited ? { sandboxGone: true } : {}),
-        failed: isCanceled || exitCode !== 0,
-      };
-    }
-
-    destroy(): Promise<void> {
-      this.#destroyed ??= (async () => {
-        const server = this.#server;
-        if (server && !this.#exited) {
-          // Immediate shutdown: nothing in a throwaway cluster is worth a checkpoint.
-          server.kill('SIGQUIT');
-          const timer = setTimeout(() => server.kill('SIGKILL'), STOP_WAIT_MS);
-          await server.catch(() => undefined);
-          clearTimeout(timer);
-        }
-        await this.#release?.();
-        await rm(this.#prepared.dir, { recursive: true, force: true, maxRetries: 3 });
-        live.delete(this);
-      })();
-      return this.#destroyed;
-    }
-  }
 
   return driver;
 }

@@ -6,7 +6,8 @@ import type { Logger } from '../log.js';
 import { MINUTE_MS } from '../units.js';
 import { createDockerDriver } from './docker.js';
 import { createLocalDriver } from './local.js';
-import { type DriverStatus, type SandboxDriver, sandboxUnavailable } from './types.js';
+import type { DriverStatus, SandboxDriver } from './types.js';
+import { sandboxUnavailable } from './unavailable.js';
 
 export interface DriverSelection {
   readonly mode: Config['FLUX_VERIFY_DRIVER'];

@@ -5,7 +5,8 @@
 import { randomBytes } from 'node:crypto';
 import { AppError } from '../errors.js';
 import { queryJson } from './query.js';
-import { type ExecOptions, type Sandbox, sandboxUnavailable } from './types.js';
+import type { ExecOptions, Sandbox } from './types.js';
+import { sandboxUnavailable } from './unavailable.js';
 
 const CONNECT_DEADLINE_MS = 30_000;
 

@@ -7,12 +7,8 @@ import { Readable } from 'node:stream';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { createDockerDriver } from '../../shared/sandbox/docker.js';
 import { queryJson, textArray } from '../../shared/sandbox/query.js';
-import {
-  type ExecResult,
-  type Sandbox,
-  type SandboxDriver,
-  throwawaySettings,
-} from '../../shared/sandbox/types.js';
+import { throwawaySettings } from '../../shared/sandbox/settings.js';
+import type { ExecResult, Sandbox, SandboxDriver } from '../../shared/sandbox/types.js';
 
 export interface ContractFixture {
   /** A small custom-format dump of one table `public.items` with `rows` rows. */
