@@ -27,6 +27,8 @@ export interface BenchOptions {
   /** Database size for the restore benchmark (MB; the verify fixture, so shared when both run). */
   restoreMb: number;
   tenants: number;
+  /** Tenants of the fleet cycle (it also runs at a tenth of them, for the growth). */
+  fleetTenants: number;
   events: number;
   e2eRuns: number;
 }
@@ -44,6 +46,7 @@ export function defaultOptions(quick: boolean): BenchOptions {
         verifyMb: 60,
         restoreMb: 60,
         tenants: 1000,
+        fleetTenants: 100,
         events: 500,
         e2eRuns: 3,
       }
@@ -58,6 +61,7 @@ export function defaultOptions(quick: boolean): BenchOptions {
         verifyMb: 700,
         restoreMb: 700,
         tenants: 1000,
+        fleetTenants: 1000,
         events: 2000,
         e2eRuns: 5,
       };

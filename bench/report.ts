@@ -6,7 +6,7 @@ import { writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import { ratioOf, type Summary } from './stats.js';
 
-export type Group = 'dump' | 'replicate' | 'verify' | 'restore' | 'probe' | 'events' | 'status';
+export type Group = 'dump' | 'replicate' | 'verify' | 'restore' | 'probe' | 'events' | 'status' | 'fleet';
 
 /** A goal on one number of a result: its ratio to the baseline, its median, or its peak RSS. */
 export interface Goal {

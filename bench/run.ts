@@ -6,6 +6,7 @@ import { parseArgs } from 'node:util';
 import { type BenchContext, type BenchOptions, createContext, defaultOptions } from './context.js';
 import { benchDump } from './dump.js';
 import { benchEvents } from './events.js';
+import { benchFleet } from './fleet.js';
 import { benchProbe } from './probe.js';
 import { benchReplicate } from './replicate.js';
 import {
@@ -30,6 +31,7 @@ const MODULES: Array<[Group, (ctx: BenchContext) => Promise<void>]> = [
   ['probe', benchProbe],
   ['events', benchEvents],
   ['status', benchStatus],
+  ['fleet', benchFleet],
 ];
 
 const say = (line: string) => process.stdout.write(`${line}\n`);
@@ -43,6 +45,7 @@ function parseOptions(argv: string[]): { options: BenchOptions; out: string; tsx
       rounds: { type: 'string' },
       warmup: { type: 'string' },
       'dump-mb': { type: 'string' },
+      tenants: { type: 'string' },
       out: { type: 'string' },
       tsx: { type: 'boolean', default: false },
       help: { type: 'boolean', default: false },
@@ -52,11 +55,12 @@ function parseOptions(argv: string[]): { options: BenchOptions; out: string; tsx
   if (values.help) {
     say(
       [
-        'usage: npm run bench -- [--quick] [--only dump,replicate,verify,restore,probe,events,status] [--rounds N] [--warmup N]',
+        'usage: npm run bench -- [--quick] [--only dump,replicate,verify,restore,probe,events,status,fleet] [--tenants N] [--rounds N] [--warmup N]',
         '                        [--dump-mb 500] [--tsx] [--out bench/results.json]',
         '  --quick     small sizes (about 50/100 MB databases, a 128 MiB backup), 3 rounds',
         '  --only restore  mode new vs createdb + pg_restore, and the in-place windows (v2 and v1)',
         '  --dump-mb   the smaller dump database size in MB (the second is double)',
+        '  --tenants   tenants of the fleet cycle (default 1000, 100 with --quick); it runs at a tenth first',
         '  --tsx       run the functions from their TypeScript sources through tsx instead of a build',
       ].join('\n'),
     );
@@ -73,6 +77,7 @@ function parseOptions(argv: string[]): { options: BenchOptions; out: string; tsx
   options.warmup = positive('warmup', values.warmup, 0) ?? options.warmup;
   const dumpMb = positive('dump-mb', values['dump-mb'], 1);
   if (dumpMb) options.dumpMb = [dumpMb, dumpMb * 2];
+  options.fleetTenants = positive('tenants', values.tenants, 1) ?? options.fleetTenants;
   if (values.only) {
     const groups = values.only.split(',').map((s) => s.trim());
     const known = new Set(MODULES.map(([g]) => g));

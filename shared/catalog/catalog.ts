@@ -501,7 +501,8 @@ export function createCatalog(options: CatalogOptions): Catalog {
         if (restorable) break;
       }
       // Findings of every backup still here: a backup an earlier read found one in is read again (its
-      // records may have been put right since); the others have none as far as this process has read.
+      // records may have been put right since); the others have none as far as this process has read
+      // (dump's backup metrics list every backup at start-up and every FLUX_BACKUP_METRICS_REFRESH_MS).
       const present = new Set(ids);
       const again = [...(knownFindings.get(projectId)?.keys() ?? [])].filter(
         (id) => present.has(id) && !read.has(id),

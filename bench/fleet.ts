@@ -1,0 +1,257 @@
+// fleet: one full cycle over a shared cluster of Flux-like tenants (a `t_<id>_api` schema each: two
+// tables with keys, a sequence, a view and a row-security policy, 50 rows), every tenant dumped,
+// replicated and verified through the all-in-one process as deployed, against a naive serial loop doing
+// the same work one tenant at a time (pg_dump --schema, cp + sha256sum, pg_restore into a fresh database).
+// Run at N/10 and at N tenants on clusters of that many, so the per-tenant cost's growth is shown beside
+// raw pg_dump's own. Reports wall time, the per-tenant split (dump, replicate, verify, waiting), peak RSS,
+// delivery retries and refused creates.
+import { randomUUID } from 'node:crypto';
+import { mkdir, rm } from 'node:fs/promises';
+import path from 'node:path';
+import { execa } from 'execa';
+import { seedTenant, tenantSchemaOf } from '../test/support/fixtures.js';
+import { freePort } from '../test/support/pg.js';
+import { startEventReceiver } from '../test/support/receiver.js';
+import { type BenchContext, hashOf, type Source, writeRegistry } from './context.js';
+import { median, summarize } from './stats.js';
+import { defer, MB, memoryOf, sleep, startFunction } from './support.js';
+
+const DB = 'bench_fleet';
+/** Creates in flight at once: the cluster's two dump slots and two more waiting, so dump never idles. */
+const CREATORS = 4;
+const ROWS = 50;
+
+interface Tenant {
+  id: string;
+  slug: string;
+}
+
+interface Cycle {
+  seconds: number;
+  perTenant: { dump: number; replicate: number; verify: number; waiting: number };
+  peakRssMb: number;
+  retries: number;
+  deadLetters: number;
+  refused: number;
+  failed: number;
+}
+
+const secondsSince = (t: number) => (performance.now() - t) / 1000;
+
+function metricSum(text: string, name: string, match: string): number {
+  let sum = 0;
+  for (const line of text.split('\n')) {
+    if (line.startsWith(`${name}{`) && line.includes(match))
+      sum += Number(line.slice(line.lastIndexOf(' ') + 1));
+  }
+  return sum;
+}
+
+async function fluxCycle(ctx: BenchContext, source: Source, tenants: readonly Tenant[]): Promise<Cycle> {
+  const dirs = await ctx.dirs(`fleet-${tenants.length}`);
+  await writeRegistry(dirs.projects, {
+    clusters: [{ name: 'fleet', url: 'env:BENCH_FLEET_URL', maxConcurrentDumps: 2 }],
+    projects: tenants.map((t) => ({
+      id: t.id,
+      hash: hashOf(t.id),
+      slug: t.slug,
+      engine: 'v2_shared' as const,
+      cluster: 'fleet',
+    })),
+  });
+  const receiver = await startEventReceiver([ctx.webhookSecret]);
+  const releaseReceiver = defer('fleet event receiver', () => receiver.close());
+  const port = await freePort();
+  const proc = await startFunction({
+    main: 'all',
+    port,
+    env: ctx.env(dirs, {
+      FLUX_PORT: String(port),
+      BENCH_FLEET_URL: source.cluster.url(DB),
+      FLUX_EVENT_SINKS: JSON.stringify([{ url: receiver.url, types: ['flux.backup.*'] }]),
+      FLUX_VERIFY_DRIVER: 'local',
+      FLUX_PROBE_INTERVAL_MS: '0',
+    }),
+  });
+  try {
+    const created = new Map<string, { at: number; dumpSeconds: number }>();
+    let refused = 0;
+    let failed = 0;
+    const started = performance.now();
+    const queue = [...tenants];
+    const creator = async () => {
+      for (let t = queue.shift(); t; t = queue.shift()) {
+        for (;;) {
+          const res = await fetch(`${proc.url}/api/cli/v1/projects/${hashOf(t.id)}/backups`, {
+            method: 'POST',
+            headers: ctx.token.header,
+          });
+          const body = (await res.json()) as {
+            backup?: { id: string; createdAt: string; completedAt: string | null };
+            code?: string;
+          };
+          if (res.status === 503 && body.code === 'queue_full') {
+            refused++;
+            await sleep(100);
+            continue;
+          }
+          if (res.status !== 200 || !body.backup?.completedAt) {
+            failed++;
+            break;
+          }
+          const { id, createdAt, completedAt } = body.backup;
+          created.set(`${t.id}/${id}`, {
+            at: performance.now(),
+            dumpSeconds: (Date.parse(completedAt) - Date.parse(createdAt)) / 1000,
+          });
+          break;
+        }
+      }
+    };
+    await Promise.all(Array.from({ length: CREATORS }, creator));
+    // Every backup's replicated and verified (or failed) events, read as they arrive.
+    const replicatedAt = new Map<string, number>();
+    const verified = new Map<string, { at: number; seconds: number }>();
+    const deadline = performance.now() + 120_000 + tenants.length * 10_000;
+    let seen = 0;
+    while (verified.size < created.size) {
+      for (; seen < receiver.deliveries.length; seen++) {
+        const { event, verified: signed } = receiver.deliveries[seen]!;
+        if (!signed || !event.subject) continue;
+        if (event.type === 'flux.backup.replicated') replicatedAt.set(event.subject, performance.now());
+        if (event.type === 'flux.backup.verified')
+          verified.set(event.subject, {
+            at: performance.now(),
+            seconds: Number((event.data as { seconds?: number }).seconds ?? 0),
+          });
+        if (event.type === 'flux.backup.verify_failed' || event.type === 'flux.backup.unverifiable') {
+          failed++;
+          verified.set(event.subject, { at: performance.now(), seconds: 0 });
+        }
+      }
+      if (performance.now() > deadline)
+        throw new Error(
+          `fleet: ${created.size - verified.size} backups never verified\n${proc.output().slice(-2000)}`,
+        );
+      await sleep(20);
+    }
+    const seconds = secondsSince(started);
+    const metrics = await (await fetch(`${proc.url}/metrics`)).text();
+    const dump: number[] = [];
+    const replicate: number[] = [];
+    const verify: number[] = [];
+    const waiting: number[] = [];
+    for (const [subject, c] of created) {
+      const v = verified.get(subject)!;
+      dump.push(c.dumpSeconds);
+      const r = replicatedAt.get(subject);
+      if (r !== undefined) replicate.push((r - c.at) / 1000);
+      verify.push(v.seconds);
+      waiting.push(Math.max(0, (v.at - c.at) / 1000 - v.seconds));
+    }
+    return {
+      seconds,
+      perTenant: {
+        dump: median(dump),
+        replicate: replicate.length > 0 ? median(replicate) : Number.NaN,
+        verify: median(verify),
+        waiting: median(waiting),
+      },
+      peakRssMb: (await memoryOf(proc.pid)).peak / MB,
+      retries: metricSum(metrics, 'flux_events_deliveries_total', 'result="retry"'),
+      deadLetters: metricSum(metrics, 'flux_events_deliveries_total', 'result="dead"'),
+      refused,
+      failed,
+    };
+  } finally {
+    await proc.stop();
+    await releaseReceiver();
+  }
+}
+
+/** The same work one tenant at a time with the raw tools: what an operator's shell loop would do. */
+async function naiveCycle(ctx: BenchContext, source: Source, tenants: readonly Tenant[]): Promise<number> {
+  const dir = path.join(ctx.root, `fleet-naive-${tenants.length}`);
+  await mkdir(dir, { recursive: true });
+  const env = { ...process.env, ...source.cluster.env(DB) };
+  const started = performance.now();
+  for (const t of tenants) {
+    const file = path.join(dir, `${t.id}.dump`);
+    const copy = path.join(dir, `${t.id}.copy`);
+    await execa('pg_dump', ['-Fc', '-Z1', '--schema', tenantSchemaOf(t.id), '-f', file, DB], { env });
+    await execa('cp', [file, copy]);
+    await execa('sha256sum', [copy]);
+    const fresh = `naive_${t.id.replaceAll('-', '').slice(0, 12)}`;
+    await execa('createdb', [fresh], { env });
+    // Tenant code references the platform's roles and schemas the fresh database lacks: pg_restore reports
+    // those and goes on, as a shell loop would.
+    await execa('pg_restore', ['-d', fresh, file], { env, reject: false });
+    await execa('dropdb', [fresh], { env });
+    await rm(file, { force: true });
+    await rm(copy, { force: true });
+  }
+  const seconds = secondsSince(started);
+  await rm(dir, { recursive: true, force: true });
+  return seconds;
+}
+
+export async function benchFleet(ctx: BenchContext): Promise<void> {
+  const n = ctx.options.fleetTenants;
+  const sizes = [...new Set([Math.max(1, Math.round(n / 10)), n])];
+  const source = await ctx.source();
+  await source.cluster.createDatabase(DB);
+  const tenants: Tenant[] = [];
+  const perTenant: Array<{ size: number; flux: number; naive: number }> = [];
+  for (const size of sizes) {
+    const seedStarted = performance.now();
+    while (tenants.length < size) {
+      const id = randomUUID();
+      await seedTenant(source.cluster, { db: DB, projectId: id, rows: ROWS });
+      tenants.push({ id, slug: `fleet-${tenants.length + 1}` });
+    }
+    ctx.say(`fleet: ${size} tenants on the cluster (seeded in ${secondsSince(seedStarted).toFixed(0)} s)`);
+    const naive = await naiveCycle(ctx, source, tenants);
+    ctx.say(`fleet: naive serial loop over ${size} tenants: ${naive.toFixed(1)} s`);
+    const flux = await fluxCycle(ctx, source, tenants);
+    ctx.say(`fleet: flux-ops all-in-one cycle over ${size} tenants: ${flux.seconds.toFixed(1)} s`);
+    perTenant.push({ size, flux: flux.seconds / size, naive: naive / size });
+    ctx.record({
+      id: `fleet.cycle.${size}`,
+      group: 'fleet',
+      name: `fleet cycle, ${size} tenants (dump, replicate, verify each)`,
+      unit: 's',
+      fn: summarize([flux.seconds]),
+      baseline: { ...summarize([naive]), label: 'serial pg_dump, cp + sha256sum, pg_restore' },
+      goals: [
+        { of: 'ratio', op: '<=', value: 0.7 },
+        { of: 'peakRssMb', op: '<=', value: 150 },
+      ],
+      peakRssMb: flux.peakRssMb,
+      details: {
+        tenants: size,
+        perTenantSecondsMedian: flux.perTenant,
+        deliveryRetries: flux.retries,
+        deadLetters: flux.deadLetters,
+        refusedCreates: flux.refused,
+        failed: flux.failed,
+      },
+      note: 'the all-in-one process, local verify sandbox, defaults; one cycle each (one sample)',
+    });
+  }
+  if (perTenant.length === 2) {
+    const [small, large] = perTenant as [(typeof perTenant)[0], (typeof perTenant)[0]];
+    const fluxGrowth = large.flux / small.flux;
+    const naiveGrowth = large.naive / small.naive;
+    ctx.record({
+      id: 'fleet.growth',
+      group: 'fleet',
+      name: `per-tenant cost growth from ${small.size} to ${large.size} tenants`,
+      unit: 'x',
+      fn: summarize([fluxGrowth]),
+      baseline: { ...summarize([naiveGrowth]), label: 'the naive loop’s own growth' },
+      goals: [{ of: 'ratio', op: '<=', value: 1 }],
+      details: { perTenant },
+      note: 'flux-ops per-tenant cost at N over at N/10, against the same for the naive loop',
+    });
+  }
+}
