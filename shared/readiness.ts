@@ -75,14 +75,19 @@ export function toolCheck(
       const info = await requireTool(tool, pathEnv());
       // A pg_dump a tenant could turn against us is not ready, whatever its major.
       if (tool === 'pg_dump') requireRelationKindProtection(info);
-      return {
-        ok: true,
-        detail: `${info.path} (${info.version})`,
-        path: info.path,
-        version: info.version,
-        major: info.major,
-      };
+      return foundTool(info);
     },
+  };
+}
+
+/** The outcome of a tool check that found the tool: where it is and which version. */
+export function foundTool(info: { path: string; version: string; major: number }): CheckOutcome {
+  return {
+    ok: true,
+    detail: `${info.path} (${info.version})`,
+    path: info.path,
+    version: info.version,
+    major: info.major,
   };
 }
 

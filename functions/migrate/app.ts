@@ -5,7 +5,7 @@ import { AppError, isAppError } from '../../shared/errors.js';
 import { createKit, readJson } from '../../shared/kit/app.js';
 import { createLifecycle } from '../../shared/kit/lifecycle.js';
 import type { FunctionApp, Runtime } from '../../shared/kit/runtime.js';
-import { type CheckOutcome, dirWritableCheck, type ReadyCheck } from '../../shared/readiness.js';
+import { type CheckOutcome, dirWritableCheck, foundTool, type ReadyCheck } from '../../shared/readiness.js';
 import { requireProjectByHash, resolveUrl, tenantSchemaOf } from '../../shared/registry.js';
 import type { ToolInfo } from '../../shared/tools.js';
 import { createMigrator } from './migrator.js';
@@ -150,14 +150,7 @@ export function createApp(rt: Runtime): FunctionApp {
         const { found, errors } = await tools;
         const error = errors[tool];
         if (error) throw error;
-        const info = found[tool]!;
-        return {
-          ok: true,
-          detail: `${info.path} (${info.version})`,
-          path: info.path,
-          version: info.version,
-          major: info.major,
-        };
+        return foundTool(found[tool]!);
       },
     });
     const reachCheck = (name: string, p: Promise<Reach>): ReadyCheck => ({
