@@ -1,6 +1,7 @@
 // The pg_dump archive header (custom format) and version matching: which pg_restore can read an archive,
 // and which postgres:<major> image an operator must set when the sandbox cannot.
 // Layout: src/bin/pg_dump/pg_backup_archiver.c (WriteHead/ReadHead), versions K_VERS_* in pg_backup_archiver.h.
+
 import { open } from 'node:fs/promises';
 
 export const ARCHIVE_MAGIC = 'PGDMP';
@@ -48,11 +49,61 @@ export class ArchiveHeaderError extends Error {
   }
 }
 
-const atLeast = (v: ArchiveVersion, major: number, minor: number) =>
+export const atLeast = (v: ArchiveVersion, major: number, minor: number) =>
   v.major > major || (v.major === major && v.minor >= minor);
+
+/**
+ * Reads pg_dump's archive primitives from a buffer (pg_backup_archiver.c ReadInt/ReadStr): an int is a
+ * sign byte then intSize bytes little-endian; a string an int length (-1 = null) then its bytes. Reading
+ * past the end throws ArchiveHeaderError('header_truncated').
+ */
+export class ArchiveCursor {
+  intSize = 4;
+  constructor(
+    readonly buf: Buffer,
+    public pos = 0,
+  ) {}
+  need(n: number): void {
+    if (this.pos + n > this.buf.length) {
+      throw new ArchiveHeaderError('header_truncated', 'the archive header is truncated');
+    }
+  }
+  byte(): number {
+    this.need(1);
+    return this.buf[this.pos++]!;
+  }
+  int(): number {
+    const negative = this.byte() !== 0;
+    this.need(this.intSize);
+    let value = 0;
+    for (let i = 0; i < this.intSize; i++) value += this.buf[this.pos + i]! * 2 ** (8 * i);
+    this.pos += this.intSize;
+    return negative ? -value : value;
+  }
+  str(): string | undefined {
+    const length = this.int();
+    if (length < 0) return undefined;
+    this.need(length);
+    const s = this.buf.toString('utf8', this.pos, this.pos + length);
+    this.pos += length;
+    return s;
+  }
+  skip(n: number): void {
+    this.need(n);
+    this.pos += n;
+  }
+}
 
 /** Parses the start of a custom-format archive (throws ArchiveHeaderError on anything else). */
 export function parseArchiveHeader(bytes: Uint8Array): ArchiveHeader {
+  return readHeader(bytes).header;
+}
+
+/**
+ * The header and where it ends (the table of contents starts there); `end` is undefined when the
+ * informative part after the version bytes was cut short.
+ */
+export function readHeader(bytes: Uint8Array): { header: ArchiveHeader; end?: number } {
   const buf = Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength);
   if (buf.length < 5 || buf.toString('latin1', 0, 5) !== ARCHIVE_MAGIC) {
     throw new ArchiveHeaderError(
@@ -60,21 +111,12 @@ export function parseArchiveHeader(bytes: Uint8Array): ArchiveHeader {
       'the file does not start with PGDMP: not a pg_dump custom-format archive',
     );
   }
-  let pos = 5;
-  const need = (n: number) => {
-    if (pos + n > buf.length) {
-      throw new ArchiveHeaderError('header_truncated', 'the archive header is truncated');
-    }
-  };
-  const byte = () => {
-    need(1);
-    return buf[pos++]!;
-  };
-  const version: ArchiveVersion = { major: byte(), minor: byte(), rev: 0 };
-  if (version.major > 1 || (version.major === 1 && version.minor > 0)) version.rev = byte();
-  const intSize = byte();
-  const offSize = byte();
-  const formatCode = byte();
+  const c = new ArchiveCursor(buf, 5);
+  const version: ArchiveVersion = { major: c.byte(), minor: c.byte(), rev: 0 };
+  if (version.major > 1 || (version.major === 1 && version.minor > 0)) version.rev = c.byte();
+  const intSize = c.byte();
+  const offSize = c.byte();
+  const formatCode = c.byte();
   const header: ArchiveHeader = {
     version,
     versionText: `${version.major}.${version.minor}-${version.rev}`,
@@ -85,47 +127,32 @@ export function parseArchiveHeader(bytes: Uint8Array): ArchiveHeader {
   if (intSize < 1 || intSize > 8) {
     throw new ArchiveHeaderError('not_custom_archive', `implausible integer size ${intSize} in the header`);
   }
-  // ReadInt: a sign byte, then intSize bytes little-endian.
-  const int = () => {
-    const negative = byte() !== 0;
-    need(intSize);
-    let value = 0;
-    for (let i = 0; i < intSize; i++) value += buf[pos + i]! * 2 ** (8 * i);
-    pos += intSize;
-    return negative ? -value : value;
-  };
-  const str = () => {
-    const length = int();
-    if (length < 0) return undefined;
-    need(length);
-    const s = buf.toString('utf8', pos, pos + length);
-    pos += length;
-    return s;
-  };
+  c.intSize = intSize;
   try {
     if (atLeast(version, 1, 15)) {
-      const algorithm = byte();
+      const algorithm = c.byte();
       header.compression = COMPRESSION[algorithm] ?? `algorithm ${algorithm}`;
     } else if (atLeast(version, 1, 2)) {
-      const level = int();
+      const level = c.int();
       header.compression = level === 0 ? 'none' : `gzip level ${level}`;
     }
     if (atLeast(version, 1, 4)) {
-      for (let i = 0; i < 7; i++) int(); // creation time: sec, min, hour, mday, mon, year, isdst
-      const database = str();
+      for (let i = 0; i < 7; i++) c.int(); // creation time: sec, min, hour, mday, mon, year, isdst
+      const database = c.str();
       if (database !== undefined) header.database = database;
     }
     if (atLeast(version, 1, 10)) {
-      const server = str();
-      const dump = str();
+      const server = c.str();
+      const dump = c.str();
       if (server !== undefined) header.serverVersion = server;
       if (dump !== undefined) header.pgDumpVersion = dump;
     }
+    return { header, end: c.pos };
   } catch (error) {
     // The version bytes are what matching needs; the rest is informative.
     if (!(error instanceof ArchiveHeaderError)) throw error;
+    return { header };
   }
-  return header;
 }
 
 export async function readArchiveHeader(file: string): Promise<ArchiveHeader> {
