@@ -71,6 +71,8 @@ async function fluxCycle(ctx: BenchContext, source: Source, tenants: readonly Te
       FLUX_EVENT_SINKS: JSON.stringify([{ url: receiver.url, types: ['flux.backup.*'] }]),
       FLUX_VERIFY_DRIVER: 'local',
       FLUX_PROBE_INTERVAL_MS: '0',
+      // Settings to compare against the defaults, e.g. BENCH_FLEET_ENV='{"FLUX_VERIFY_CONCURRENCY":"2"}'.
+      ...(JSON.parse(process.env.BENCH_FLEET_ENV ?? '{}') as Record<string, string>),
     }),
   });
   try {
