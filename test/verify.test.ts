@@ -648,6 +648,9 @@ describe('held events', () => {
         { headers: ADMIN.header },
       );
       expect(await status.json()).toMatchObject({ running: true });
+      // The running backup's event again, while another waits: it joins the running verification.
+      const again = await fn.app.request('/events', signedEvent(created(slowBackup)));
+      expect(await again.json()).toMatchObject({ verifying: slowBackup.manifest.backupId, joined: true });
       // The hold is full (FLUX_VERIFY_HOLD_MAX=1): refused as before, for the sender to retry.
       const refused = await fn.app.request('/events', signedEvent(created(third)));
       expect(refused.status).toBe(503);

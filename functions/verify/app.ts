@@ -102,7 +102,9 @@ export function createApp(
       causedBy: event.id,
     };
     // Backups that already wait keep their order: a new one goes behind them, not into a slot they wait for.
-    if (held.size === 0) {
+    // One whose verification runs joins it at once.
+    const running = verifier.isRunning(request.projectId, request.backupId, request.source);
+    if (held.size === 0 || running) {
       try {
         const started = await verifier.start(request);
         return { status: 202, body: { verifying: started.backupId, joined: started.joined } };
