@@ -167,16 +167,20 @@ export function createDockerDriver(options: DockerDriverOptions): SandboxDriver 
     return available;
   }
 
-  /** Creates and starts a container and waits until its server answers; removes it again if that fails. */
+  /**
+   * Checks the engine answers and the image is there, creates and starts a container and waits until its
+   * server answers; removes it again if that fails.
+   */
   async function startContainer(
-    docker: Docker,
-    fromImageId: string,
     name: string,
     labels: Record<string, string>,
     expiresAtMs: number,
     signal: AbortSignal | undefined,
     isClaimed = false,
   ): Promise<DockerSandbox> {
+    const docker = await client();
+    await ping(docker);
+    const fromImageId = (await inspectImage(docker)).Id;
     let container: Docker.Container;
     const cpus = await cpuLimit(docker);
     try {
@@ -246,14 +250,9 @@ export function createDockerDriver(options: DockerDriverOptions): SandboxDriver 
     hasRoom: () => [...live].filter((s) => s.isClaimed).length < concurrency,
     refreshMs: spareRefreshMs,
     async create() {
-      const docker = await client();
-      await ping(docker);
-      const info = await inspectImage(docker);
       // No backup id label: it is not known yet (the name says it once claimed). The expiry covers
       // the time until this spare is replaced plus a whole verification.
       return startContainer(
-        docker,
-        info.Id,
         `${SPARE_NAME_PREFIX}${randomBytes(4).toString('hex')}`,
         {},
         Date.now() + spareRefreshMs + sandboxTtlMs,
@@ -324,12 +323,7 @@ export function createDockerDriver(options: DockerDriverOptions): SandboxDriver 
       const claimed = await takeSpare(createOptions);
       if (claimed) return claimed;
       // No spare, or another verification took the one being prepared: start one now rather than queue.
-      const docker = await client();
-      await ping(docker);
-      const info = await inspectImage(docker);
       return startContainer(
-        docker,
-        info.Id,
         `${sandboxNamePrefix(createOptions.backupId)}${randomBytes(3).toString('hex')}`,
         { [LABEL.backupId]: createOptions.backupId, [LABEL.projectId]: createOptions.projectId },
         Date.now() + createOptions.ttlMs,
