@@ -4,10 +4,11 @@ import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { createFluxRoles, generateBulkData, seedProjectDb } from '../test/support/fixtures.js';
-import { type PgCluster, startPostgres } from '../test/support/pg.js';
+import { freePort, type PgCluster, startPostgres } from '../test/support/pg.js';
+import { type EventReceiver, startEventReceiver } from '../test/support/receiver.js';
 import { makeToken, type TestToken, WEBHOOK_SECRET } from '../test/support/runtime.js';
 import { type BenchResult, type Group, makeResult, num, type ResultInput } from './report.js';
-import { defer, MB } from './support.js';
+import { defer, type FunctionProcess, MB, startFunction } from './support.js';
 
 export interface BenchOptions {
   quick: boolean;
@@ -232,3 +233,42 @@ export async function writeRegistry(
 
 /** The 7-hex project hash the CLI routes use, derived like the platform does (first 7 hex of the id). */
 export const hashOf = (id: string) => id.replaceAll('-', '').slice(0, 7);
+
+/**
+ * The all-in-one process on `dirs` (local verify sandbox, no probe cycle) with a receiver of its signed
+ * flux.backup.* events; `release` stops both. Not /readyz: there is no gateway for probe here, which
+ * readiness rightly reports.
+ */
+export async function startAllInOne(
+  ctx: BenchContext,
+  dirs: Dirs,
+  extra: Record<string, string>,
+): Promise<{ proc: FunctionProcess; receiver: EventReceiver; release: () => Promise<void> }> {
+  const receiver = await startEventReceiver([ctx.webhookSecret]);
+  const releaseReceiver = defer('all-in-one event receiver', () => receiver.close());
+  const port = await freePort();
+  try {
+    const proc = await startFunction({
+      main: 'all',
+      port,
+      env: ctx.env(dirs, {
+        FLUX_PORT: String(port),
+        FLUX_EVENT_SINKS: JSON.stringify([{ url: receiver.url, types: ['flux.backup.*'] }]),
+        FLUX_VERIFY_DRIVER: 'local',
+        FLUX_PROBE_INTERVAL_MS: '0',
+        ...extra,
+      }),
+    });
+    return {
+      proc,
+      receiver,
+      release: async () => {
+        await proc.stop();
+        await releaseReceiver();
+      },
+    };
+  } catch (error) {
+    await releaseReceiver();
+    throw error;
+  }
+}

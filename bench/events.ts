@@ -11,11 +11,10 @@ import { signWebhook } from '../shared/events/signature.js';
 import { createLogger } from '../shared/log.js';
 import { createRegistry } from '../shared/metrics.js';
 import { seedTenant } from '../test/support/fixtures.js';
-import { freePort } from '../test/support/pg.js';
 import { type EventReceiver, startEventReceiver } from '../test/support/receiver.js';
-import { type BenchContext, hashOf, writeRegistry } from './context.js';
+import { type BenchContext, hashOf, startAllInOne, writeRegistry } from './context.js';
 import { alternate, summarize } from './stats.js';
-import { defer, MB, memoryOf, sleep, startFunction } from './support.js';
+import { defer, MB, memoryOf, sleep } from './support.js';
 
 /** The outbox's default delivery concurrency, used for the baseline too. */
 const CONCURRENCY = 8;
@@ -148,20 +147,8 @@ async function benchEndToEnd(ctx: BenchContext): Promise<void> {
       },
     ],
   });
-  const receiver = await startEventReceiver([ctx.webhookSecret]);
-  const releaseReceiver = defer('e2e event receiver', () => receiver.close());
-  const port = await freePort();
-  const proc = await startFunction({
-    main: 'all',
-    port,
-    // Not /readyz: the all-in-one probe has no gateway here, which readiness rightly reports.
-    env: ctx.env(dirs, {
-      FLUX_PORT: String(port),
-      BENCH_E2E_URL: source.cluster.url('bench_e2e'),
-      FLUX_EVENT_SINKS: JSON.stringify([{ url: receiver.url, types: ['flux.backup.*'] }]),
-      FLUX_VERIFY_DRIVER: 'local',
-      FLUX_PROBE_INTERVAL_MS: '0',
-    }),
+  const { proc, receiver, release } = await startAllInOne(ctx, dirs, {
+    BENCH_E2E_URL: source.cluster.url('bench_e2e'),
   });
   const created: number[] = [];
   const replicated: number[] = [];
@@ -208,8 +195,7 @@ async function benchEndToEnd(ctx: BenchContext): Promise<void> {
       }
     }
   } finally {
-    await proc.stop();
-    await releaseReceiver();
+    await release();
   }
   const seconds = (ms: number[]) => summarize(ms.map((v) => v / 1000));
   const peakRssMb = Math.max(...peaks);

@@ -10,11 +10,9 @@ import { mkdir, rm } from 'node:fs/promises';
 import path from 'node:path';
 import { execa } from 'execa';
 import { seedTenant, tenantSchemaOf } from '../test/support/fixtures.js';
-import { freePort } from '../test/support/pg.js';
-import { startEventReceiver } from '../test/support/receiver.js';
-import { type BenchContext, hashOf, type Source, writeRegistry } from './context.js';
+import { type BenchContext, hashOf, type Source, startAllInOne, writeRegistry } from './context.js';
 import { median, summarize } from './stats.js';
-import { defer, MB, memoryOf, sleep, startFunction } from './support.js';
+import { MB, memoryOf, sleep } from './support.js';
 
 const DB = 'bench_fleet';
 /** Creates in flight at once: the cluster's two dump slots and two more waiting, so dump never idles. */
@@ -59,21 +57,10 @@ async function fluxCycle(ctx: BenchContext, source: Source, tenants: readonly Te
       cluster: 'fleet',
     })),
   });
-  const receiver = await startEventReceiver([ctx.webhookSecret]);
-  const releaseReceiver = defer('fleet event receiver', () => receiver.close());
-  const port = await freePort();
-  const proc = await startFunction({
-    main: 'all',
-    port,
-    env: ctx.env(dirs, {
-      FLUX_PORT: String(port),
-      BENCH_FLEET_URL: source.cluster.url(DB),
-      FLUX_EVENT_SINKS: JSON.stringify([{ url: receiver.url, types: ['flux.backup.*'] }]),
-      FLUX_VERIFY_DRIVER: 'local',
-      FLUX_PROBE_INTERVAL_MS: '0',
-      // Settings to compare against the defaults, e.g. BENCH_FLEET_ENV='{"FLUX_VERIFY_CONCURRENCY":"2"}'.
-      ...(JSON.parse(process.env.BENCH_FLEET_ENV ?? '{}') as Record<string, string>),
-    }),
+  const { proc, receiver, release } = await startAllInOne(ctx, dirs, {
+    BENCH_FLEET_URL: source.cluster.url(DB),
+    // Settings to compare against the defaults, e.g. BENCH_FLEET_ENV='{"FLUX_VERIFY_CONCURRENCY":"2"}'.
+    ...(JSON.parse(process.env.BENCH_FLEET_ENV ?? '{}') as Record<string, string>),
   });
   try {
     const created = new Map<string, { at: number; dumpSeconds: number }>();
@@ -166,8 +153,7 @@ async function fluxCycle(ctx: BenchContext, source: Source, tenants: readonly Te
       failed,
     };
   } finally {
-    await proc.stop();
-    await releaseReceiver();
+    await release();
   }
 }
 
