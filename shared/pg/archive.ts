@@ -24,8 +24,12 @@ const SETVAL = /^SELECT pg_catalog\.setval\('((?:[^']|'')+)', (-?\d+), (true|fal
  * PostgreSQL 17's 1.16 adds fields to each entry; its archives, and any newer, are read by pg_restore.
  */
 const TOC_MINORS = { min: 12, max: 15 } as const;
-/** The TOC is read from the start of the archive in growing chunks, never more than this. */
-const TOC_READ_MAX = 256 * 1024 * 1024;
+/**
+ * The TOC is read from the start of the archive in growing chunks, never more than this: a schema whose
+ * definitions are larger (a tenant's DDL is its own) is read by pg_restore, in its own process, instead of
+ * growing this one.
+ */
+const TOC_READ_MAX = 16 * 1024 * 1024;
 
 function setvalOf(defn: string | undefined): ArchiveSequence | undefined {
   const m = defn === undefined ? null : SETVAL.exec(defn.trim());
