@@ -15,17 +15,23 @@ import { fakeManifest, fakeVerifyReceipt } from '../../test/replicate-fixtures.j
 import { makeTestEnv, signedEvent, testRuntime } from '../../test/support/runtime.js';
 import { createApp } from './app.js';
 
+/** A project dump never connects to here: only its catalog is read. */
+function dedicatedProject(slug: string): Project {
+  const id = randomUUID();
+  return {
+    id,
+    hash: id.replaceAll('-', '').slice(0, 7),
+    slug,
+    engine: 'v1_dedicated',
+    databaseUrl: 'env:UNUSED_URL',
+  } as Project;
+}
+
 describe('backup metrics at start-up', () => {
   it('start() does not wait for the catalog; the first scrape waits for the first computation', async () => {
     const env = await makeTestEnv();
-    const id = randomUUID();
-    const project = {
-      id,
-      hash: id.replaceAll('-', '').slice(0, 7),
-      slug: 'slow-catalog',
-      engine: 'v1_dedicated',
-      databaseUrl: 'env:UNUSED_URL',
-    } as Project;
+    const project = dedicatedProject('slow-catalog');
+    const { id } = project;
     const backupId = newBackupId();
     const paths = backupPaths(env.config.FLUX_BACKUPS_LOCAL_DIR, id, backupId);
     await ensureDir(paths.dir);
@@ -64,14 +70,8 @@ describe('backup metrics at start-up', () => {
 
   it('a receipt event recomputes the tier from the newest backups without reading the history', async () => {
     const env = await makeTestEnv();
-    const id = randomUUID();
-    const project = {
-      id,
-      hash: id.replaceAll('-', '').slice(0, 7),
-      slug: 'long-history',
-      engine: 'v1_dedicated',
-      databaseUrl: 'env:UNUSED_URL',
-    } as Project;
+    const project = dedicatedProject('long-history');
+    const { id } = project;
     const rt = testRuntime('dump', env, { projects: [project] });
     const fn = createApp(rt);
     const root = env.config.FLUX_BACKUPS_LOCAL_DIR;
