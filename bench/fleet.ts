@@ -12,7 +12,7 @@ import { execa } from 'execa';
 import { seedTenant, tenantSchemaOf } from '../test/support/fixtures.js';
 import { type BenchContext, hashOf, type Source, startAllInOne, writeRegistry } from './context.js';
 import { median, summarize } from './stats.js';
-import { MB, memoryOf, sleep } from './support.js';
+import { MB, machineBusySeconds, memoryOf, sleep } from './support.js';
 
 const DB = 'bench_fleet';
 /** Creates in flight at once: the cluster's two dump slots and two more waiting, so dump never idles. */
@@ -26,7 +26,11 @@ interface Tenant {
 
 interface Cycle {
   seconds: number;
+  /** CPU seconds the machine was busy over the cycle. */
+  busySeconds: number;
   perTenant: { dump: number; replicate: number; verify: number; waiting: number };
+  /** Median seconds per verification stage (sandbox, prepare, transfer, restore, checks, teardown...). */
+  verifyStages: Record<string, number>;
   peakRssMb: number;
   retries: number;
   deadLetters: number;
@@ -66,6 +70,7 @@ async function fluxCycle(ctx: BenchContext, source: Source, tenants: readonly Te
     const created = new Map<string, { at: number; dumpSeconds: number }>();
     let refused = 0;
     let failed = 0;
+    const busyBefore = await machineBusySeconds();
     const started = performance.now();
     const queue = [...tenants];
     const creator = async () => {
@@ -101,6 +106,7 @@ async function fluxCycle(ctx: BenchContext, source: Source, tenants: readonly Te
     // Every backup's replicated and verified (or failed) events, read as they arrive.
     const replicatedAt = new Map<string, number>();
     const verified = new Map<string, { at: number; seconds: number }>();
+    const stages = new Map<string, number[]>();
     const deadline = performance.now() + 120_000 + tenants.length * 10_000;
     let seen = 0;
     while (verified.size < created.size) {
@@ -108,11 +114,15 @@ async function fluxCycle(ctx: BenchContext, source: Source, tenants: readonly Te
         const { event, verified: signed } = receiver.deliveries[seen]!;
         if (!signed || !event.subject) continue;
         if (event.type === 'flux.backup.replicated') replicatedAt.set(event.subject, performance.now());
-        if (event.type === 'flux.backup.verified')
-          verified.set(event.subject, {
-            at: performance.now(),
-            seconds: Number((event.data as { seconds?: number }).seconds ?? 0),
-          });
+        if (event.type === 'flux.backup.verified') {
+          const data = event.data as { seconds?: number; stages?: Record<string, number> };
+          verified.set(event.subject, { at: performance.now(), seconds: Number(data.seconds ?? 0) });
+          const timed = data.stages ?? {};
+          for (const [name, value] of Object.entries(timed)) {
+            if (!stages.has(name)) stages.set(name, []);
+            stages.get(name)!.push(value);
+          }
+        }
         if (event.type === 'flux.backup.verify_failed' || event.type === 'flux.backup.unverifiable') {
           failed++;
           verified.set(event.subject, { at: performance.now(), seconds: 0 });
@@ -125,6 +135,7 @@ async function fluxCycle(ctx: BenchContext, source: Source, tenants: readonly Te
       await sleep(20);
     }
     const seconds = secondsSince(started);
+    const busySeconds = (await machineBusySeconds()) - busyBefore;
     const metrics = await (await fetch(`${proc.url}/metrics`)).text();
     const dump: number[] = [];
     const replicate: number[] = [];
@@ -140,12 +151,14 @@ async function fluxCycle(ctx: BenchContext, source: Source, tenants: readonly Te
     }
     return {
       seconds,
+      busySeconds,
       perTenant: {
         dump: median(dump),
         replicate: replicate.length > 0 ? median(replicate) : Number.NaN,
         verify: median(verify),
         waiting: median(waiting),
       },
+      verifyStages: Object.fromEntries([...stages].map(([name, values]) => [name, median(values)])),
       peakRssMb: (await memoryOf(proc.pid)).peak / MB,
       retries: metricSum(metrics, 'flux_events_deliveries_total', 'result="retry"'),
       deadLetters: metricSum(metrics, 'flux_events_deliveries_total', 'result="dead"'),
@@ -158,10 +171,15 @@ async function fluxCycle(ctx: BenchContext, source: Source, tenants: readonly Te
 }
 
 /** The same work one tenant at a time with the raw tools: what an operator's shell loop would do. */
-async function naiveCycle(ctx: BenchContext, source: Source, tenants: readonly Tenant[]): Promise<number> {
+async function naiveCycle(
+  ctx: BenchContext,
+  source: Source,
+  tenants: readonly Tenant[],
+): Promise<{ seconds: number; busySeconds: number }> {
   const dir = path.join(ctx.root, `fleet-naive-${tenants.length}`);
   await mkdir(dir, { recursive: true });
   const env = { ...process.env, ...source.cluster.env(DB) };
+  const busyBefore = await machineBusySeconds();
   const started = performance.now();
   for (const t of tenants) {
     const file = path.join(dir, `${t.id}.dump`);
@@ -179,8 +197,9 @@ async function naiveCycle(ctx: BenchContext, source: Source, tenants: readonly T
     await rm(copy, { force: true });
   }
   const seconds = secondsSince(started);
+  const busySeconds = (await machineBusySeconds()) - busyBefore;
   await rm(dir, { recursive: true, force: true });
-  return seconds;
+  return { seconds, busySeconds };
 }
 
 export async function benchFleet(ctx: BenchContext): Promise<void> {
@@ -198,7 +217,7 @@ export async function benchFleet(ctx: BenchContext): Promise<void> {
       tenants.push({ id, slug: `fleet-${tenants.length + 1}` });
     }
     ctx.say(`fleet: ${size} tenants on the cluster (seeded in ${secondsSince(seedStarted).toFixed(0)} s)`);
-    const naive = await naiveCycle(ctx, source, tenants);
+    const { seconds: naive, busySeconds: naiveBusy } = await naiveCycle(ctx, source, tenants);
     ctx.say(`fleet: naive serial loop over ${size} tenants: ${naive.toFixed(1)} s`);
     const flux = await fluxCycle(ctx, source, tenants);
     ctx.say(`fleet: flux-ops all-in-one cycle over ${size} tenants: ${flux.seconds.toFixed(1)} s`);
@@ -218,6 +237,9 @@ export async function benchFleet(ctx: BenchContext): Promise<void> {
       details: {
         tenants: size,
         perTenantSecondsMedian: flux.perTenant,
+        // The machine's busy CPU seconds per tenant: what the cycle costs, whatever it overlaps.
+        cpuSecondsPerTenant: { flux: flux.busySeconds / size, naive: naiveBusy / size },
+        verifyStageSecondsMedian: flux.verifyStages,
         deliveryRetries: flux.retries,
         deadLetters: flux.deadLetters,
         refusedCreates: flux.refused,

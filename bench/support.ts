@@ -97,6 +97,18 @@ export async function cpuSecondsOf(pid: number): Promise<number> {
   return (Number(fields[11]) + Number(fields[12])) / clockTicks;
 }
 
+/**
+ * CPU seconds the whole machine has been busy since boot (every process: a function's children, the
+ * clusters' backends, the sandboxes' servers), from /proc/stat; the difference over a run is its cost.
+ */
+export async function machineBusySeconds(): Promise<number> {
+  clockTicks ??= Number(execFileSync('getconf', ['CLK_TCK'], { encoding: 'utf8' }).trim()) || 100;
+  const line = (await readFile('/proc/stat', 'utf8')).split('\n')[0]!;
+  // cpu user nice system idle iowait irq softirq steal ...: everything but idle and iowait is busy.
+  const [user, nice, system, , , irq, softirq, steal] = line.trim().split(/\s+/).slice(1).map(Number);
+  return ((user ?? 0) + (nice ?? 0) + (system ?? 0) + (irq ?? 0) + (softirq ?? 0) + (steal ?? 0)) / clockTicks;
+}
+
 let cachesDroppable: boolean | undefined;
 
 /** Writes dirty pages and drops the page cache (root with a writable /proc/sys); false when not allowed. */

@@ -137,6 +137,20 @@ describe('local sandbox', () => {
     expect(isAlive(pid)).toBe(false);
   });
 
+  it('starts from a small template: only the postgres database, 1 MB WAL segments', async () => {
+    sandbox = await driver.create({ ...IDS, ttlMs: 60_000 });
+    const [row] = await queryJson<{ dbs: string[]; seg: string }>(
+      sandbox,
+      `SELECT array_agg(datname ORDER BY datname) AS dbs, current_setting('wal_segment_size') AS seg
+         FROM pg_database`,
+      'databases',
+    );
+    expect(row).toEqual({ dbs: ['postgres'], seg: '1MB' });
+    // What every sandbox copies: the template and the copy are a third of a stock initdb's 39 MB.
+    const { stdout } = await execa('du', ['-sm', path.join(sandbox.id, 'data')]);
+    expect(Number(stdout.split('\t')[0])).toBeLessThan(20);
+  });
+
   it('reports missing tools as unavailable with the fix, never as a broken backup', async () => {
     const bare = createLocalDriver({ pathEnv: '/nonexistent', baseDir: localBase, spare: false });
     const status = await bare.status();

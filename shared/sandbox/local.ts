@@ -132,13 +132,14 @@ export function createLocalDriver(options: LocalDriverOptions): SandboxDriver {
     cwd: string,
     what: string,
     signal: AbortSignal = closing.signal,
+    input?: string,
   ): Promise<void> {
     const [cmd, argv] = await asServerUser(file, args);
     const result = await execa(cmd, argv, {
       cwd,
       env: { PATH: options.pathEnv ?? '', LANG: 'C' },
       extendEnv: false,
-      stdin: 'ignore',
+      ...(input === undefined ? { stdin: 'ignore' as const } : { input }),
       reject: false,
       cleanup: false,
       timeout: 120_000,
@@ -193,6 +194,8 @@ export function createLocalDriver(options: LocalDriverOptions): SandboxDriver {
   function initdbArgs(data: string): string[] {
     return [
       '--no-sync',
+      // 1 MB WAL segments: a copy of the template carries 5 MB of WAL instead of 17 MB.
+      '--wal-segsize=1',
       '-D',
       data,
       '-U',
@@ -230,10 +233,33 @@ export function createLocalDriver(options: LocalDriverOptions): SandboxDriver {
     );
   }
 
+  /**
+   * Drops the template databases from an initialised data directory, in single-user mode (no server, no
+   * socket): a verification restores into `postgres` and creates no database, and every sandbox copies
+   * the template, so two fewer databases make each copy 13 MB instead of 39 MB (its CPU is most of a
+   * sandbox's set-up).
+   */
+  function dropTemplateDatabases(t: Tools, prepared: PreparedDir): Promise<void> {
+    const sql = ['template1', 'template0']
+      .flatMap((db) => [`ALTER DATABASE ${db} IS_TEMPLATE false`, `DROP DATABASE ${db}`])
+      .join('\n');
+    return runAsServer(
+      t.postgres.path,
+      ['--single', '-D', prepared.data, '-c', 'fsync=off', '-c', 'log_min_messages=warning', 'postgres'],
+      prepared.dir,
+      'dropping the template databases of the local sandbox',
+      closing.signal,
+      `${sql}\n`,
+    );
+  }
+
   /** The initialised data directory every sandbox of this driver is copied from (made once). */
   function templateDir(t: Tools): Promise<PreparedDir> {
     if (closed) return Promise.reject(new AppError('shutting_down', 'the local sandbox driver is closed'));
-    template ??= filledDir('template', (prepared) => initdb(t, prepared));
+    template ??= filledDir('template', async (prepared) => {
+      await initdb(t, prepared);
+      await dropTemplateDatabases(t, prepared);
+    });
     const made = template;
     made.catch(() => {
       if (template === made) template = undefined;
