@@ -291,6 +291,58 @@ describe('dump: both shapes', () => {
     expect([...times].sort().reverse()).toEqual(times);
     await fn.stop();
   });
+
+  it('pages the list when asked (limit, before, a Link to the next page) and refuses a malformed page', async () => {
+    const { fn } = makeDump();
+    await fn.start();
+    const hash = hashOf(emptyTenantId);
+    for (let i = 0; i < 3; i++) expect((await create(fn, hash)).status).toBe(200);
+    const list = async (query: string) => {
+      const res = await fn.app.request(`/api/cli/v1/projects/${hash}/backups${query}`, {
+        headers: ADMIN.header,
+      });
+      return {
+        status: res.status,
+        link: res.headers.get('link'),
+        body: (await res.json()) as {
+          backups?: Array<{ id: string }>;
+          nextBefore?: string | null;
+          platformMinimumBackupFreshness?: unknown;
+          code?: string;
+          message?: string;
+        },
+      };
+    };
+    const whole = await list('');
+    const ids = whole.body.backups!.map((b) => b.id);
+    expect(ids.length).toBeGreaterThanOrEqual(3);
+    // Unpaged, the answer is as the upstream CLI reads it: every row, no cursor.
+    expect(whole.body).not.toHaveProperty('nextBefore');
+    expect(whole.link).toBeNull();
+
+    const first = await list('?limit=2');
+    expect(first.body.backups!.map((b) => b.id)).toEqual(ids.slice(0, 2));
+    expect(first.body.nextBefore).toBe(ids[1]);
+    expect(first.link).toBe(`</api/cli/v1/projects/${hash}/backups?limit=2&before=${ids[1]}>; rel="next"`);
+    expect(first.body.platformMinimumBackupFreshness).toEqual(whole.body.platformMinimumBackupFreshness);
+    const rest: string[] = [];
+    for (let link = first.link; link; ) {
+      const page = await list(link.slice(link.indexOf('?'), link.indexOf('>')));
+      expect(page.status).toBe(200);
+      rest.push(...page.body.backups!.map((b) => b.id));
+      link = page.link;
+      if (!link) expect(page.body.nextBefore).toBeNull();
+    }
+    expect([...ids.slice(0, 2), ...rest]).toEqual(ids);
+
+    for (const query of ['?limit=0', '?limit=1001', '?limit=two', `?before=${ids[0]}`]) {
+      const bad = await list(query);
+      expect(bad.status, query).toBe(400);
+      expect(bad.body.code, query).toBe('bad_request');
+    }
+    expect((await list('?limit=1&before=..%2Fetc')).body.code).toBe('invalid_id');
+    await fn.stop();
+  });
 });
 
 describe('dump: retention', () => {

@@ -177,7 +177,16 @@ export function createApp(rt: Runtime, patience: PatientOptions = {}): FunctionA
     if (parseArtifactSource(c.req.query('source')) === 'offsite') {
       return c.json(await listOffsite(catalog, offsiteStore(), project.id, config.FLUX_MANIFEST_SECRETS));
     }
-    const entries = await catalog.list(project.id);
+    // Paged only when asked (?limit=N, then ?before=<the answer's nextBefore>): the upstream CLI reads
+    // every row of one answer, as its own control plane gives them.
+    const paging = pageOf(c.req.query('limit'), c.req.query('before'));
+    const page = paging
+      ? await catalog.page(project.id, paging)
+      : { entries: await catalog.list(project.id), next: null };
+    const { entries } = page;
+    const hasBackups = paging
+      ? entries.length > 0 || (await catalog.newest(project.id, () => true)) !== undefined
+      : entries.length > 0;
     const backups = [];
     for (const entry of entries) backups.push(catalog.toApi(entry, await catalog.checkArtifact(entry)));
     const { maxAgeMs } = backupPolicyOf(project, config);
@@ -189,13 +198,19 @@ export function createApp(rt: Runtime, patience: PatientOptions = {}): FunctionA
     // Upstream's list: every artifact was checked against the disk (size, and the SHA-256 when the file
     // changed since its last hash) just now, and the root the rows' relative paths are under.
     c.header('Cache-Control', 'private, no-store');
+    if (paging && page.next) {
+      const next = new URL(c.req.url);
+      next.searchParams.set('before', page.next);
+      c.header('Link', `<${next.pathname}${next.search}>; rel="next"`);
+    }
     return c.json({
       backups,
+      ...(paging ? { nextBefore: page.next } : {}),
       backupVolumeAbsoluteRoot: path.resolve(config.FLUX_BACKUPS_LOCAL_DIR),
       reconciledAt: new Date().toISOString(),
       freshness,
       // The block the upstream flux CLI reads, in its words.
-      platformMinimumBackupFreshness: upstreamFreshnessOf(freshness, retention, entries.length > 0),
+      platformMinimumBackupFreshness: upstreamFreshnessOf(freshness, retention, hasBackups),
     });
   });
 
@@ -377,4 +392,22 @@ export function createApp(rt: Runtime, patience: PatientOptions = {}): FunctionA
     start: () => lifecycle.start(),
     stop: () => lifecycle.stop(),
   };
+}
+
+/** Most backups one page of the list holds (?limit). */
+export const PAGE_LIMIT_MAX = 1000;
+
+/** The list's paging from its query, or undefined for the whole list; a malformed one is a 400. */
+function pageOf(limit: string | undefined, before: string | undefined) {
+  if (limit === undefined) {
+    if (before !== undefined) throw new AppError('bad_request', 'before= pages a list: give limit= with it');
+    return undefined;
+  }
+  const n = Number(limit);
+  if (!/^\d+$/.test(limit) || n < 1 || n > PAGE_LIMIT_MAX)
+    throw new AppError(
+      'bad_request',
+      `limit must be a whole number from 1 to ${PAGE_LIMIT_MAX}, not ${JSON.stringify(limit.slice(0, 40))}`,
+    );
+  return { limit: n, before: before === undefined ? undefined : parseBackupId(before) };
 }

@@ -264,6 +264,60 @@ describe('per-copy verify receipts', () => {
     expect(third.findings).toHaveLength(made.length - 3);
   });
 
+  it('a page of the list reads only what it shows (and one more, for the next cursor)', async () => {
+    const root = path.join(dir, 'pages');
+    const made: string[] = [];
+    for (let i = 0; i < 9; i++) made.push((await backupWithDump(root)).backupId);
+    const newestFirst = [...made].reverse();
+    const setup = createCatalog({ root });
+    // Every manifest names another backup: reading one reports a finding, so each read shows.
+    for (const backupId of made) {
+      const file = setup.paths(projectId, backupId).manifest;
+      const manifest = JSON.parse(await readFile(file, 'utf8')) as Manifest;
+      await writeFile(
+        file,
+        JSON.stringify({ ...manifest, backupId: made[0] === backupId ? made[1] : made[0] }),
+      );
+    }
+    const seen = new Set<string>();
+    const catalog = createCatalog({ root, onFinding: (f) => seen.add(f.backupId) });
+    const first = await catalog.page(projectId, { limit: 2 });
+    expect(first.entries.map((e) => e.backupId)).toEqual(newestFirst.slice(0, 2));
+    expect(first.next).toBe(newestFirst[1]);
+    expect([...seen].sort()).toEqual(newestFirst.slice(0, 3).sort());
+    const pages = [first.entries.map((e) => e.backupId)];
+    for (let next = first.next; next; ) {
+      const page = await catalog.page(projectId, { limit: 4, before: next });
+      pages.push(page.entries.map((e) => e.backupId));
+      next = page.next;
+    }
+    // Every backup once, in list() order, and the last page says there is no next.
+    expect(pages).toEqual([newestFirst.slice(0, 2), newestFirst.slice(2, 6), newestFirst.slice(6)]);
+    expect((await catalog.list(projectId)).map((e) => e.backupId)).toEqual(newestFirst);
+  });
+
+  it('a catalog holding UUID ids pages in list() order and refuses a cursor it does not hold', async () => {
+    const root = path.join(dir, 'uuid-pages');
+    const older = await backupWithDump(
+      root,
+      'ffffffff-0000-4000-8000-000000000000',
+      '2026-01-01T00:00:00.000Z',
+    );
+    const newer = await backupWithDump(
+      root,
+      '00000000-0000-4000-8000-000000000000',
+      '2026-01-02T00:00:00.000Z',
+    );
+    const catalog = createCatalog({ root });
+    const first = await catalog.page(projectId, { limit: 1 });
+    expect(first).toMatchObject({ entries: [{ backupId: newer.backupId }], next: newer.backupId });
+    const second = await catalog.page(projectId, { limit: 1, before: newer.backupId });
+    expect(second).toMatchObject({ entries: [{ backupId: older.backupId }], next: null });
+    await expect(
+      catalog.page(projectId, { limit: 1, before: '11111111-0000-4000-8000-000000000000' }),
+    ).rejects.toMatchObject({ code: 'not_found' });
+  });
+
   it('a catalog holding UUID ids (not sortable by time) is read whole: the newest is by creation time', async () => {
     const root = path.join(dir, 'uuids');
     const older = await backupWithDump(

@@ -81,6 +81,15 @@ export interface Catalog {
   listProjects(): Promise<string[]>;
   /** A project's backups, newest first. */
   list(projectId: string): Promise<CatalogEntry[]>;
+  /**
+   * One page of list(): at most `limit` backups older than the backup `before` (from the newest when
+   * absent), and the id to ask for the next page with (null on the last). Reads only what the page shows
+   * when every id is a ULID; a `before` the catalog does not hold is `not_found` when ids are not ordered.
+   */
+  page(
+    projectId: string,
+    options: { limit: number; before?: string | undefined },
+  ): Promise<{ entries: CatalogEntry[]; next: string | null }>;
   get(projectId: string, backupId: string): Promise<CatalogEntry | undefined>;
   /**
    * The newest backup `match` accepts, read back from the newest only as far as needed (the same order as
@@ -405,6 +414,25 @@ export function createCatalog(options: CatalogOptions): Catalog {
       return entries
         .filter(isBackup)
         .sort((a, b) => createdAtOf(b).localeCompare(createdAtOf(a)) || b.backupId.localeCompare(a.backupId));
+    },
+
+    async page(projectId, { limit, before }) {
+      const { ids, names } = await listing(projectId);
+      const ordered = ids.every(isUlid);
+      // ULIDs sort by creation time: the page starts right below `before` and reads no further than it.
+      const from = ordered && before !== undefined ? ids.filter((id) => id < before) : ids;
+      let isPast = ordered || before === undefined;
+      const entries: CatalogEntry[] = [];
+      for await (const entry of await inOrder(projectId, from, names)) {
+        if (!isPast) {
+          isPast = entry.backupId === before;
+          continue;
+        }
+        if (entries.length === limit) return { entries, next: entries.at(-1)!.backupId };
+        entries.push(entry);
+      }
+      if (!isPast) throw new AppError('not_found', `no backup ${before} to page from`);
+      return { entries, next: null };
     },
 
     async get(projectId, backupId) {
