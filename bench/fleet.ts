@@ -28,7 +28,17 @@ interface Cycle {
   seconds: number;
   /** CPU seconds the machine was busy over the cycle. */
   busySeconds: number;
-  perTenant: { dump: number; replicate: number; verify: number; waiting: number };
+  perTenant: {
+    dump: number;
+    /** From the create's answer to the replicated event's arrival here. */
+    replicate: number;
+    /** From the created event to the replicated event, by their own times. */
+    replicateEmitted: number;
+    verify: number;
+    waiting: number;
+  };
+  /** Seconds from an event's emission to its arrival at the receiver. */
+  deliveryLag: { median: number; max: number };
   /** Median seconds per verification stage (sandbox, prepare, transfer, restore, checks, teardown...). */
   verifyStages: Record<string, number>;
   peakRssMb: number;
@@ -95,7 +105,7 @@ async function fluxCycle(ctx: BenchContext, source: Source, tenants: readonly Te
           }
           const { id, createdAt, completedAt } = body.backup;
           created.set(`${t.id}/${id}`, {
-            at: performance.now(),
+            at: Date.now(),
             dumpSeconds: (Date.parse(completedAt) - Date.parse(createdAt)) / 1000,
           });
           break;
@@ -105,18 +115,37 @@ async function fluxCycle(ctx: BenchContext, source: Source, tenants: readonly Te
     await Promise.all(Array.from({ length: CREATORS }, creator));
     // Every backup's replicated and verified (or failed) events, read as they arrive.
     const replicatedAt = new Map<string, number>();
+    // The events' own times (the server's clock): replicate's lag without the delivery to this receiver.
+    const createdTime = new Map<string, number>();
+    const replicatedTime = new Map<string, number>();
     const verified = new Map<string, { at: number; seconds: number }>();
     const stages = new Map<string, number[]>();
     const deadline = performance.now() + 120_000 + tenants.length * 10_000;
     let seen = 0;
+    // When each delivery reached the receiver (Date.now), not when this loop got to it: the loop starts
+    // only once every create has been answered.
+    const arrivedAt = new Map<string | undefined, number>();
+    let arrived = 0;
+    const arrivalOf = (id: string) => {
+      for (; arrived < receiver.arrivals.length; arrived++) {
+        const a = receiver.arrivals[arrived]!;
+        arrivedAt.set(a.webhookId, a.at);
+      }
+      return arrivedAt.get(id) ?? Date.now();
+    };
     while (verified.size < created.size) {
       for (; seen < receiver.deliveries.length; seen++) {
         const { event, verified: signed } = receiver.deliveries[seen]!;
         if (!signed || !event.subject) continue;
-        if (event.type === 'flux.backup.replicated') replicatedAt.set(event.subject, performance.now());
+        if (event.type === 'flux.backup.replicated') {
+          replicatedAt.set(event.subject, arrivalOf(event.id));
+          replicatedTime.set(event.subject, Date.parse(event.time ?? ''));
+        }
+        if (event.type === 'flux.backup.created')
+          createdTime.set(event.subject, Date.parse(event.time ?? ''));
         if (event.type === 'flux.backup.verified') {
           const data = event.data as { seconds?: number; stages?: Record<string, number> };
-          verified.set(event.subject, { at: performance.now(), seconds: Number(data.seconds ?? 0) });
+          verified.set(event.subject, { at: arrivalOf(event.id), seconds: Number(data.seconds ?? 0) });
           const timed = data.stages ?? {};
           for (const [name, value] of Object.entries(timed)) {
             if (!stages.has(name)) stages.set(name, []);
@@ -125,7 +154,7 @@ async function fluxCycle(ctx: BenchContext, source: Source, tenants: readonly Te
         }
         if (event.type === 'flux.backup.verify_failed' || event.type === 'flux.backup.unverifiable') {
           failed++;
-          verified.set(event.subject, { at: performance.now(), seconds: 0 });
+          verified.set(event.subject, { at: arrivalOf(event.id), seconds: 0 });
         }
       }
       if (performance.now() > deadline)
@@ -135,10 +164,15 @@ async function fluxCycle(ctx: BenchContext, source: Source, tenants: readonly Te
       await sleep(20);
     }
     const seconds = secondsSince(started);
+    // From each event's own time to its arrival here (both on this machine's clock): the outbox's part.
+    const deliveryLag = receiver.deliveries
+      .map((d) => (arrivalOf(d.event.id) - Date.parse(d.event.time ?? '')) / 1000)
+      .filter(Number.isFinite);
     const busySeconds = (await machineBusySeconds()) - busyBefore;
     const metrics = await (await fetch(`${proc.url}/metrics`)).text();
     const dump: number[] = [];
     const replicate: number[] = [];
+    const replicateEmitted: number[] = [];
     const verify: number[] = [];
     const waiting: number[] = [];
     for (const [subject, c] of created) {
@@ -146,6 +180,8 @@ async function fluxCycle(ctx: BenchContext, source: Source, tenants: readonly Te
       dump.push(c.dumpSeconds);
       const r = replicatedAt.get(subject);
       if (r !== undefined) replicate.push((r - c.at) / 1000);
+      const emitted = (replicatedTime.get(subject) ?? Number.NaN) - (createdTime.get(subject) ?? Number.NaN);
+      if (Number.isFinite(emitted)) replicateEmitted.push(emitted / 1000);
       verify.push(v.seconds);
       waiting.push(Math.max(0, (v.at - c.at) / 1000 - v.seconds));
     }
@@ -155,9 +191,11 @@ async function fluxCycle(ctx: BenchContext, source: Source, tenants: readonly Te
       perTenant: {
         dump: median(dump),
         replicate: replicate.length > 0 ? median(replicate) : Number.NaN,
+        replicateEmitted: replicateEmitted.length > 0 ? median(replicateEmitted) : Number.NaN,
         verify: median(verify),
         waiting: median(waiting),
       },
+      deliveryLag: { median: median(deliveryLag), max: Math.max(0, ...deliveryLag) },
       verifyStages: Object.fromEntries([...stages].map(([name, values]) => [name, median(values)])),
       peakRssMb: (await memoryOf(proc.pid)).peak / MB,
       retries: metricSum(metrics, 'flux_events_deliveries_total', 'result="retry"'),
@@ -240,6 +278,7 @@ export async function benchFleet(ctx: BenchContext): Promise<void> {
         // The machine's busy CPU seconds per tenant: what the cycle costs, whatever it overlaps.
         cpuSecondsPerTenant: { flux: flux.busySeconds / size, naive: naiveBusy / size },
         verifyStageSecondsMedian: flux.verifyStages,
+        eventDeliverySeconds: flux.deliveryLag,
         deliveryRetries: flux.retries,
         deadLetters: flux.deadLetters,
         refusedCreates: flux.refused,
