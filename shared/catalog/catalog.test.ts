@@ -65,6 +65,21 @@ async function backupWithDump(
 }
 
 /** Changes one byte in place and puts the old mtime back: only a re-hash can notice. */
+/** Two backups with UUID ids whose order is the reverse of their creation times (the older has the higher id). */
+async function uuidPair(root: string) {
+  const older = await backupWithDump(
+    root,
+    'ffffffff-0000-4000-8000-000000000000',
+    '2026-01-01T00:00:00.000Z',
+  );
+  const newer = await backupWithDump(
+    root,
+    '00000000-0000-4000-8000-000000000000',
+    '2026-01-02T00:00:00.000Z',
+  );
+  return { older, newer };
+}
+
 async function tamperKeepingStat(file: string): Promise<void> {
   const handle = await open(file, 'r+');
   await handle.write(Buffer.from([8]), 0, 1, 100);
@@ -298,16 +313,7 @@ describe('per-copy verify receipts', () => {
 
   it('a catalog holding UUID ids pages in list() order and refuses a cursor it does not hold', async () => {
     const root = path.join(dir, 'uuid-pages');
-    const older = await backupWithDump(
-      root,
-      'ffffffff-0000-4000-8000-000000000000',
-      '2026-01-01T00:00:00.000Z',
-    );
-    const newer = await backupWithDump(
-      root,
-      '00000000-0000-4000-8000-000000000000',
-      '2026-01-02T00:00:00.000Z',
-    );
+    const { older, newer } = await uuidPair(root);
     const catalog = createCatalog({ root });
     const first = await catalog.page(projectId, { limit: 1 });
     expect(first).toMatchObject({ entries: [{ backupId: newer.backupId }], next: newer.backupId });
@@ -320,16 +326,7 @@ describe('per-copy verify receipts', () => {
 
   it('a catalog holding UUID ids (not sortable by time) is read whole: the newest is by creation time', async () => {
     const root = path.join(dir, 'uuids');
-    const older = await backupWithDump(
-      root,
-      'ffffffff-0000-4000-8000-000000000000',
-      '2026-01-01T00:00:00.000Z',
-    );
-    const newer = await backupWithDump(
-      root,
-      '00000000-0000-4000-8000-000000000000',
-      '2026-01-02T00:00:00.000Z',
-    );
+    const { older, newer } = await uuidPair(root);
     const catalog = createCatalog({ root });
     const sha = (await catalog.get(projectId, older.backupId))!.manifest!.sha256;
     await catalog.writeVerifyReceipt(receipt(older.backupId, sha, 'local', true));
