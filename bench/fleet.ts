@@ -6,13 +6,13 @@
 // raw pg_dump's own. Reports wall time, the per-tenant split (dump, replicate, verify, waiting), peak RSS,
 // delivery retries and refused creates.
 import { randomUUID } from 'node:crypto';
-import { mkdir, rm } from 'node:fs/promises';
+import { mkdir, readFile, rm } from 'node:fs/promises';
 import path from 'node:path';
 import { execa } from 'execa';
 import { seedTenant, tenantSchemaOf } from '../test/support/fixtures.js';
 import { type BenchContext, hashOf, type Source, startAllInOne, writeRegistry } from './context.js';
 import { median, summarize } from './stats.js';
-import { MB, machineBusySeconds, memoryOf, sleep } from './support.js';
+import { childrenCpuSecondsOf, cpuSecondsOf, MB, machineBusySeconds, memoryOf, sleep } from './support.js';
 
 const DB = 'bench_fleet';
 /** Creates in flight at once: the cluster's two dump slots and two more waiting, so dump never idles. */
@@ -28,6 +28,11 @@ interface Cycle {
   seconds: number;
   /** CPU seconds the machine was busy over the cycle. */
   busySeconds: number;
+  /**
+   * Of those: the all-in-one's own, the tools and sandboxes it ran, the source cluster's (its postmaster
+   * and every backend, pg_dump's included), and this benchmark process's.
+   */
+  cpu: { process: number; children: number; sourceCluster: number; bench: number };
   perTenant: {
     dump: number;
     /** From the create's answer to the replicated event's arrival here. */
@@ -59,6 +64,13 @@ function metricSum(text: string, name: string, match: string): number {
   return sum;
 }
 
+/** CPU seconds of the source cluster: its postmaster's own and its reaped backends' (the rest are few). */
+async function clusterCpuSeconds(source: Source): Promise<number> {
+  const pidFile = await readFile(path.join(source.cluster.dataDir, 'postmaster.pid'), 'utf8');
+  const pid = Number(pidFile.split('\n')[0]);
+  return (await cpuSecondsOf(pid)) + (await childrenCpuSecondsOf(pid));
+}
+
 async function fluxCycle(ctx: BenchContext, source: Source, tenants: readonly Tenant[]): Promise<Cycle> {
   const dirs = await ctx.dirs(`fleet-${tenants.length}`);
   await writeRegistry(dirs.projects, {
@@ -81,6 +93,10 @@ async function fluxCycle(ctx: BenchContext, source: Source, tenants: readonly Te
     let refused = 0;
     let failed = 0;
     const busyBefore = await machineBusySeconds();
+    const processBefore = await cpuSecondsOf(proc.pid);
+    const childrenBefore = await childrenCpuSecondsOf(proc.pid);
+    const sourceBefore = await clusterCpuSeconds(source);
+    const benchBefore = process.cpuUsage();
     const started = performance.now();
     const queue = [...tenants];
     const creator = async () => {
@@ -169,6 +185,13 @@ async function fluxCycle(ctx: BenchContext, source: Source, tenants: readonly Te
       .map((d) => (arrivalOf(d.event.id) - Date.parse(d.event.time ?? '')) / 1000)
       .filter(Number.isFinite);
     const busySeconds = (await machineBusySeconds()) - busyBefore;
+    const benchUsage = process.cpuUsage(benchBefore);
+    const cpu = {
+      process: (await cpuSecondsOf(proc.pid)) - processBefore,
+      children: (await childrenCpuSecondsOf(proc.pid)) - childrenBefore,
+      sourceCluster: (await clusterCpuSeconds(source)) - sourceBefore,
+      bench: (benchUsage.user + benchUsage.system) / 1e6,
+    };
     const metrics = await (await fetch(`${proc.url}/metrics`)).text();
     const dump: number[] = [];
     const replicate: number[] = [];
@@ -188,6 +211,7 @@ async function fluxCycle(ctx: BenchContext, source: Source, tenants: readonly Te
     return {
       seconds,
       busySeconds,
+      cpu,
       perTenant: {
         dump: median(dump),
         replicate: replicate.length > 0 ? median(replicate) : Number.NaN,
@@ -213,11 +237,12 @@ async function naiveCycle(
   ctx: BenchContext,
   source: Source,
   tenants: readonly Tenant[],
-): Promise<{ seconds: number; busySeconds: number }> {
+): Promise<{ seconds: number; busySeconds: number; sourceCluster: number }> {
   const dir = path.join(ctx.root, `fleet-naive-${tenants.length}`);
   await mkdir(dir, { recursive: true });
   const env = { ...process.env, ...source.cluster.env(DB) };
   const busyBefore = await machineBusySeconds();
+  const sourceBefore = await clusterCpuSeconds(source);
   const started = performance.now();
   for (const t of tenants) {
     const file = path.join(dir, `${t.id}.dump`);
@@ -236,8 +261,9 @@ async function naiveCycle(
   }
   const seconds = secondsSince(started);
   const busySeconds = (await machineBusySeconds()) - busyBefore;
+  const sourceCluster = (await clusterCpuSeconds(source)) - sourceBefore;
   await rm(dir, { recursive: true, force: true });
-  return { seconds, busySeconds };
+  return { seconds, busySeconds, sourceCluster };
 }
 
 export async function benchFleet(ctx: BenchContext): Promise<void> {
@@ -255,7 +281,11 @@ export async function benchFleet(ctx: BenchContext): Promise<void> {
       tenants.push({ id, slug: `fleet-${tenants.length + 1}` });
     }
     ctx.say(`fleet: ${size} tenants on the cluster (seeded in ${secondsSince(seedStarted).toFixed(0)} s)`);
-    const { seconds: naive, busySeconds: naiveBusy } = await naiveCycle(ctx, source, tenants);
+    const {
+      seconds: naive,
+      busySeconds: naiveBusy,
+      sourceCluster: naiveSource,
+    } = await naiveCycle(ctx, source, tenants);
     ctx.say(`fleet: naive serial loop over ${size} tenants: ${naive.toFixed(1)} s`);
     const flux = await fluxCycle(ctx, source, tenants);
     ctx.say(`fleet: flux-ops all-in-one cycle over ${size} tenants: ${flux.seconds.toFixed(1)} s`);
@@ -276,7 +306,15 @@ export async function benchFleet(ctx: BenchContext): Promise<void> {
         tenants: size,
         perTenantSecondsMedian: flux.perTenant,
         // The machine's busy CPU seconds per tenant: what the cycle costs, whatever it overlaps.
-        cpuSecondsPerTenant: { flux: flux.busySeconds / size, naive: naiveBusy / size },
+        cpuSecondsPerTenant: {
+          flux: flux.busySeconds / size,
+          fluxProcess: flux.cpu.process / size,
+          fluxChildren: flux.cpu.children / size,
+          fluxSourceCluster: flux.cpu.sourceCluster / size,
+          benchProcess: flux.cpu.bench / size,
+          naive: naiveBusy / size,
+          naiveSourceCluster: naiveSource / size,
+        },
         verifyStageSecondsMedian: flux.verifyStages,
         eventDeliverySeconds: flux.deliveryLag,
         deliveryRetries: flux.retries,

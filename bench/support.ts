@@ -88,13 +88,25 @@ export async function resetPeak(pid: number): Promise<boolean> {
 
 let clockTicks: number | undefined;
 
-/** User + system CPU seconds `pid` has used (its own threads, not its children). */
-export async function cpuSecondsOf(pid: number): Promise<number> {
+/** Two of `pid`'s proc(5) stat fields, summed, as seconds: after "pid (comm) " state is field 0, utime 11, stime 12, cutime 13, cstime 14. */
+async function statSeconds(pid: number, a: number, b: number): Promise<number> {
   clockTicks ??= Number(execFileSync('getconf', ['CLK_TCK'], { encoding: 'utf8' }).trim()) || 100;
   const stat = await readFile(`/proc/${pid}/stat`, 'utf8');
   const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-  // After "pid (comm) ": state is field 0, utime field 11, stime field 12 (proc(5) fields 14 and 15).
-  return (Number(fields[11]) + Number(fields[12])) / clockTicks;
+  return (Number(fields[a]) + Number(fields[b])) / clockTicks;
+}
+
+/** User + system CPU seconds `pid` has used (its own threads, not its children). */
+export async function cpuSecondsOf(pid: number): Promise<number> {
+  return statSeconds(pid, 11, 12);
+}
+
+/**
+ * User + system CPU seconds of the children `pid` has waited for, and through their own waits of theirs:
+ * every tool it ran, and a sandbox's server with its backends once that server has been reaped.
+ */
+export async function childrenCpuSecondsOf(pid: number): Promise<number> {
+  return statSeconds(pid, 13, 14);
 }
 
 /**
@@ -186,10 +198,13 @@ export async function useBuiltRunner(root: string): Promise<void> {
 
 /** Starts the function (`main`) the configured way and waits until it answers. */
 export async function startFunction(options: StartFunctionOptions): Promise<FunctionProcess> {
+  // Node's own flags for the function, e.g. BENCH_NODE_ARGS='--cpu-prof --cpu-prof-dir=/tmp/prof' (Node
+  // refuses --cpu-prof in NODE_OPTIONS).
+  const nodeArgs = (process.env.BENCH_NODE_ARGS ?? '').split(' ').filter(Boolean);
   const args =
     runner.kind === 'tsx'
-      ? ['--import', 'tsx', path.join('functions', options.main, 'main.ts')]
-      : [path.join(runner.dir, 'functions', options.main, 'main.js')];
+      ? [...nodeArgs, '--import', 'tsx', path.join('functions', options.main, 'main.ts')]
+      : [...nodeArgs, path.join(runner.dir, 'functions', options.main, 'main.js')];
   const child: ResultPromise = execa(process.execPath, args, {
     cwd: ROOT,
     env: options.env,

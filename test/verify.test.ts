@@ -260,6 +260,32 @@ describe('a healthy backup', () => {
     expect(rungOf(receipt, 'sequences').result).toBe('passed');
   });
 
+  it('a local verification runs no psql: its SQL goes over the in-process session', async () => {
+    // A psql first on PATH that records every run and fails: a verification that needed it would fail.
+    const tools = await mkdtemp(path.join(tmpdir(), 'flux-verify-psql-'));
+    const record = path.join(tools, 'psql-ran');
+    await writeFile(path.join(tools, 'psql'), `#!/bin/sh\necho "$@" >> ${record}\nexit 1\n`, { mode: 0o755 });
+    const env = await siblingEnv({ PATH: `${tools}:${process.env.PATH}` });
+    const rt = testRuntime('verify', env, { projects, clusters });
+    const fn = createVerifyApp(rt);
+    try {
+      const b = await backup(tenant);
+      const res = await fn.app.request(`/api/cli/v1/projects/${tenant.hash}/backups/${b.backupId}/verify`, {
+        method: 'POST',
+        headers: ADMIN.header,
+      });
+      expect(res.status, await res.clone().text()).toBe(200);
+      const receipt = (await rt.catalog.get(tenant.id, b.backupId))!.verify!;
+      expect(receipt.status).toBe('restore_verified');
+      expect(receipt.rungs.map((r) => r.result)).not.toContain('failed');
+      await expect(readFile(record, 'utf8')).rejects.toThrow(/ENOENT/);
+    } finally {
+      await fn.stop();
+      await env.cleanup();
+      await rm(tools, { recursive: true, force: true });
+    }
+  });
+
   it('can be verified again (re-verification replaces the receipt)', async () => {
     const b = await backup(empty);
     const first = await verifyReceipt(b);

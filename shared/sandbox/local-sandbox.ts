@@ -13,6 +13,7 @@ import { AppError } from '../errors.js';
 import { which } from '../tools.js';
 import type { Wrapped } from './boundary.js';
 import { type PreparedDir, writeMarker } from './local-marker.js';
+import { SandboxSession } from './local-session.js';
 import { createTail, shortCommand } from './output.js';
 import {
   type CreateSandboxOptions,
@@ -21,6 +22,7 @@ import {
   SANDBOX_SUPERUSER,
   type Sandbox,
   type SandboxVersions,
+  type ServerWatch,
 } from './types.js';
 import { sandboxUnavailable } from './unavailable.js';
 
@@ -75,6 +77,11 @@ export class LocalSandbox implements Sandbox {
   #destroyed: Promise<void> | undefined;
   #serverPid: number | undefined;
   #release: (() => Promise<void>) | undefined;
+  /**
+   * The superuser's session, opened once the server is ready and held until removal: every superuser
+   * script runs on it, and its end is how a restart or stop of the server is seen (watch()).
+   */
+  #session: SandboxSession | undefined;
   #onDestroyed: (sandbox: LocalSandbox) => void;
 
   /** `onDestroyed` hears of the removal (the driver stops counting it as live). */
@@ -170,15 +177,93 @@ export class LocalSandbox implements Sandbox {
         );
       }
       const status = (await readFile(pidFile, 'utf8').catch(() => '')).split('\n')[7]?.trim();
-      if (status === 'ready') {
-        const probe = await this.exec(['psql', '-X', '-q', '-A', '-t', '-c', 'SELECT 1'], {
-          ...(signal ? { signal } : {}),
-        });
-        if (probe.exitCode === 0 && probe.stdout.trim() === '1') return;
-      }
+      if (status === 'ready' && (await this.#openSession(signal))) return;
       await sleep(delay);
       delay = Math.min(READY_POLL_MAX_MS, delay * 2);
     }
+  }
+
+  /** Opens the superuser's session and confirms it with SELECT 1; false when the server does not take it yet. */
+  async #openSession(signal: AbortSignal | undefined): Promise<boolean> {
+    let session: SandboxSession;
+    try {
+      session = await SandboxSession.open(this.#target(SANDBOX_SUPERUSER));
+    } catch {
+      return false;
+    }
+    const probe = await session.run('SELECT 1', signal);
+    // Removed meanwhile: the session goes with it.
+    if (probe.exitCode !== 0 || probe.stdout !== '1' || this.#destroyed) {
+      await session.close();
+      return false;
+    }
+    this.#session = session;
+    return true;
+  }
+
+  #target(user: string) {
+    return { socket: this.#prepared.socket, port: this.port, user };
+  }
+
+  async sql(script: string, opts: ExecOptions = {}): Promise<ExecResult> {
+    const user = opts.user ?? SANDBOX_SUPERUSER;
+    const mark = (result: ExecResult) => (this.#exited ? { ...result, sandboxGone: true } : result);
+    if (user === SANDBOX_SUPERUSER) {
+      const session = this.#session;
+      if (!session) {
+        return mark({
+          command: 'sql (in-process session)',
+          exitCode: 2,
+          stdout: '',
+          stderr: 'the local sandbox has no server session (not started, or removed)',
+          seconds: 0,
+          isCanceled: false,
+          failed: true,
+        });
+      }
+      const result = await session.run(script, opts.signal);
+      // Each script starts as a new psql session would: nothing it set or made (search_path, temp
+      // objects, prepared statements) carries over to the next.
+      if (!result.isCanceled) await session.run('DISCARD ALL', opts.signal);
+      return mark(result);
+    }
+    // Another role (a tenant's restore role): a session of its own, for this script only.
+    const started = performance.now();
+    let session: SandboxSession;
+    try {
+      session = await SandboxSession.open(this.#target(user));
+    } catch (error) {
+      return mark({
+        command: 'sql (in-process session)',
+        exitCode: 2,
+        stdout: '',
+        stderr: `connecting as ${user} failed: ${(error as Error)?.message ?? String(error)}`,
+        seconds: (performance.now() - started) / 1000,
+        isCanceled: false,
+        failed: true,
+      });
+    }
+    try {
+      return mark(await session.run(script, opts.signal));
+    } finally {
+      await session.close();
+    }
+  }
+
+  /**
+   * The superuser's session, held since start-up, is the watch: a server that crashed, restarted after a
+   * killed backend, or stopped has ended it, and an unprivileged role can neither end it nor fake its end.
+   */
+  async watch(): Promise<ServerWatch> {
+    return {
+      isIntact: async () => {
+        const session = this.#session;
+        if (!session?.isOpen || this.#exited) return false;
+        const probe = await session.run('SELECT 1');
+        return probe.exitCode === 0 && probe.stdout === '1';
+      },
+      stop: () => undefined,
+    };
   }
 
   async putFile(name: string, source: Readable, sizeBytes: number, opts: ExecOptions = {}) {
@@ -256,6 +341,8 @@ export class LocalSandbox implements Sandbox {
 
   destroy(): Promise<void> {
     this.#destroyed ??= (async () => {
+      // Not waited for: a server that does not answer is stopped below either way.
+      void this.#session?.close();
       const server = this.#server;
       if (server && !this.#settled) {
         // Immediate shutdown: nothing in a throwaway cluster is worth a checkpoint.

@@ -38,7 +38,8 @@ import { sandboxUnavailable } from './unavailable.js';
 
 export const DRIVER_NAME = 'local' as const;
 
-const TOOLS = ['initdb', 'postgres', 'pg_restore', 'psql'] as const;
+// No psql: SQL goes over the in-process session (local-session.ts).
+const TOOLS = ['initdb', 'postgres', 'pg_restore'] as const;
 
 export interface LocalDriverOptions {
   /** PATH the Postgres server and client tools are found on (this process's PATH). */
@@ -106,7 +107,7 @@ export function createLocalDriver(options: LocalDriverOptions): SandboxDriver {
     const missing = settled.find((r) => r.status === 'rejected');
     if (missing) throw missing.reason;
     const found = settled.map((r) => (r as PromiseFulfilledResult<ToolInfo>).value);
-    const [initdb, postgres, pgRestore, psql] = found as [ToolInfo, ToolInfo, ToolInfo, ToolInfo];
+    const [initdb, postgres, pgRestore] = found as [ToolInfo, ToolInfo, ToolInfo];
     const majors = new Set(found.map((t) => t.major));
     if (majors.size > 1) {
       throw new AppError(
@@ -116,7 +117,7 @@ export function createLocalDriver(options: LocalDriverOptions): SandboxDriver {
           ': put the bin directory of one major (e.g. /usr/lib/postgresql/<major>/bin) first on PATH',
       );
     }
-    return { initdb, postgres, pg_restore: pgRestore, psql };
+    return { initdb, postgres, pg_restore: pgRestore };
   }
 
   const { user: serverUser, argv: asServerUser } = createServerUser({

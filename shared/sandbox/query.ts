@@ -1,4 +1,5 @@
-// SQL inside a sandbox, through its own psql (docker: exec in the container; local: the private socket):
+// SQL inside a sandbox, on the driver's in-process session where it has one (local: the private socket),
+// else through the sandbox's own psql (docker: exec in the container):
 // statements run with ON_ERROR_STOP, query results come back as one single-line JSON (jsonb) document.
 import { randomBytes } from 'node:crypto';
 import { Readable } from 'node:stream';
@@ -17,6 +18,7 @@ export function textArray(values: readonly string[]): string {
 
 /** Runs a script (several statements allowed); the result says how it went, nothing is thrown for SQL errors. */
 export async function runSql(sandbox: Sandbox, sql: string, options: ExecOptions = {}): Promise<ExecResult> {
+  if (sandbox.sql) return sandbox.sql(sql, options);
   const bytes = Buffer.byteLength(sql);
   if (bytes <= INLINE_SQL_MAX_BYTES) return sandbox.exec([...PSQL, '-c', sql], options);
   const file = await sandbox.putFile(

@@ -70,8 +70,27 @@ export interface Sandbox {
   putFile(name: string, source: Readable, sizeBytes: number, options?: ExecOptions): Promise<string>;
   /** Runs a tool inside the sandbox (pg_restore, psql) with libpq pointed at the sandbox server. */
   exec(argv: readonly string[], options?: ExecOptions): Promise<ExecResult>;
+  /**
+   * Runs an SQL script on a session held in this process (local: over the private socket), with exec's
+   * result shape and stdout as `psql -A -t` prints it. Absent where only a tool inside the sandbox reaches
+   * the server (docker): runSql goes through psql there.
+   */
+  sql?(script: string, options?: ExecOptions): Promise<ExecResult>;
+  /** How this sandbox watches its server through a restore; absent: watchServer holds a psql session. */
+  watch?(): Promise<ServerWatch>;
   /** Kills the server and removes everything (container with its volumes, or the directory). Idempotent. */
   destroy(): Promise<void>;
+}
+
+/** Whether the sandbox server stayed up while tenant code ran in it (see watch.ts). */
+export interface ServerWatch {
+  /**
+   * False when the watching session ended (the server restarted or stopped) or the server does not
+   * answer. Asked after the restore, so no exit order of the two processes can hide a crash.
+   */
+  isIntact(): Promise<boolean>;
+  /** Ends the watching session. */
+  stop(): void;
 }
 
 export interface CreateSandboxOptions {

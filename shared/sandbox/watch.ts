@@ -1,28 +1,19 @@
 // Whether the sandbox server stayed up while tenant code ran in it, observed rather than read from
 // messages: a superuser session is held open on the server through the restore. A server that crashed,
 // restarted after a killed backend, or stopped ends every session, so this one's end is the signal; tenant
-// code (an unprivileged role) can neither end it nor fake its end, whatever its errors say.
+// code (an unprivileged role) can neither end it nor fake its end, whatever its errors say. A driver that
+// holds such a session itself (local: its in-process one) watches with that instead.
 import { randomBytes } from 'node:crypto';
 import { AppError } from '../errors.js';
 import { queryJson } from './query.js';
-import type { ExecOptions, Sandbox } from './types.js';
+import type { ExecOptions, Sandbox, ServerWatch } from './types.js';
 import { sandboxUnavailable } from './unavailable.js';
 
 const CONNECT_DEADLINE_MS = 30_000;
 
-export interface ServerWatch {
-  /**
-   * Asks the server whether the watching session is still connected: false when it ended (the server
-   * restarted or stopped) or the server does not answer. Asked after the restore, so no exit order of
-   * the two processes can hide a crash.
-   */
-  isIntact(): Promise<boolean>;
-  /** Ends the watching session. */
-  stop(): void;
-}
-
 /** Opens the watching session and returns once the server shows it connected. */
 export async function watchServer(sandbox: Sandbox, options: ExecOptions = {}): Promise<ServerWatch> {
+  if (sandbox.watch) return sandbox.watch();
   const abort = new AbortController();
   const tag = `flux-verify-watch-${randomBytes(6).toString('hex')}`;
   let ended = false;
