@@ -4,7 +4,7 @@
 // cluster (initdb, pg_ctl start), plain pg_restore, stop, remove. Plus the fixed cost of a verification
 // (an empty tenant's dump).
 import { randomUUID } from 'node:crypto';
-import { chown, mkdtemp, rm } from 'node:fs/promises';
+import { chown, mkdtemp, readdir, rm } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import Docker from 'dockerode';
@@ -224,7 +224,16 @@ export async function benchVerify(ctx: BenchContext): Promise<void> {
   try {
     for (const driver of drivers) {
       const port = await freePort();
+      // Each process owns its backups directory (one verify per directory): the second gets a hard-linked
+      // copy of the same backups, so both read the same dump files.
       const own: Dirs = { ...dirs, state: path.join(dirs.base, `state-${driver}`) };
+      if (driver !== drivers[0]) {
+        own.local = path.join(dirs.base, `backups-${driver}`);
+        await execa('cp', ['-al', dirs.local, own.local]);
+        // Not the first process's owner lock: a hard link would be that very lock.
+        for (const name of await readdir(own.local))
+          if (name.startsWith('.flux-owner-')) await rm(path.join(own.local, name));
+      }
       const proc = await startFunction({
         main: 'verify',
         port,
