@@ -12,9 +12,9 @@ import { createDockerDriver } from '../shared/sandbox/docker.js';
 import { LABEL, SPARE_NAME_PREFIX, sandboxNamePrefix } from '../shared/sandbox/docker-engine.js';
 import { createLocalDriver } from '../shared/sandbox/local.js';
 import { LOCAL_MARKER, LOCAL_SANDBOX_PREFIX, type LocalMarker } from '../shared/sandbox/local-marker.js';
-import { queryJson } from '../shared/sandbox/query.js';
+import { queryJson, runSql } from '../shared/sandbox/query.js';
 import type { Sandbox } from '../shared/sandbox/types.js';
-import { isAlive, processesWith } from './support/faults.js';
+import { descendantsOf, isAlive, processesWith } from './support/faults.js';
 import { type PgCluster, startPostgres } from './support/pg.js';
 import { eventually } from './support/runtime.js';
 import { describeDocker, dockerGate, sandboxContract } from './support/sandbox-contract.js';
@@ -193,6 +193,38 @@ describe('local sandbox', () => {
     await expect(readdir(dir)).rejects.toMatchObject({ code: 'ENOENT' });
     expect(isAlive(pid)).toBe(false);
     expect(isAlive(marker.serverPid!)).toBe(false);
+  });
+
+  it('hands out no spare whose server restarted after it was ready: a fresh one serves', async () => {
+    const before = new Set(await localDirs(true));
+    const withSpare = createLocalDriver({ pathEnv: process.env.PATH, baseDir: localBase });
+    try {
+      await withSpare.status();
+      await eventually(() => withSpare.spareState() === 'ready', 60_000);
+      const spareDir = await eventually(async () => {
+        for (const dir of await localDirs(true)) {
+          if (before.has(dir)) continue;
+          const marker = JSON.parse(await readFile(path.join(dir, LOCAL_MARKER), 'utf8').catch(() => '{}'));
+          if ((marker as Partial<LocalMarker>).state === 'spare') return dir;
+        }
+        return undefined;
+      });
+      // One of its server's processes killed: the postmaster ends every session (the held one too) and
+      // restarts. Once they are all gone, that session is gone on the server's side.
+      const children = descendantsOf(postmasterOf(spareDir)).map((p) => p.pid);
+      expect(children.length).toBeGreaterThan(0);
+      process.kill(children[0]!, 'SIGKILL');
+      await eventually(() => children.every((pid) => !isAlive(pid)), 30_000);
+      sandbox = await withSpare.create({ ...IDS, ttlMs: 60_000 });
+      expect(sandbox.id).not.toBe(spareDir);
+      const answered = await runSql(sandbox, 'SELECT 1');
+      expect(answered.stderr).toBe('');
+      expect(answered.stdout).toBe('1');
+    } finally {
+      await sandbox?.destroy();
+      sandbox = undefined;
+      await withSpare.close();
+    }
   });
 
   it('a process that handles SIGTERM still stops gracefully while its spare server runs', async () => {

@@ -98,8 +98,24 @@ export class LocalSandbox implements Sandbox {
     this.#onDestroyed = onDestroyed;
   }
 
+  /** Started and usable: its server up and the superuser's session (which a server restart ends) open. */
   get isRunning(): boolean {
-    return this.#server !== undefined && !this.#exited && this.#destroyed === undefined;
+    return (
+      this.#server !== undefined &&
+      !this.#exited &&
+      this.#destroyed === undefined &&
+      this.#session?.isOpen === true
+    );
+  }
+
+  /**
+   * Whether it can serve a verification now: running, and its held session answers (a server restarted
+   * since, after a crashed backend, has ended it, though this process may not have heard yet).
+   */
+  async isUsable(): Promise<boolean> {
+    if (!this.isRunning || !this.#session) return false;
+    const probe = await this.#session.run('SELECT 1');
+    return probe.exitCode === 0 && probe.stdout === '1';
   }
 
   /** Hands the (running) sandbox to a verification: its marker now says whose and until when. */
@@ -223,8 +239,11 @@ export class LocalSandbox implements Sandbox {
       }
       const result = await session.run(script, opts.signal);
       // Each script starts as a new psql session would: nothing it set or made (search_path, temp
-      // objects, prepared statements) carries over to the next.
-      if (!result.isCanceled) await session.run('DISCARD ALL', opts.signal);
+      // objects, prepared statements, a transaction it left open) carries over to the next.
+      if (!result.isCanceled && (await session.run('DISCARD ALL', opts.signal)).failed) {
+        await session.run('ROLLBACK', opts.signal);
+        await session.run('DISCARD ALL', opts.signal);
+      }
       return mark(result);
     }
     // Another role (a tenant's restore role): a session of its own, for this script only.
@@ -254,12 +273,13 @@ export class LocalSandbox implements Sandbox {
    * The superuser's session, held since start-up, is the watch: a server that crashed, restarted after a
    * killed backend, or stopped has ended it, and an unprivileged role can neither end it nor fake its end.
    */
-  async watch(): Promise<ServerWatch> {
+  async watch(opts: ExecOptions = {}): Promise<ServerWatch> {
     return {
       isIntact: async () => {
         const session = this.#session;
         if (!session?.isOpen || this.#exited) return false;
-        const probe = await session.run('SELECT 1');
+        const probe = await session.run('SELECT 1', opts.signal);
+        if (probe.isCanceled) throw opts.signal?.reason ?? new AppError('shutting_down', 'cancelled');
         return probe.exitCode === 0 && probe.stdout === '1';
       },
       stop: () => undefined,

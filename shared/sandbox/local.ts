@@ -376,7 +376,7 @@ export function createLocalDriver(options: LocalDriverOptions): SandboxDriver {
       if (state === 'ready') spares.refill();
       const sandbox = await taking;
       spares.refill();
-      if (sandbox?.isRunning) return sandbox;
+      if (sandbox && (await sandbox.isUsable())) return sandbox;
       if (sandbox) await sandbox.destroy();
     }
     // No spare, or another verification took the one being prepared: start one now rather than queue.

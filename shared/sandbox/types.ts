@@ -77,7 +77,7 @@ export interface Sandbox {
    */
   sql?(script: string, options?: ExecOptions): Promise<ExecResult>;
   /** How this sandbox watches its server through a restore; absent: watchServer holds a psql session. */
-  watch?(): Promise<ServerWatch>;
+  watch?(options?: ExecOptions): Promise<ServerWatch>;
   /** Kills the server and removes everything (container with its volumes, or the directory). Idempotent. */
   destroy(): Promise<void>;
 }

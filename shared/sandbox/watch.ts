@@ -13,7 +13,7 @@ const CONNECT_DEADLINE_MS = 30_000;
 
 /** Opens the watching session and returns once the server shows it connected. */
 export async function watchServer(sandbox: Sandbox, options: ExecOptions = {}): Promise<ServerWatch> {
-  if (sandbox.watch) return sandbox.watch();
+  if (sandbox.watch) return sandbox.watch(options);
   const abort = new AbortController();
   const tag = `flux-verify-watch-${randomBytes(6).toString('hex')}`;
   let ended = false;
