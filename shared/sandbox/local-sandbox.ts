@@ -13,7 +13,7 @@ import { AppError } from '../errors.js';
 import { which } from '../tools.js';
 import type { Wrapped } from './boundary.js';
 import { type PreparedDir, writeMarker } from './local-marker.js';
-import { SandboxSession } from './local-session.js';
+import { notRun, SandboxSession } from './local-session.js';
 import { createTail, shortCommand } from './output.js';
 import {
   type CreateSandboxOptions,
@@ -98,14 +98,8 @@ export class LocalSandbox implements Sandbox {
     this.#onDestroyed = onDestroyed;
   }
 
-  /** Started and usable: its server up and the superuser's session (which a server restart ends) open. */
   get isRunning(): boolean {
-    return (
-      this.#server !== undefined &&
-      !this.#exited &&
-      this.#destroyed === undefined &&
-      this.#session?.isOpen === true
-    );
+    return this.#server !== undefined && !this.#exited && this.#destroyed === undefined;
   }
 
   /**
@@ -113,9 +107,7 @@ export class LocalSandbox implements Sandbox {
    * since, after a crashed backend, has ended it, though this process may not have heard yet).
    */
   async isUsable(): Promise<boolean> {
-    if (!this.isRunning || !this.#session) return false;
-    const probe = await this.#session.run('SELECT 1');
-    return probe.exitCode === 0 && probe.stdout === '1';
+    return this.isRunning && (await this.#session?.answers()) === true;
   }
 
   /** Hands the (running) sandbox to a verification: its marker now says whose and until when. */
@@ -207,9 +199,8 @@ export class LocalSandbox implements Sandbox {
     } catch {
       return false;
     }
-    const probe = await session.run('SELECT 1', signal);
     // Removed meanwhile: the session goes with it.
-    if (probe.exitCode !== 0 || probe.stdout !== '1' || this.#destroyed) {
+    if (!(await session.answers(signal)) || this.#destroyed) {
       await session.close();
       return false;
     }
@@ -226,17 +217,7 @@ export class LocalSandbox implements Sandbox {
     const mark = (result: ExecResult) => (this.#exited ? { ...result, sandboxGone: true } : result);
     if (user === SANDBOX_SUPERUSER) {
       const session = this.#session;
-      if (!session) {
-        return mark({
-          command: 'sql (in-process session)',
-          exitCode: 2,
-          stdout: '',
-          stderr: 'the local sandbox has no server session (not started, or removed)',
-          seconds: 0,
-          isCanceled: false,
-          failed: true,
-        });
-      }
+      if (!session) return mark(notRun('the local sandbox has no server session (not started, or removed)'));
       const result = await session.run(script, opts.signal);
       // Each script starts as a new psql session would: nothing it set or made (search_path, temp
       // objects, prepared statements, a transaction it left open) carries over to the next.
@@ -252,15 +233,9 @@ export class LocalSandbox implements Sandbox {
     try {
       session = await SandboxSession.open(this.#target(user));
     } catch (error) {
-      return mark({
-        command: 'sql (in-process session)',
-        exitCode: 2,
-        stdout: '',
-        stderr: `connecting as ${user} failed: ${(error as Error)?.message ?? String(error)}`,
-        seconds: (performance.now() - started) / 1000,
-        isCanceled: false,
-        failed: true,
-      });
+      return mark(
+        notRun(`connecting as ${user} failed: ${(error as Error)?.message ?? String(error)}`, started),
+      );
     }
     try {
       return mark(await session.run(script, opts.signal));
@@ -278,9 +253,9 @@ export class LocalSandbox implements Sandbox {
       isIntact: async () => {
         const session = this.#session;
         if (!session?.isOpen || this.#exited) return false;
-        const probe = await session.run('SELECT 1', opts.signal);
-        if (probe.isCanceled) throw opts.signal?.reason ?? new AppError('shutting_down', 'cancelled');
-        return probe.exitCode === 0 && probe.stdout === '1';
+        const intact = await session.answers(opts.signal);
+        if (opts.signal?.aborted) throw opts.signal.reason ?? new AppError('shutting_down', 'cancelled');
+        return intact;
       },
       stop: () => undefined,
     };

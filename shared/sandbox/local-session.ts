@@ -45,6 +45,11 @@ function outcome(
   };
 }
 
+/** A script that could not run: no session to run it on, or none could be opened. */
+export function notRun(stderr: string, started = performance.now()): ExecResult {
+  return outcome(started, { exitCode: EXIT_CONNECTION, stderr });
+}
+
 /** One connected session. Its end (the server stopped or restarted, close()) is final: it never reconnects. */
 export class SandboxSession {
   #client: pg.Client;
@@ -92,12 +97,7 @@ export class SandboxSession {
   async run(sql: string, signal?: AbortSignal): Promise<ExecResult> {
     const started = performance.now();
     if (signal?.aborted) return outcome(started, { exitCode: null, isCanceled: true });
-    if (this.#ended) {
-      return outcome(started, {
-        exitCode: EXIT_CONNECTION,
-        stderr: 'the sandbox server ended the session (it stopped or restarted)',
-      });
-    }
+    if (this.#ended) return notRun('the sandbox server ended the session (it stopped or restarted)', started);
     let onAbort: (() => void) | undefined;
     const aborted = new Promise<'aborted'>((resolve) => {
       onAbort = () => resolve('aborted');
@@ -125,6 +125,12 @@ export class SandboxSession {
     } finally {
       if (onAbort) signal?.removeEventListener('abort', onAbort);
     }
+  }
+
+  /** Whether the server still answers on this session (SELECT 1); throws nothing. */
+  async answers(signal?: AbortSignal): Promise<boolean> {
+    const probe = await this.run('SELECT 1', signal);
+    return probe.exitCode === 0 && probe.stdout === '1';
   }
 
   /** Ends the session (idempotent; does not wait for the server). */
