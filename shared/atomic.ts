@@ -83,6 +83,9 @@ export async function streamToPendingFile(
   const hash = createHash('sha256');
   let sizeBytes = 0;
   const out = createWriteStream(tmp, { flags: 'wx', mode: 0o640, highWaterMark: STREAM_CHUNK_BYTES });
+  // The file is opened (and so created) asynchronously: a stream destroyed early still creates it after
+  // destroy() returns, so the temp is removed only once the stream has closed.
+  const closed = new Promise<void>((resolve) => out.once('close', () => resolve()));
   const discard = () => rm(tmp, { force: true });
   try {
     await new Promise<void>((resolve, reject) => {
@@ -119,6 +122,7 @@ export async function streamToPendingFile(
     }
   } catch (error) {
     out.destroy();
+    await closed;
     await discard();
     throw error;
   }

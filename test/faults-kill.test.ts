@@ -69,6 +69,17 @@ const offsiteDir = () => testEnv.config.FLUX_BACKUPS_OFFSITE_DIR;
 let verifyScratch: string;
 const verifyLocalDir = () => verifyScratch;
 
+/** Temp files in a backups root, as `<project>/<name>`. */
+async function tempsIn(root: string): Promise<string[]> {
+  const temps: string[] = [];
+  for (const project of await readdir(root)) {
+    for (const name of await readdir(path.join(root, project)).catch(() => [] as string[])) {
+      if (name.startsWith(TEMP_PREFIX)) temps.push(`${project}/${name}`);
+    }
+  }
+  return temps;
+}
+
 async function readJson<T>(file: string): Promise<T> {
   return JSON.parse(await readFile(file, 'utf8')) as T;
 }
@@ -258,12 +269,21 @@ describe('kill -9 mid-work, then restart on the same dirs', () => {
     expect(replicated[0]!.data).toMatchObject({ trigger: 'startup', sha256: backup.sha256 });
 
     // The killed copy's temp file is the only other file; once abandoned past the sweep age, the next
-    // scan (here on demand) removes it without waiting for another restart.
+    // scan (here on demand) removes it without waiting for another restart. The killed process may also
+    // have been writing another project's files (the start-up reconcile copies every project at once):
+    // those temps are its leftovers too, and go the same way, once no copy of the restart is in flight.
     const left = (await readdir(offsiteProject)).filter((n) => n.startsWith(TEMP_PREFIX));
     expect(left).toEqual([temp]);
+    await eventually(async () => {
+      const res = await replicate!.fetch('/replicate/status');
+      return res.ok && ((await res.json()) as { pending: number }).pending === 0;
+    });
+    const leftovers = await tempsIn(offsiteDir());
+    expect(leftovers).toContain(`${bigId}/${temp}`);
     const abandoned = new Date(Date.now() - 2 * 60 * 60 * 1000);
-    await utimes(path.join(offsiteProject, temp), abandoned, abandoned);
+    for (const name of leftovers) await utimes(path.join(offsiteDir(), name), abandoned, abandoned);
     expect((await replicate.fetch('/replicate/run', { method: 'POST' })).status).toBe(200);
+    expect(await tempsIn(offsiteDir())).toEqual([]);
     expect((await readdir(offsiteProject)).sort()).toEqual([
       `${backup.backupId}.dump`,
       `${backup.backupId}.manifest.json`,
@@ -462,15 +482,7 @@ describe('kill -9 mid-work, then restart on the same dirs', () => {
       const res = await replicate!.fetch('/replicate/status');
       return res.ok && ((await res.json()) as { pending: number }).pending === 0;
     });
-    for (const root of [localDir(), offsiteDir()]) {
-      const temps: string[] = [];
-      for (const project of await readdir(root)) {
-        for (const name of await readdir(path.join(root, project)).catch(() => [] as string[])) {
-          if (name.startsWith(TEMP_PREFIX)) temps.push(`${project}/${name}`);
-        }
-      }
-      expect(temps, root).toEqual([]);
-    }
+    for (const root of [localDir(), offsiteDir()]) expect(await tempsIn(root), root).toEqual([]);
     const offsiteReceipts: OffsiteReceipt[] = [];
     const verifyReceipts: VerifyReceipt[] = [];
     for (const b of settled.filter((x) => x.status === 'complete')) {
