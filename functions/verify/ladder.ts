@@ -27,7 +27,14 @@ import {
   FINDINGS,
   rung,
 } from '../../shared/proof/rungs.js';
-import { parseLastJson, queryJson, runSql, sqlError, throwIfCanceled } from '../../shared/sandbox/query.js';
+import {
+  parseLastJson,
+  queryJson,
+  runSql,
+  runSqlSteps,
+  sqlError,
+  throwIfCanceled,
+} from '../../shared/sandbox/query.js';
 import { type DriverSelection, sandboxTtlMs } from '../../shared/sandbox/select.js';
 import type { ExecResult, Sandbox } from '../../shared/sandbox/types.js';
 import { watchServer } from '../../shared/sandbox/watch.js';
@@ -355,18 +362,22 @@ async function readBackFor(
   opts: { signal: AbortSignal },
 ): Promise<ReadBack> {
   if (manifest.schemas.length === 0) return EMPTY_READ_BACK;
-  const granted = await runSql(box, postRestoreSql(manifest), opts);
-  throwIfCanceled(granted, opts.signal);
-  if (granted.failed) throw sqlError('preparing the read-back', granted);
-  const result = await runSql(
+  // The grants as the superuser, then the read-back as the tenant's own role (one exec where psql runs it).
+  const result = await runSqlSteps(
     box,
-    readBackSql({
-      schemas: manifest.schemas,
-      tables: manifest.tables,
-      sequences: manifest.sequences,
-      amcheck,
-    }),
-    { ...opts, user: restoreRoleOf(manifest) },
+    [
+      { sql: postRestoreSql(manifest) },
+      {
+        sql: readBackSql({
+          schemas: manifest.schemas,
+          tables: manifest.tables,
+          sequences: manifest.sequences,
+          amcheck,
+        }),
+        user: restoreRoleOf(manifest),
+      },
+    ],
+    opts,
   );
   throwIfCanceled(result, opts.signal);
   if (result.failed) throw sqlError('reading back the restored database', result);

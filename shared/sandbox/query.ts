@@ -5,7 +5,7 @@ import { randomBytes } from 'node:crypto';
 import { Readable } from 'node:stream';
 import { AppError } from '../errors.js';
 import { quoteLiteral } from '../pg/conn.js';
-import type { ExecOptions, ExecResult, Sandbox } from './types.js';
+import { type ExecOptions, type ExecResult, SANDBOX_SUPERUSER, type Sandbox } from './types.js';
 
 /** Above this the SQL goes in as a file (one argv string is limited to 128 KiB on Linux). */
 const INLINE_SQL_MAX_BYTES = 64 * 1024;
@@ -28,6 +28,47 @@ export async function runSql(sandbox: Sandbox, sql: string, options: ExecOptions
     options,
   );
   return sandbox.exec([...PSQL, '-f', file], options);
+}
+
+/** One script of a sequence and the role it runs as (the superuser when none is named). */
+export interface SqlStep {
+  sql: string;
+  user?: string | undefined;
+}
+
+/** A role name psql's `\c` takes as it is. */
+const PLAIN_ROLE = /^[a-z_][a-z0-9_]{0,62}$/;
+
+/**
+ * Runs scripts one after another, each as its own role, stopping at the first that fails; the result is
+ * the last one run. Through psql (docker) the steps share one exec, switching role with `\c` (a new
+ * connection, so nothing of one step's session reaches the next); on a driver's session, one call each.
+ */
+export async function runSqlSteps(
+  sandbox: Sandbox,
+  steps: readonly SqlStep[],
+  options: ExecOptions = {},
+): Promise<ExecResult> {
+  const [first, ...rest] = steps;
+  if (!first) throw new AppError('internal', 'runSqlSteps needs a step');
+  const as = (step: SqlStep) => ({ ...options, ...(step.user ? { user: step.user } : {}) });
+  const bytes = steps.reduce((n, step) => n + Buffer.byteLength(step.sql), 0);
+  const isOneExec =
+    !sandbox.sql &&
+    rest.length > 0 &&
+    bytes <= INLINE_SQL_MAX_BYTES &&
+    rest.every((step) => step.user === undefined || PLAIN_ROLE.test(step.user));
+  if (isOneExec) {
+    const argv: string[] = [...PSQL, '-c', first.sql];
+    for (const step of rest) argv.push('-c', `\\c - ${step.user ?? SANDBOX_SUPERUSER}`, '-c', step.sql);
+    return sandbox.exec(argv, as(first));
+  }
+  let result = await runSql(sandbox, first.sql, as(first));
+  for (const step of rest) {
+    if (result.failed) break;
+    result = await runSql(sandbox, step.sql, as(step));
+  }
+  return result;
 }
 
 /** An SQL error inside the sandbox, with psql's stderr (no secrets: sandboxes have none). */
