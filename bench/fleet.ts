@@ -10,14 +10,34 @@ import { mkdir, readFile, rm } from 'node:fs/promises';
 import path from 'node:path';
 import { execa } from 'execa';
 import { seedTenant, tenantSchemaOf } from '../test/support/fixtures.js';
-import { type BenchContext, hashOf, type Source, startAllInOne, writeRegistry } from './context.js';
-import { median, summarize } from './stats.js';
-import { childrenCpuSecondsOf, cpuSecondsOf, MB, machineBusySeconds, memoryOf, sleep } from './support.js';
+import { freePort } from '../test/support/pg.js';
+import {
+  type BenchContext,
+  type Dirs,
+  hashOf,
+  type Source,
+  startAllInOne,
+  writeRegistry,
+} from './context.js';
+import { alternate, median, summarize } from './stats.js';
+import {
+  childrenCpuSecondsOf,
+  cpuSecondsOf,
+  MB,
+  machineBusySeconds,
+  memoryOf,
+  sleep,
+  startFunction,
+} from './support.js';
 
 const DB = 'bench_fleet';
 /** Creates in flight at once: the cluster's two dump slots and two more waiting, so dump never idles. */
 const CREATORS = 4;
 const ROWS = 50;
+/** Alternating rounds of the per-backup overhead comparison (each about a second a side). */
+const OVERHEAD_ROUNDS = 15;
+/** What the dump process may add to raw pg_dump per small tenant, in ms. */
+const OVERHEAD_MAX_MS = 50;
 
 interface Tenant {
   id: string;
@@ -71,8 +91,8 @@ async function clusterCpuSeconds(source: Source): Promise<number> {
   return (await cpuSecondsOf(pid)) + (await childrenCpuSecondsOf(pid));
 }
 
-async function fluxCycle(ctx: BenchContext, source: Source, tenants: readonly Tenant[]): Promise<Cycle> {
-  const dirs = await ctx.dirs(`fleet-${tenants.length}`);
+/** Every tenant as a v2 project on the shared cluster `fleet` (its URL in BENCH_FLEET_URL). */
+async function writeFleetRegistry(dirs: Dirs, tenants: readonly Tenant[]): Promise<void> {
   await writeRegistry(dirs.projects, {
     clusters: [{ name: 'fleet', url: 'env:BENCH_FLEET_URL', maxConcurrentDumps: 2 }],
     projects: tenants.map((t) => ({
@@ -83,6 +103,64 @@ async function fluxCycle(ctx: BenchContext, source: Source, tenants: readonly Te
       cluster: 'fleet',
     })),
   });
+}
+
+/**
+ * One small tenant's create through the dump process alone (no event sinks, so nothing replicates or
+ * verifies beside it) against raw `pg_dump -Fc -Z1 --schema` of the same tenant, alternating, one tenant
+ * per round on the same cluster: what flux-ops adds to each backup of a fleet.
+ */
+async function dumpOverhead(
+  ctx: BenchContext,
+  source: Source,
+  tenants: readonly Tenant[],
+): Promise<{ fn: number[]; base: number[] }> {
+  const dirs = await ctx.dirs(`fleet-dump-${tenants.length}`);
+  await writeFleetRegistry(dirs, tenants);
+  const port = await freePort();
+  const proc = await startFunction({
+    main: 'dump',
+    port,
+    ready: true,
+    env: ctx.env(dirs, { FLUX_DUMP_PORT: String(port), BENCH_FLEET_URL: source.cluster.url(DB) }),
+  });
+  const rawFile = path.join(dirs.base, 'raw.dump');
+  // Each side walks the tenants in the same order, so a round compares the same tenant.
+  const turn = { fn: 0, base: 0 };
+  const next = (side: keyof typeof turn) => tenants[turn[side]++ % tenants.length]!;
+  try {
+    const viaFunction = async () => {
+      const t = next('fn');
+      const started = performance.now();
+      const res = await fetch(`${proc.url}/api/cli/v1/projects/${hashOf(t.id)}/backups`, {
+        method: 'POST',
+        headers: ctx.token.header,
+      });
+      const body = (await res.json()) as { backup?: { id: string }; error?: string };
+      const elapsed = performance.now() - started;
+      if (res.status !== 200 || !body.backup)
+        throw new Error(`dump create answered ${res.status}: ${body.error}\n${proc.output().slice(-2000)}`);
+      return elapsed;
+    };
+    const raw = async () => {
+      const t = next('base');
+      const started = performance.now();
+      await execa('pg_dump', ['-Fc', '-Z1', '--schema', tenantSchemaOf(t.id), '-f', rawFile, DB], {
+        env: { ...process.env, ...source.cluster.env(DB) },
+      });
+      const elapsed = performance.now() - started;
+      await rm(rawFile, { force: true });
+      return elapsed;
+    };
+    return await alternate(OVERHEAD_ROUNDS, { fn: viaFunction, base: raw }, { warmup: 1 });
+  } finally {
+    await proc.stop();
+  }
+}
+
+async function fluxCycle(ctx: BenchContext, source: Source, tenants: readonly Tenant[]): Promise<Cycle> {
+  const dirs = await ctx.dirs(`fleet-${tenants.length}`);
+  await writeFleetRegistry(dirs, tenants);
   const { proc, receiver, release } = await startAllInOne(ctx, dirs, {
     BENCH_FLEET_URL: source.cluster.url(DB),
     // Settings to compare against the defaults, e.g. BENCH_FLEET_ENV='{"FLUX_VERIFY_CONCURRENCY":"2"}'.
@@ -290,6 +368,20 @@ export async function benchFleet(ctx: BenchContext): Promise<void> {
     const flux = await fluxCycle(ctx, source, tenants);
     ctx.say(`fleet: flux-ops all-in-one cycle over ${size} tenants: ${flux.seconds.toFixed(1)} s`);
     perTenant.push({ size, flux: flux.seconds / size, naive: naive / size });
+    const overhead = await dumpOverhead(ctx, source, tenants);
+    ctx.say(
+      `fleet: one small tenant's create ${median(overhead.fn).toFixed(0)} ms, raw pg_dump ${median(overhead.base).toFixed(0)} ms`,
+    );
+    ctx.record({
+      id: `fleet.dump-overhead.${size}`,
+      group: 'fleet',
+      name: `dump create of one small tenant, ${size}-tenant cluster`,
+      unit: 'ms',
+      fn: summarize(overhead.fn),
+      baseline: { ...summarize(overhead.base), label: 'pg_dump -Fc -Z1 --schema' },
+      goals: [{ of: 'difference', op: '<=', value: OVERHEAD_MAX_MS }],
+      note: `the dump process alone, a different tenant each of ${OVERHEAD_ROUNDS} alternating rounds; added = the function's median minus pg_dump's`,
+    });
     ctx.record({
       id: `fleet.cycle.${size}`,
       group: 'fleet',

@@ -8,9 +8,12 @@ import { ratioOf, type Summary } from './stats.js';
 
 export type Group = 'dump' | 'replicate' | 'verify' | 'restore' | 'probe' | 'events' | 'status' | 'fleet';
 
-/** A goal on one number of a result: its ratio to the baseline, its median, or its peak RSS. */
+/**
+ * A goal on one number of a result: its ratio to the baseline, its median, its peak RSS, or its difference
+ * (fn median minus baseline median, in the result's unit: what the function adds to the raw tool).
+ */
 export interface Goal {
-  of: 'ratio' | 'median' | 'peakRssMb';
+  of: 'ratio' | 'median' | 'peakRssMb' | 'difference';
   op: '<=' | '>=';
   value: number;
 }
@@ -43,15 +46,18 @@ export interface BenchResult {
 
 export type ResultInput = Omit<BenchResult, 'ratio' | 'pass' | 'goals'> & { goals?: Goal[] };
 
-export function goalText(goal: Goal): string {
-  const what = goal.of === 'ratio' ? 'ratio' : goal.of === 'peakRssMb' ? 'peak RSS' : 'median';
-  const unit = goal.of === 'peakRssMb' ? ' MB' : '';
+/** A goal as the table shows it; `unit` is the result's (a difference is in it). */
+export function goalText(goal: Goal, unit = ''): string {
+  const what = { ratio: 'ratio', peakRssMb: 'peak RSS', median: 'median', difference: 'added' }[goal.of];
+  unit = goal.of === 'peakRssMb' ? ' MB' : goal.of === 'difference' && unit ? ` ${unit}` : '';
   return `${what} ${goal.op} ${goal.value}${unit}`;
 }
 
 function valueFor(result: Omit<BenchResult, 'pass'>, goal: Goal): number | undefined {
   if (goal.of === 'ratio') return result.ratio;
   if (goal.of === 'peakRssMb') return result.peakRssMb;
+  if (goal.of === 'difference')
+    return result.baseline ? result.fn.median - result.baseline.median : undefined;
   return result.fn.median;
 }
 
@@ -165,7 +171,7 @@ export function tableRows(results: readonly BenchResult[]): string[][] {
     withUnit(r.fn.median, r.unit),
     r.baseline ? `${withUnit(r.baseline.median, r.unit)} (${r.baseline.label})` : '–',
     r.ratio === undefined ? '–' : num(r.ratio),
-    r.goals.map(goalText).join(', ') || '–',
+    r.goals.map((goal) => goalText(goal, r.unit)).join(', ') || '–',
     verdict(r) || '–',
     `${num(r.fn.min)}–${num(r.fn.max)}${r.baseline ? ` / ${num(r.baseline.min)}–${num(r.baseline.max)}` : ''}` +
       (r.details?.latency ? ` (p99 ${num(r.fn.p99)})` : ''),

@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { makeResult } from './report.js';
+import { goalText, makeResult } from './report.js';
 import { alternate, median, percentile, ratioOf, runOrder, summarize } from './stats.js';
 
 describe('percentile and median', () => {
@@ -115,6 +115,31 @@ describe('goals', () => {
       goals: [{ of: 'ratio', op: '<=', value: 1.05 }],
     });
     expect(miss.pass).toBe(false);
+  });
+
+  it('a difference goal holds the function to what it adds above the baseline, in the unit', () => {
+    const at = (value: number) =>
+      makeResult({
+        id: 'x',
+        group: 'fleet',
+        name: 'x',
+        unit: 'ms',
+        fn: summarize([130, 140, 150]),
+        baseline: { ...summarize([95, 100, 105]), label: 'raw tool' },
+        goals: [{ of: 'difference', op: '<=', value }],
+      }).pass;
+    expect(at(40)).toBe(true);
+    expect(at(39)).toBe(false);
+    const noBaseline = makeResult({
+      id: 'x',
+      group: 'fleet',
+      name: 'x',
+      unit: 'ms',
+      fn,
+      goals: [{ of: 'difference', op: '<=', value: 50 }],
+    });
+    expect(noBaseline.pass).toBe(false);
+    expect(goalText({ of: 'difference', op: '<=', value: 50 }, 'ms')).toBe('added <= 50 ms');
   });
 
   it('every goal must hold; a goal on a missing number misses; no goal is neither', () => {

@@ -9,9 +9,9 @@ import os from 'node:os';
 import path from 'node:path';
 import tls from 'node:tls';
 import { execa } from 'execa';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { AppError } from '../shared/errors.js';
-import { libpqEnv, parsePgUrl, withPgClient } from '../shared/pg/conn.js';
+import { libpqEnv, PREFER_NO_TLS_MEMORY_MS, parsePgUrl, withPgClient } from '../shared/pg/conn.js';
 import { freePort, type PgCluster, pgBinPath, startPostgres } from './support/pg.js';
 import { createCa, destroyCa, type IssuedCert, issueCert, type TestCa } from './support/tls.js';
 
@@ -175,6 +175,41 @@ async function startCapturingServer(cert: IssuedCert): Promise<CapturingServer> 
   };
 }
 
+/** A TCP relay in front of `port` that counts the connections made through it. */
+async function startCountingRelay(
+  port: number,
+): Promise<{ port: number; connections: () => number; close(): Promise<void> }> {
+  const sockets = new Set<net.Socket>();
+  let connections = 0;
+  const server = net.createServer((client) => {
+    connections++;
+    const upstream = net.connect(port, '127.0.0.1');
+    for (const [a, b] of [
+      [client, upstream],
+      [upstream, client],
+    ] as const) {
+      sockets.add(a);
+      a.on('error', () => undefined);
+      a.on('close', () => {
+        sockets.delete(a);
+        b.destroy();
+      });
+    }
+    client.pipe(upstream).pipe(client);
+  });
+  const relayPort = await freePort();
+  await new Promise<void>((resolve) => server.listen(relayPort, '127.0.0.1', resolve));
+  return {
+    port: relayPort,
+    connections: () => connections,
+    close: () =>
+      new Promise((resolve) => {
+        for (const s of sockets) s.destroy();
+        server.close(() => resolve());
+      }),
+  };
+}
+
 beforeAll(async () => {
   [ca, rogueCa] = await Promise.all([createCa('Flux PG CA'), createCa('Rogue CA')]);
   const [goodCert, rogueCert] = await Promise.all([
@@ -319,6 +354,34 @@ describe('prefer, allow, disable', () => {
       expect((await viaPsql(urlOf(good, '127.0.0.1', q))).stdout).toBe('t');
       expect(await viaNode(urlOf(plain, '127.0.0.1', q))).toEqual({ ssl: false });
       expect((await viaPsql(urlOf(plain, '127.0.0.1', q))).stdout).toBe('f');
+    }
+  });
+
+  it('prefer remembers a server without TLS for a while: one connection each instead of two, then TLS again once it has passed', async () => {
+    const later = await startPostgres();
+    const relay = await startCountingRelay(later.port);
+    try {
+      const url = urlOf({ port: relay.port }, '127.0.0.1', '?sslmode=prefer', 'postgres', later.password);
+      expect(await viaNode(url)).toEqual({ ssl: false });
+      // The TLS attempt the server answered "no" to, then the plaintext one.
+      expect(relay.connections()).toBe(2);
+      expect(await viaNode(url)).toEqual({ ssl: false });
+      expect(await viaNode(url)).toEqual({ ssl: false });
+      expect(relay.connections()).toBe(4);
+      await enableTls(later, await issueCert(ca, { hosts: ['localhost'] }));
+      expect(await viaNode(url)).toEqual({ ssl: false });
+      vi.useFakeTimers({ toFake: ['Date'] });
+      vi.setSystemTime(Date.now() + PREFER_NO_TLS_MEMORY_MS);
+      expect(await viaNode(url)).toEqual({ ssl: true });
+      expect(await viaNode(url)).toEqual({ ssl: true });
+      // libpq makes its fallback on one socket and keeps no memory: each psql is one connection.
+      const before = relay.connections();
+      expect((await viaPsql(url)).stdout).toBe('t');
+      expect(relay.connections()).toBe(before + 1);
+    } finally {
+      vi.useRealTimers();
+      await relay.close();
+      await later.destroy();
     }
   });
 

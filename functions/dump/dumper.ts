@@ -15,12 +15,18 @@ import { createFaultPoints } from '../../shared/kit/fault-points.js';
 import { createJobRunner } from '../../shared/kit/jobs.js';
 import type { Runtime } from '../../shared/kit/runtime.js';
 import { createLimiter, type Limiter, type Slot } from '../../shared/limiter.js';
+import { createIdleSessions } from '../../shared/pg/idle-sessions.js';
 import { runSnapshotDump } from '../../shared/pg/snapshot.js';
 import { dumpAdmissionOf, type Project, sourceOf } from '../../shared/registry.js';
 import { announceCreated } from './created-event.js';
 import { dumpMetrics } from './metrics.js';
 import { recoverDumps } from './recovery.js';
 import { isRetentionEnabled, selectForDeletion } from './retention.js';
+
+/** How long a clean snapshot session waits for the next dump from its source before it is ended. */
+const SNAPSHOT_SESSION_IDLE_MS = 10_000;
+/** Kept sessions per source at most (no more come back than dumps ran at once). */
+const SNAPSHOT_SESSIONS_KEPT = 4;
 
 /** A create's place in its cluster's dump queue, and what it was taken for. */
 interface Admission {
@@ -68,6 +74,8 @@ export function createDumper(rt: Runtime): Dumper {
     log,
   });
   const reachFault = createFaultPoints(config.FLUX_TEST_FAULT_POINTS, log);
+  // Snapshot sessions a clean dump leaves, for the next dump from the same source (a fleet's backups).
+  const idle = createIdleSessions({ idleMs: SNAPSHOT_SESSION_IDLE_MS, perKey: SNAPSHOT_SESSIONS_KEPT });
 
   const { outcomes, durations, bytes, lastSuccess, queue: queueGauge } = dumpMetrics(rt.metrics);
 
@@ -97,13 +105,32 @@ export function createDumper(rt: Runtime): Dumper {
     return { source, clusterKey, limiter, slot: limiter.acquire(signal) };
   }
 
-  async function runInSlot<T>(slot: Slot, fn: () => Promise<T>): Promise<T> {
+  /**
+   * Runs `fn` in `slot`, held until `heldUntil(result)` settles (the caller goes on meanwhile); `released`
+   * runs once the slot is free.
+   */
+  async function runInSlot<T>(
+    slot: Slot,
+    fn: () => Promise<T>,
+    heldUntil: (result: T) => Promise<unknown>,
+    released: () => void,
+  ): Promise<T> {
+    const release = () => {
+      slot.release();
+      released();
+    };
+    let result: T;
     try {
       await slot.ready;
-      return await fn();
-    } finally {
-      slot.release();
+      result = await fn();
+    } catch (error) {
+      release();
+      throw error;
     }
+    void heldUntil(result)
+      .catch(() => undefined)
+      .finally(release);
+    return result;
   }
 
   async function applyRetention(project: Project, causedBy: string | undefined): Promise<void> {
@@ -143,29 +170,36 @@ export function createDumper(rt: Runtime): Dumper {
       queueGauge.set({ cluster: clusterKey, state: 'waiting' }, limiter.waiting);
       const live: BackupProgress = { stage: 'queued', bytes: 0, startedAt: createdAt };
       progress.set(backupId, live);
-      const result = await runInSlot(slot, async () => {
-        live.stage = 'dumping';
-        queueGauge.set({ cluster: clusterKey, state: 'running' }, limiter.active);
-        queueGauge.set({ cluster: clusterKey, state: 'waiting' }, limiter.waiting);
-        return runSnapshotDump({
-          url: source.url,
-          admission: dumpAdmissionOf(project, source),
-          scope: kind === 'tenant_export' ? { kind, schema: source.schema! } : { kind },
-          pathEnv: rt.env.PATH,
-          compression: config.FLUX_DUMP_COMPRESSION,
-          lockWaitTimeoutMs: config.FLUX_DUMP_LOCK_WAIT_TIMEOUT_MS,
-          timeoutMs: config.FLUX_DUMP_TIMEOUT_MS,
-          signal,
-          target: paths.dump,
-          children,
-          onPgDumpFinished: () => reachFault('dump.pg_dump_finished'),
-          fsError: (error, file) => fsWriteError(error, file, 'writing the dump'),
-          onProgress: (n) => {
-            live.bytes = n;
-          },
-        });
-      });
-      queueGauge.set({ cluster: clusterKey, state: 'running' }, limiter.active);
+      const result = await runInSlot(
+        slot,
+        async () => {
+          live.stage = 'dumping';
+          queueGauge.set({ cluster: clusterKey, state: 'running' }, limiter.active);
+          queueGauge.set({ cluster: clusterKey, state: 'waiting' }, limiter.waiting);
+          return runSnapshotDump({
+            url: source.url,
+            admission: dumpAdmissionOf(project, source),
+            scope: kind === 'tenant_export' ? { kind, schema: source.schema! } : { kind },
+            pathEnv: rt.env.PATH,
+            compression: config.FLUX_DUMP_COMPRESSION,
+            lockWaitTimeoutMs: config.FLUX_DUMP_LOCK_WAIT_TIMEOUT_MS,
+            timeoutMs: config.FLUX_DUMP_TIMEOUT_MS,
+            signal,
+            target: paths.dump,
+            children,
+            onPgDumpFinished: () => reachFault('dump.pg_dump_finished'),
+            fsError: (error, file) => fsWriteError(error, file, 'writing the dump'),
+            onProgress: (n) => {
+              live.bytes = n;
+            },
+            idle,
+          });
+        },
+        // The slot is this process's share of the source's dump slots: free once the session that held
+        // the source's slot has ended, while this backup goes on with its file.
+        (dumped) => dumped.ended,
+        () => queueGauge.set({ cluster: clusterKey, state: 'running' }, limiter.active),
+      );
       live.stage = 'finishing';
       try {
         await result.file.commit();
@@ -354,6 +388,7 @@ export function createDumper(rt: Runtime): Dumper {
     async stop() {
       // In-flight dumps get the grace period to finish; then they are cancelled (pg_dump killed, partial removed).
       await jobs.stop();
+      await idle.close();
     },
   };
 }

@@ -98,16 +98,35 @@ export function pgClientConfig(
   return pgClientAttempts(target, applicationName, options)[0]!;
 }
 
+/**
+ * How long a server's "no TLS here" answer to a `prefer` connection is remembered: meanwhile `prefer`
+ * connections to it go straight to plaintext, where the TLS attempt would have ended. libpq falls back on
+ * the same socket; node-postgres needs a second connection for it (another backend started and ended on
+ * the server, about a dozen ms each), which a fleet of small dumps pays on every one. A server that turns
+ * TLS on is used with it again once this has passed.
+ */
+export const PREFER_NO_TLS_MEMORY_MS = 60_000;
+/** Host:port of servers that answered a `prefer` SSLRequest with "no TLS", and when. */
+const noTlsAnswers = new Map<string, number>();
+
+function answeredNoTlsRecently(server: string): boolean {
+  const at = noTlsAnswers.get(server);
+  if (at === undefined) return false;
+  if (Date.now() - at < PREFER_NO_TLS_MEMORY_MS) return true;
+  noTlsAnswers.delete(server);
+  return false;
+}
+
+const isNoTlsAnswer = (error: unknown) =>
+  (error as { message?: unknown })?.message === 'The server does not support SSL connections';
+
 /** Whether libpq, after `error` on one attempt, makes the next (fe-connect.c: allow/prefer retries). */
 function libpqWouldRetry(error: unknown): boolean {
   if (error instanceof pg.DatabaseError) return true; // an ErrorResponse during startup, e.g. pg_hba
   if (isTlsError(error)) return true;
   // node-postgres' own errors for the server's answer to SSLRequest carry no code.
   const message = (error as { message?: unknown })?.message;
-  return (
-    message === 'The server does not support SSL connections' ||
-    message === 'There was an error establishing an SSL connection'
-  );
+  return isNoTlsAnswer(error) || message === 'There was an error establishing an SSL connection';
 }
 
 const SESSION_CHECKS: Partial<Record<TargetSessionAttrs, { sql: string; is: string; fix: string }>> = {
@@ -156,7 +175,10 @@ export async function connectPgClient(
   applicationName: string,
   options: TlsOptions = {},
 ): Promise<pg.Client> {
-  const attempts = pgClientAttempts(target, applicationName, options);
+  let attempts = pgClientAttempts(target, applicationName, options);
+  const server = `${attempts[0]!.host}:${attempts[0]!.port}`;
+  const isPrefer = target.sslmode === 'prefer' && attempts.length === 2;
+  if (isPrefer && answeredNoTlsRecently(server)) attempts = attempts.slice(1);
   for (const [i, config] of attempts.entries()) {
     const client = new pg.Client(config);
     client.on('error', () => undefined);
@@ -164,6 +186,7 @@ export async function connectPgClient(
       await client.connect();
     } catch (error) {
       await client.end().catch(() => undefined);
+      if (isPrefer && i === 0 && isNoTlsAnswer(error)) noTlsAnswers.set(server, Date.now());
       if (i + 1 < attempts.length && libpqWouldRetry(error)) continue;
       throw error;
     }

@@ -11,6 +11,7 @@ import type { ChildPids } from '../kit/child-pids.js';
 import { requireMajorAtLeast, requireRelationKindProtection, requireTool, type ToolInfo } from '../tools.js';
 import { readArchiveSequences } from './archive.js';
 import { connectPgClient, libpqEnv, parsePgUrl, pgError, quoteIdent } from './conn.js';
+import type { IdleSessions } from './idle-sessions.js';
 
 export interface DumpScope {
   kind: 'project_db' | 'tenant_export';
@@ -223,6 +224,11 @@ export interface SnapshotDumpOptions {
   children?: ChildPids;
   /** Called once pg_dump exited 0, before anything else (a fault point: the server may die right here). */
   onPgDumpFinished?: () => void | Promise<void>;
+  /**
+   * Where the snapshot session is kept after a clean end for the next dump from the same URL, and taken
+   * from (see idle-sessions.ts); without it each dump connects and ends its own.
+   */
+  idle?: IdleSessions;
 }
 
 export interface SnapshotDumpResult {
@@ -231,6 +237,11 @@ export interface SnapshotDumpResult {
   facts: SnapshotFacts;
   pgDump: { version: string; major: number; flags: string[] };
   seconds: { total: number; counts: number };
+  /**
+   * Settles when the snapshot's session has ended, and with it the source dump slot it held (a backend
+   * takes about as long to end as to start): the caller goes on with the file meanwhile.
+   */
+  ended: Promise<void>;
 }
 
 export function pgDumpFlags(
@@ -302,9 +313,10 @@ export async function runSnapshotDump(options: SnapshotDumpOptions): Promise<Sna
   const started = performance.now();
   const target = parsePgUrl(options.url);
   const appName = options.applicationName ?? 'flux-ops-dump';
+  const sessionKey = `${appName}\n${options.url}`;
   let client: pg.Client;
   try {
-    client = await connectPgClient(target, appName);
+    client = (await keptSession(options.idle, sessionKey)) ?? (await connectPgClient(target, appName));
   } catch (error) {
     throw pgError(error, `connecting to ${target.host}:${target.port}/${target.database}`);
   }
@@ -338,7 +350,6 @@ export async function runSnapshotDump(options: SnapshotDumpOptions): Promise<Sna
     const snap = await client.query<{ id: string }>('SELECT pg_export_snapshot() AS id');
     const snapshotId = snap.rows[0]!.id;
     const takenAt = new Date().toISOString();
-    const inventory = await readInventory(client, options.scope);
 
     const flags = pgDumpFlags(
       options.scope,
@@ -373,10 +384,12 @@ export async function runSnapshotDump(options: SnapshotDumpOptions): Promise<Sna
           );
         }, 500)
       : undefined;
-    // Counting runs in the exporting transaction while pg_dump writes: same snapshot, little extra wall time.
+    // What is in scope and its counts are read in the exporting transaction while pg_dump writes: the
+    // same snapshot, and no catalog reads of ours before pg_dump starts.
     const countsStarted = performance.now();
-    const countsPromise = countInventory(client, inventory).then((r) => ({
-      ...r,
+    const countsPromise = readInventory(client, options.scope).then(async (inventory) => ({
+      inventory,
+      ...(await countInventory(client, inventory)),
       seconds: (performance.now() - countsStarted) / 1000,
     }));
     countsPromise.catch(() => undefined);
@@ -427,9 +440,11 @@ export async function runSnapshotDump(options: SnapshotDumpOptions): Promise<Sna
         return archived ? { ...seq, lastValue: archived.lastValue, isCalled: archived.isCalled } : seq;
       });
     }
-    await client.query('COMMIT');
+    // A session kept for the next dump gives its dump slot back here; an ended one with its connection.
+    await client.query(options.idle ? 'COMMIT; SELECT pg_catalog.pg_advisory_unlock_all()' : 'COMMIT');
     // Handed over: from here the caller commits or discards it.
     tmp = undefined;
+    const { inventory } = counts;
     return {
       file,
       facts: {
@@ -447,6 +462,9 @@ export async function runSnapshotDump(options: SnapshotDumpOptions): Promise<Sna
       },
       pgDump: { version: tool.version, major: tool.major, flags },
       seconds: { total: (performance.now() - started) / 1000, counts: counts.seconds },
+      ended: options.idle
+        ? Promise.resolve(options.idle.give(sessionKey, client))
+        : client.end().catch(() => undefined),
     };
   } catch (error) {
     // Every failure once the temp archive exists (pg_dump failing, the counts, the sequences, a server
@@ -458,11 +476,26 @@ export async function runSnapshotDump(options: SnapshotDumpOptions): Promise<Sna
     // A query still counting in this transaction would hold the ROLLBACK (and the caller) until it ends.
     if (backendPid !== undefined) await cancelBackend(target, appName, backendPid);
     await client.query('ROLLBACK').catch(() => undefined);
+    await client.end().catch(() => undefined);
     if (isAppError(error)) throw error;
     throw pgError(error, `dumping ${target.host}:${target.port}/${target.database}`);
-  } finally {
-    await client.end().catch(() => undefined);
   }
+}
+
+/**
+ * A kept session for `key` that still answers, or undefined. One that does not (its server restarted
+ * while it was kept) is ended and the next is tried.
+ */
+async function keptSession(idle: IdleSessions | undefined, key: string): Promise<pg.Client | undefined> {
+  for (let client = idle?.take(key); client; client = idle?.take(key)) {
+    try {
+      await client.query('SELECT 1');
+      return client;
+    } catch {
+      await client.end().catch(() => undefined);
+    }
+  }
+  return undefined;
 }
 
 /** Waits at most this long between two tries for a dump slot. */
