@@ -88,4 +88,4 @@ HEALTHCHECK --interval=30s --timeout=5s --start-period=30s --retries=3 \
 
 # tini is PID 1: it forwards SIGTERM to node (graceful stop) and reaps the tools' orphaned children.
 ENTRYPOINT ["/usr/bin/tini", "--"]
-CMD ["sh", "-c", "case \"${FLUX_FUNCTION:-}\" in dump|replicate|verify|probe|migrate|restore|router|all) exec node \"dist/functions/${FLUX_FUNCTION}/main.js\" ;; *) echo \"flux-ops: set FLUX_FUNCTION to dump, replicate, verify, probe, migrate, restore, router or all (got '${FLUX_FUNCTION:-}')\" >&2; exit 78 ;; esac"]
+CMD ["sh", "-c", "case \"${FLUX_FUNCTION:-}\" in dump|replicate|verify|probe|migrate|restore|router|all) exec node --max-semi-space-size=4 \"dist/functions/${FLUX_FUNCTION}/main.js\" ;; *) echo \"flux-ops: set FLUX_FUNCTION to dump, replicate, verify, probe, migrate, restore, router or all (got '${FLUX_FUNCTION:-}')\" >&2; exit 78 ;; esac"]

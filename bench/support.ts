@@ -6,6 +6,7 @@ import { type FSWatcher, watch } from 'node:fs';
 import { access, readFile, symlink, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { execa, type ResultPromise } from 'execa';
+import { NODE_FLAGS } from '../shared/kit/node-flags.js';
 
 export const ROOT = path.resolve(import.meta.dirname, '..');
 export const MB = 1024 * 1024;
@@ -200,7 +201,8 @@ export async function useBuiltRunner(root: string): Promise<void> {
 export async function startFunction(options: StartFunctionOptions): Promise<FunctionProcess> {
   // Node's own flags for the function, e.g. BENCH_NODE_ARGS='--cpu-prof --cpu-prof-dir=/tmp/prof' (Node
   // refuses --cpu-prof in NODE_OPTIONS).
-  const nodeArgs = (process.env.BENCH_NODE_ARGS ?? '').split(' ').filter(Boolean);
+  // After the flags every deployment starts a function with (NODE_FLAGS), so these can override them.
+  const nodeArgs = [...NODE_FLAGS, ...(process.env.BENCH_NODE_ARGS ?? '').split(' ').filter(Boolean)];
   const args =
     runner.kind === 'tsx'
       ? [...nodeArgs, '--import', 'tsx', path.join('functions', options.main, 'main.ts')]

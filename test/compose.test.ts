@@ -19,6 +19,7 @@ import {
   VARS,
 } from '../shared/config.js';
 import { RUN_AS_UID } from '../shared/errors.js';
+import { NODE_FLAGS } from '../shared/kit/node-flags.js';
 import { ownerLockTargets } from '../shared/kit/owner-lock.js';
 import { createRuntime } from '../shared/kit/runtime.js';
 import { createLogger } from '../shared/log.js';
@@ -461,6 +462,22 @@ describe('Dockerfile', () => {
     }
     expect(imageEnv.FLUX_VERIFY_LOCAL_DIR).toMatch(/^\/srv\/flux\//);
     expect(imageEnv.FLUX_HOST).toBe('0.0.0.0');
+  });
+
+  it('starts every function with Node’s flags, as the package’s start scripts and the benchmarks do', async () => {
+    const cmd = JSON.parse(/^CMD (.*)$/m.exec(dockerfile)?.[1] ?? '[]').join(' ') as string;
+    const flags = NODE_FLAGS.join(' ');
+    expect(cmd).toContain(`exec node ${flags} "dist/functions/`);
+    const { scripts } = JSON.parse(await readFile(path.join(ROOT, 'package.json'), 'utf8')) as {
+      scripts: Record<string, string>;
+    };
+    const starts = Object.entries(scripts).filter(([name]) => name === 'start' || name.startsWith('start:'));
+    expect(starts.length).toBeGreaterThan(7);
+    for (const [name, script] of starts)
+      expect(script, name).toMatch(new RegExp(`(tsx|node) ${flags} \\S*functions/`));
+    // A flag V8 does not know would stop the process at start: node takes each of them.
+    const probe = await execa(process.execPath, [...NODE_FLAGS, '-e', 'process.exit(0)'], { reject: false });
+    expect(probe.exitCode, probe.stderr).toBe(0);
   });
 
   it('starts the process FLUX_FUNCTION names, for every value the config module accepts', async () => {
