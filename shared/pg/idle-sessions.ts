@@ -61,16 +61,11 @@ export function createIdleSessions(options: { idleMs: number; perKey: number }):
         end(client);
         return;
       }
-      const entry: Kept = {
-        client,
-        timer: setTimeout(() => {
-          if (forget(key, entry)) end(client);
-        }, options.idleMs),
-        // The server ended it (restart, idle timeout, terminated): it is no one's to take.
-        drop: () => {
-          if (forget(key, entry)) end(client);
-        },
+      // Its idle time is up, or the server ended it (restart, terminated): it is no one's to take.
+      const drop = () => {
+        if (forget(key, entry)) end(client);
       };
+      const entry: Kept = { client, timer: setTimeout(drop, options.idleMs), drop };
       entry.timer.unref();
       client.on('end', entry.drop);
       client.on('error', entry.drop);

@@ -238,8 +238,9 @@ export interface SnapshotDumpResult {
   pgDump: { version: string; major: number; flags: string[] };
   seconds: { total: number; counts: number };
   /**
-   * Settles when the snapshot's session has ended, and with it the source dump slot it held (a backend
-   * takes about as long to end as to start): the caller goes on with the file meanwhile.
+   * Settles when the snapshot's session has ended (a backend takes about as long to end as to start) or
+   * has been kept for the next dump with its source dump slot given back: the caller goes on with the file
+   * meanwhile.
    */
   ended: Promise<void>;
 }
